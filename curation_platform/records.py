@@ -1,0 +1,87 @@
+"""The canonical record and the stage contract every operator follows.
+
+Every stage is a function ``stage(docs: pl.DataFrame, cfg) -> StageResult``. ``kept`` holds the documents
+that go on (the input columns plus any the stage adds); ``verdicts`` holds one ledger row for every document the
+stage dropped (and optional annotation rows such as ``redact`` or ``flag``). The orchestration adds the
+``keep`` rows, the drop, stage, run id and config hash, so operators stay free of bookkeeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+MESSAGES_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+
+# Columns every record carries from ingest to the training shard.
+RECORD_SCHEMA: dict[str, pl.DataType] = {
+    "doc_id": pl.String,
+    "source": pl.String,
+    "drop": pl.String,
+    "source_id": pl.String,
+    "license": pl.String,
+    "kind": pl.String,
+    "text": pl.String,
+    "messages": MESSAGES_DTYPE,
+    "provenance": pl.String,  # JSON object from the manifest, kept verbatim
+    "file": pl.String,  # path of the file inside the drop
+    "line": pl.Int64,  # 1-based line (or row) in that file; null for one-document-per-file formats
+    "format": pl.String,
+    "code_language": pl.String,  # programming language for code documents
+    "declared_language": pl.String,  # language the manifest declares, if any
+}
+
+# Verdict kinds. ``drop`` and ``quarantine`` remove a document; the others annotate a kept one.
+DROP, QUARANTINE, KEEP, REDACT, FLAG = "drop", "quarantine", "keep", "redact", "flag"
+
+# What an operator returns for its verdicts. ``value`` is the measured signal, ``threshold`` the bound it broke
+# written as a comparison (``"< 50"``), ``duplicate_of`` the kept document a duplicate points to.
+VERDICT_SCHEMA: dict[str, pl.DataType] = {
+    "doc_id": pl.String,
+    "verdict": pl.String,
+    "rule": pl.String,
+    "value": pl.Float64,
+    "threshold": pl.String,
+    "detail": pl.String,
+    "duplicate_of": pl.String,
+}
+
+
+def empty_verdicts() -> pl.DataFrame:
+    return pl.DataFrame(schema=VERDICT_SCHEMA)
+
+
+def verdict_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    """Coerce an operator's verdict rows to VERDICT_SCHEMA (missing columns become null)."""
+    return frame.select(
+        [
+            (pl.col(name) if name in frame.columns else pl.lit(None)).cast(dtype).alias(name)
+            for name, dtype in VERDICT_SCHEMA.items()
+        ]
+    )
+
+
+@dataclass
+class StageResult:
+    """What a stage returns: documents that go on, verdict rows, and numbers for the asset metadata."""
+
+    kept: pl.DataFrame
+    verdicts: pl.DataFrame = field(default_factory=empty_verdicts)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.verdicts = verdict_frame(self.verdicts)
+
+    @property
+    def removed_ids(self) -> pl.Series:
+        return self.verdicts.filter(pl.col("verdict").is_in([DROP, QUARANTINE]))["doc_id"].unique()
+
+
+def split_by_verdicts(docs: pl.DataFrame, verdicts: pl.DataFrame, metrics: dict[str, Any] | None = None) -> StageResult:
+    """Build a StageResult: documents with a drop or quarantine verdict leave, the rest are kept."""
+    verdicts = verdict_frame(verdicts)
+    removed = verdicts.filter(pl.col("verdict").is_in([DROP, QUARANTINE])).select("doc_id").unique()
+    kept = docs.join(removed, on="doc_id", how="anti", maintain_order="left")
+    return StageResult(kept=kept, verdicts=verdicts, metrics=metrics or {})
