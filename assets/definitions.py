@@ -1,0 +1,26 @@
+"""The Definitions object `workspace.yaml` loads (always start the UI with `-w workspace.yaml`)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.jobs import build_release_job, curate_drop_job
+from assets.release import release, release_candidate, release_candidate_gate
+from assets.resources import CurationResource, resource_from_env
+from assets.schedules import daily_release
+from assets.sensors import landing_sensor
+from assets.stages import stage_assets, stage_checks
+
+
+def build_definitions(curation: CurationResource) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[*stage_assets, release_candidate, release],
+        asset_checks=[*stage_checks, release_candidate_gate],
+        jobs=[curate_drop_job, build_release_job],
+        sensors=[landing_sensor],
+        schedules=[daily_release],
+        resources={"curation": curation},
+    )
+
+
+defs = build_definitions(resource_from_env())

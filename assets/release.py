@@ -1,0 +1,93 @@
+"""The release: stage a candidate, audit it with a blocking gate, then publish and version it with DVC."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from assets.progress import notify
+from assets.resources import CurationResource
+from assets.stages import check_result
+from curation_platform.audit import release_gate
+from curation_platform.ledger import all_stage_counts, rule_counts
+from curation_platform.ops.decontaminate import overlap_count
+from curation_platform.ops.pii import scan_pii
+from curation_platform.pipeline import FINAL_STAGE, STAGES, benchmark_index
+from curation_platform.release import publish_release, stage_release
+from curation_platform.versioning import version_release
+
+
+@dg.asset(
+    deps=[FINAL_STAGE],
+    group_name="release",
+    description="Write step: select curated documents under the license profile and token budget, cut shards, "
+    "write the data card to the staging area.",
+    kinds={"parquet"},
+)
+def release_candidate(context: dg.AssetExecutionContext, curation: CurationResource) -> dg.MaterializeResult:
+    ws, cfg = curation.ws(), curation.cfg()
+    rules = rule_counts(ws)
+    contamination = {r["rule"].split(".", 1)[1]: r["documents"] for r in rules if r["stage"] == "decontaminated"}
+    staged = stage_release(ws, cfg, FINAL_STAGE, all_stage_counts(ws, STAGES), rules, contamination)
+    notify("release_candidate", cfg.release.name, staged)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": staged.card["documents"],
+            "tokens": staged.card["tokens"],
+            "shards": len(staged.shards),
+            "staging": dg.MetadataValue.path(str(staged.directory)),
+        }
+    )
+
+
+@dg.asset_check(asset=release_candidate, name="gate", blocking=True,
+                description="Great Expectations: ids, licenses inside the profile, zero benchmark overlap, zero PII")
+def release_candidate_gate(curation: CurationResource) -> dg.AssetCheckResult:
+    ws, cfg = curation.ws(), curation.cfg()
+    staging = ws.staging_dir(cfg.release.name)
+    shards = pl.read_parquet(str(staging / "shards" / "*.parquet"), columns=["doc_id", "text"])
+    residual = pl.DataFrame({
+        "doc_id": shards["doc_id"],
+        "benchmark_overlap": overlap_count(shards["text"], benchmark_index(cfg), cfg.decontamination),
+        "residual_pii": scan_pii(shards["text"], cfg.pii).select(pl.sum_horizontal(pl.all())).to_series(),
+    })
+    return check_result(release_gate(cfg, staging, residual))
+
+
+@dg.asset(
+    deps=[release_candidate],
+    group_name="release",
+    description="Publish step: move the audited candidate into releases/<name>/ and version it with DVC.",
+    kinds={"dvc"},
+)
+def release(context: dg.AssetExecutionContext, curation: CurationResource) -> dg.MaterializeResult:
+    ws, cfg = curation.ws(), curation.cfg()
+    target = publish_release(ws, cfg.release.name, context.run_id, cfg.hash)
+    card = (target / "data_card.md").read_text(encoding="utf-8")
+    import json
+
+    card_json = json.loads((target / "data_card.json").read_text(encoding="utf-8"))
+    version = {}
+    if cfg.versioning.enabled:
+        meta = {
+            "profile": card_json["profile"],
+            "documents": card_json["documents"],
+            "tokens": card_json["tokens"],
+            "config_hash": card_json["config_hash"],
+            "code_version": card_json["code_version"],
+            "licenses": card_json["licenses"],
+            "generators": card_json["generators"],
+            "sources": [{k: s[k] for k in ("source", "drop", "license", "documents", "provenance")}
+                        for s in card_json["sources"]],
+        }
+        version = version_release(target, meta, cfg.versioning, ws.root)
+    notify("release", cfg.release.name, {"path": str(target), **version})
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": card_json["documents"],
+            "tokens": card_json["tokens"],
+            "path": dg.MetadataValue.path(str(target)),
+            "data_card": dg.MetadataValue.md(card),
+            "dvc": dg.MetadataValue.json(version),
+        }
+    )

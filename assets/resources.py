@@ -1,0 +1,58 @@
+"""The one resource every asset uses: where the workspace, configuration and landing area are."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from curation_platform.config import CurationConfig, load_config
+from curation_platform.ops.decontaminate import BenchmarkSpec
+from curation_platform.workspace import Workspace
+
+
+class CurationResource(dg.ConfigurableResource):
+    """Workspace directory, ``curation.yaml`` and landing folder, plus the per-run overrides the CLI offers."""
+
+    workspace: str = "data"
+    config_path: str = "curation.yaml"
+    landing: str = "landing"
+    release_name: str | None = None
+    profile: str | None = None
+    # Extra benchmarks for one run, as "NAME=PATH:FIELD[,FIELD]" strings (``curate run --benchmark``).
+    benchmarks: list[str] = []
+
+    def ws(self) -> Workspace:
+        return Workspace(self.workspace)
+
+    def cfg(self) -> CurationConfig:
+        cfg = load_config(self.config_path if Path(self.config_path).exists() else None)
+        release = cfg.release.model_copy(
+            update={k: v for k, v in {"name": self.release_name, "profile": self.profile}.items() if v}
+        )
+        decon = cfg.decontamination
+        if self.benchmarks:
+            extra = [parse_benchmark_option(b) for b in self.benchmarks]
+            decon = decon.model_copy(update={"benchmarks": [*decon.benchmarks, *extra]})
+        return cfg.model_copy(update={"release": release, "decontamination": decon})
+
+
+def parse_benchmark_option(option: str) -> BenchmarkSpec:
+    """``NAME=PATH:FIELD[,FIELD]`` to a benchmark spec."""
+    from curation_platform.errors import ConfigError
+
+    name, sep, rest = option.partition("=")
+    path, sep2, fields = rest.rpartition(":")
+    if not sep or not sep2 or not name or not path or not fields:
+        raise ConfigError(f"--benchmark {option!r}: expected NAME=PATH:FIELD[,FIELD], e.g. mmlu=evals/mmlu.jsonl:question")
+    return BenchmarkSpec(name=name, path=path, text_fields=[f for f in fields.split(",") if f])
+
+
+def resource_from_env() -> CurationResource:
+    """The resource the UI and daemon use: paths from CURATION_* environment variables, else repo defaults."""
+    return CurationResource(
+        workspace=os.environ.get("CURATION_WORKSPACE", "data"),
+        config_path=os.environ.get("CURATION_CONFIG", "curation.yaml"),
+        landing=os.environ.get("CURATION_LANDING", "landing"),
+    )

@@ -1,0 +1,115 @@
+"""One partitioned asset and one blocking gate per per-drop stage, built from the engine's stage list."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import polars as pl
+
+from assets.partitions import drops
+from assets.progress import notify
+from assets.resources import CurationResource
+from curation_platform.audit import near_dedup_gate, stage_gate
+from curation_platform.gates import GateResult
+from curation_platform.ops.decontaminate import overlap_count
+from curation_platform.ops.pii import scan_pii
+from curation_platform.pipeline import STAGE_DESCRIPTIONS, STAGES, UPSTREAM, benchmark_index, run_stage
+from curation_platform.reporting import markdown_table
+
+GROUPS = {
+    "raw_documents": "ingest",
+    "normalized": "curate",
+    "language": "curate",
+    "quality_signals": "curate",
+    "filtered": "curate",
+    "scored": "curate",
+    "pii_redacted": "safety",
+    "exact_deduped": "dedup",
+    "near_deduped": "dedup",
+    "decontaminated": "safety",
+}
+
+
+def _stage_asset(stage: str) -> dg.AssetsDefinition:
+    upstream = UPSTREAM.get(stage)
+
+    @dg.asset(
+        name=stage,
+        partitions_def=drops,
+        deps=[upstream] if upstream else [],
+        group_name=GROUPS[stage],
+        description=STAGE_DESCRIPTIONS[stage],
+        kinds={"polars", "parquet"},
+    )
+    def _asset(context: dg.AssetExecutionContext, curation: CurationResource) -> dg.MaterializeResult:
+        summary = run_stage(curation.ws(), curation.cfg(), stage, context.partition_key, context.run_id)
+        notify(stage, context.partition_key, summary)
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": summary.kept,
+                "input": summary.input,
+                "dropped": summary.dropped,
+                "quarantined": summary.quarantined,
+                "removal_rate": round(summary.removal_rate, 4),
+                "removed_per_rule": dg.MetadataValue.json(summary.per_rule),
+                "stage_metrics": dg.MetadataValue.json(summary.metrics),
+                "preview": dg.MetadataValue.md(markdown_table(summary.preview)),
+                "path": dg.MetadataValue.path(str(curation.ws().stage_path(stage, context.partition_key))),
+            }
+        )
+
+    return _asset
+
+
+def _residual(stage: str, curation: CurationResource, drop: str) -> pl.DataFrame | None:
+    """Per-document residue a stage promises to leave at zero, from an independent second scan."""
+    ws, cfg = curation.ws(), curation.cfg()
+    if stage == "pii_redacted":
+        docs = pl.read_parquet(ws.stage_path(stage, drop), columns=["doc_id", "text"])
+        counts = scan_pii(docs["text"], cfg.pii)
+        return pl.DataFrame({"doc_id": docs["doc_id"], "residual_pii": counts.select(pl.sum_horizontal(pl.all())).to_series()})
+    if stage == "decontaminated":
+        docs = pl.read_parquet(ws.stage_path(stage, drop), columns=["doc_id", "text"])
+        overlap = overlap_count(docs["text"], benchmark_index(cfg), cfg.decontamination)
+        return pl.DataFrame({"doc_id": docs["doc_id"], "benchmark_overlap": overlap})
+    return None
+
+
+def check_result(results: list[GateResult]) -> dg.AssetCheckResult:
+    failures = [f"{r.name}: {f}" for r in results for f in r.failures]
+    return dg.AssetCheckResult(
+        passed=not failures,
+        description="; ".join(failures) if failures else f"{len(results)} suites passed",
+        metadata={
+            "suites": dg.MetadataValue.json({r.name: {"passed": r.passed, **r.checked} for r in results}),
+            "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in failures) or "none"),
+        },
+    )
+
+
+def _stage_gate(stage: str) -> dg.AssetChecksDefinition:
+    upstream = UPSTREAM.get(stage)
+
+    @dg.asset_check(
+        asset=stage,
+        name="gate",
+        blocking=True,
+        partitions_def=drops,
+        description="Great Expectations: schema and ids, reconciliation, removal rate"
+        + {"pii_redacted": ", zero residual PII", "decontaminated": ", zero benchmark overlap",
+           "near_deduped": ", duplicate-cluster size"}.get(stage, ""),
+    )
+    def _check(context: dg.AssetCheckExecutionContext, curation: CurationResource) -> dg.AssetCheckResult:
+        drop = context.partition_key
+        ws, cfg = curation.ws(), curation.cfg()
+        results = stage_gate(ws, cfg, stage, upstream, drop, _residual(stage, curation, drop))
+        if stage == "near_deduped":
+            results.append(near_dedup_gate(ws, cfg, drop))
+        return check_result(results)
+
+    return _check
+
+
+stage_assets = [_stage_asset(stage) for stage in STAGES]
+stage_checks = [_stage_gate(stage) for stage in STAGES]

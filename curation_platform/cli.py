@@ -1,0 +1,309 @@
+"""`curate`: the command-line contract users script against. Keep subcommands and options stable.
+
+Every subcommand takes ``--workspace DIR`` (default ``data/``) and ``--config FILE`` (default ``curation.yaml``).
+Errors print one clear message and exit non-zero; never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+import polars as pl
+import typer
+
+from curation_platform.errors import CurationError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate data drops into versioned, gated "
+                  "LLM training releases.")
+ledger_app = typer.Typer(no_args_is_help=True, help="Query the ledger of every verdict.")
+app.add_typer(ledger_app, name="ledger")
+
+WorkspaceOpt = typer.Option(Path("data"), "--workspace", help="Workspace directory (stage data, ledger, releases).")
+ConfigOpt = typer.Option(Path("curation.yaml"), "--config", help="Configuration file.")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _config(config: Path):
+    from curation_platform.config import load_config
+
+    return load_config(config if config.exists() or config != Path("curation.yaml") else None)
+
+
+def dagster_instance(workspace: Path):
+    """The Dagster instance under ``<workspace>/.dagster``, sharing run history with `make ui`."""
+    from dagster import DagsterInstance
+
+    home = (workspace / ".dagster").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    repo_yaml = Path(__file__).resolve().parent.parent / "dagster.yaml"
+    if repo_yaml.exists() and not (home / "dagster.yaml").exists():
+        shutil.copy(repo_yaml, home / "dagster.yaml")
+    elif not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return DagsterInstance.from_config(str(home))
+
+
+def _print_progress(stage: str, partition: str, summary: object) -> None:
+    from curation_platform.pipeline import StageSummary
+
+    if isinstance(summary, StageSummary):
+        rules = ", ".join(f"{r} {n}" for r, n in sorted(summary.per_rule.items(), key=lambda x: -x[1])[:3])
+        typer.echo(f"  {partition:<28} {stage:<16} {summary.input:>7} in  {summary.kept:>7} kept  "
+                   f"{summary.dropped:>6} dropped  {summary.quarantined:>5} quarantined" + (f"  ({rules})" if rules else ""))
+    elif stage == "release_candidate":
+        typer.echo(f"  release {partition}: staged {summary.card['documents']} documents, "
+                   f"{summary.card['tokens']} tokens in {len(summary.shards)} shard(s)")
+    elif stage == "release":
+        typer.echo(f"  release {partition}: published to {summary['path']}"
+                   + (f", DVC {summary.get('md5')} pushed to {summary.get('remote')}" if summary.get("md5") else ""))
+
+
+def _failures(result) -> list[str]:
+    """Failed gates and failed steps of a finished in-process run, as readable lines."""
+    lines = []
+    for evaluation in result.get_asset_check_evaluations():
+        if not evaluation.passed:
+            where = evaluation.asset_key.to_user_string()
+            part = f" [{evaluation.partition}]" if getattr(evaluation, "partition", None) else ""
+            lines.append(f"gate {where}{part} failed: {evaluation.description}")
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            error = event.step_failure_data.error
+            cause = error
+            while cause.cause is not None:
+                cause = cause.cause
+            lines.append(f"step {event.step_key} failed: {cause.message.strip()}")
+    return lines
+
+
+def _stale_drops(ws, cfg, names: list[str]) -> list[str]:
+    """Drops whose final stage is missing or was built with another configuration or other files."""
+    from curation_platform.pipeline import FINAL_STAGE
+
+    stale = []
+    for name in names:
+        path = ws.ledger_path(FINAL_STAGE, name)
+        if not path.exists():
+            stale.append(name)
+            continue
+        hashes = pl.read_parquet(path, columns=["config_hash"])["config_hash"].unique().to_list()
+        if hashes != [cfg.hash]:
+            stale.append(name)
+    return stale
+
+
+@app.command()
+def run(
+    workspace: Path = WorkspaceOpt,
+    config: Path = ConfigOpt,
+    landing: Path = typer.Option(Path("landing"), "--landing", help="Landing area with one folder per drop."),
+    release: Optional[str] = typer.Option(None, "--release", help="Release name (default from config)."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="License profile (default from config)."),
+    benchmark: list[str] = typer.Option([], "--benchmark", help="Extra benchmark NAME=PATH:FIELD[,FIELD]."),
+    no_release: bool = typer.Option(False, "--no-release", help="Curate drops only; build no release."),
+) -> None:
+    """Register every ready drop, curate new ones through the Dagster graph, build and version the release."""
+    from assets import progress
+    from assets.definitions import build_definitions
+    from assets.partitions import drops
+    from assets.resources import CurationResource
+    from curation_platform.landing import scan_landing
+    from curation_platform.workspace import Workspace
+
+    cfg = _config(config)
+    ws = Workspace(workspace)
+    resource = CurationResource(workspace=str(ws.root), config_path=str(config.resolve()), landing=str(landing),
+                                release_name=release, profile=profile, benchmarks=list(benchmark))
+    cfg = resource.cfg()
+    if cfg.release.profile not in cfg.licenses.profiles:
+        _fail(f"unknown license profile '{cfg.release.profile}'; profiles: {', '.join(cfg.licenses.profiles)}")
+    scan = scan_landing(landing, 0 if landing.is_dir() else cfg.ingest.settle_seconds)
+    for name, message in scan.rejected:
+        typer.secho(f"rejected drop {name}: {message}", fg=typer.colors.YELLOW, err=True)
+    ws.register_drops(scan.ready)
+    registered = [d.name for d in ws.drops()]
+    instance = dagster_instance(ws.root)
+    known = set(instance.get_dynamic_partitions(drops.name))
+    instance.add_dynamic_partitions(drops.name, [n for n in registered if n not in known])
+    todo = _stale_drops(ws, cfg, registered)
+    typer.echo(f"workspace {ws.root}: {len(registered)} drop(s) registered, {len(todo)} to curate")
+    defs = build_definitions(resource)
+    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    progress.clear()
+    progress.listen(_print_progress)
+    problems: list[str] = []
+    for name in todo:
+        result = defs.get_job_def("curate_drop").execute_in_process(
+            partition_key=name, instance=instance, raise_on_error=False, run_config=quiet)
+        problems += _failures(result)
+    if not problems and not no_release:
+        result = defs.get_job_def("build_release").execute_in_process(
+            instance=instance, raise_on_error=False, run_config=quiet)
+        problems += _failures(result)
+    progress.clear()
+    _print_summary(ws, cfg)
+    if scan.rejected or problems:
+        for line in problems:
+            typer.secho(line, fg=typer.colors.RED, err=True)
+        _fail(f"{len(problems)} failure(s), {len(scan.rejected)} rejected drop(s); downstream stages did not run")
+
+
+def _summary_frame(ws) -> pl.DataFrame:
+    from curation_platform.ledger import stage_counts
+    from curation_platform.pipeline import FINAL_STAGE, STAGES
+
+    rows = []
+    for drop in ws.drops():
+        counts = stage_counts(ws, drop.name, STAGES)
+        if counts.is_empty():
+            rows.append({"drop": drop.name, "read": 0, "kept": 0, "dropped": 0, "quarantined": 0, "status": "not run"})
+            continue
+        final = counts.filter(pl.col("stage") == FINAL_STAGE)
+        rows.append({
+            "drop": drop.name,
+            "read": int(counts["input"][0]),
+            "kept": int(final["kept"][0]) if final.height else 0,
+            "dropped": int(counts["dropped"].sum()),
+            "quarantined": int(counts["quarantined"].sum()),
+            "status": "curated" if final.height else f"stopped after {counts['stage'][-1]}",
+        })
+    return pl.DataFrame(rows)
+
+
+def _print_summary(ws, cfg) -> None:
+    frame = _summary_frame(ws)
+    if frame.is_empty():
+        typer.echo("no drops registered")
+        return
+    typer.echo("")
+    typer.echo(f"{'drop':<28} {'read':>7} {'kept':>7} {'dropped':>8} {'quarantined':>12}  status")
+    for r in frame.iter_rows(named=True):
+        typer.echo(f"{r['drop']:<28} {r['read']:>7} {r['kept']:>7} {r['dropped']:>8} {r['quarantined']:>12}  {r['status']}")
+    card_path = ws.release_dir(cfg.release.name) / "data_card.json"
+    if card_path.exists():
+        card = json.loads(card_path.read_text())
+        typer.echo(f"\nrelease '{card['name']}' ({card['profile']}): {card['documents']} documents, "
+                   f"{card['tokens']} tokens, {len(card.get('shards', []))} shard(s)")
+        typer.echo(f"  {ws.release_dir(cfg.release.name)}  (data card: data_card.md)")
+
+
+@app.command()
+def status(workspace: Path = WorkspaceOpt, config: Path = ConfigOpt) -> None:
+    """Registered drops with their counts, and the releases in the workspace."""
+    from curation_platform.workspace import Workspace
+
+    ws = Workspace(workspace)
+    cfg = _config(config)
+    _print_summary(ws, cfg)
+    releases = ws.root / "releases"
+    for card_path in sorted(releases.glob("*/data_card.json")) if releases.exists() else []:
+        card = json.loads(card_path.read_text())
+        dvc_file = card_path.parent.with_name(card_path.parent.name + ".dvc")
+        typer.echo(f"release {card['name']}: {card['documents']} documents, {card['tokens']} tokens, "
+                   f"config {card['config_hash']}" + (", versioned by DVC" if dvc_file.exists() else ""))
+
+
+def _release_shards(ws) -> pl.DataFrame:
+    frames = [
+        pl.read_parquet(p).with_columns(pl.format("{}/{}", pl.lit(p.parent.name), pl.col("release_shard")).alias("release_shard"))
+        for p in sorted((ws.root / "releases").glob("*/shard_index.parquet"))
+    ] if (ws.root / "releases").exists() else []
+    return pl.concat(frames) if frames else pl.DataFrame(schema={"doc_id": pl.String, "release_shard": pl.String})
+
+
+@app.command()
+def explain(doc_id: str, workspace: Path = WorkspaceOpt, config: Path = ConfigOpt) -> None:
+    """A document's journey: source, drop, license, each stage's verdict and reason, duplicate-of, its shard."""
+    from curation_platform.explain import document_journey
+    from curation_platform.workspace import Workspace
+
+    ws = Workspace(workspace)
+    journey = document_journey(ws, doc_id, _release_shards(ws))
+    typer.echo(journey)
+
+
+@ledger_app.command("export")
+def ledger_export(
+    out: Path,
+    workspace: Path = WorkspaceOpt,
+    config: Path = ConfigOpt,
+    verdicts: bool = typer.Option(False, "--verdicts", help="Export every verdict row instead of one row per record."),
+    release: Optional[str] = typer.Option(None, "--release", help="Release whose verdicts and shards count."),
+) -> None:
+    """Write the ledger as Parquet: one row per input record (default) or every verdict row."""
+    from curation_platform.explain import record_table
+    from curation_platform.ledger import export_parquet, read_ledger
+    from curation_platform.workspace import Workspace
+
+    ws = Workspace(workspace)
+    cfg = _config(config)
+    name = release or cfg.release.name
+    frame = read_ledger(ws, release=name) if verdicts else record_table(ws, name)
+    export_parquet(frame, out)
+    typer.echo(f"wrote {frame.height} rows to {out}")
+
+
+@app.command()
+def whatif(
+    set_: list[str] = typer.Option(..., "--set", help="RULE=VALUE, e.g. gopher_quality.min_words=100"),
+    workspace: Path = WorkspaceOpt,
+    config: Path = ConfigOpt,
+) -> None:
+    """How many documents per drop a threshold change would add back or remove, from the stored signals."""
+    from curation_platform.ops.filters import whatif as whatif_counts
+    from curation_platform.workspace import Workspace
+
+    ws = Workspace(workspace)
+    cfg = _config(config)
+    changes = {}
+    for item in set_:
+        rule, sep, value = item.partition("=")
+        try:
+            changes[rule] = float(value)
+        except ValueError:
+            _fail(f"--set {item!r}: expected RULE=NUMBER")
+    frames = [pl.read_parquet(ws.stage_path("quality_signals", d.name)) for d in ws.drops()
+              if ws.stage_path("quality_signals", d.name).exists()]
+    if not frames:
+        _fail("no stored signals: run `curate run` first")
+    table = whatif_counts(pl.concat(frames, how="diagonal_relaxed"), cfg.filters, changes)
+    with pl.Config(tbl_rows=100, tbl_cols=20, fmt_str_lengths=60):
+        typer.echo(table)
+
+
+@app.command()
+def samples(
+    landing: Path = typer.Option(Path("landing"), "--landing", help="Where to write the bundled sample drops."),
+    force: bool = typer.Option(False, "--force", help="Rewrite sample drops that already exist."),
+) -> None:
+    """Write the bundled sample drops (web, code, chat, mixed licenses, synthetic) into a landing area."""
+    from curation_platform.samples import write_sample_landing
+
+    if landing.is_dir() and any(landing.iterdir()) and not force:
+        typer.echo(f"landing area {landing} is not empty; keeping it (use --force to rewrite the samples)")
+        return
+    names = write_sample_landing(landing)
+    typer.echo(f"wrote {len(names)} sample drops to {landing}: {', '.join(names)}")
+
+
+def main() -> None:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    try:
+        app()
+    except CurationError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""``curation.yaml``: one typed configuration for every stage, hashed into every ledger row and release."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from curation_platform.errors import ConfigError
+from curation_platform.licenses import LicensePolicy
+from curation_platform.ops.decontaminate import DecontaminationConfig
+from curation_platform.ops.dedup_exact import ExactDedupConfig
+from curation_platform.ops.dedup_minhash import NearDedupConfig
+from curation_platform.ops.filters import FiltersConfig
+from curation_platform.ops.language import LanguageConfig
+from curation_platform.ops.normalize import NormalizeConfig
+from curation_platform.ops.pii import PiiConfig
+from curation_platform.ops.quality_signals import SignalsConfig
+from curation_platform.ops.score import ScoreConfig
+from curation_platform.readers import IngestConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GatesConfig(_Strict):
+    """Bounds the blocking asset checks enforce."""
+
+    # Largest share of a drop's input a single stage may remove before the gate stops the graph.
+    max_removal_rate: dict[str, float] = Field(
+        default_factory=lambda: {
+            "raw_documents": 0.5,
+            "normalized": 0.2,
+            "language": 0.6,
+            "filtered": 0.8,
+            "pii_redacted": 0.2,
+            "exact_deduped": 0.9,
+            "near_deduped": 0.9,
+            "decontaminated": 0.2,
+        }
+    )
+
+
+class ReleaseConfig(_Strict):
+    """What goes into a release and how it is cut into shards."""
+
+    name: str = "latest"
+    profile: str = "commercial"
+    # Upper bound on tokens in the release (None = everything that passes). Selection is by quality score.
+    token_budget: int | None = None
+    # Mixture weights by document kind; documents are taken so each kind's token share approaches its weight.
+    mixture: dict[str, float] | None = None
+    shard_max_docs: int = 50_000
+    tokenizer: str = "pkg://curation_platform/resources/gpt2_tokenizer.json"
+
+
+class VersioningConfig(_Strict):
+    """DVC versioning of releases."""
+
+    enabled: bool = True
+    # A local folder (relative paths are relative to the workspace) or any DVC remote URL such as s3://bucket/path.
+    remote_url: str = "dvc-remote"
+    remote_name: str = "curation"
+    push: bool = True
+
+
+class CurationConfig(_Strict):
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+    language: LanguageConfig = Field(default_factory=LanguageConfig)
+    signals: SignalsConfig = Field(default_factory=SignalsConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    pii: PiiConfig = Field(default_factory=PiiConfig)
+    exact_dedup: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
+    near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig)
+    decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
+    scoring: ScoreConfig = Field(default_factory=ScoreConfig)
+    licenses: LicensePolicy = Field(default_factory=LicensePolicy)
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
+    versioning: VersioningConfig = Field(default_factory=VersioningConfig)
+
+    @property
+    def hash(self) -> str:
+        """Stable hash of the effective configuration (defaults included), recorded in ledger rows and releases."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def load_config(path: str | Path | None) -> CurationConfig:
+    """Read and validate ``curation.yaml``; a missing path gives the defaults. Errors name the file and field."""
+    if path is None:
+        return CurationConfig()
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"configuration file {path} does not exist; pass --config or create it")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return CurationConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: invalid configuration: {problems}") from None
+
+

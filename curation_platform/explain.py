@@ -1,0 +1,107 @@
+"""Answers to "what happened to this document?": one record's journey, and one row per input record."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+
+from curation_platform.ledger import document_status
+from curation_platform.pipeline import STAGES
+from curation_platform.workspace import Workspace
+
+_RECORD_COLUMNS = ["doc_id", "source_id", "drop", "source", "license", "kind", "file", "line", "provenance"]
+
+
+def _stage_columns(ws: Workspace, stage: str, columns: list[str]) -> pl.DataFrame:
+    files = sorted((ws.root / "stages" / stage).glob("*.parquet"))
+    if not files:
+        return pl.DataFrame(schema={c: pl.String if c == "doc_id" else pl.Float64 for c in columns})
+    return pl.concat([pl.read_parquet(f, columns=columns) for f in files], how="vertical_relaxed")
+
+
+def _records(ws: Workspace) -> pl.DataFrame:
+    """Identity columns of every input record, read or quarantined."""
+    parts = [_stage_columns(ws, "raw_documents", _RECORD_COLUMNS)] if (ws.root / "stages" / "raw_documents").exists() else []
+    quarantine = sorted((ws.root / "quarantine").glob("*.parquet"))
+    if quarantine:
+        q = pl.concat([pl.read_parquet(f) for f in quarantine], how="vertical_relaxed")
+        parts.append(q.select([c for c in _RECORD_COLUMNS if c in q.columns]))
+    return pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
+
+
+def record_table(ws: Workspace, release: str | None) -> pl.DataFrame:
+    """One row per input record of every drop: status, deciding stage and rule, duplicate_of, language, quality
+    score and release shard (the public `curate ledger export` shape)."""
+    shards = release_shard_index(ws, release)
+    status = document_status(ws, STAGES, release=release, release_shards=shards)
+    if status.is_empty():
+        return status
+    records = _records(ws).drop("drop", strict=False)
+    language = _stage_columns(ws, "language", ["doc_id", "language", "language_score"])
+    scores = _stage_columns(ws, "scored", ["doc_id", "quality_score"])
+    table = (
+        status.join(records, on="doc_id", how="left")
+        .join(language, on="doc_id", how="left")
+        .join(scores, on="doc_id", how="left")
+    )
+    columns = ["doc_id", "source_id", "drop", "source", "license", "kind", "status", "stage", "rule", "detail",
+               "duplicate_of", "value", "threshold", "language", "language_score", "quality_score",
+               "release_shard", "file", "line"]
+    return table.select([c for c in columns if c in table.columns])
+
+
+def release_shard_index(ws: Workspace, release: str | None) -> pl.DataFrame:
+    if release is None or not (ws.release_dir(release) / "shard_index.parquet").exists():
+        return pl.DataFrame(schema={"doc_id": pl.String, "release_shard": pl.String})
+    return pl.read_parquet(ws.release_dir(release) / "shard_index.parquet").with_columns(
+        pl.format("{}/shards/{}", pl.lit(release), pl.col("release_shard")).alias("release_shard")
+    )
+
+
+def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame) -> str:
+    """Readable account of one document: identity, every stage's verdict with rule, value and threshold,
+    what it duplicates, and which release shards hold it."""
+    ledger_files = sorted((ws.root / "ledger").glob("*/*.parquet"))
+    if not ledger_files:
+        return f"no ledger in {ws.root}: run `curate run` first"
+    rows = (
+        pl.scan_parquet([str(f) for f in ledger_files])
+        .filter(pl.col("doc_id") == doc_id)
+        .collect()
+    )
+    if rows.is_empty():
+        return f"document {doc_id} is not in the ledger of {ws.root}"
+    order = {s: i for i, s in enumerate([*STAGES, "release"])}
+    rows = rows.with_columns(pl.col("stage").replace_strict(order, default=99).alias("_o")).sort("_o", "verdict")
+    records = _records(ws).filter(pl.col("doc_id") == doc_id)
+    lines = [f"document {doc_id}"]
+    if records.height:
+        r = records.row(0, named=True)
+        where = f"{r['file']}" + (f" line {r['line']}" if r.get("line") is not None else "")
+        lines += [
+            f"  source      {r['source']} (drop {r.get('drop') or rows['drop'][0]}, kind {r.get('kind')})",
+            f"  source_id   {r['source_id']}  ({where})",
+            f"  license     {r['license']}",
+        ]
+        if r.get("provenance"):
+            prov = json.loads(r["provenance"])
+            lines.append(f"  provenance  {prov.get('url') or prov.get('description', '')} "
+                         f"(collected {prov.get('collected_at', '?')})")
+    lines.append("  journey:")
+    for row in rows.iter_rows(named=True):
+        text = f"    {row['stage']:<16} {row['verdict']:<10}"
+        if row["rule"]:
+            text += f" {row['rule']}"
+        if row["value"] is not None:
+            text += f" value={row['value']:g}"
+        if row["threshold"]:
+            text += f" (breaks {row['threshold']})"
+        if row["duplicate_of"]:
+            text += f" duplicate of {row['duplicate_of']}"
+        if row["detail"] and row["verdict"] != "keep":
+            text += f" - {row['detail']}"
+        lines.append(text)
+    held = shards.filter(pl.col("doc_id") == doc_id)["release_shard"].to_list()
+    lines.append(f"  released in {', '.join(held)}" if held else "  not in any release")
+    return "\n".join(lines)

@@ -1,0 +1,174 @@
+"""The ledger: every verdict on every document, and the questions users ask of it.
+
+One Parquet file per stage and drop (``ledger/<stage>/<drop>.parquet``). Every document that enters a stage has
+exactly one deciding row there (``keep``, ``drop`` or ``quarantine``), plus optional annotation rows (``redact``,
+``flag``). So for every drop and stage: documents in = kept + dropped + quarantined, and one stage's kept
+documents are the next stage's input. ``reconcile`` proves both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from curation_platform.records import DROP, KEEP, QUARANTINE, verdict_frame
+from curation_platform.workspace import Workspace
+
+LEDGER_SCHEMA: dict[str, pl.DataType] = {
+    "drop": pl.String,
+    "stage": pl.String,
+    "doc_id": pl.String,
+    "verdict": pl.String,
+    "rule": pl.String,
+    "value": pl.Float64,
+    "threshold": pl.String,
+    "detail": pl.String,
+    "duplicate_of": pl.String,
+    "run_id": pl.String,
+    "config_hash": pl.String,
+}
+
+DECIDING = (KEEP, DROP, QUARANTINE)
+
+
+def ledger_rows(
+    *, stage: str, drop: str, input_ids: pl.Series, verdicts: pl.DataFrame, run_id: str, config_hash: str
+) -> pl.DataFrame:
+    """Verdict rows of one stage on one drop, completed with a ``keep`` row for every document not removed."""
+    verdicts = verdict_frame(verdicts)
+    removed = verdicts.filter(pl.col("verdict").is_in([DROP, QUARANTINE]))["doc_id"]
+    keeps = verdict_frame(
+        pl.DataFrame({"doc_id": input_ids}).filter(~pl.col("doc_id").is_in(removed.implode())).with_columns(
+            verdict=pl.lit(KEEP)
+        )
+    )
+    return pl.concat([verdicts, keeps]).with_columns(
+        pl.lit(drop).alias("drop"),
+        pl.lit(stage).alias("stage"),
+        pl.lit(run_id).alias("run_id"),
+        pl.lit(config_hash).alias("config_hash"),
+    ).select(list(LEDGER_SCHEMA))
+
+
+def read_ledger(ws: Workspace, drop: str | None = None, release: str | None = None) -> pl.DataFrame:
+    """Ledger rows of the per-drop stages (of one drop, or all drops), plus one release's verdicts if named."""
+    files = sorted(
+        f for f in (ws.root / "ledger").glob(f"*/{drop or '*'}.parquet") if f.parent.name != "release"
+    )
+    if release is not None and ws.release_ledger_path(release).exists():
+        files.append(ws.release_ledger_path(release))
+    if not files:
+        return pl.DataFrame(schema=LEDGER_SCHEMA)
+    return pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+
+
+def stage_counts(ws: Workspace, drop: str, stages: list[str]) -> pl.DataFrame:
+    """Per stage: documents in, kept, dropped, quarantined (deciding rows only), in pipeline order."""
+    ledger = read_ledger(ws, drop).filter(pl.col("verdict").is_in(DECIDING))
+    counts = ledger.group_by("stage").agg(
+        pl.len().alias("input"),
+        (pl.col("verdict") == KEEP).sum().alias("kept"),
+        (pl.col("verdict") == DROP).sum().alias("dropped"),
+        (pl.col("verdict") == QUARANTINE).sum().alias("quarantined"),
+        pl.col("doc_id").n_unique().alias("distinct_docs"),
+    )
+    order = pl.DataFrame({"stage": stages, "position": list(range(len(stages)))})
+    return order.join(counts, on="stage", how="inner").sort("position").drop("position")
+
+
+def reconcile(ws: Workspace, drop: str, stages: list[str], read_count: int | None = None) -> list[str]:
+    """Problems with the drop's counts (an empty list means they reconcile).
+
+    Checks: each document has exactly one deciding row per stage it entered; input = kept + dropped +
+    quarantined; a stage's input is exactly the previous stage's kept set; and the first stage saw
+    ``read_count`` records when given.
+    """
+    problems: list[str] = []
+    ledger = read_ledger(ws, drop).filter(pl.col("verdict").is_in(DECIDING))
+    previous_kept: pl.Series | None = None
+    for stage in stages:
+        rows = ledger.filter(pl.col("stage") == stage)
+        if rows.is_empty() and previous_kept is None:
+            break
+        if rows.height != rows["doc_id"].n_unique():
+            problems.append(f"{drop}/{stage}: some documents have more than one deciding verdict")
+        if previous_kept is not None:
+            entered = set(rows["doc_id"].to_list())
+            expected = set(previous_kept.to_list())
+            if entered != expected:
+                problems.append(
+                    f"{drop}/{stage}: {len(expected - entered)} documents kept upstream never reached this stage, "
+                    f"{len(entered - expected)} appeared from nowhere"
+                )
+        previous_kept = rows.filter(pl.col("verdict") == KEEP)["doc_id"]
+    first = ledger.filter(pl.col("stage") == stages[0])
+    if read_count is not None and first.height != read_count:
+        problems.append(f"{drop}: read {read_count} records but the ledger accounts for {first.height}")
+    return problems
+
+
+def document_status(
+    ws: Workspace, stages: list[str], release: str | None = None, release_shards: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """One row per input record of every drop: its final status and the stage and rule that decided it.
+
+    ``release_shards`` (doc_id, release_shard) marks released documents; release-stage verdicts (license policy,
+    budget) are read from the ledger's ``release`` stage.
+    """
+    ledger = read_ledger(ws, release=release)
+    if ledger.is_empty():
+        return pl.DataFrame()
+    position = {s: i for i, s in enumerate([*stages, "release"])}
+    deciding = ledger.filter(pl.col("verdict").is_in([DROP, QUARANTINE])).with_columns(
+        pl.col("stage").replace_strict(position, default=len(position)).alias("position")
+    )
+    first_removal = deciding.sort("position", "rule").group_by("doc_id", maintain_order=True).first()
+    entered = (
+        ledger.filter(pl.col("stage") == stages[0])
+        .select("doc_id", "drop")
+        .unique(subset="doc_id", keep="first", maintain_order=True)
+    )
+    status = entered.join(
+        first_removal.select("doc_id", "verdict", "stage", "rule", "detail", "duplicate_of", "value", "threshold"),
+        on="doc_id",
+        how="left",
+    ).with_columns(
+        pl.when(pl.col("verdict") == QUARANTINE)
+        .then(pl.lit("quarantined"))
+        .when(pl.col("verdict") == DROP)
+        .then(pl.lit("dropped"))
+        .otherwise(pl.lit("kept"))
+        .alias("status")
+    ).drop("verdict")
+    if release_shards is not None and not release_shards.is_empty():
+        status = status.join(release_shards.select("doc_id", "release_shard"), on="doc_id", how="left")
+    else:
+        status = status.with_columns(pl.lit(None, dtype=pl.String).alias("release_shard"))
+    return status
+
+
+def export_parquet(frame: pl.DataFrame, out: Path) -> Path:
+    from curation_platform.workspace import write_parquet_atomic
+
+    return write_parquet_atomic(frame, Path(out))
+
+
+def rule_counts(ws: Workspace) -> list[dict]:
+    """Documents removed per (stage, rule) over every drop, for the data card."""
+    ledger = read_ledger(ws).filter(pl.col("verdict").is_in([DROP, QUARANTINE]))
+    grouped = ledger.group_by("stage", "rule").len().sort("stage", "rule")
+    return [{"stage": s, "rule": r, "documents": n} for s, r, n in grouped.iter_rows()]
+
+
+def all_stage_counts(ws: Workspace, stages: list[str]) -> list[dict]:
+    """Input, kept, dropped, quarantined per stage summed over every drop, in pipeline order."""
+    ledger = read_ledger(ws).filter(pl.col("verdict").is_in(DECIDING))
+    counts = ledger.group_by("stage").agg(
+        pl.len().alias("input"),
+        (pl.col("verdict") == KEEP).sum().alias("kept"),
+        (pl.col("verdict") == DROP).sum().alias("dropped"),
+        (pl.col("verdict") == QUARANTINE).sum().alias("quarantined"),
+    )
+    by_stage = {row["stage"]: row for row in counts.iter_rows(named=True)}
+    return [by_stage[s] for s in stages if s in by_stage]

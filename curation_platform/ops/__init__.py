@@ -1,0 +1,1 @@
+"""Curation operators: one stage per module, each ``stage(docs, cfg) -> StageResult``."""

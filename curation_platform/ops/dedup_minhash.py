@@ -1,0 +1,547 @@
+"""Near-duplicate removal with MinHash LSH against a persistent index of earlier drops.
+
+Pipeline, all column operations:
+
+1. Shingles: text normalized (lower-case, punctuation and symbols removed, digits to 0, whitespace collapsed),
+   split into words; each word hashed with XXH3-64 (polars_hash, stable across versions) and every ``ngram``
+   consecutive word hashes folded into one 64-bit shingle hash with numpy. A document shorter than ``ngram``
+   words is one shingle.
+2. Signatures: ``num_perm`` universal hash functions ``h -> (a*h + b mod 2^64) >> 32`` (multiply-add-shift,
+   Dietzfelbinger 1996, strongly universal for 32-bit keys) applied to the shingle hashes, minimum per document
+   with ``np.minimum.reduceat``. Parameters come from SplitMix64 of the seed, so persisted signatures never depend
+   on a numpy RNG stream.
+3. LSH: ``bands`` keys per document (a 64-bit hash of each band's ``rows`` values). Candidate pairs share a
+   (band, key) within the drop or with the index of earlier drops (Polars joins).
+4. Verification: candidates count only when their estimated Jaccard (share of equal signature values over the
+   full signature) reaches ``verify_threshold``; band collisions alone never remove a document.
+5. Keep rule: documents are taken in keep-rule order (index documents first, they are kept and earliest); a
+   document is removed only if it has a verified near-duplicate among the documents already KEPT. This avoids
+   chain collapse (A~B, B~C, A!~C keeps A and C). It is resolved in vectorized rounds over the edge list.
+6. Clusters: connected components of the verified pairs (numpy min-label propagation with pointer jumping);
+   the cluster id is the doc_id of the cluster's first document in keep-rule order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import polars_hash as plh
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from curation_platform.ops.dedup_exact import (
+    DEFAULT_KEEP_RULE,
+    DedupIndexError,
+    KeepKey,
+    content_expr,
+    sort_by_keep_rule,
+)
+from curation_platform.records import DROP, StageResult, split_by_verdicts
+
+RULE_DUPLICATE = "near_dedup.duplicate"
+# Bump when the shingle or signature scheme changes: persisted indexes of another scheme are refused.
+SIGNATURE_SCHEME = "minhash-v1"
+
+NEAR_INDEX_SCHEMA: dict[str, pl.DataType] = {
+    "doc_id": pl.String,
+    "drop": pl.String,
+    "drop_order": pl.Int64,
+    "band_keys": pl.List(pl.UInt64),
+    "signature": pl.List(pl.UInt32),
+    "params": pl.String,  # SIGNATURE_SCHEME and the parameters the signature was computed with
+}
+
+_EMPTY_SIGNATURE = np.uint32(0xFFFFFFFF)  # signature value of a document without shingles
+_FOLD = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier for folding word hashes into n-gram hashes
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)  # SplitMix64 constants
+_UNKNOWN, _KEPT, _REMOVED = 0, 1, 2
+
+
+class NearDedupConfig(BaseModel):
+    """MinHash LSH settings. Defaults: FineWeb (Penedo et al. 2024), 112 permutations as 14 bands x 8 rows,
+    5-word shingles."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_perm: int = Field(112, ge=2)
+    bands: int = Field(14, ge=1)
+    rows: int = Field(8, ge=1)
+    ngram: int = Field(5, ge=1)
+    seed: int = Field(1, ge=0, lt=2**63)
+    verify: bool = True
+    verify_threshold: float = Field(0.8, ge=0.0, le=1.0)
+    max_cluster_size: int = Field(1000, ge=2)
+    # When set, bands and rows are chosen to minimize the weighted false positive and negative probability at
+    # this Jaccard (the datasketch ``_optimal_param`` idea), overriding ``bands`` and ``rows``.
+    target_jaccard: float | None = Field(None, gt=0.0, lt=1.0)
+    false_positive_weight: float = Field(0.5, ge=0.0)
+    false_negative_weight: float = Field(0.5, ge=0.0)
+    # Within one (band, key) bucket each document is compared with at most this many documents ranked before it,
+    # which bounds the pairs from huge template buckets (otherwise quadratic) while keeping likely survivors.
+    bucket_link_limit: int = Field(100, ge=1)
+    keep_rule: list[KeepKey] = Field(default_factory=lambda: list(DEFAULT_KEEP_RULE))
+
+    @field_validator("keep_rule")
+    @classmethod
+    def _distinct_keys(cls, keys: list[KeepKey]) -> list[KeepKey]:
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"keep_rule lists a key twice: {keys}")
+        return keys
+
+    @model_validator(mode="after")
+    def _bands_fit(self) -> NearDedupConfig:
+        if self.target_jaccard is None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands * rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        return self
+
+
+def empty_near_index() -> pl.DataFrame:
+    """An empty near-dedup index with the persisted schema (the index of the first drop)."""
+    return pl.DataFrame(schema=NEAR_INDEX_SCHEMA)
+
+
+# ---------------------------------------------------------------------------------------------------- LSH setup
+
+
+def lsh_false_rates(threshold: float, bands: int, rows: int, grid: int = 1001) -> tuple[float, float]:
+    """Areas under the LSH candidate curve ``1 - (1 - s^rows)^bands``: false positive mass over Jaccard below
+    ``threshold`` and false negative mass above it (trapezoid rule on ``grid`` points)."""
+    below = np.linspace(0.0, threshold, grid)
+    above = np.linspace(threshold, 1.0, grid)
+    fp = np.trapezoid(1.0 - (1.0 - below**rows) ** bands, below)
+    fn = np.trapezoid((1.0 - above**rows) ** bands, above)
+    return float(fp), float(fn)
+
+
+def optimal_lsh_params(
+    threshold: float, num_perm: int, false_positive_weight: float = 0.5, false_negative_weight: float = 0.5
+) -> tuple[int, int]:
+    """(bands, rows) with ``bands * rows <= num_perm`` minimizing the weighted false positive and false negative
+    probability mass at ``threshold``. Ties go to fewer bands, then fewer rows."""
+    best, best_error = (1, 1), np.inf
+    for bands in range(1, num_perm + 1):
+        for rows in range(1, num_perm // bands + 1):
+            fp, fn = lsh_false_rates(threshold, bands, rows)
+            error = false_positive_weight * fp + false_negative_weight * fn
+            if error < best_error - 1e-15:
+                best, best_error = (bands, rows), error
+    return best
+
+
+def lsh_params(cfg: NearDedupConfig) -> tuple[int, int]:
+    """The (bands, rows) the stage uses: ``target_jaccard`` optimized if set, else the configured pair."""
+    if cfg.target_jaccard is None:
+        return cfg.bands, cfg.rows
+    return optimal_lsh_params(cfg.target_jaccard, cfg.num_perm, cfg.false_positive_weight,
+                              cfg.false_negative_weight)
+
+
+def signature_params(cfg: NearDedupConfig) -> str:
+    """The string stored with every index entry; an index is only comparable under the same string."""
+    bands, rows = lsh_params(cfg)
+    return f"{SIGNATURE_SCHEME} num_perm={cfg.num_perm} ngram={cfg.ngram} seed={cfg.seed} bands={bands} rows={rows}"
+
+
+# ---------------------------------------------------------------------------------------------------- signatures
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.uint64) * _FOLD
+    x ^= x >> np.uint64(30)
+    x *= _MIX1
+    x ^= x >> np.uint64(27)
+    x *= _MIX2
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def _permutations(cfg: NearDedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Multipliers (odd) and offsets of the ``num_perm`` hash functions, derived from the seed only."""
+    counters = np.uint64(cfg.seed) * np.uint64(2 * cfg.num_perm + 1) + np.arange(2 * cfg.num_perm, dtype=np.uint64)
+    mixed = _splitmix64(counters + np.uint64(1))
+    return mixed[0::2] | np.uint64(1), mixed[1::2]
+
+
+def _normalized_words(texts: pl.Series) -> pl.Series:
+    """Words of each text after lower-casing, removing punctuation and symbols and mapping digits to 0."""
+    text = pl.col("t").fill_null("")
+    normalized = (
+        text.str.to_lowercase()
+        .str.replace_all(r"[\p{P}\p{S}]+", "")
+        .str.replace_all(r"\d", "0")
+        .str.replace_all(r"\s+", " ")
+        .str.strip_chars()
+    )
+    words = pl.when(normalized == "").then(pl.lit([], dtype=pl.List(pl.String))).otherwise(normalized.str.split(" "))
+    return pl.DataFrame({"t": texts.cast(pl.String)}).select(words.alias("w"))["w"]
+
+
+def shingle_hashes(texts: pl.Series, cfg: NearDedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of each text's word ``ngram``-shingles, flat in text order, and the shingle count per text.
+
+    A text with fewer than ``ngram`` words (but at least one) has one shingle, the whole word sequence; an empty
+    text has none. Returns ``(hashes uint64 (total,), counts int64 (n,))``; text ``i`` owns
+    ``hashes[counts[:i].sum() : counts[:i+1].sum()]`` (duplicates within a text are kept).
+    """
+    n_texts, n = len(texts), cfg.ngram
+    words = _normalized_words(texts)
+    lengths = words.list.len().to_numpy().astype(np.int64)
+    word_hashes = (
+        pl.DataFrame({"w": words.explode(empty_as_null=False)})
+        .drop_nulls()
+        .select(plh.col("w").nchash.xxh3_64(seed=cfg.seed))["w"]
+        .to_numpy()
+        .astype(np.uint64)
+    )
+    total = len(word_hashes)
+    doc_of = np.repeat(np.arange(n_texts, dtype=np.int64), lengths)
+    # Pad so that position p + k always exists; padded and foreign words contribute 0 to the fold.
+    padded = np.concatenate([word_hashes, np.zeros(n - 1, dtype=np.uint64)])
+    padded_doc = np.concatenate([doc_of, np.full(n - 1, -1, dtype=np.int64)])
+    folded = np.zeros(total, dtype=np.uint64)
+    for k in range(n):
+        folded *= _FOLD
+        folded += np.where(padded_doc[k : k + total] == doc_of, padded[k : k + total], np.uint64(0))
+    starts = np.cumsum(lengths) - lengths
+    is_start = np.zeros(total, dtype=bool)
+    short = (lengths > 0) & (lengths < n)
+    is_start[starts[short]] = True
+    full_ngram = padded_doc[n - 1 : n - 1 + total] == doc_of
+    keep = full_ngram | is_start
+    counts = np.bincount(doc_of[keep], minlength=n_texts).astype(np.int64)
+    return folded[keep], counts
+
+
+def _signatures_from_shingles(hashes: np.ndarray, counts: np.ndarray, cfg: NearDedupConfig) -> np.ndarray:
+    n_texts = len(counts)
+    signatures = np.full((n_texts, cfg.num_perm), _EMPTY_SIGNATURE, dtype=np.uint32)
+    has = counts > 0
+    if not has.any():
+        return signatures
+    # reduceat needs non-empty segments: offsets of the texts that have shingles only.
+    offsets = (np.cumsum(counts) - counts)[has]
+    keys = hashes >> np.uint64(32)  # 32-bit keys: multiply-add-shift is strongly universal for them
+    multipliers, offsets_b = _permutations(cfg)
+    scratch = np.empty_like(keys)
+    block = np.empty((int(has.sum()), cfg.num_perm), dtype=np.uint64)
+    for k in range(cfg.num_perm):  # loop over hash functions, each one vectorized over every shingle
+        np.multiply(keys, multipliers[k], out=scratch)
+        scratch += offsets_b[k]
+        scratch >>= np.uint64(32)
+        block[:, k] = np.minimum.reduceat(scratch, offsets)
+    signatures[has] = block.astype(np.uint32)
+    return signatures
+
+
+def minhash_signatures(texts: pl.Series, cfg: NearDedupConfig) -> np.ndarray:
+    """MinHash signature of each text: ``uint32`` array of shape ``(len(texts), cfg.num_perm)``.
+
+    A text without any word gets the all-``0xFFFFFFFF`` signature (it is never a near-duplicate candidate).
+    """
+    hashes, counts = shingle_hashes(texts, cfg)
+    return _signatures_from_shingles(hashes, counts, cfg)
+
+
+def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """64-bit key of each band (``rows`` consecutive signature values): ``uint64`` array ``(n, bands)``."""
+    n = signatures.shape[0]
+    per_band = signatures[:, : bands * rows].reshape(n, bands, rows).astype(np.uint64)
+    keys = np.broadcast_to(np.arange(bands, dtype=np.uint64), (n, bands)).copy()
+    for r in range(rows):
+        keys = _splitmix64(keys ^ per_band[:, :, r])
+    return keys
+
+
+def _estimated_jaccard(sig: np.ndarray, left: np.ndarray, right: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    out = np.empty(len(left), dtype=np.float64)
+    for start in range(0, len(left), chunk):  # chunks bound memory to chunk * num_perm bytes
+        stop = start + chunk
+        out[start:stop] = (sig[left[start:stop]] == sig[right[start:stop]]).mean(axis=1)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- graph steps
+
+
+def _bucket_links(members: pl.DataFrame, limit: int) -> pl.DataFrame:
+    """Pairs (src, dst) with src < dst sharing a (band, key), dst linked to the first ``limit`` src of the bucket."""
+    shared = members.filter(pl.len().over("band", "key") > 1).sort("band", "key", "node")
+    if shared.is_empty():
+        return pl.DataFrame(schema={"src": pl.Int64, "dst": pl.Int64})
+    heads = shared.filter(pl.int_range(pl.len()).over("band", "key") < limit).rename({"node": "src"})
+    return (
+        shared.join(heads, on=["band", "key"])
+        .filter(pl.col("src") < pl.col("node"))
+        .select("src", pl.col("node").alias("dst"))
+    )
+
+
+def _resolve_keep(n_nodes: int, kept_first: int, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, int]:
+    """Greedy keep rule over verified edges (src before dst in keep order): a node is removed iff it has an edge
+    from a kept node. Nodes ``< kept_first`` (index documents) are kept. Resolved in rounds; each round settles
+    every node whose earlier neighbours are all settled. Returns (status per node, rounds)."""
+    status = np.full(n_nodes, _UNKNOWN, dtype=np.int8)
+    status[:kept_first] = _KEPT
+    has_incoming = np.zeros(n_nodes, dtype=bool)
+    has_incoming[dst] = True
+    status[(~has_incoming) & (status == _UNKNOWN)] = _KEPT
+    rounds = 0
+    while (status == _UNKNOWN).any():
+        rounds += 1
+        live = status[dst] == _UNKNOWN
+        src, dst = src[live], dst[live]
+        src_status = status[src]
+        kept_in = np.zeros(n_nodes, dtype=bool)
+        kept_in[dst[src_status == _KEPT]] = True
+        unknown_in = np.zeros(n_nodes, dtype=bool)
+        unknown_in[dst[src_status == _UNKNOWN]] = True
+        unknown = status == _UNKNOWN
+        status[unknown & kept_in] = _REMOVED
+        status[unknown & ~kept_in & ~unknown_in] = _KEPT
+    return status, rounds
+
+
+def _components(n_nodes: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Smallest node id of each node's connected component (min-label propagation with pointer jumping)."""
+    label = np.arange(n_nodes, dtype=np.int64)
+    while True:
+        low = np.minimum(label[src], label[dst])
+        new = label.copy()
+        np.minimum.at(new, src, low)
+        np.minimum.at(new, dst, low)
+        new = new[new]  # pointer jumping: follow labels to their own labels
+        if np.array_equal(new, label):
+            return label
+        label = new
+
+
+def _size_bucket(size: int) -> str:
+    upper = 1 << (size - 1).bit_length()
+    lower = upper // 2 + 1
+    return str(size) if size <= 2 else f"{lower}-{upper}"
+
+
+def _exact_jaccard(hashes: np.ndarray, counts: np.ndarray, left: int, right: int) -> float:
+    starts = np.cumsum(counts) - counts
+    a = np.unique(hashes[starts[left] : starts[left] + counts[left]])
+    b = np.unique(hashes[starts[right] : starts[right] + counts[right]])
+    union = len(np.union1d(a, b))
+    return float(len(np.intersect1d(a, b, assume_unique=True)) / union) if union else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------- the stage
+
+
+def _check_near_index(index: pl.DataFrame, docs: pl.DataFrame, cfg: NearDedupConfig) -> pl.DataFrame:
+    missing = [c for c in NEAR_INDEX_SCHEMA if c not in index.columns]
+    if missing:
+        raise DedupIndexError(
+            f"near dedup index is missing columns {missing}; rebuild it from the persisted entries of earlier drops"
+        )
+    index = index.select([pl.col(c).cast(t) for c, t in NEAR_INDEX_SCHEMA.items()])
+    params = signature_params(cfg)
+    foreign = index.filter(pl.col("params") != params)["params"].unique().sort().to_list()
+    if foreign:
+        raise DedupIndexError(
+            f"near dedup index entries were computed with {foreign}, the config gives '{params}'; keep the MinHash "
+            "settings of the index or rebuild the index of every earlier drop with the new settings"
+        )
+    # A document is never its own duplicate (the orchestration may hand back entries of the drop being re-run).
+    index = index.join(docs.select("doc_id"), on="doc_id", how="anti")
+    # Canonical order, so node ids (and so cluster ids) do not depend on how the index files were concatenated.
+    return index.sort("drop_order", "doc_id", nulls_last=True)
+
+
+def near_duplicates(
+    docs: pl.DataFrame, index: pl.DataFrame, cfg: NearDedupConfig
+) -> tuple[StageResult, pl.DataFrame]:
+    """Remove near-duplicates within ``docs`` and against the index of earlier drops.
+
+    ``docs``: records with ``doc_id``, ``text`` (or ``messages``), ``drop``, ``drop_order`` and optionally
+    ``quality_score`` and ``license``. ``index``: NEAR_INDEX_SCHEMA entries of every earlier drop.
+    Returns the StageResult (kept documents gain ``cluster_id``, null for documents without a verified
+    near-duplicate; removed ones get ``near_dedup.duplicate`` verdicts whose ``value`` is the estimated Jaccard
+    with ``duplicate_of``, a kept or indexed near-duplicate) and the index entries of the kept documents.
+    """
+    bands, rows = lsh_params(cfg)
+    params = signature_params(cfg)
+    index = _check_near_index(index, docs, cfg)
+    n_docs, n_index = docs.height, index.height
+
+    # Node ids follow the keep rule: current documents by rank; index documents get negative ids, all earlier.
+    ranked = sort_by_keep_rule(docs.with_row_index("_row"), cfg)
+    order = ranked["_row"].to_numpy().astype(np.int64)
+    texts = docs.select(content_expr(docs.columns))["_content"]
+    hashes, counts = shingle_hashes(texts, cfg)
+    signatures = _signatures_from_shingles(hashes, counts, cfg)
+    keys = band_keys(signatures, bands, rows)
+    ranked_sig, ranked_keys, ranked_has = signatures[order], keys[order], counts[order] > 0
+
+    with_shingles = np.flatnonzero(ranked_has)
+    current = pl.DataFrame(
+        {
+            "node": np.repeat(with_shingles, bands),
+            "band": np.tile(np.arange(bands, dtype=np.int64), len(with_shingles)),
+            "key": ranked_keys[with_shingles].ravel(),
+        }
+    )
+    indexed = (
+        index.select(pl.int_range(-n_index, 0, dtype=pl.Int64).alias("node"), pl.col("band_keys").alias("key"))
+        .explode("key")
+        .with_columns(pl.int_range(pl.len()).over("node").cast(pl.Int64).alias("band"))
+    )
+    index_heads = (
+        indexed.join(current.select("band", "key").unique(), on=["band", "key"], how="semi")
+        .sort("band", "key", "node")
+        .filter(pl.int_range(pl.len()).over("band", "key") < cfg.bucket_link_limit)
+        .rename({"node": "src"})
+    )
+    cross = current.join(index_heads, on=["band", "key"]).select("src", pl.col("node").alias("dst"))
+    candidates = (
+        pl.concat([cross, _bucket_links(current, cfg.bucket_link_limit)]).unique().sort("src", "dst")
+    )
+
+    # Signatures of the index documents that are candidates; the rest of the index is never loaded.
+    involved = np.unique(candidates.filter(pl.col("src") < 0)["src"].to_numpy())
+    index_sig = (
+        index[(involved + n_index).tolist()]["signature"].explode().to_numpy().astype(np.uint32)
+        .reshape(len(involved), cfg.num_perm)
+        if len(involved)
+        else np.empty((0, cfg.num_perm), dtype=np.uint32)
+    )
+    # Compact ids: involved index documents first, then current documents by rank (keep-rule order throughout).
+    all_sig = np.vstack([index_sig, ranked_sig])
+    n_inv = len(involved)
+
+    def compact(nodes: np.ndarray) -> np.ndarray:
+        return np.where(nodes < 0, np.searchsorted(involved, nodes), nodes + n_inv)
+
+    src = compact(candidates["src"].to_numpy())
+    dst = compact(candidates["dst"].to_numpy())
+    jaccard = _estimated_jaccard(all_sig, src, dst)
+    verified = jaccard >= cfg.verify_threshold if cfg.verify else np.ones(len(src), dtype=bool)
+    src, dst, jaccard = src[verified], dst[verified], jaccard[verified]
+
+    n_nodes = n_inv + n_docs
+    status, rounds = _resolve_keep(n_nodes, n_inv, src, dst)
+    label = _components(n_nodes, src, dst)
+    in_edge = np.zeros(n_nodes, dtype=bool)
+    in_edge[src] = True
+    in_edge[dst] = True
+
+    # Doc ids per compact node; cluster id = doc_id of the component's first node in keep-rule order.
+    node_doc = np.concatenate(
+        [index["doc_id"].to_numpy()[involved + n_index], ranked["doc_id"].to_numpy()]
+    ).astype(object)
+    cluster_of = np.where(in_edge, node_doc[label], None)
+
+    # duplicate_of: the earliest kept near-duplicate (edges sorted by dst, then src).
+    to_kept = (status[src] == _KEPT) & (status[dst] == _REMOVED)
+    e_src, e_dst, e_jac = src[to_kept], dst[to_kept], jaccard[to_kept]
+    first = np.lexsort((e_src, e_dst))
+    e_src, e_dst, e_jac = e_src[first], e_dst[first], e_jac[first]
+    unique_dst = np.r_[True, e_dst[1:] != e_dst[:-1]] if len(e_dst) else np.zeros(0, dtype=bool)
+    e_src, e_dst, e_jac = e_src[unique_dst], e_dst[unique_dst], e_jac[unique_dst]
+
+    threshold = f">= {cfg.verify_threshold:g}" if cfg.verify else f"LSH {bands}x{rows} band match"
+    verdicts = (
+        pl.DataFrame(
+            {
+                "doc_id": node_doc[e_dst].astype(str) if len(e_dst) else np.array([], dtype=str),
+                "duplicate_of": node_doc[e_src].astype(str) if len(e_src) else np.array([], dtype=str),
+                "value": e_jac,
+                "cluster_id": cluster_of[e_dst].astype(str) if len(e_dst) else np.array([], dtype=str),
+                "cross_drop": e_src < n_inv,
+            },
+            schema={"doc_id": pl.String, "duplicate_of": pl.String, "value": pl.Float64,
+                    "cluster_id": pl.String, "cross_drop": pl.Boolean},
+        )
+        .with_columns(
+            pl.lit(DROP).alias("verdict"),
+            pl.lit(RULE_DUPLICATE).alias("rule"),
+            pl.lit(threshold).alias("threshold"),
+            pl.format(
+                "near-duplicate of {}{} (estimated Jaccard {}) in cluster {}",
+                "duplicate_of",
+                pl.when("cross_drop").then(pl.lit(" from an earlier drop")).otherwise(pl.lit("")),
+                pl.col("value").round(3),
+                "cluster_id",
+            ).alias("detail"),
+        )
+        .sort("doc_id")
+    )
+
+    metrics = _metrics(
+        cfg, bands, rows, n_docs, n_index, counts, candidates.height, len(src), rounds, verdicts,
+        label, in_edge, node_doc, hashes, ranked,
+    )
+    clustered = docs.with_columns(
+        pl.Series("cluster_id", cluster_of[n_inv:][np.argsort(order)], dtype=pl.String)
+    )
+    result = split_by_verdicts(clustered, verdicts.drop("cluster_id", "cross_drop"), metrics)
+
+    kept_nodes = np.flatnonzero((status[n_inv:] == _KEPT) & ranked_has)  # ranks of kept documents with shingles
+    kept_rows = order[kept_nodes]
+    entries = (
+        docs[kept_rows.tolist()]
+        .select(
+            pl.col("doc_id").cast(pl.String),
+            pl.col("drop").cast(pl.String),
+            pl.col("drop_order").cast(pl.Int64),
+        )
+        .with_columns(
+            pl.Series("band_keys", keys[kept_rows]).cast(pl.List(pl.UInt64)),
+            pl.Series("signature", signatures[kept_rows]).cast(pl.List(pl.UInt32)),
+            pl.lit(params).alias("params"),
+        )
+        .sort("doc_id")
+        if len(kept_rows)
+        else empty_near_index()
+    )
+    return result, entries
+
+
+def _metrics(
+    cfg: NearDedupConfig, bands: int, rows: int, n_docs: int, n_index: int, counts: np.ndarray,
+    candidate_pairs: int, verified_pairs: int, rounds: int, verdicts: pl.DataFrame, label: np.ndarray,
+    in_edge: np.ndarray, node_doc: np.ndarray, hashes: np.ndarray, ranked: pl.DataFrame,
+) -> dict:
+    roots, sizes = np.unique(label[in_edge], return_counts=True)
+    histogram: dict[str, int] = {}
+    for size in sorted(sizes.tolist()):
+        histogram[_size_bucket(size)] = histogram.get(_size_bucket(size), 0) + 1
+    oversized = [
+        {"cluster_id": str(node_doc[root]), "size": int(size)}
+        for root, size in zip(roots.tolist(), sizes.tolist())
+        if size > cfg.max_cluster_size
+    ]
+    # Sample pairs: within-drop ones first (their exact Jaccard is computable from this drop's shingles).
+    pairs = verdicts.sort("cross_drop", "doc_id").head(10)
+    wanted = pl.concat([pairs["doc_id"], pairs["duplicate_of"]]).unique()
+    row_of = dict(ranked.filter(pl.col("doc_id").is_in(wanted.implode())).select("doc_id", "_row").iter_rows())
+    sample = []
+    for pair in pairs.iter_rows(named=True):
+        exact = None
+        if not pair["cross_drop"]:
+            exact = round(_exact_jaccard(hashes, counts, row_of[pair["doc_id"]], row_of[pair["duplicate_of"]]), 4)
+        sample.append({"doc_id": pair["doc_id"], "duplicate_of": pair["duplicate_of"],
+                       "estimated_jaccard": round(pair["value"], 4), "exact_jaccard": exact})
+    return {
+        "documents_in": n_docs,
+        "documents_without_shingles": int((counts == 0).sum()),
+        "index_entries_in": n_index,
+        "bands": bands,
+        "rows": rows,
+        "num_perm": cfg.num_perm,
+        "candidate_pairs": candidate_pairs,
+        "verified_pairs": verified_pairs,
+        "removed": verdicts.height,
+        "removed_cross_drop": int(verdicts["cross_drop"].sum()),
+        "removed_within_drop": int((~verdicts["cross_drop"]).sum()),
+        "documents_kept": n_docs - verdicts.height,
+        "clusters": int(len(roots)),
+        "cluster_size_histogram": histogram,
+        "largest_cluster": int(sizes.max()) if len(sizes) else 0,
+        "clusters_over_max_size": oversized,
+        "keep_rule_rounds": rounds,
+        "sample_pairs": sample,
+    }

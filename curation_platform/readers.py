@@ -1,0 +1,580 @@
+"""Readers: turn a drop folder into canonical records (RECORD_SCHEMA) and quarantine rows with reasons.
+
+Every input record ends up in exactly one of the two frames, so ``read_count == len(records) +
+len(quarantine)`` for every drop. Bad input never raises: a malformed line, a corrupt file or an unknown license
+becomes a quarantine row naming the file, the line and the reason. Only a bad manifest (ManifestError) or a path
+that escapes the drop (UnsafePathError) stops the read, because then nothing in the drop can be trusted.
+
+How it works: each data file becomes candidate rows ``(file, line, raw JSON object | text, format)``; problems
+found while reading bytes (invalid UTF-8, oversized lines, corrupt gzip) are marked there. One DuckDB query then
+pulls the text, id, license and chat turns out of every JSON record at once, and Polars expressions decide each
+row's fate. Parquet and CSV rows are encoded as JSON objects so all record formats share that one path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+from pydantic import BaseModel, ConfigDict
+
+from curation_platform.errors import UnsafePathError
+from curation_platform.hashing import xxh128_hex
+from curation_platform.licenses import normalize_license
+from curation_platform.manifest import MANIFEST_NAME, READY_MARKER, Manifest, load_manifest
+from curation_platform.records import MESSAGES_DTYPE, RECORD_SCHEMA
+
+EXCERPT_CHARS = 200
+
+QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
+    "doc_id": pl.String,
+    "file": pl.String,
+    "line": pl.Int64,
+    "reason": pl.String,
+    "excerpt": pl.String,  # first 200 characters of the raw input
+    "source": pl.String,
+    "drop": pl.String,
+    "source_id": pl.String,
+    "license": pl.String,  # the license string as given (unnormalized), if any
+}
+
+
+class IngestConfig(BaseModel):
+    """Limits for reading drops (platform defaults; no published reference sets these)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_record_bytes: int = 1_000_000  # one record (JSON line, table row as JSON, or whole file) above this is quarantined
+    settle_seconds: float = 10  # a drop without _READY is read once nothing in it changed for this long
+    min_text_chars: int = 1  # text shorter than this after stripping whitespace is quarantined as empty
+
+
+@dataclass
+class IngestResult:
+    """What ``read_drop`` returns: canonical records, quarantined inputs, and how many inputs it saw."""
+
+    records: pl.DataFrame
+    quarantine: pl.DataFrame
+    read_count: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Formats
+
+_RECORD_EXTENSIONS = {
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",  # .json is read as JSON Lines (the HF datasets default)
+    ".jsonl.gz": "jsonl", ".ndjson.gz": "jsonl", ".json.gz": "jsonl",
+    ".parquet": "parquet", ".csv": "csv", ".tsv": "csv",
+}
+_DOCUMENT_EXTENSIONS = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown",
+                        ".html": "html", ".htm": "html", ".xhtml": "html"}
+CODE_LANGUAGES = {
+    ".py": "python", ".pyi": "python", ".ipynb": "jupyter", ".js": "javascript", ".mjs": "javascript",
+    ".cjs": "javascript", ".jsx": "javascript", ".ts": "typescript", ".tsx": "typescript", ".go": "go",
+    ".rs": "rust", ".java": "java", ".kt": "kotlin", ".kts": "kotlin", ".scala": "scala", ".c": "c", ".h": "c",
+    ".cpp": "cpp", ".cc": "cpp", ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp", ".cs": "csharp", ".rb": "ruby",
+    ".php": "php", ".swift": "swift", ".m": "objective-c", ".sh": "shell", ".bash": "shell", ".zsh": "shell",
+    ".ps1": "powershell", ".sql": "sql", ".r": "r", ".jl": "julia", ".lua": "lua", ".pl": "perl", ".pm": "perl",
+    ".hs": "haskell", ".ex": "elixir", ".exs": "elixir", ".erl": "erlang", ".clj": "clojure", ".dart": "dart",
+    ".css": "css", ".scss": "scss", ".vue": "vue", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml",
+    ".xml": "xml", ".proto": "protobuf", ".zig": "zig", ".nim": "nim", ".f90": "fortran", ".asm": "assembly",
+}
+_CODE_FILENAMES = {"Dockerfile": "dockerfile", "Makefile": "makefile", "CMakeLists.txt": "cmake"}
+_RECORD_FORMATS = {"jsonl", "parquet", "csv"}
+
+
+def _extension(rel: str) -> str:
+    name = rel.rsplit("/", 1)[-1].lower()
+    if name.endswith(".gz"):
+        return "." + ".".join(name.split(".")[-2:]) if name.count(".") >= 2 else ".gz"
+    return "." + name.rsplit(".", 1)[-1] if "." in name else ""
+
+
+def _file_format(rel: str, forced: str | None) -> tuple[str | None, str | None]:
+    """(container format, code language) for a file; format None means unknown."""
+    ext = _extension(rel)
+    name = rel.rsplit("/", 1)[-1]
+    language = _CODE_FILENAMES.get(name) or CODE_LANGUAGES.get(ext)
+    if forced == "code":
+        return "code", language
+    if forced in _RECORD_FORMATS or forced in _DOCUMENT_EXTENSIONS.values():
+        return forced, None
+    # No forced container (or "chat", whose container still comes from the extension).
+    if name in _CODE_FILENAMES:
+        return "code", language
+    fmt = _RECORD_EXTENSIONS.get(ext) or _DOCUMENT_EXTENSIONS.get(ext)
+    if fmt:
+        return fmt, None
+    if language:
+        return "code", language
+    return None, None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files in a drop
+
+
+def _data_files(drop_dir: Path) -> list[tuple[str, Path]]:
+    """(relative posix path, absolute path) of every data file, sorted; raises UnsafePathError on escapes."""
+    root = drop_dir.resolve()
+    found: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in dirnames:
+            _check_inside(root, here / name, drop_dir)
+        for name in filenames:
+            if name.startswith(".") or name in (MANIFEST_NAME, READY_MARKER):
+                continue
+            path = here / name
+            _check_inside(root, path, drop_dir)
+            found.append((path.relative_to(root).as_posix(), path))
+    return sorted(found)
+
+
+def _check_inside(root: Path, path: Path, drop_dir: Path) -> None:
+    rel = path.relative_to(root)
+    if ".." in rel.parts or not path.resolve().is_relative_to(root):
+        raise UnsafePathError(
+            f"drop '{drop_dir.name}': {rel.as_posix()} points outside the drop (to {path.resolve()}); "
+            "copy the data into the drop instead of linking to it."
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Candidate rows: one per input record, before any decision
+
+_CANDIDATE_SCHEMA: dict[str, pl.DataType] = {
+    "file": pl.String,
+    "line": pl.Int64,
+    "format": pl.String,
+    "code_language": pl.String,
+    "raw": pl.String,  # the record as a JSON object (record formats)
+    "text": pl.String,  # the whole file (one-document-per-file formats)
+    "excerpt": pl.String,  # set where raw and text are absent (bad bytes, oversized, corrupt files)
+    "reason_code": pl.String,  # problems found while reading bytes
+    "reason": pl.String,
+}
+
+
+def _lossy(data: bytes) -> str:
+    return data[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")[:EXCERPT_CHARS]
+
+
+def _problem_row(rel: str, line: int | None, fmt: str | None, code: str, reason: str, excerpt: str) -> dict:
+    return {"file": rel, "line": line, "format": fmt, "code_language": None, "raw": None, "text": None,
+            "excerpt": excerpt, "reason_code": code, "reason": reason}
+
+
+def _gunzip(path: Path) -> tuple[bytes, str | None]:
+    """Decompress as far as the data allows: (bytes read, error message or None). Handles multi-member files."""
+    pieces: list[bytes] = []
+    decoder = zlib.decompressobj(wbits=31)
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 16):
+            while chunk:
+                if decoder.eof:  # a new gzip member starts
+                    decoder = zlib.decompressobj(wbits=31)
+                saved = decoder.copy()
+                try:
+                    pieces.append(decoder.decompress(chunk))
+                except zlib.error as error:
+                    # Replay the failing chunk in small steps to keep what decompresses before the damage.
+                    for start in range(0, len(chunk), 256):
+                        try:
+                            pieces.append(saved.decompress(chunk[start : start + 256]))
+                        except zlib.error:
+                            break
+                    return b"".join(pieces), f"corrupt gzip ({error})"
+                chunk = decoder.unused_data if decoder.eof else b""
+    if not decoder.eof and (pieces or path.stat().st_size):
+        return b"".join(pieces), "corrupt gzip (file is truncated: the compressed stream ends early)"
+    return b"".join(pieces), None
+
+
+def _line_candidates(rel: str, path: Path, cfg: IngestConfig) -> pl.DataFrame:
+    """JSON Lines (plain or gzip): one candidate per non-blank line; bad bytes are marked, not parsed."""
+    if rel.lower().endswith(".gz"):
+        data, corruption = _gunzip(path)
+    else:
+        data, corruption = path.read_bytes(), None
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark is not part of the first record
+    chunks = data.split(b"\n")
+    # After corruption the last piece is a partial line: it goes into the corruption row, not the records.
+    partial = chunks.pop() if corruption else None
+    try:
+        lines: list[str | None] = data.decode("utf-8").split("\n")[: len(chunks)]
+        bad_utf8: list[bool] = [False] * len(chunks)
+    except UnicodeDecodeError:
+        # Slow path only to locate the bad lines; the clean ones are still parsed in bulk below.
+        lines, bad_utf8 = [], []
+        for chunk in chunks:
+            try:
+                lines.append(chunk.decode("utf-8"))
+                bad_utf8.append(False)
+            except UnicodeDecodeError:
+                lines.append(None)
+                bad_utf8.append(True)
+    excerpts = [_lossy(chunk) if bad else None for chunk, bad in zip(chunks, bad_utf8)]
+    frame = (
+        pl.DataFrame(
+            {"raw": lines, "excerpt": excerpts, "bad_utf8": bad_utf8},
+            schema={"raw": pl.String, "excerpt": pl.String, "bad_utf8": pl.Boolean},
+        )
+        .with_row_index("line", offset=1)
+        .with_columns(pl.col("line").cast(pl.Int64), pl.col("raw").str.strip_suffix("\r"))
+        .filter(pl.col("bad_utf8") | (pl.col("raw").str.strip_chars() != ""))  # blank lines are not records
+    )
+    too_big = pl.col("raw").str.len_bytes() > cfg.max_record_bytes
+    frame = frame.select(
+        pl.lit(rel).alias("file"),
+        "line",
+        pl.lit("jsonl").alias("format"),
+        pl.lit(None, dtype=pl.String).alias("code_language"),
+        pl.when(too_big).then(None).otherwise(pl.col("raw")).alias("raw"),
+        pl.lit(None, dtype=pl.String).alias("text"),
+        pl.when(too_big).then(pl.col("raw").str.slice(0, EXCERPT_CHARS)).otherwise(pl.col("excerpt")).alias("excerpt"),
+        pl.when(pl.col("bad_utf8")).then(pl.lit("invalid_utf8"))
+        .when(too_big).then(pl.lit("too_large")).alias("reason_code"),
+        pl.when(pl.col("bad_utf8")).then(pl.lit("invalid UTF-8 in line"))
+        .when(too_big)
+        .then(pl.format("record is {} bytes, over max_record_bytes {}", pl.col("raw").str.len_bytes(),
+                        pl.lit(cfg.max_record_bytes)))
+        .alias("reason"),
+    )
+    if corruption:
+        tail = _problem_row(rel, len(chunks) + 1, "jsonl", "corrupt_gzip",
+                            f"{corruption} at line {len(chunks) + 1}; the rest of the file could not be read "
+                            f"({len(chunks)} lines before it were read); re-export or re-compress the file",
+                            _lossy(partial or b""))
+        frame = pl.concat([frame, pl.DataFrame([tail], schema=_CANDIDATE_SCHEMA)])
+    return frame
+
+
+def _table_candidates(rel: str, path: Path, fmt: str) -> pl.DataFrame:
+    """Parquet or CSV: one candidate per row, encoded as a JSON object; a file that cannot be read is one
+    candidate with the error."""
+    try:
+        if fmt == "parquet":
+            table = pl.read_parquet(path)
+        else:
+            # All columns as strings: a CSV has no types, and an empty cell is an empty text, not a null.
+            table = pl.read_csv(path, infer_schema=False, empty_string_is_null=False,
+                                raise_if_empty=False,
+                                separator="\t" if rel.lower().endswith(".tsv") else ",")
+        # JSON has no bytes: binary columns travel as base64.
+        table = table.with_columns(pl.col(pl.Binary).bin.encode("base64"))
+        raw = table.select(pl.struct(pl.all()).struct.json_encode().alias("raw")) if table.width else None
+    except (pl.exceptions.PolarsError, OSError, pl.exceptions.PanicException) as error:
+        message = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        label = "Parquet" if fmt == "parquet" else "CSV"
+        with path.open("rb") as handle:
+            head = handle.read(EXCERPT_CHARS * 4)
+        return pl.DataFrame(
+            [_problem_row(rel, None, fmt, f"corrupt_{fmt}",
+                          f"corrupt {label} file ({message}); re-export the file", _lossy(head))],
+            schema=_CANDIDATE_SCHEMA,
+        )
+    if raw is None:  # a file with no columns has no records
+        return pl.DataFrame(schema=_CANDIDATE_SCHEMA)
+    return raw.with_row_index("line", offset=1).select(
+        pl.lit(rel).alias("file"),
+        pl.col("line").cast(pl.Int64),
+        pl.lit(fmt).alias("format"),
+        pl.lit(None, dtype=pl.String).alias("code_language"),
+        "raw",
+        pl.lit(None, dtype=pl.String).alias("text"),
+        pl.lit(None, dtype=pl.String).alias("excerpt"),
+        pl.lit(None, dtype=pl.String).alias("reason_code"),
+        pl.lit(None, dtype=pl.String).alias("reason"),
+    )
+
+
+def _document_candidate(rel: str, path: Path, fmt: str, language: str | None, cfg: IngestConfig) -> dict:
+    """A text, Markdown, HTML or code file: the whole file is one candidate document."""
+    size = path.stat().st_size
+    if size > cfg.max_record_bytes:
+        with path.open("rb") as handle:
+            head = handle.read(EXCERPT_CHARS * 4)
+        return _problem_row(rel, None, fmt, "too_large",
+                            f"record is {size} bytes, over max_record_bytes {cfg.max_record_bytes}", _lossy(head))
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        return _problem_row(rel, None, fmt, "invalid_utf8", f"invalid UTF-8 at byte {error.start}", _lossy(data))
+    return {"file": rel, "line": None, "format": fmt, "code_language": language, "raw": None, "text": text,
+            "excerpt": None, "reason_code": None, "reason": None}
+
+
+def _candidates(drop_dir: Path, manifest: Manifest, cfg: IngestConfig) -> pl.DataFrame:
+    """Every input record of the drop in sorted-file, file order; problems found in the bytes are marked."""
+    forced = manifest.format
+    parts: list[pl.DataFrame] = []
+    documents: list[dict] = []  # one-document-per-file rows, batched into one frame per run of such files
+
+    def flush_documents() -> None:
+        if documents:
+            parts.append(pl.DataFrame(documents, schema=_CANDIDATE_SCHEMA))
+            documents.clear()
+
+    for rel, path in _data_files(drop_dir):
+        fmt, language = _file_format(rel, forced)
+        try:
+            if fmt is None:
+                with path.open("rb") as handle:
+                    head = handle.read(EXCERPT_CHARS * 4)
+                documents.append(_problem_row(
+                    rel, None, None, "unknown_format",
+                    f"unknown file format (extension '{_extension(rel) or 'none'}'); convert it to JSONL, Parquet, "
+                    "CSV, text, Markdown, HTML or a source file, or set `format:` in the manifest",
+                    _lossy(head)))
+            elif fmt in _RECORD_FORMATS:
+                flush_documents()
+                parts.append(_line_candidates(rel, path, cfg) if fmt == "jsonl" else _table_candidates(rel, path, fmt))
+            else:
+                documents.append(_document_candidate(rel, path, fmt, language, cfg))
+        except OSError as error:  # unreadable file (permissions, dangling symlink): quarantined, never raised
+            flush_documents()
+            parts.append(pl.DataFrame(
+                [_problem_row(rel, None, fmt, "unreadable_file",
+                              f"file could not be read ({error.strerror or error}); check its permissions", "")],
+                schema=_CANDIDATE_SCHEMA))
+    flush_documents()
+    if not parts:
+        return pl.DataFrame(schema=_CANDIDATE_SCHEMA)
+    return pl.concat([part.select(list(_CANDIDATE_SCHEMA)).cast(_CANDIDATE_SCHEMA) for part in parts])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Field extraction: one DuckDB query over every JSON record
+
+_EXTRACT_SQL = """
+-- ``doc`` is the record only where it is valid JSON; every JSON function below then sees valid JSON or NULL.
+WITH parsed AS (
+    SELECT row_nr, raw IS NOT NULL AND json_valid(raw) AS json_ok,
+        CASE WHEN raw IS NOT NULL AND json_valid(raw) THEN raw END AS doc
+    FROM candidates
+), fields AS (
+    SELECT row_nr, json_ok,
+        json_type(doc) AS root_type,
+        json_type(doc, $text_path) AS text_type,
+        json_extract_string(doc, $text_path) AS field_text,
+        json_extract_string(doc, $id_path) AS record_id,
+        json_extract_string(doc, $license_path) AS record_license,
+        json_type(doc, '/messages') AS messages_type,
+        json_extract_string(doc, '/messages') AS messages_string,
+        json_extract(doc, '/messages') AS messages_json,
+        CASE WHEN json_type(doc, '/prompt') = 'VARCHAR' THEN json_extract_string(doc, '/prompt') END AS prompt,
+        CASE WHEN json_type(doc, '/response') = 'VARCHAR' THEN json_extract_string(doc, '/response') END AS response
+    FROM parsed
+), turns AS (
+    SELECT *,
+        -- CSV cells can only carry the turns as a JSON string, so a string holding a JSON array counts too.
+        json_extract(CASE WHEN messages_type = 'ARRAY' THEN messages_json
+                          WHEN messages_type = 'VARCHAR' AND json_valid(messages_string)
+                          THEN messages_string::JSON END,
+                     '$[*]') AS items
+    FROM fields
+), chats AS (
+    SELECT *,
+        coalesce(len(items) > 0
+            AND list_bool_and(list_transform(items, lambda m: coalesce(
+                json_type(m, '/role') = 'VARCHAR' AND json_type(m, '/content') = 'VARCHAR', false)))
+            AND list_bool_or(list_transform(items, lambda m: coalesce(
+                trim(json_extract_string(m, '/content')) <> '', false))),
+            false) AS messages_ok
+    FROM turns
+)
+SELECT json_ok, root_type, text_type, field_text, record_id, record_license,
+    CASE WHEN messages_ok
+         THEN list_transform(items, lambda m: {'role': json_extract_string(m, '/role'),
+                                               'content': json_extract_string(m, '/content')})
+         WHEN trim(prompt) <> '' AND trim(response) <> ''
+         THEN [{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': response}]
+    END AS chat_messages
+FROM chats
+ORDER BY row_nr
+"""
+
+
+def _json_pointer(field_name: str) -> str:
+    """RFC 6901 pointer to a top-level key, so names with dots, spaces or slashes work."""
+    return "/" + field_name.replace("~", "~0").replace("/", "~1")
+
+
+def _extract_fields(candidates: pl.DataFrame, manifest: Manifest) -> pl.DataFrame:
+    """Columns pulled from each candidate's JSON record (null where the candidate has no record)."""
+    table = candidates.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row_nr"), "raw").to_arrow()
+    with duckdb.connect() as con:
+        con.register("candidates", table)
+        extracted = con.sql(
+            _EXTRACT_SQL,
+            params={
+                "text_path": _json_pointer(manifest.text_field),
+                "id_path": _json_pointer(manifest.id_field),
+                # Without a license field this pointer names no key, so record_license stays null.
+                "license_path": _json_pointer(manifest.license_field or "\x00no license field"),
+            },
+        ).to_arrow_table()
+    return pl.from_arrow(extracted).with_columns(pl.col("chat_messages").cast(MESSAGES_DTYPE))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decisions
+
+
+# DuckDB's names for JSON value types, in the words of the JSON spec.
+_JSON_TYPE_NAMES = {"NULL": "null", "BOOLEAN": "a boolean", "BIGINT": "a number", "UBIGINT": "a number",
+                    "DOUBLE": "a number", "ARRAY": "an array", "OBJECT": "an object", "VARCHAR": "a string"}
+
+
+def _provenance_json(manifest: Manifest) -> str:
+    provenance = dict(manifest.provenance)
+    if manifest.generator is not None:
+        provenance["generator"] = manifest.generator.model_dump()
+    # YAML turns `collected_at: 2024-05-01` into a date; ISO text keeps it readable and JSON-able.
+    return json.dumps(provenance, sort_keys=True, ensure_ascii=False,
+                      default=lambda value: value.isoformat() if hasattr(value, "isoformat") else str(value))
+
+
+def _decide(candidates: pl.DataFrame, fields: pl.DataFrame, manifest: Manifest, cfg: IngestConfig) -> pl.DataFrame:
+    """Candidates plus the final text, messages, source_id, license and (for quarantined rows) the reason."""
+    chat = manifest.kind == "chat" or manifest.format == "chat"
+    text_field = manifest.text_field
+    is_record = pl.col("raw").is_not_null()
+    rendered = pl.col("chat_messages").list.eval(
+        pl.format("{}: {}", pl.element().struct.field("role"), pl.element().struct.field("content"))
+    ).list.join("\n\n")
+    frame = pl.concat([candidates, fields], how="horizontal").with_columns(
+        text=(rendered if chat else pl.when(is_record).then(pl.col("field_text")).otherwise(pl.col("text"))),
+        messages=pl.col("chat_messages") if chat else pl.lit(None, dtype=MESSAGES_DTYPE),
+        format=pl.lit("chat") if chat else pl.col("format"),
+        license_raw=(pl.col("record_license") if manifest.per_record_license else pl.lit(manifest.license)),
+        source_id=pl.coalesce(
+            pl.when(pl.col("record_id").str.strip_chars() != "").then(pl.col("record_id")),
+            pl.when(pl.col("line").is_not_null())
+            .then(pl.format("{}:{}", pl.col("file"), pl.col("line")))
+            .otherwise(pl.col("file")),
+        ),
+    )
+    frame = frame.with_columns(license=normalize_license(frame["license_raw"]))
+
+    record_bytes = pl.coalesce("raw", "text").str.len_bytes()
+    stripped_chars = pl.col("text").str.strip_chars().str.len_chars()
+    license_hint = (f"field '{manifest.license_field}'" if manifest.per_record_license else "manifest `license`")
+    rules: list[tuple[pl.Expr, str, pl.Expr]] = [
+        (is_record & ~pl.col("json_ok"), "malformed_json", pl.lit("malformed JSON: the line is not valid JSON")),
+        (is_record & (pl.col("root_type") != "OBJECT"), "not_an_object",
+         pl.format("record is {} in JSON, not an object", pl.col("root_type").replace(_JSON_TYPE_NAMES))),
+    ]
+    if chat:
+        rules.append((pl.col("chat_messages").is_null(), "unusable_chat",
+                      pl.lit("chat record without usable messages ([{role, content}] strings with some content) "
+                             "or non-empty prompt and response strings")))
+    else:
+        rules += [
+            (is_record & pl.col("text_type").is_null(), "missing_text",
+             pl.lit(f"text field '{text_field}' is missing; set `text_field` in the manifest if it has another name")),
+            (is_record & (pl.col("text_type") != "VARCHAR"), "non_string_text",
+             pl.format(f"text field '{text_field}' is {{}}, not a string",
+                       pl.col("text_type").replace(_JSON_TYPE_NAMES))),
+        ]
+    rules += [
+        # JSON lines were measured while reading; Parquet and CSV rows are measured here as their JSON form.
+        (record_bytes > cfg.max_record_bytes, "too_large",
+         pl.format("record is {} bytes, over max_record_bytes {}", record_bytes, pl.lit(cfg.max_record_bytes))),
+        (stripped_chars < cfg.min_text_chars, "empty_text",
+         pl.format("empty text ({} characters after stripping whitespace, min_text_chars {})", stripped_chars,
+                   pl.lit(cfg.min_text_chars))),
+        (pl.col("license_raw").is_null() | (pl.col("license_raw").str.strip_chars() == ""), "missing_license",
+         pl.lit(f"license missing ({license_hint} is empty or absent)")),
+        (pl.col("license").is_null(), "unknown_license",
+         pl.format("unknown license '{}' ({}); use an SPDX id such as MIT or CC-BY-4.0",
+                   pl.col("license_raw"), pl.lit(license_hint))),
+    ]
+    # Problems found in the bytes win, then the first rule that matches: JSON shape, text, size, license last.
+    already = pl.col("reason_code").is_not_null()
+    code = pl.when(already).then(pl.col("reason_code"))
+    reason = pl.when(already).then(pl.col("reason"))
+    for condition, rule_code, message in rules:
+        code = code.when(condition.fill_null(False)).then(pl.lit(rule_code))
+        reason = reason.when(condition.fill_null(False)).then(message)
+    return frame.with_columns(code.alias("reason_code"), reason.alias("reason"))
+
+
+def _with_doc_ids(kept: pl.DataFrame, source: str) -> pl.Series:
+    """xxh128 of ``source \x1f source_id \x1f text``; the n-th repeat (n >= 2) of a (source_id, text) pair in
+    the drop gets ``\x1f<n>`` appended so every input record keeps its own id."""
+    key = pl.concat_str([pl.lit(source), pl.col("source_id"), pl.col("text")], separator="\x1f")
+    keys = kept.select(key.alias("key"))["key"]
+    base = xxh128_hex(keys)
+    occurrence = pl.DataFrame({"h": base}).select(pl.int_range(pl.len()).over("h") + 1).to_series()
+    if int(occurrence.max() or 1) == 1:
+        return base.alias("doc_id")
+    suffixed = pl.DataFrame({"k": keys, "n": occurrence}).select(
+        pl.when(pl.col("n") > 1).then(pl.format("{}\x1f{}", "k", "n")).otherwise("k")
+    ).to_series()
+    return xxh128_hex(suffixed).alias("doc_id")
+
+
+def read_drop(drop_dir: Path, cfg: IngestConfig, drop: str | None = None) -> IngestResult:
+    """Read every data file of a drop into canonical records and quarantine rows.
+
+    ``drop_dir`` holds ``manifest.yaml`` and the data files; ``drop`` names the drop (default: the folder name).
+    Returns ``records`` with exactly the RECORD_SCHEMA columns in order, ``quarantine`` with QUARANTINE_SCHEMA
+    (one row per rejected input record, naming file, line and reason), and ``read_count``, the number of input
+    records seen, which always equals ``len(records) + len(quarantine)``. Files are read in sorted relative-path
+    order and records in file order, so the same drop always gives identical frames.
+
+    Raises ManifestError for a missing or invalid manifest and UnsafePathError when a path escapes the drop.
+    """
+    drop_dir = Path(drop_dir)
+    manifest = load_manifest(drop_dir)
+    drop = drop or drop_dir.name
+    candidates = _candidates(drop_dir, manifest, cfg)
+    decided = _decide(candidates, _extract_fields(candidates, manifest), manifest, cfg)
+
+    constants = {
+        "source": pl.lit(manifest.source),
+        "drop": pl.lit(drop),
+        "kind": pl.lit(manifest.kind),
+        "provenance": pl.lit(_provenance_json(manifest)),
+        "declared_language": pl.lit(manifest.language, dtype=pl.String),
+    }
+    kept = decided.filter(pl.col("reason_code").is_null())
+    records = kept.with_columns(_with_doc_ids(kept, manifest.source), **constants).select(
+        pl.col(name).cast(dtype) for name, dtype in RECORD_SCHEMA.items()
+    )
+
+    rejected = decided.filter(pl.col("reason_code").is_not_null())
+    quarantine_key = pl.concat_str(
+        [pl.lit(manifest.source), pl.lit(drop), pl.col("file"), pl.col("line").cast(pl.String).fill_null("")],
+        separator="\x1f",
+    )
+    quarantine = rejected.with_columns(
+        doc_id=xxh128_hex(rejected.select(quarantine_key.alias("k"))["k"]),
+        excerpt=pl.coalesce("excerpt", "raw", "text").str.slice(0, EXCERPT_CHARS).fill_null(""),
+        license=pl.col("license_raw"),
+        **{name: constants[name] for name in ("source", "drop")},
+    ).select(pl.col(name).cast(dtype) for name, dtype in QUARANTINE_SCHEMA.items())
+
+    reasons = rejected.group_by("reason_code").len().sort("reason_code")
+    formats = records.group_by("format").len().sort("format")
+    metrics = {
+        "read_count": len(candidates),
+        "records": len(records),
+        "quarantined": len(quarantine),
+        "files": candidates["file"].n_unique(),
+        "records_per_format": dict(zip(formats["format"].to_list(), formats["len"].to_list())),
+        "quarantined_per_reason": dict(zip(reasons["reason_code"].to_list(), reasons["len"].to_list())),
+        "text_bytes": int(records["text"].str.len_bytes().sum() or 0),
+    }
+    return IngestResult(records=records, quarantine=quarantine, read_count=len(candidates), metrics=metrics)

@@ -1,0 +1,256 @@
+"""Releases: select curated documents under a license profile, mixture and token budget, cut deterministic
+shards, and write the data card. Publishing (rename + DVC) lives in ``versioning``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from tokenizers import Tokenizer
+
+from curation_platform import __version__
+from curation_platform.config import CurationConfig, ReleaseConfig
+from curation_platform.hashing import xxh128_hex
+from curation_platform.ledger import LEDGER_SCHEMA
+from curation_platform.licenses import attribution_required, license_breakdown, release_license_verdicts
+from curation_platform.records import DROP, StageResult, split_by_verdicts, verdict_frame
+from curation_platform.workspace import Workspace, write_parquet_atomic, write_text_atomic
+
+SHARD_COLUMNS = [
+    "doc_id", "source_id", "drop", "source", "license", "kind", "language", "text", "messages",
+    "token_count", "quality_score", "provenance",
+]
+
+
+def resolve_resource(path: str) -> Path:
+    """``pkg://package/inner/path`` to a file path inside an installed package; other strings are paths."""
+    if path.startswith("pkg://"):
+        package, _, inner = path[len("pkg://"):].partition("/")
+        return Path(str(importlib.resources.files(package).joinpath(inner)))
+    return Path(path)
+
+
+def count_tokens(texts: pl.Series, tokenizer_path: str) -> pl.Series:
+    """Token count per text with the configured tokenizer (Rust, batched, parallel)."""
+    tokenizer = Tokenizer.from_file(str(resolve_resource(tokenizer_path)))
+    encodings = tokenizer.encode_batch_fast(texts.fill_null("").to_list())
+    return pl.Series("token_count", [len(e.ids) for e in encodings], dtype=pl.Int64)
+
+
+def curated_documents(ws: Workspace, final_stage: str) -> pl.DataFrame:
+    """Every curated document of every registered drop, in drop order, minus takedowns."""
+    frames = [
+        pl.read_parquet(ws.stage_path(final_stage, d.name)).with_columns(pl.lit(d.order, dtype=pl.Int64).alias("drop_order"))
+        for d in ws.drops()
+        if ws.stage_path(final_stage, d.name).exists()
+    ]
+    if not frames:
+        return pl.DataFrame()
+    docs = pl.concat(frames, how="diagonal_relaxed")
+    if ws.takedowns_path.exists():
+        docs = docs.join(pl.read_parquet(ws.takedowns_path).select("doc_id"), on="doc_id", how="anti")
+    return docs
+
+
+def _budget_verdicts(docs: pl.DataFrame, cfg: ReleaseConfig) -> pl.DataFrame:
+    """Documents over the token budget (per kind when a mixture is given), best quality first."""
+    if cfg.token_budget is None:
+        return verdict_frame(pl.DataFrame({"doc_id": []}, schema={"doc_id": pl.String}))
+    if cfg.mixture:
+        total = sum(cfg.mixture.values())
+        caps = {kind: cfg.token_budget * weight / total for kind, weight in cfg.mixture.items()}
+    else:
+        caps = None
+    ranked = docs.sort(["quality_score", "doc_id"], descending=[True, False], nulls_last=True)
+    if caps is None:
+        ranked = ranked.with_columns(pl.col("token_count").cum_sum().alias("cum_tokens"), pl.lit(float(cfg.token_budget)).alias("cap"))
+    else:
+        ranked = ranked.with_columns(
+            pl.col("token_count").cum_sum().over("kind").alias("cum_tokens"),
+            pl.col("kind").replace_strict(caps, default=0.0, return_dtype=pl.Float64).alias("cap"),
+        )
+    over = ranked.filter(pl.col("cum_tokens") > pl.col("cap"))
+    return verdict_frame(
+        over.select(
+            "doc_id",
+            pl.lit(DROP).alias("verdict"),
+            pl.lit("release.over_budget").alias("rule"),
+            pl.col("cum_tokens").cast(pl.Float64).alias("value"),
+            pl.format("> {}", pl.col("cap").round(0)).alias("threshold"),
+            pl.format("token budget for kind {} is spent by better-scored documents", pl.col("kind")).alias("detail"),
+        )
+    )
+
+
+def select_release(docs: pl.DataFrame, cfg: CurationConfig) -> StageResult:
+    """License policy for the release profile, then the token budget and mixture. Adds ``token_count``."""
+    docs = docs.with_columns(count_tokens(docs["text"], cfg.release.tokenizer))
+    licensed = release_license_verdicts(docs, cfg.licenses, cfg.release.profile)
+    budget = _budget_verdicts(licensed.kept, cfg.release)
+    verdicts = pl.concat([licensed.verdicts, budget])
+    result = split_by_verdicts(docs, verdicts)
+    result.metrics = {**licensed.metrics, "over_budget": budget.height}
+    return result
+
+
+def shard_documents(docs: pl.DataFrame, cfg: ReleaseConfig) -> list[pl.DataFrame]:
+    """Deterministic order (a seeded hash of doc_id: a fixed shuffle), then fixed-size shards."""
+    ordered = docs.with_columns(xxh128_hex(docs["doc_id"]).alias("_order")).sort("_order").drop("_order")
+    columns = [c for c in SHARD_COLUMNS if c in ordered.columns]
+    ordered = ordered.select(columns)
+    return [ordered.slice(i, cfg.shard_max_docs) for i in range(0, max(ordered.height, 1), cfg.shard_max_docs)]
+
+
+@dataclass
+class StagedRelease:
+    name: str
+    directory: Path
+    shards: list[Path]
+    selected: pl.DataFrame
+    verdicts: pl.DataFrame
+    card: dict[str, Any]
+
+
+def _source_table(docs: pl.DataFrame) -> list[dict[str, Any]]:
+    if docs.is_empty():
+        return []
+    grouped = docs.group_by("source", "drop", "license").agg(
+        pl.len().alias("documents"), pl.col("token_count").sum().alias("tokens"), pl.col("provenance").first()
+    ).sort("source", "drop", "license")
+    rows = []
+    for row in grouped.iter_rows(named=True):
+        rows.append({
+            **{k: row[k] for k in ("source", "drop", "license", "documents", "tokens")},
+            "attribution_required": attribution_required(row["license"]),
+            "provenance": json.loads(row["provenance"] or "{}"),
+        })
+    return rows
+
+
+def build_card(
+    name: str, cfg: CurationConfig, selected: pl.DataFrame, stage_counts: list[dict[str, Any]],
+    release_verdicts: pl.DataFrame, extra: dict[str, Any],
+) -> dict[str, Any]:
+    per_rule = (
+        release_verdicts.group_by("rule").len().sort("rule") if not release_verdicts.is_empty() else None
+    )
+    licenses = license_breakdown(selected)
+    tokens_by_license = (
+        selected.group_by("license").agg(pl.col("token_count").sum()).sort("license") if selected.height else None
+    )
+    token_map = dict(tokens_by_license.iter_rows()) if tokens_by_license is not None else {}
+    for row in licenses:
+        row["tokens"] = int(token_map.get(row["license"], 0))
+    generators = sorted({
+        json.dumps(json.loads(p).get("generator"), sort_keys=True)
+        for p in selected["provenance"].unique().to_list() if p and json.loads(p).get("generator")
+    }) if selected.height else []
+    return {
+        "name": name,
+        "profile": cfg.release.profile,
+        "documents": selected.height,
+        "tokens": int(selected["token_count"].sum()) if selected.height else 0,
+        "by_kind": dict(selected.group_by("kind").len().sort("kind").iter_rows()) if selected.height else {},
+        "by_language": dict(selected.group_by("language").len().sort("language").iter_rows()) if selected.height else {},
+        "config_hash": cfg.hash,
+        "code_version": __version__,
+        "tokenizer": cfg.release.tokenizer,
+        "licenses": licenses,
+        "generators": [json.loads(g) for g in generators],
+        "sources": _source_table(selected),
+        "stages": stage_counts,
+        "release_removals": dict(per_rule.iter_rows()) if per_rule is not None else {},
+        **extra,
+    }
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    lines = [
+        f"# Data card: {card['name']}",
+        "",
+        f"- Documents: **{card['documents']:,}**, tokens: **{card['tokens']:,}** ({card['tokenizer']})",
+        f"- License profile: `{card['profile']}`; config hash `{card['config_hash']}`; code version {card['code_version']}",
+        "",
+        "## Sources",
+        "",
+        "| source | drop | license | documents | tokens | attribution | provenance |",
+        "|---|---|---|---:|---:|---|---|",
+    ]
+    for s in card["sources"]:
+        prov = s["provenance"].get("url") or s["provenance"].get("description", "")
+        lines.append(f"| {s['source']} | {s['drop']} | {s['license']} | {s['documents']} | {s['tokens']} | "
+                     f"{'required' if s['attribution_required'] else 'no'} | {prov} |")
+    lines += ["", "## Licenses", "", "| license | category | documents | tokens | attribution |", "|---|---|---:|---:|---|"]
+    for l in card["licenses"]:
+        lines.append(f"| {l['license']} | {l.get('category', '')} | {l['documents']} | {l['tokens']} | "
+                     f"{'required' if l.get('attribution_required') else 'no'} |")
+    if card["generators"]:
+        lines += ["", "## Synthetic data generators", ""]
+        lines += [f"- {g.get('model')} (terms: {g.get('terms')})" for g in card["generators"]]
+    lines += ["", "## Stages (all drops)", "", "| stage | input | kept | dropped | quarantined |", "|---|---:|---:|---:|---:|"]
+    for s in card["stages"]:
+        lines.append(f"| {s['stage']} | {s['input']} | {s['kept']} | {s['dropped']} | {s['quarantined']} |")
+    lines += ["", "## Removals by rule", "", "| stage | rule | documents |", "|---|---|---:|"]
+    for r in card.get("rules", []):
+        lines.append(f"| {r['stage']} | {r['rule']} | {r['documents']} |")
+    for rule, n in card["release_removals"].items():
+        lines.append(f"| release | {rule} | {n} |")
+    if card.get("contamination"):
+        lines += ["", "## Benchmark decontamination", "", "| benchmark | documents removed |", "|---|---:|"]
+        lines += [f"| {k} | {v} |" for k, v in card["contamination"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, stage_counts: list[dict[str, Any]],
+                  rules: list[dict[str, Any]], contamination: dict[str, int]) -> StagedRelease:
+    """Write the candidate release to the staging area (write step of write-audit-publish)."""
+    name = cfg.release.name
+    docs = curated_documents(ws, final_stage)
+    if docs.is_empty():
+        from curation_platform.errors import CurationError
+        raise CurationError("no curated documents to release: land a drop and run `curate run` first")
+    result = select_release(docs, cfg)
+    selected = result.kept
+    staging = ws.staging_dir(name)
+    if staging.exists():
+        shutil.rmtree(staging)
+    shards = []
+    for i, shard in enumerate(shard_documents(selected, cfg.release)):
+        shards.append(write_parquet_atomic(shard, staging / "shards" / f"shard-{i:05d}.parquet"))
+    shard_of = pl.concat(
+        [pl.read_parquet(p, columns=["doc_id"]).with_columns(pl.lit(p.name).alias("release_shard")) for p in shards]
+    )
+    card = build_card(name, cfg, selected, stage_counts, result.verdicts,
+                      {"rules": rules, "contamination": contamination, "shards": [p.name for p in shards]})
+    write_text_atomic(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n", staging / "data_card.json")
+    write_text_atomic(card_markdown(card), staging / "data_card.md")
+    write_parquet_atomic(shard_of, staging / "shard_index.parquet")
+    # The release's own verdicts (license policy, budget), with each document's drop, for the ledger.
+    drops = docs.select("doc_id", "drop")
+    write_parquet_atomic(result.verdicts.join(drops, on="doc_id", how="left"), staging / "release_verdicts.parquet")
+    return StagedRelease(name=name, directory=staging, shards=shards, selected=selected,
+                         verdicts=result.verdicts, card=card)
+
+
+def publish_release(ws: Workspace, name: str, run_id: str, config_hash: str) -> Path:
+    """Move the audited staging folder into place (publish step of write-audit-publish)."""
+    staging, target = ws.staging_dir(name), ws.release_dir(name)
+    if not staging.exists():
+        from curation_platform.errors import CurationError
+        raise CurationError(f"release '{name}' has no staged candidate at {staging}")
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(target)
+    verdicts = pl.read_parquet(target / "release_verdicts.parquet")
+    ledger = verdicts.with_columns(
+        pl.lit("release").alias("stage"), pl.lit(run_id).alias("run_id"), pl.lit(config_hash).alias("config_hash")
+    ).select(list(LEDGER_SCHEMA))
+    write_parquet_atomic(ledger, ws.release_ledger_path(name))
+    return target

@@ -1,0 +1,173 @@
+"""The lake: where every stage, ledger, index and release lives, and the registry of drops in their order.
+
+Layout under the workspace directory::
+
+    registry/drops.json               registered drops, in order (registration time, then name)
+    stages/<stage>/<drop>.parquet     each stage's kept documents for one drop
+    ledger/<stage>/<drop>.parquet     every verdict of that stage on that drop
+    quarantine/<drop>.parquet         records that could not be read, with file, line and reason
+    index/<name>/<drop>.parquet       persistent dedup indexes, one file set per drop
+    takedowns.parquet                 documents removed from every future release
+    releases/<name>/                  published releases (shards, data card), versioned by DVC
+    releases/.staging/<name>/         write-audit-publish staging area
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import polars as pl
+
+from curation_platform.errors import CurationError
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock, so the sensor, the CLI and runs never interleave writes to shared files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> Path:
+    """Write to a temporary name in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        # Fixed compression and statistics so the same frame gives byte-identical files.
+        frame.write_parquet(tmp, compression="zstd", compression_level=3, statistics=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(text: str, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass(frozen=True)
+class DropEntry:
+    name: str
+    path: str
+    registered_at: float
+    order: int
+    fingerprint: str = ""
+
+
+class Workspace:
+    """Paths and small shared state of one workspace directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+
+    # Paths -------------------------------------------------------------------------------------------------
+    def stage_path(self, stage: str, drop: str) -> Path:
+        return self.root / "stages" / stage / f"{drop}.parquet"
+
+    def ledger_path(self, stage: str, drop: str) -> Path:
+        return self.root / "ledger" / stage / f"{drop}.parquet"
+
+    def quarantine_path(self, drop: str) -> Path:
+        return self.root / "quarantine" / f"{drop}.parquet"
+
+    def index_path(self, index: str, drop: str) -> Path:
+        return self.root / "index" / index / f"{drop}.parquet"
+
+    def release_ledger_path(self, release: str) -> Path:
+        return self.root / "ledger" / "release" / f"{release}.parquet"
+
+    @property
+    def takedowns_path(self) -> Path:
+        return self.root / "takedowns.parquet"
+
+    def release_dir(self, name: str) -> Path:
+        return self.root / "releases" / name
+
+    def staging_dir(self, name: str) -> Path:
+        return self.root / "releases" / ".staging" / name
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / ".dagster"
+
+    def glob(self, kind: str, stage: str) -> str:
+        """A DuckDB/Polars glob over one stage's (or ledger's, or index's) files for every drop."""
+        return str(self.root / kind / stage / "*.parquet")
+
+    # Reading stage data --------------------------------------------------------------------------------------
+    def read_stage(self, stage: str, drop: str) -> pl.DataFrame:
+        path = self.stage_path(stage, drop)
+        if not path.exists():
+            raise CurationError(
+                f"stage '{stage}' has no output for drop '{drop}' yet ({path}); materialize it first"
+            )
+        return pl.read_parquet(path)
+
+    def read_index(self, index: str, before_order: int, schema: dict) -> pl.DataFrame:
+        """Index entries of every registered drop that comes before ``before_order`` (earliest drop wins)."""
+        earlier = {d.name for d in self.drops() if d.order < before_order}
+        files = [self.index_path(index, name) for name in sorted(earlier)]
+        files = [f for f in files if f.exists()]
+        if not files:
+            return pl.DataFrame(schema=schema)
+        return pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+
+    # The drop registry -----------------------------------------------------------------------------------------
+    @property
+    def _registry_path(self) -> Path:
+        return self.root / "registry" / "drops.json"
+
+    def drops(self) -> list[DropEntry]:
+        if not self._registry_path.exists():
+            return []
+        entries = [DropEntry(**e) for e in json.loads(self._registry_path.read_text())]
+        return sorted(entries, key=lambda d: d.order)
+
+    def drop(self, name: str) -> DropEntry:
+        for entry in self.drops():
+            if entry.name == name:
+                return entry
+        raise CurationError(f"drop '{name}' is not registered in workspace {self.root}; run `curate run` or "
+                            "let the landing sensor pick it up")
+
+    def register_drop(self, name: str, path: str | Path, fingerprint: str = "") -> DropEntry:
+        """Register a drop once; its order is fixed at first registration (registration time, then name)."""
+        with file_lock(self.root / "registry" / ".lock"):
+            entries = self.drops()
+            for entry in entries:
+                if entry.name == name:
+                    return entry
+            entry = DropEntry(
+                name=name,
+                path=str(Path(path).resolve()),
+                registered_at=time.time(),
+                order=len(entries),
+                fingerprint=fingerprint,
+            )
+            payload = [asdict(e) for e in [*entries, entry]]
+            write_text_atomic(json.dumps(payload, indent=2), self._registry_path)
+            return entry
+
+    def register_drops(self, drops: list[tuple[str, Path, str]]) -> list[DropEntry]:
+        """Register several drops found together, in name order, so their relative order is deterministic."""
+        return [self.register_drop(name, path, fp) for name, path, fp in sorted(drops)]
