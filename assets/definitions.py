@@ -1,6 +1,5 @@
 """The Definitions object `workspace.yaml` loads (always start the UI with `-w workspace.yaml`)."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """Progress listeners: `curate run` registers one to print each stage as it finishes (the UI has its own)."""
 
-from __future__ import annotations
 
 from typing import Callable
 

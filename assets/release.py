@@ -1,6 +1,5 @@
 """The release: stage a candidate, audit it with a blocking gate, then publish and version it with DVC."""
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

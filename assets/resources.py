@@ -1,6 +1,5 @@
 """The one resource every asset uses: where the workspace, configuration and landing area are."""
 
-from __future__ import annotations
 
 import os
 from pathlib import Path

@@ -1,6 +1,5 @@
 """The landing sensor: each new ready drop becomes a partition and a run."""
 
-from __future__ import annotations
 
 from pathlib import Path
 

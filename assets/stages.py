@@ -1,6 +1,5 @@
 """One partitioned asset and one blocking gate per per-drop stage, built from the engine's stage list."""
 
-from __future__ import annotations
 
 import json
 

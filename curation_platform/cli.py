@@ -142,11 +142,11 @@ def run(
     progress.listen(_print_progress)
     problems: list[str] = []
     for name in todo:
-        result = defs.get_job_def("curate_drop").execute_in_process(
+        result = defs.resolve_job_def("curate_drop").execute_in_process(
             partition_key=name, instance=instance, raise_on_error=False, run_config=quiet)
         problems += _failures(result)
     if not problems and not no_release:
-        result = defs.get_job_def("build_release").execute_in_process(
+        result = defs.resolve_job_def("build_release").execute_in_process(
             instance=instance, raise_on_error=False, run_config=quiet)
         problems += _failures(result)
     progress.clear()
@@ -296,6 +296,11 @@ def samples(
 
 
 def main() -> None:
+    import warnings
+
+    # Dagster preview/deprecation notices are for us, not for users of the CLI.
+    warnings.filterwarnings("ignore", module="dagster")
+    warnings.filterwarnings("ignore", category=UserWarning, message=".*dagster.*")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
     try:

@@ -439,6 +439,7 @@ class LicensePolicy(BaseModel):
     # Terms labels as manifests record them (provenance.generator.terms); review with counsel before relying on it.
     generators_forbidding_training: list[str] = Field(
         default_factory=lambda: [
+            "no-training-of-competing-models",  # generic label, used by the bundled sample drops
             "openai-terms-of-use",
             "anthropic-commercial-terms",
             "google-gemini-api-terms",

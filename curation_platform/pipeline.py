@@ -138,10 +138,10 @@ def _compute(ws: Workspace, cfg: CurationConfig, stage: str, drop: str, docs: pl
         return redact_pii(docs, cfg.pii)
     if stage == "exact_deduped":
         return _dedup(ws, docs, drop, "exact", dedup_exact.exact_duplicates, cfg.exact_dedup,
-                      dedup_exact.INDEX_SCHEMA)
+                      dedup_exact.EXACT_INDEX_SCHEMA)
     if stage == "near_deduped":
         return _dedup(ws, docs, drop, "near", dedup_minhash.near_duplicates, cfg.near_dedup,
-                      dedup_minhash.INDEX_SCHEMA)
+                      dedup_minhash.NEAR_INDEX_SCHEMA)
     if stage == "decontaminated":
         return decontaminate(docs, benchmark_index(cfg), cfg.decontamination)
     raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")

@@ -50,7 +50,7 @@ class IngestConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_record_bytes: int = 1_000_000  # one record (JSON line, table row as JSON, or whole file) above this is quarantined
+    max_record_bytes: int = 1_000_000  # a JSON line, table row (as JSON) or whole file above this is quarantined
     settle_seconds: float = 10  # a drop without _READY is read once nothing in it changed for this long
     min_text_chars: int = 1  # text shorter than this after stripping whitespace is quarantined as empty
 
@@ -230,7 +230,8 @@ def _line_candidates(rel: str, path: Path, cfg: IngestConfig) -> pl.DataFrame:
         )
         .with_row_index("line", offset=1)
         .with_columns(pl.col("line").cast(pl.Int64), pl.col("raw").str.strip_suffix("\r"))
-        .filter(pl.col("bad_utf8") | (pl.col("raw").str.strip_chars() != ""))  # blank lines are not records
+        # Lines of only JSON whitespace are not records (trailing newlines, spacing between records).
+        .filter(pl.col("bad_utf8") | (pl.col("raw").str.strip_chars(" \t\r") != ""))
     )
     too_big = pl.col("raw").str.len_bytes() > cfg.max_record_bytes
     frame = frame.select(
@@ -314,7 +315,7 @@ def _document_candidate(rel: str, path: Path, fmt: str, language: str | None, cf
             "excerpt": None, "reason_code": None, "reason": None}
 
 
-def _candidates(drop_dir: Path, manifest: Manifest, cfg: IngestConfig) -> pl.DataFrame:
+def _candidates(files: list[tuple[str, Path]], manifest: Manifest, cfg: IngestConfig) -> pl.DataFrame:
     """Every input record of the drop in sorted-file, file order; problems found in the bytes are marked."""
     forced = manifest.format
     parts: list[pl.DataFrame] = []
@@ -325,10 +326,14 @@ def _candidates(drop_dir: Path, manifest: Manifest, cfg: IngestConfig) -> pl.Dat
             parts.append(pl.DataFrame(documents, schema=_CANDIDATE_SCHEMA))
             documents.clear()
 
-    for rel, path in _data_files(drop_dir):
+    for rel, path in files:
         fmt, language = _file_format(rel, forced)
         try:
-            if fmt is None:
+            if not path.is_file():  # a dangling symlink, pipe or device: reading it could fail or block
+                documents.append(_problem_row(
+                    rel, None, fmt, "unreadable_file",
+                    "not a regular file (dangling symlink, pipe or device); replace it with the data file", ""))
+            elif fmt is None:
                 with path.open("rb") as handle:
                     head = handle.read(EXCERPT_CHARS * 4)
                 documents.append(_problem_row(
@@ -539,7 +544,8 @@ def read_drop(drop_dir: Path, cfg: IngestConfig, drop: str | None = None) -> Ing
     drop_dir = Path(drop_dir)
     manifest = load_manifest(drop_dir)
     drop = drop or drop_dir.name
-    candidates = _candidates(drop_dir, manifest, cfg)
+    files = _data_files(drop_dir)
+    candidates = _candidates(files, manifest, cfg)
     decided = _decide(candidates, _extract_fields(candidates, manifest), manifest, cfg)
 
     constants = {
@@ -572,7 +578,7 @@ def read_drop(drop_dir: Path, cfg: IngestConfig, drop: str | None = None) -> Ing
         "read_count": len(candidates),
         "records": len(records),
         "quarantined": len(quarantine),
-        "files": candidates["file"].n_unique(),
+        "files": len(files),
         "records_per_format": dict(zip(formats["format"].to_list(), formats["len"].to_list())),
         "quarantined_per_reason": dict(zip(reasons["reason_code"].to_list(), reasons["len"].to_list())),
         "text_bytes": int(records["text"].str.len_bytes().sum() or 0),

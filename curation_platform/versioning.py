@@ -5,6 +5,8 @@ like). DVC's own lock gives up after seconds, so every DVC operation here runs u
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 from pathlib import Path
@@ -38,7 +40,8 @@ def ensure_dvc_repo(workspace_root: Path) -> Path:
         return root
     from dvc.repo import Repo
 
-    Repo.init(str(workspace_root), no_scm=not _is_git_repo(workspace_root), subdir=_is_git_repo(workspace_root))
+    with contextlib.redirect_stdout(io.StringIO()):
+        Repo.init(str(workspace_root), no_scm=not _is_git_repo(workspace_root), subdir=_is_git_repo(workspace_root))
     return workspace_root
 
 
@@ -57,7 +60,8 @@ def version_release(release_dir: Path, meta: dict[str, Any], cfg: VersioningConf
         root = ensure_dvc_repo(workspace_root.resolve())
         os.environ.setdefault("DVC_NO_ANALYTICS", "1")
         try:
-            with Repo(str(root)) as repo:
+            # DVC prints git hints to stdout; the caller reports what happened.
+            with contextlib.redirect_stdout(io.StringIO()), Repo(str(root)) as repo:
                 remote_url = _remote_url(cfg, workspace_root.resolve())
                 with repo.config.edit("local") as conf:
                     conf["remote"][cfg.remote_name] = {"url": remote_url}

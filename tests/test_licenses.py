@@ -212,13 +212,15 @@ def test_generator_terms_forbidding_training_are_dropped_in_every_profile():
             ("s1", "CC0-1.0", {"generator": {"model": "gpt-4o", "terms": "OpenAI Terms of Use"}}),
             ("s2", "CC0-1.0", {"generator": {"model": "Qwen2.5-72B-Instruct", "terms": "apache-2.0"}}),
             ("s3", "CC0-1.0", {"generator": {"model": "Llama-2-70b-chat", "terms": "llama-2-community-license"}}),
+            ("s4", "CC0-1.0", {"generator": {"model": "example-instruct-70b",
+                                             "terms": "no-training-of-competing-models"}}),
             ("h1", "MIT", {"crawl": "2024-10"}),
         ]
     )
     for profile in ("commercial", "research", "open-weights"):
         result = release_license_verdicts(docs, LicensePolicy(), profile)
         assert result.kept["doc_id"].to_list() == ["s2", "h1"]
-        assert result.verdicts.sort("doc_id")["rule"].to_list() == ["license.generator_terms"] * 2
+        assert result.verdicts.sort("doc_id")["rule"].to_list() == ["license.generator_terms"] * 3
         assert "forbid training" in result.verdicts["detail"][0]
 
 

@@ -405,6 +405,9 @@ def decontaminate(docs: pl.DataFrame, index: pl.DataFrame, cfg: DecontaminationC
         "contaminated_items_per_benchmark": dict(zip(per_bench["benchmark"], per_bench["items"])),
         "ignored_common_ngrams": int(common.height),
         "mode": cfg.mode,
+        "dropped_documents": 0,
+        "cut_documents": 0,
+        "cut_lines": 0,
     }
     ids = docs.select(pl.col("doc_id")).with_row_index("_row")
     threshold = "> 0"

@@ -171,6 +171,8 @@ def exact_duplicates(
     documents, to persist for later drops.
     """
     index = _check_index(index, EXACT_INDEX_SCHEMA, "exact dedup")
+    # A document is never its own duplicate (the orchestration may hand back entries of the drop being re-run).
+    index = index.join(docs.select(pl.col("doc_id").cast(pl.String)), on="doc_id", how="anti")
     hashes = xxh128_hex(docs.select(_normalized_content(docs.columns, cfg))["_content"]).alias("content_hash")
     hashed = docs.with_columns(hashes)
 

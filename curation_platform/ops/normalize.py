@@ -183,9 +183,12 @@ def _strip_tags(pages: pl.Series) -> pl.Series:
     for tag in _HIDDEN_ELEMENTS:
         pages = _replace(pages, rf"(?is)<{tag}\b.*?</{tag}\s*>", "")
     pages = _replace(pages, r"(?s)<!--.*?-->", "")
+    # Source line breaks are plain spaces in HTML; only block elements break lines, and never more than once.
+    pages = _replace(pages, r"\s+", " ")
     pages = _replace(pages, _BLOCK_TAGS, "\n")
     pages = _replace(pages, r"(?i)</?t[dh]\b[^>]*>", " ")
     pages = _replace(pages, r"<[^>]*>", "")
+    pages = _replace(pages, r"\s*\n\s*", "\n")
     # Entities have no column form; this runs only on the fallback pages.
     return pages.map_elements(html.unescape, return_dtype=pl.String)
 

@@ -47,6 +47,9 @@ _GOLDEN = _U64(0x9E3779B97F4A7C15)
 _MIX1 = _U64(0xBF58476D1CE4E5B9)
 _MIX2 = _U64(0x94D049BB133111EB)
 _POS_BITS = 32
+# N-gram hash tables stay cache-sized when documents are processed in batches of about this many characters;
+# one batch of the whole drop is several times slower.
+_BATCH_CHARS = 250_000
 
 
 class SignalsConfig(BaseModel):
@@ -211,37 +214,38 @@ def _token_signals(texts: pl.Series, text_chars: np.ndarray, cfg: SignalsConfig)
     }
 
     # N-gram keys by rolling hash over the flat token array; a key is salted with its row so that equal
-    # n-grams in different documents differ, and a position is valid when its n-gram ends inside its document.
+    # n-grams in different documents differ. An n-gram can only repeat where the (n-1)-grams at its position
+    # and the next one both repeat, so each size only hashes and counts the survivors of the size before
+    # (in prose that is a few percent of positions for n >= 4): exact, and far cheaper than counting all.
     total = len(row)
     doc_start = np.zeros(n_docs, dtype=np.int64)
     doc_start[1:] = np.cumsum(n_tokens)[:-1]
     tok_end = (doc_start + n_tokens)[row]
-    pos_in_doc = np.arange(total, dtype=np.int64) - doc_start[row]
     cum_chars = np.zeros(total + 1, dtype=np.int64)
     np.cumsum(chars, out=cum_chars[1:])
     tok_hash = tokens["hash"].to_numpy()
     keys = _mix(tok_hash ^ (row.astype(_U64) * _GOLDEN))
+    # ``repeated`` holds the positions whose current n-gram occurs more than once, ``keys`` their keys.
+    dup = _is_duplicated(keys)
+    repeated, keys = np.flatnonzero(dup), keys[dup]
     denominator = np.where(text_chars > 0, text_chars, 1).astype(np.float64)
     max_n = max([*cfg.top_ngram_sizes, *cfg.dup_ngram_sizes, 1])
     for n in range(2, max_n + 1):
-        length = total - n + 1
-        if length <= 0:
-            keys = np.empty(0, dtype=_U64)
-        else:
-            keys = _mix(keys[:length] * _GOLDEN + tok_hash[n - 1:])
-        if n not in cfg.top_ngram_sizes and n not in cfg.dup_ngram_sizes:
-            continue
-        valid = np.flatnonzero(np.arange(max(length, 0)) + n <= tok_end[: max(length, 0)])
-        v_rows, v_pos, v_keys = row[valid], pos_in_doc[valid], keys[valid]
-        # Characters of the n-gram: DataTrove joins top n-grams with spaces and duplicate n-grams without.
-        v_chars = cum_chars[valid + n] - cum_chars[valid]
+        is_repeated = np.zeros(total + 1, dtype=bool)
+        is_repeated[repeated] = True
+        cand = repeated[is_repeated[repeated + 1] & (repeated + n <= tok_end[repeated])]
+        keys = _mix(keys[np.searchsorted(repeated, cand)] * _GOLDEN + tok_hash[cand + n - 1])
+        dup = _is_duplicated(keys)
+        repeated, keys = cand[dup], keys[dup]
         if n in cfg.top_ngram_sizes:
-            out[f"top_{n}gram_char_frac"] = _top_ngram_chars(v_rows, v_pos, v_keys, v_chars + (n - 1), n_docs) / denominator
+            # Characters of a top n-gram count the spaces that join its words (DataTrove joins with " ").
+            top = _top_ngram_chars(repeated, keys, row, doc_start, n_tokens, cum_chars, n)
+            out[f"top_{n}gram_char_frac"] = top / denominator
         if n in cfg.dup_ngram_sizes:
-            repeated = pl.Series(v_keys).is_duplicated().to_numpy()
+            # Duplicate n-grams are joined without spaces in DataTrove, so only word characters count.
             dup_chars = np.zeros(n_docs, dtype=np.int64)
-            _greedy_dup_chars(v_rows[repeated].tolist(), v_pos[repeated].tolist(), v_keys[repeated].tolist(),
-                              v_chars[repeated].tolist(), n, dup_chars)
+            _greedy_dup_chars(row[repeated].tolist(), repeated.tolist(), keys.tolist(),
+                              (cum_chars[repeated + n] - cum_chars[repeated]).tolist(), n, dup_chars)
             out[f"dup_{n}gram_char_frac"] = dup_chars / denominator
     for name, values in out.items():
         if name.endswith("_char_frac"):
@@ -249,22 +253,37 @@ def _token_signals(texts: pl.Series, text_chars: np.ndarray, cfg: SignalsConfig)
     return out
 
 
-def _top_ngram_chars(rows: np.ndarray, pos: np.ndarray, keys: np.ndarray, chars: np.ndarray, n_docs: int) -> np.ndarray:
-    """Characters of each document's most frequent n-gram times its count; ties go to the n-gram that appears
-    first, as ``Counter.most_common(1)`` does. Documents without an n-gram get 0."""
-    result = np.zeros(n_docs, dtype=np.int64)
-    if len(rows) == 0:
+def _is_duplicated(keys: np.ndarray) -> np.ndarray:
+    """True where the key occurs more than once."""
+    if len(keys) == 0:
+        return np.zeros(0, dtype=bool)
+    return pl.Series(keys).is_duplicated().to_numpy()
+
+
+def _top_ngram_chars(repeated: np.ndarray, keys: np.ndarray, row: np.ndarray, doc_start: np.ndarray,
+                     n_tokens: np.ndarray, cum_chars: np.ndarray, n: int) -> np.ndarray:
+    """Characters of each document's most frequent n-gram (joined by spaces) times its count; ties go to the
+    n-gram that appears first, as ``Counter.most_common(1)`` does. Without a repeated n-gram that is the first
+    n-gram, once; documents with fewer than n tokens get 0.
+
+    ``repeated`` holds the global token positions of repeated n-grams (ascending) and ``keys`` their keys."""
+    starts_all = doc_start
+    has_ngram = n_tokens >= n
+    first_end = np.minimum(starts_all + n, len(cum_chars) - 1)
+    result = np.where(has_ngram, cum_chars[first_end] - cum_chars[starts_all] + (n - 1), 0).astype(np.int64)
+    if len(repeated) == 0:
         return result
+    rows = row[repeated]
+    pos = repeated - doc_start[rows]
     counts = pl.DataFrame({"k": keys}).select(pl.len().over("k"))["len"].to_numpy().astype(np.int64)
     # One integer orders by count, then by earliest position: the per-document maximum is the reference's pick.
     score = (counts << _POS_BITS) | ((1 << _POS_BITS) - 1 - pos)
-    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-    best = np.maximum.reduceat(score, starts)
-    best_pos = (1 << _POS_BITS) - 1 - (best & ((1 << _POS_BITS) - 1))
+    seg = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    best = np.maximum.reduceat(score, seg)
     best_count = best >> _POS_BITS
-    # Positions are contiguous per document, so the winner's index is the segment start plus its position.
-    best_chars = chars[starts + (best_pos - pos[starts])]
-    result[rows[starts]] = best_count * best_chars
+    best_global = doc_start[rows[seg]] + (1 << _POS_BITS) - 1 - (best & ((1 << _POS_BITS) - 1))
+    best_chars = cum_chars[best_global + n] - cum_chars[best_global] + (n - 1)
+    result[rows[seg]] = best_count * best_chars
     return result
 
 
@@ -392,6 +411,18 @@ def _paragraph_signals(texts: pl.Series) -> pl.DataFrame:
     })
 
 
+def _batches(text_chars: np.ndarray, budget: int = _BATCH_CHARS) -> list[tuple[int, int]]:
+    """Split rows into consecutive ranges of about ``budget`` characters (at least one row each)."""
+    bounds, start, size = [], 0, 0
+    for i, chars in enumerate(text_chars.tolist()):
+        if size and size + chars > budget:
+            bounds.append((start, i))
+            start, size = i, 0
+        size += chars
+    bounds.append((start, len(text_chars)))
+    return bounds
+
+
 def _prose_signals(docs: pl.DataFrame, cfg: SignalsConfig) -> pl.DataFrame:
     """All prose signals for ``docs`` (one row per document, same order)."""
     texts = docs["text"].fill_null("")
@@ -403,7 +434,9 @@ def _prose_signals(docs: pl.DataFrame, cfg: SignalsConfig) -> pl.DataFrame:
         pl.col("t").str.count_matches("\n", literal=True).alias("newlines"),
     )
     text_chars = scalar["text_chars"].to_numpy()
-    tokens = pl.DataFrame(_token_signals(texts, text_chars, cfg)).fill_nan(None)
+    tokens = pl.concat(
+        [pl.DataFrame(_token_signals(texts[a:b], text_chars[a:b], cfg)) for a, b in _batches(text_chars)]
+    ).fill_nan(None)
     lines = _line_signals(texts, cfg)
     paras = _paragraph_signals(texts)
     both = pl.concat([scalar, tokens, lines, paras], how="horizontal")
@@ -541,7 +574,8 @@ def quality_signals(docs: pl.DataFrame, cfg: SignalsConfig | None = None) -> Sta
     ``cfg.chat_kinds``, and null elsewhere (a rule never drops on a null signal). No verdicts.
     """
     cfg = cfg or SignalsConfig()
-    indexed = docs.with_row_index("_row")
+    # Re-running the stage replaces earlier signal columns instead of duplicating them.
+    indexed = docs.drop([c for c in SIGNAL_COLUMNS if c in docs.columns]).with_row_index("_row")
     prose_cols = [c for c in _PROSE_COLUMNS if not (c.startswith(("top_", "dup_")) and "gram" in c)]
     prose_cols += [f"top_{n}gram_char_frac" for n in cfg.top_ngram_sizes]
     prose_cols += [f"dup_{n}gram_char_frac" for n in cfg.dup_ngram_sizes]

@@ -42,8 +42,8 @@ class ScoreConfig(BaseModel):
             _prose("top_2gram_char_frac", 0.2, 0.02),
             _prose("word_count", 50, 500),
             _prose("line_punct_ratio", 0.12, 0.9),
-            ScoreFeature(signal="alnum_frac", bad=0.25, good=0.75, kinds=["code"]),
-            ScoreFeature(signal="max_line_length", bad=1000, good=100, kinds=["code"]),
+            ScoreFeature(signal="code_alnum_frac", bad=0.25, good=0.75, kinds=["code"]),
+            ScoreFeature(signal="code_max_line_length", bad=1000, good=100, kinds=["code"]),
         ]
     )
     # Documents scoring below this are dropped with rule ``score.min_quality`` (0 keeps everything).

@@ -1,0 +1,34 @@
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def git_project(tmp_path: Path) -> Path:
+    """An empty git repository (the DVC repository is created inside it on first release)."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    return tmp_path
+
+
+def run_cli(*args: str, cwd: Path | None = None):
+    """Run the `curate` CLI in-process (the same entry point users call), returning (exit_code, output)."""
+    from typer.testing import CliRunner
+
+    from curation_platform.cli import app
+
+    runner = CliRunner()
+    old = Path.cwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        result = runner.invoke(app, list(args), catch_exceptions=False)
+    finally:
+        os.chdir(old)
+    return result.exit_code, result.output

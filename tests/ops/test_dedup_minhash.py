@@ -1,0 +1,397 @@
+"""MinHash LSH near-dedup: planted duplicates found, no chain collapse, templates survive, incremental index."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+
+import numpy as np
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from curation_platform.ops.dedup_exact import DedupIndexError, sort_by_keep_rule
+from curation_platform.ops.dedup_minhash import (
+    NEAR_INDEX_SCHEMA,
+    NearDedupConfig,
+    band_keys,
+    empty_near_index,
+    lsh_false_rates,
+    lsh_params,
+    minhash_signatures,
+    near_duplicates,
+    optimal_lsh_params,
+    shingle_hashes,
+)
+from curation_platform.records import VERDICT_SCHEMA
+
+RNG_SEED = 20240601
+
+
+def vocabulary(size: int, seed: int) -> list[str]:
+    rnd = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = {"".join(rnd.choice(letters) for _ in range(rnd.randint(3, 9))) for _ in range(size * 2)}
+    return sorted(words)[:size]
+
+
+VOCAB = vocabulary(6000, RNG_SEED)
+
+
+def substitute(words: list[str], rate: float, rnd: random.Random) -> list[str]:
+    """Replace round(rate * len) distinct word positions with random vocabulary words."""
+    out = list(words)
+    for pos in rnd.sample(range(len(out)), round(rate * len(out))):
+        out[pos] = rnd.choice(VOCAB)
+    return out
+
+
+def reference_shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
+    """Independent pure-Python shingling with the same normalization, for brute-force exact Jaccard."""
+    text = re.sub(r"[^\w\s]|_", "", text.lower())
+    words = re.sub(r"\d", "0", text).split()
+    if not words:
+        return set()
+    if len(words) < n:
+        return {tuple(words)}
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a | b else 0.0
+
+
+def frame(texts: list[str], ids: list[str] | None = None, drop: str = "2024-01", drop_order: int = 0,
+          quality: list[float | None] | None = None, licenses: list[str] | None = None) -> pl.DataFrame:
+    n = len(texts)
+    return pl.DataFrame(
+        {
+            "doc_id": ids or [f"doc{i:03d}" for i in range(n)],
+            "source": ["forum"] * n,
+            "drop": [drop] * n,
+            "drop_order": [drop_order] * n,
+            "license": licenses or ["CC-BY-4.0"] * n,
+            "kind": ["web"] * n,
+            "text": texts,
+            "quality_score": quality or [None] * n,
+        },
+        schema={"doc_id": pl.String, "source": pl.String, "drop": pl.String, "drop_order": pl.Int64,
+                "license": pl.String, "kind": pl.String, "text": pl.String, "quality_score": pl.Float64},
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus() -> pl.DataFrame:
+    """300 documents: 120 originals and 180 variants at known word-substitution rates (some of variants)."""
+    rnd = random.Random(RNG_SEED)
+    texts = [[rnd.choice(VOCAB) for _ in range(rnd.randint(150, 250))] for _ in range(120)]
+    rates = [0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.3]
+    while len(texts) < 300:
+        parent = rnd.choice(texts)
+        texts.append(substitute(parent, rnd.choice(rates), rnd))
+    rnd.shuffle(texts)
+    quality = [round(rnd.random(), 3) for _ in texts]
+    licenses = [rnd.choice(["MIT", "CC-BY-4.0", "CC-BY-SA-4.0", "CC0-1.0"]) for _ in texts]
+    return frame([" ".join(t) for t in texts], quality=quality, licenses=licenses)
+
+
+@pytest.fixture(scope="module")
+def corpus_jaccard(corpus) -> dict[tuple[str, str], float]:
+    shingles = {d: reference_shingles(t) for d, t in corpus.select("doc_id", "text").iter_rows()}
+    return {(a, b): jaccard(shingles[a], shingles[b]) for a, b in itertools.combinations(sorted(shingles), 2)}
+
+
+def pair_j(table: dict, a: str, b: str) -> float:
+    return table[(a, b) if a < b else (b, a)]
+
+
+def greedy_oracle(docs: pl.DataFrame, cfg: NearDedupConfig) -> set[str]:
+    """Brute-force keep rule: in keep order, drop a document iff some kept document shares a band key with it
+    and reaches the verification threshold on the full signature."""
+    bands, rows = lsh_params(cfg)
+    ordered = sort_by_keep_rule(docs, cfg)
+    sig = minhash_signatures(ordered["text"], cfg)
+    keys = band_keys(sig, bands, rows)
+    kept: list[int] = []
+    for i in range(ordered.height):
+        duplicate = any(
+            (keys[i] == keys[j]).any() and (sig[i] == sig[j]).mean() >= cfg.verify_threshold for j in kept
+        )
+        if not duplicate:
+            kept.append(i)
+    return set(ordered["doc_id"].gather(kept).to_list())
+
+
+# ------------------------------------------------------------------------------------------------ signatures
+
+
+def test_signatures_shape_dtype_determinism_and_normalization():
+    cfg = NearDedupConfig()
+    texts = pl.Series(["Hello, World! It is 2024 and the sky is blue.",
+                       "hello world it is 1999 and the SKY is blue",
+                       "", None, "Totally unrelated words appear in this sentence here."])
+    sig = minhash_signatures(texts, cfg)
+    assert sig.shape == (5, 112) and sig.dtype == np.uint32
+    assert np.array_equal(sig, minhash_signatures(texts, cfg))
+    assert np.array_equal(sig[0], sig[1])  # case, punctuation and digits are normalized away
+    assert (sig[2] == 0xFFFFFFFF).all() and (sig[3] == 0xFFFFFFFF).all()  # no words, no shingles
+    assert (sig[0] == sig[4]).mean() < 0.2
+    assert not np.array_equal(sig, minhash_signatures(texts, NearDedupConfig(seed=2)))
+
+
+def test_shingles_match_reference_and_short_texts_are_one_shingle():
+    cfg = NearDedupConfig()
+    texts = ["One two three four five six seven, one two three four five!", "just three words", "",
+             "a b c d e"]
+    hashes, counts = shingle_hashes(pl.Series(texts), cfg)
+    assert counts.tolist() == [8, 1, 0, 1]
+    starts = np.cumsum(counts) - counts
+    for i, text in enumerate(texts):
+        distinct = len(np.unique(hashes[starts[i] : starts[i] + counts[i]]))
+        assert distinct == len(reference_shingles(text))  # "one two three four five" occurs twice
+
+
+def test_estimated_jaccard_tracks_exact_jaccard(corpus, corpus_jaccard):
+    cfg = NearDedupConfig()
+    sig = minhash_signatures(corpus["text"], cfg)
+    ids = corpus["doc_id"].to_list()
+    errors = [abs((sig[i] == sig[j]).mean() - pair_j(corpus_jaccard, ids[i], ids[j]))
+              for i, j in itertools.combinations(range(60), 2)]
+    assert np.mean(errors) < 0.03 and max(errors) < 0.2
+
+
+# ------------------------------------------------------------------------------------------------ LSH parameters
+
+
+def test_optimal_lsh_params_agree_with_datasketch():
+    lsh = pytest.importorskip("datasketch.lsh")
+    for threshold in (0.5, 0.7, 0.8, 0.9):
+        ours = optimal_lsh_params(threshold, 128)
+        theirs = lsh._optimal_param(threshold, 128, 0.5, 0.5)
+        fp_o, fn_o = lsh_false_rates(threshold, *ours)
+        fp_t, fn_t = lsh_false_rates(threshold, *theirs)
+        # Same choice, or an equally good one up to integration error.
+        assert ours == theirs or abs((fp_o + fn_o) - (fp_t + fn_t)) < 1e-4
+
+
+def test_target_jaccard_overrides_bands_and_rows():
+    cfg = NearDedupConfig(target_jaccard=0.8)
+    bands, rows = lsh_params(cfg)
+    assert bands * rows <= 112
+    fp, fn = lsh_false_rates(0.8, bands, rows)
+    fp_fw, fn_fw = lsh_false_rates(0.8, 14, 8)
+    assert fp + fn <= fp_fw + fn_fw
+    assert lsh_params(NearDedupConfig()) == (14, 8)
+
+
+def test_config_validation():
+    with pytest.raises(ValidationError):
+        NearDedupConfig(bands=20, rows=8)  # 160 > 112 permutations
+    with pytest.raises(ValidationError):
+        NearDedupConfig(num_perms=128)
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+
+
+def test_planted_near_duplicates_recall_and_precision(corpus, corpus_jaccard):
+    result, entries = near_duplicates(corpus, empty_near_index(), NearDedupConfig())
+    kept = set(result.kept["doc_id"])
+    removed = {row["doc_id"]: row for row in result.verdicts.iter_rows(named=True)}
+    assert kept.isdisjoint(removed) and len(kept) + len(removed) == corpus.height
+    assert result.verdicts.schema == pl.Schema(VERDICT_SCHEMA)
+
+    similar = [pair for pair, j in corpus_jaccard.items() if j >= 0.85]
+    assert len(similar) >= 50  # the corpus really plants near-duplicates
+    found = [pair for pair in similar if not (pair[0] in kept and pair[1] in kept)]
+    assert len(found) / len(similar) >= 0.95
+
+    for doc_id, row in removed.items():
+        assert row["rule"] == "near_dedup.duplicate" and row["verdict"] == "drop"
+        assert row["duplicate_of"] in kept
+        assert pair_j(corpus_jaccard, doc_id, row["duplicate_of"]) >= 0.7
+        assert row["value"] >= 0.8 and row["threshold"] == ">= 0.8"
+        assert f"cluster {row['detail'].rsplit(' ', 1)[-1]}" in row["detail"]
+
+    assert set(entries["doc_id"]) == kept and entries.schema == pl.Schema(NEAR_INDEX_SCHEMA)
+    assert entries["signature"].list.len().unique().to_list() == [112]
+    assert entries["band_keys"].list.len().unique().to_list() == [14]
+    metrics = result.metrics
+    assert metrics["removed"] == len(removed) and metrics["removed_cross_drop"] == 0
+    assert 1 <= len(metrics["sample_pairs"]) <= 10
+    for pair in metrics["sample_pairs"]:
+        assert pair["exact_jaccard"] == pytest.approx(pair_j(corpus_jaccard, pair["doc_id"], pair["duplicate_of"]),
+                                                      abs=1e-4)
+    assert sum(metrics["cluster_size_histogram"].values()) == metrics["clusters"]
+
+
+def test_stage_matches_brute_force_keep_rule(corpus):
+    cfg = NearDedupConfig()
+    result, _ = near_duplicates(corpus, empty_near_index(), cfg)
+    assert set(result.kept["doc_id"]) == greedy_oracle(corpus, cfg)
+
+
+def test_input_order_does_not_matter(corpus):
+    cfg = NearDedupConfig()
+    result, entries = near_duplicates(corpus, empty_near_index(), cfg)
+    shuffled, shuffled_entries = near_duplicates(corpus.sample(fraction=1.0, shuffle=True, seed=7),
+                                                 empty_near_index(), cfg)
+    assert shuffled.verdicts.equals(result.verdicts)
+    assert shuffled_entries.equals(entries)
+    assert result.kept.sort("doc_id").equals(shuffled.kept.sort("doc_id"))
+
+
+def chain_docs() -> tuple[list[str], NearDedupConfig]:
+    """A~B, B~C, C~D (Jaccard ~0.66) while A-C, B-D (~0.42) and A-D (~0.25) are below the 0.55 threshold."""
+    rnd = random.Random(5)
+    blocks = [[rnd.choice(VOCAB) for _ in range(40)] for _ in range(16)]
+    texts = [" ".join(itertools.chain.from_iterable(blocks[s : s + 10])) for s in (0, 2, 4, 6)]
+    # More permutations keep the estimates far from the threshold; 64 bands of 4 make every pair a candidate.
+    return texts, NearDedupConfig(num_perm=256, bands=64, rows=4, verify_threshold=0.55)
+
+
+def test_chain_does_not_collapse():
+    texts, cfg = chain_docs()
+    sig = minhash_signatures(pl.Series(texts), cfg)
+    est = {(i, j): (sig[i] == sig[j]).mean() for i, j in itertools.combinations(range(4), 2)}
+    assert min(est[(0, 1)], est[(1, 2)], est[(2, 3)]) >= 0.6  # preconditions, with margin
+    assert max(est[(0, 2)], est[(1, 3)], est[(0, 3)]) <= 0.5
+
+    result, _ = near_duplicates(frame(texts, ids=["a", "b", "c", "d"]), empty_near_index(), cfg)
+    assert result.kept["doc_id"].to_list() == ["a", "c"]
+    assert dict(result.verdicts.select("doc_id", "duplicate_of").iter_rows()) == {"b": "a", "d": "c"}
+    # One connected component, named after its first document in keep order.
+    assert result.kept["cluster_id"].to_list() == ["a", "a"]
+    assert result.metrics["clusters"] == 1 and result.metrics["largest_cluster"] == 4
+
+    # Quality reverses the keep order: D first, so D and B survive.
+    reversed_quality = frame(texts, ids=["a", "b", "c", "d"], quality=[0.6, 0.7, 0.8, 0.9])
+    result, _ = near_duplicates(reversed_quality, empty_near_index(), cfg)
+    assert sorted(result.kept["doc_id"]) == ["b", "d"]
+    assert dict(result.verdicts.select("doc_id", "duplicate_of").iter_rows()) == {"c": "d", "a": "b"}
+
+
+def test_templated_source_is_not_wiped_out():
+    """40 pages from one template (shared header, footer and 12 filled slots) stay; only real copies go."""
+    rnd = random.Random(11)
+    template = [rnd.choice(VOCAB) for _ in range(200)]
+    slots = range(8, 200, 16)
+    pages = []
+    for _ in range(40):
+        page = list(template)
+        for pos in slots:
+            page[pos] = rnd.choice(VOCAB)
+        pages.append(page)
+    copies = [substitute(pages[0], 0.01, rnd) for _ in range(3)]
+    texts = [" ".join(p) for p in pages + copies]
+    ids = [f"page{i:02d}" for i in range(40)] + ["zcopy0", "zcopy1", "zcopy2"]  # pages win the doc_id tie
+    result, _ = near_duplicates(frame(texts, ids=ids), empty_near_index(), NearDedupConfig())
+    assert sorted(result.verdicts["doc_id"]) == ["zcopy0", "zcopy1", "zcopy2"]
+    assert set(result.verdicts["duplicate_of"]) == {"page00"}
+    assert result.kept.height == 40
+
+
+def test_huge_bucket_is_linked_to_its_head_only_and_still_deduplicated():
+    rnd = random.Random(3)
+    words = [rnd.choice(VOCAB) for _ in range(120)]
+    texts = [" ".join(words)] * 30 + [" ".join(substitute(words, 0.01, rnd)) for _ in range(10)]
+    docs = frame(texts)
+    result, _ = near_duplicates(docs, empty_near_index(), NearDedupConfig(bucket_link_limit=2))
+    assert result.kept["doc_id"].to_list() == ["doc000"]
+    assert result.metrics["candidate_pairs"] < 40 * 39 / 2
+
+
+def test_oversized_clusters_are_reported():
+    rnd = random.Random(4)
+    words = [rnd.choice(VOCAB) for _ in range(100)]
+    texts = [" ".join(substitute(words, 0.01, rnd)) for _ in range(4)] + [" ".join(VOCAB[:100])]
+    result, _ = near_duplicates(frame(texts), empty_near_index(), NearDedupConfig(max_cluster_size=3))
+    assert result.metrics["clusters_over_max_size"] == [{"cluster_id": "doc000", "size": 4}]
+    assert result.metrics["cluster_size_histogram"] == {"3-4": 1}
+    assert result.kept.filter(pl.col("doc_id") == "doc004")["cluster_id"].to_list() == [None]
+
+
+def test_documents_without_words_are_kept_and_not_indexed():
+    docs = frame(["", "!!! ...", "real words in a real sentence here"])
+    result, entries = near_duplicates(docs, empty_near_index(), NearDedupConfig())
+    assert result.kept.height == 3 and result.metrics["documents_without_shingles"] == 2
+    assert entries["doc_id"].to_list() == ["doc002"]
+
+
+def test_empty_drop():
+    result, entries = near_duplicates(frame([]).head(0), empty_near_index(), NearDedupConfig())
+    assert result.kept.height == 0 and result.verdicts.height == 0 and entries.height == 0
+
+
+# ------------------------------------------------------------------------------------------------ incremental
+
+
+def incremental_drops():
+    rnd = random.Random(9)
+    originals = [[rnd.choice(VOCAB) for _ in range(rnd.randint(150, 220))] for _ in range(60)]
+    drop1 = frame([" ".join(w) for w in originals], ids=[f"d1-{i:02d}" for i in range(60)],
+                  drop="2024-01", drop_order=0, quality=[0.2] * 60)
+    fresh = [[rnd.choice(VOCAB) for _ in range(180)] for _ in range(20)]
+    texts2 = (
+        [" ".join(substitute(originals[i], 0.01, rnd)) for i in range(20)]  # near copies of drop 1
+        + [" ".join(w) for w in fresh]
+        + [" ".join(substitute(fresh[i], 0.01, rnd)) for i in range(10)]  # near copies within drop 2
+    )
+    ids2 = [f"d2-copy-{i:02d}" for i in range(20)] + [f"d2-new-{i:02d}" for i in range(20)] + \
+        [f"d2-z-copy-{i:02d}" for i in range(10)]
+    # Drop 2 copies are better and more permissive: earliest drop still wins.
+    drop2 = frame(texts2, ids=ids2, drop="2024-02", drop_order=1, quality=[0.99] * 50, licenses=["CC0-1.0"] * 50)
+    return drop1, drop2
+
+
+def test_second_drop_is_compared_with_the_first_drops_index():
+    cfg = NearDedupConfig()
+    drop1, drop2 = incremental_drops()
+    result1, index1 = near_duplicates(drop1, empty_near_index(), cfg)
+    assert result1.verdicts.is_empty() and index1.height == 60
+
+    result2, entries2 = near_duplicates(drop2, index1, cfg)
+    duplicates = dict(result2.verdicts.select("doc_id", "duplicate_of").iter_rows())
+    assert {d: duplicates[d] for d in duplicates if d.startswith("d2-copy")} == {
+        f"d2-copy-{i:02d}": f"d1-{i:02d}" for i in range(20)
+    }
+    assert {d: duplicates[d] for d in duplicates if d.startswith("d2-z")} == {
+        f"d2-z-copy-{i:02d}": f"d2-new-{i:02d}" for i in range(10)
+    }
+    assert result2.metrics["removed_cross_drop"] == 20 and result2.metrics["removed_within_drop"] == 10
+    assert all("from an earlier drop" in d for d in result2.verdicts.filter(
+        pl.col("doc_id").str.starts_with("d2-copy"))["detail"])
+    assert sorted(entries2["doc_id"]) == [f"d2-new-{i:02d}" for i in range(20)]
+    assert set(entries2["drop"]) == {"2024-02"}
+
+    # Idempotent: the same drop against the same index gives the same verdicts, documents and entries.
+    again, again_entries = near_duplicates(drop2, index1, cfg)
+    assert again.verdicts.equals(result2.verdicts)
+    assert again.kept.equals(result2.kept)
+    assert again_entries.equals(entries2)
+    assert again.metrics == result2.metrics
+
+    # Drop 3 sees both earlier drops through the concatenated index.
+    drop3 = drop2.filter(pl.col("doc_id").str.starts_with("d2-new")).with_columns(
+        doc_id=pl.col("doc_id").str.replace("d2-", "d3-"), drop=pl.lit("2024-03"), drop_order=pl.lit(2))
+    result3, entries3 = near_duplicates(drop3, pl.concat([entries2, index1]), cfg)
+    assert result3.kept.is_empty() and entries3.is_empty()
+    assert set(result3.verdicts["duplicate_of"]) == set(entries2["doc_id"])
+
+
+def test_index_from_other_settings_is_refused():
+    drop1, drop2 = incremental_drops()
+    _, index1 = near_duplicates(drop1.head(5), empty_near_index(), NearDedupConfig(seed=2))
+    with pytest.raises(DedupIndexError, match="seed=2"):
+        near_duplicates(drop2, index1, NearDedupConfig())
+    with pytest.raises(DedupIndexError, match="missing columns"):
+        near_duplicates(drop2, index1.drop("signature"), NearDedupConfig(seed=2))
+
+
+def test_rerunning_a_drop_whose_entries_are_in_the_index_does_not_match_itself():
+    drop1, _ = incremental_drops()
+    cfg = NearDedupConfig()
+    result, index1 = near_duplicates(drop1, empty_near_index(), cfg)
+    rerun, rerun_entries = near_duplicates(drop1, index1, cfg)
+    assert rerun.verdicts.is_empty() and rerun_entries.equals(index1)

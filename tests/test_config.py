@@ -1,0 +1,28 @@
+import pytest
+
+from curation_platform.config import CurationConfig, load_config
+from curation_platform.errors import ConfigError
+from tests.conftest import REPO
+
+
+def test_bundled_configuration_is_valid_and_keeps_reference_defaults():
+    cfg = load_config(REPO / "curation.yaml")
+    defaults = CurationConfig()
+    assert cfg.near_dedup == defaults.near_dedup
+    assert cfg.filters.rules() == defaults.filters.rules()
+    assert cfg.decontamination == defaults.decontamination
+    assert cfg.language.allowed_languages == ["en"] and cfg.language.min_score == 0.65
+
+
+def test_unknown_or_invalid_fields_name_the_file_and_field(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("near_dedup:\n  bands: many\nrelese: {}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert str(bad) in str(err.value) and "near_dedup.bands" in str(err.value) and "relese" in str(err.value)
+
+
+def test_config_hash_changes_with_any_threshold():
+    a = CurationConfig()
+    b = CurationConfig.model_validate({"filters": {"thresholds": {"gopher_quality.min_words": 60}}})
+    assert a.hash != b.hash and a.hash == CurationConfig().hash

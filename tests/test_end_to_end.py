@@ -1,0 +1,140 @@
+"""The real Dagster graph, in-process through `curate run`, on the bundled sample drops, with a real git+DVC
+repository and a local DVC remote."""
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from curation_platform.config import load_config
+from curation_platform.ledger import reconcile, stage_counts
+from curation_platform.pipeline import FINAL_STAGE, STAGES
+from curation_platform.samples import write_sample_landing
+from curation_platform.workspace import Workspace
+from tests.conftest import REPO, run_cli
+
+CONFIG = str(REPO / "curation.yaml")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    import subprocess
+
+    root = tmp_path_factory.mktemp("project")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    write_sample_landing(root / "landing")
+    code, output = run_cli("run", "--landing", str(root / "landing"), "--workspace", str(root / "data"),
+                           "--config", CONFIG)
+    return root, code, output
+
+
+def test_run_succeeds_and_prints_progress_and_summary(project):
+    root, code, output = project
+    assert code == 0, output
+    for stage in STAGES:
+        assert stage in output
+    assert "release 'latest'" in output and "documents" in output
+
+
+def test_counts_reconcile_for_every_drop(project):
+    root, _, _ = project
+    ws = Workspace(root / "data")
+    for drop in ws.drops():
+        read = stage_counts(ws, drop.name, STAGES).row(0, named=True)["input"]
+        raw_files = pl.read_parquet(ws.stage_path("raw_documents", drop.name)).height
+        quarantined = pl.read_parquet(ws.quarantine_path(drop.name)).height
+        assert read == raw_files + quarantined
+        assert reconcile(ws, drop.name, STAGES, read_count=read) == []
+
+
+def test_ledger_export_has_one_row_per_input_record(project):
+    root, _, _ = project
+    out = root / "ledger.parquet"
+    code, output = run_cli("ledger", "export", str(out), "--workspace", str(root / "data"),
+                           "--config", CONFIG)
+    assert code == 0, output
+    table = pl.read_parquet(out)
+    ws = Workspace(root / "data")
+    total_read = sum(stage_counts(ws, d.name, STAGES).row(0, named=True)["input"] for d in ws.drops())
+    assert table.height == total_read == table["doc_id"].n_unique()
+    assert set(table["status"]) <= {"kept", "dropped", "quarantined"}
+    removed = table.filter(pl.col("status") != "kept")
+    assert removed["stage"].null_count() == 0 and removed["rule"].null_count() == 0
+    # Every duplicate points at a document that exists.
+    dups = table.filter(pl.col("duplicate_of").is_not_null())
+    assert dups.height > 0
+    assert dups["duplicate_of"].is_in(table["doc_id"].implode()).all()
+    # Every released document is kept; every kept document is either released or dropped by the release.
+    released = table.filter(pl.col("release_shard").is_not_null())
+    assert released.height > 0 and (released["status"] == "kept").all()
+    # The malformed records of the samples are quarantined with their file and line.
+    quarantined = table.filter(pl.col("status") == "quarantined")
+    assert quarantined.height > 0 and quarantined["file"].null_count() == 0
+    for column in ["source_id", "drop", "source", "license", "language", "language_score", "quality_score"]:
+        assert column in table.columns
+
+
+def test_release_has_shards_data_card_and_dvc_version(project):
+    root, _, _ = project
+    release = root / "data" / "releases" / "latest"
+    shards = pl.read_parquet(str(release / "shards" / "*.parquet"))
+    for column in ["doc_id", "source_id", "drop", "source", "license", "kind", "language", "text"]:
+        assert column in shards.columns
+    assert shards["doc_id"].n_unique() == shards.height
+    card = json.loads((release / "data_card.json").read_text())
+    assert card["documents"] == shards.height and card["tokens"] > 0
+    assert {l["license"] for l in card["licenses"]} == set(shards["license"])
+    assert "# Data card" in (release / "data_card.md").read_text()
+    # Commercial profile: no non-commercial document is released.
+    assert not shards["license"].str.contains("NC").any()
+    dvc_file = yaml.safe_load((root / "data" / "releases" / "latest.dvc").read_text())
+    assert dvc_file["meta"]["documents"] == shards.height
+    assert dvc_file["meta"]["licenses"] == card["licenses"]
+    remote = root / "data" / "dvc-remote"
+    assert any(p.name.endswith(".dir") for p in remote.rglob("*"))
+
+
+def test_second_run_is_incremental_and_byte_identical(project):
+    root, _, _ = project
+    release = root / "data" / "releases" / "latest" / "shards"
+    before = {p.name: p.read_bytes() for p in release.glob("*.parquet")}
+    code, output = run_cli("run", "--landing", str(root / "landing"), "--workspace", str(root / "data"),
+                           "--config", CONFIG)
+    assert code == 0, output
+    assert "0 to curate" in output
+    after = {p.name: p.read_bytes() for p in release.glob("*.parquet")}
+    assert before == after
+
+
+def test_explain_tells_why_a_document_was_dropped(project):
+    root, _, _ = project
+    table = pl.read_parquet(root / "ledger.parquet") if (root / "ledger.parquet").exists() else None
+    if table is None:
+        run_cli("ledger", "export", str(root / "ledger.parquet"), "--workspace", str(root / "data"),
+                "--config", CONFIG)
+        table = pl.read_parquet(root / "ledger.parquet")
+    dup = table.filter(pl.col("duplicate_of").is_not_null()).row(0, named=True)
+    code, output = run_cli("explain", dup["doc_id"], "--workspace", str(root / "data"),
+                           "--config", CONFIG)
+    assert code == 0
+    assert dup["rule"] in output and f"duplicate of {dup['duplicate_of']}" in output
+    assert dup["source"] in output and "not in any release" in output
+
+
+def test_a_failing_gate_stops_the_graph_with_a_clear_message(tmp_path):
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    write_sample_landing(tmp_path / "landing")
+    config = tmp_path / "strict.yaml"
+    # No stage may remove anything: the first stage that drops a document must stop its drop.
+    strict = yaml.safe_load((REPO / "curation.yaml").read_text())
+    strict["gates"]["max_removal_rate"] = {s: 0.0 for s in STAGES}
+    config.write_text(yaml.safe_dump(strict))
+    code, output = run_cli("run", "--landing", str(tmp_path / "landing"), "--workspace", str(tmp_path / "data"),
+                           "--config", str(config))
+    assert code != 0
+    assert "gate" in output and "removal_rate" in output
+    assert not (tmp_path / "data" / "releases" / "latest").exists()

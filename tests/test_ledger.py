@@ -1,0 +1,40 @@
+import polars as pl
+
+from curation_platform.ledger import ledger_rows, reconcile, stage_counts
+from curation_platform.records import verdict_frame
+from curation_platform.workspace import Workspace, write_parquet_atomic
+
+STAGES = ["raw_documents", "filtered"]
+
+
+def _write(ws, stage, drop, ids, verdicts):
+    rows = ledger_rows(stage=stage, drop=drop, input_ids=pl.Series(ids), verdicts=verdict_frame(verdicts),
+                       run_id="r1", config_hash="c1")
+    write_parquet_atomic(rows, ws.ledger_path(stage, drop))
+    return rows
+
+
+def test_ledger_rows_add_a_keep_row_for_every_surviving_document(tmp_path):
+    rows = _write(Workspace(tmp_path), "filtered", "d1", ["a", "b", "c"],
+                  pl.DataFrame({"doc_id": ["b"], "verdict": ["drop"], "rule": ["gopher_quality.min_words"]}))
+    verdicts = dict(zip(rows["doc_id"], rows["verdict"]))
+    assert verdicts == {"a": "keep", "b": "drop", "c": "keep"}
+    assert set(rows["run_id"]) == {"r1"} and set(rows["config_hash"]) == {"c1"} and set(rows["drop"]) == {"d1"}
+
+
+def test_reconcile_accepts_consistent_counts_and_reports_lost_documents(tmp_path):
+    ws = Workspace(tmp_path)
+    _write(ws, "raw_documents", "d1", ["a", "b", "c", "q"],
+           pl.DataFrame({"doc_id": ["q"], "verdict": ["quarantine"], "rule": ["ingest.quarantined"]}))
+    _write(ws, "filtered", "d1", ["a", "b", "c"],
+           pl.DataFrame({"doc_id": ["b"], "verdict": ["drop"], "rule": ["x"]}))
+    assert reconcile(ws, "d1", STAGES, read_count=4) == []
+    counts = stage_counts(ws, "d1", STAGES).to_dicts()
+    assert counts[0] | {} == {"stage": "raw_documents", "input": 4, "kept": 3, "dropped": 0, "quarantined": 1, "distinct_docs": 4}
+    assert counts[1]["input"] == counts[1]["kept"] + counts[1]["dropped"] + counts[1]["quarantined"] == 3
+
+    # A stage that silently loses a document no longer reconciles.
+    _write(ws, "filtered", "d1", ["a", "b"], pl.DataFrame({"doc_id": ["b"], "verdict": ["drop"], "rule": ["x"]}))
+    problems = reconcile(ws, "d1", STAGES, read_count=4)
+    assert problems and "never reached" in problems[0]
+    assert reconcile(ws, "d1", STAGES, read_count=5)[-1].startswith("d1: read 5 records")

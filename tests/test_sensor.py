@@ -1,0 +1,57 @@
+import os
+import time
+
+import dagster as dg
+
+from assets.partitions import drops
+from assets.resources import CurationResource
+from assets.sensors import landing_sensor
+
+MANIFEST = """source: news
+kind: web
+license: CC-BY-4.0
+provenance:
+  url: https://example.org/news
+  collected_at: "2026-01-01"
+"""
+
+
+def _drop(landing, name, ready=True, manifest=MANIFEST):
+    folder = landing / name
+    folder.mkdir(parents=True)
+    (folder / "manifest.yaml").write_text(manifest)
+    (folder / "docs.jsonl").write_text('{"id": "1", "text": "hello"}\n')
+    if ready:
+        (folder / "_READY").write_text("")
+    return folder
+
+
+def _evaluate(tmp_path, instance):
+    resource = CurationResource(workspace=str(tmp_path / "ws"), config_path=str(tmp_path / "none.yaml"),
+                                landing=str(tmp_path / "landing"))
+    context = dg.build_sensor_context(instance=instance, resources={"curation": resource})
+    return landing_sensor(context)
+
+
+def test_sensor_adds_a_partition_and_requests_a_run_per_new_ready_drop(tmp_path):
+    landing = tmp_path / "landing"
+    _drop(landing, "2026-01-a")
+    _drop(landing, "2026-01-b")
+    settling = _drop(landing, "2026-01-c", ready=False)  # files just written, no marker: still settling
+    now = time.time()
+    os.utime(settling / "docs.jsonl", (now, now))
+    with dg.instance_for_test() as instance:
+        result = _evaluate(tmp_path, instance)
+        assert [r.partition_key for r in result.run_requests] == ["2026-01-a", "2026-01-b"]
+        assert result.dynamic_partitions_requests[0].partition_keys == ["2026-01-a", "2026-01-b"]
+        instance.add_dynamic_partitions(drops.name, ["2026-01-a", "2026-01-b"])
+        # Nothing new the second time round.
+        again = _evaluate(tmp_path, instance)
+        assert not again.run_requests and "no new ready drops" in str(again.skip_reason)
+
+
+def test_sensor_skips_a_drop_with_a_broken_manifest(tmp_path):
+    _drop(tmp_path / "landing", "bad", manifest="source: x\nkind: web\n")
+    with dg.instance_for_test() as instance:
+        result = _evaluate(tmp_path, instance)
+        assert not result.run_requests and "1 rejected" in str(result.skip_reason)
