@@ -1,14 +1,13 @@
 """Version releases with DVC: ``dvc add`` the release folder, write provenance and license metadata into the
 ``.dvc`` file's ``meta``, and ``dvc push`` to the configured remote (a local folder by default, or S3 and the
-like). DVC's own lock gives up after seconds, so every DVC operation here runs under our file lock.
+like). DVC runs as a subprocess (its logging binds to the first process streams it sees) and every DVC operation
+runs under our file lock, because DVC's own lock gives up after seconds.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,20 +27,29 @@ def find_dvc_root(path: Path) -> Path | None:
     return None
 
 
-def _is_git_repo(path: Path) -> bool:
-    return any((p / ".git").exists() for p in [path, *path.parents])
+def _dvc(args: list[str], cwd: Path) -> str:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True,
+                          env=None)
+    if proc.returncode != 0:
+        raise CurationError(f"`dvc {' '.join(args)}` failed in {cwd}: {(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout
+
+
+def _in_git_work_tree(path: Path) -> bool:
+    proc = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=path, capture_output=True, text=True)
+    return proc.returncode == 0 and proc.stdout.strip() == "true"
 
 
 def ensure_dvc_repo(workspace_root: Path) -> Path:
-    """The DVC repository that holds the workspace; a workspace outside any is made one (git-backed when it is in
-    a git work tree, standalone otherwise)."""
+    """The DVC repository that holds the workspace; a workspace outside any is made one (git-backed inside a git
+    work tree, standalone otherwise)."""
     root = find_dvc_root(workspace_root)
     if root is not None:
         return root
-    from dvc.repo import Repo
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        Repo.init(str(workspace_root), no_scm=not _is_git_repo(workspace_root), subdir=_is_git_repo(workspace_root))
+    workspace_root.mkdir(parents=True, exist_ok=True)
+    _dvc(["init", "-q", "--subdir"] if _in_git_work_tree(workspace_root) else ["init", "-q", "--no-scm"],
+         workspace_root)
+    _dvc(["config", "core.analytics", "false"], workspace_root)
     return workspace_root
 
 
@@ -53,39 +61,18 @@ def _remote_url(cfg: VersioningConfig, workspace_root: Path) -> str:
 
 def version_release(release_dir: Path, meta: dict[str, Any], cfg: VersioningConfig, workspace_root: Path) -> dict[str, Any]:
     """``dvc add`` + meta + ``dvc push``. Returns the .dvc file path, the folder's md5 and the remote."""
-    from dvc.repo import Repo
-
-    release_dir = release_dir.resolve()
+    release_dir, workspace_root = release_dir.resolve(), workspace_root.resolve()
     with file_lock(workspace_root / ".dvc-op.lock"):
-        root = ensure_dvc_repo(workspace_root.resolve())
-        os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-        try:
-            # DVC prints git hints to stdout; the caller reports what happened.
-            with contextlib.redirect_stdout(io.StringIO()), Repo(str(root)) as repo:
-                remote_url = _remote_url(cfg, workspace_root.resolve())
-                with repo.config.edit("local") as conf:
-                    conf["remote"][cfg.remote_name] = {"url": remote_url}
-                    conf["core"]["remote"] = cfg.remote_name
-                repo.add(str(release_dir))
-                dvc_file = release_dir.with_name(release_dir.name + ".dvc")
-                document = yaml.safe_load(dvc_file.read_text())
-                document["meta"] = meta
-                dvc_file.write_text(yaml.safe_dump(document, sort_keys=False))
-                pushed = 0
-                if cfg.push:
-                    pushed = repo.push(remote=cfg.remote_name)
-        except CurationError:
-            raise
-        except Exception as exc:  # DVC raises many types; the user needs the message, not a traceback
-            raise CurationError(f"versioning release {release_dir.name} with DVC failed: {exc}") from exc
+        root = ensure_dvc_repo(workspace_root)
+        remote_url = _remote_url(cfg, workspace_root)
+        # Remote settings go to config.local, so a run never edits the committed .dvc/config.
+        _dvc(["remote", "add", "--local", "--force", "--default", cfg.remote_name, remote_url], root)
+        _dvc(["add", "-q", str(release_dir)], root)
+        dvc_file = release_dir.with_name(release_dir.name + ".dvc")
+        document = yaml.safe_load(dvc_file.read_text())
+        document["meta"] = meta
+        dvc_file.write_text(yaml.safe_dump(document, sort_keys=False))
+        if cfg.push:
+            _dvc(["push", "-q", "-r", cfg.remote_name, str(dvc_file)], root)
     out = document["outs"][0]
-    return {"dvc_file": str(dvc_file), "md5": out.get("md5"), "remote": remote_url, "pushed_files": pushed}
-
-
-def dvc_status(workspace_root: Path) -> str:
-    """`dvc status` text for the CLI (empty when there is no DVC repository)."""
-    root = find_dvc_root(workspace_root)
-    if root is None:
-        return ""
-    proc = subprocess.run(["dvc", "status", "-q"], cwd=root, capture_output=True, text=True)
-    return proc.stdout
+    return {"dvc_file": str(dvc_file), "md5": out.get("md5"), "remote": remote_url, "pushed": cfg.push}
