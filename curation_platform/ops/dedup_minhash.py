@@ -475,7 +475,7 @@ def near_duplicates(
         label, in_edge, node_doc, hashes, ranked,
     )
     clustered = docs.with_columns(
-        pl.Series("cluster_id", cluster_of[n_inv:][np.argsort(order)], dtype=pl.String)
+        pl.Series("cluster_id", cluster_of[n_inv:][np.argsort(order)].tolist(), dtype=pl.String)
     )
     result = split_by_verdicts(clustered, verdicts.drop("cluster_id", "cross_drop"), metrics)
 

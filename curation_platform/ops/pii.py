@@ -111,11 +111,13 @@ _TOKEN_SECRETS = "|".join(
 # Unicode-aware local part and domain; the validator rejects file names such as icon@2x.png.
 _EMAIL = r"(?P<val>[\w.%+\-]+@[\w\-]+(?:\.[\w\-]+)+)"
 _IBAN = r"(?P<val>\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b)"
-# Grouped formats first so a trailing CVV or year is not swallowed into the candidate.
+# A run of 4-digit blocks is taken whole (up to 6 blocks) and is a card when any 4 consecutive blocks are, so a
+# card printed right after another number ("... 0958 4111 1111 1111 1111") is not missed by misalignment; only
+# those 4 blocks are replaced. Digits right after "+" are an international phone number, not a card (``pre``).
 _CARD = (
-    r"(?P<val>\b(?:3[47][0-9]{2}[ \-]?[0-9]{6}[ \-]?[0-9]{5}"  # Amex 4-6-5
+    r"(?P<pre>\+)?(?P<val>\b(?:3[47][0-9]{2}[ \-]?[0-9]{6}[ \-]?[0-9]{5}"  # Amex 4-6-5
     r"|3[0689][0-9]{2}[ \-]?[0-9]{6}[ \-]?[0-9]{4}"  # Diners 4-6-4
-    r"|[0-9]{4}[ \-][0-9]{4}[ \-][0-9]{4}[ \-][0-9]{4}(?:[ \-][0-9]{3})?"  # 4-4-4-4(-3)
+    r"|[0-9]{4}(?:[ \-][0-9]{4}){3,5}"  # 4-4-4-4 blocks
     r"|[0-9]{13,19})\b)"  # unseparated
 )
 _SSN = r"(?P<val>\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b)"
@@ -124,12 +126,12 @@ _IPV4 = (
     r"(?:(?P<pre>(?i:\b(?:version|ver|release|build)\b[ :.]*|\bv))|\b)(?P<val>[0-9]+(?:\.[0-9]+){3,})\b"
 )
 _IPV6 = r"(?P<val>(?i:\b[0-9a-f]{1,4}(?:::?[0-9a-f]{1,4}){1,7}(?:::)?)[0-9A-Za-z_]*)"
-# National forms right after "digit + separator" belong to a longer digit grouping (an IBAN or account number
+# Trunk-0 national forms right after "digit + space" belong to a longer digit grouping (an IBAN or account number
 # printed in blocks): the guard group ``pre`` captures that digit so the validator can reject the candidate.
-_PHONE = r"(?P<pre>[02-9][ .\-/])?(?P<val>" + "|".join(
+_PHONE = r"(?P<pre>[02-9] )?(?P<val>" + "|".join(
     [
-        r"\+[1-9][0-9]{0,2}(?:[ .\-]?\(0\))?(?:[ .\-]?\(?[0-9]{1,5}\)?){1,6}",  # international +CC ...
-        r"(?:\b1[ .\-]?)?(?:\([2-9][0-9]{2}\) ?[0-9]{3}[ .\-]"  # US (555) 123-4567
+        r"\+[1-9][0-9]{0,2}(?:[ .\-]?\(0\))?(?:[ .\-]?\([0-9]{1,4}\))?(?:[ .\-]?[0-9]{1,5}){1,5}",  # +CC ...
+        r"(?:\b1-)?(?:\([2-9][0-9]{2}\) ?[0-9]{3}[ .\-]"  # US (555) 123-4567, 1-800-555-0199
         r"|\b[2-9][0-9]{2}-[0-9]{3}-|\b[2-9][0-9]{2}\.[0-9]{3}\.|\b[2-9][0-9]{2} [0-9]{3} )[0-9]{4}\b",  # 555-123-4567
         r"\b0[1-9](?:[ .][0-9]{2}){4}\b",  # FR 01 23 45 67 89
         r"(?:\(0[1-9][0-9]{1,4}\) ?|\b0[1-9][0-9]{1,4}[ /\-])[0-9]{2,8}(?:[ \-][0-9]{2,8})?\b",  # UK, DE trunk 0
@@ -212,12 +214,41 @@ def shannon_entropy(values: pl.Series) -> pl.Series:
     return index.join(out, on="i", how="left").sort("i")["h"].fill_null(0.0).alias("entropy")
 
 
-def _card_valid(values: pl.Series, cfg: PiiConfig) -> pl.Series:
-    digits = values.str.replace_all(r"[ \-]", "")
+def _card_number_valid(digits: pl.Series) -> pl.Series:
     length = digits.str.len_chars()
     # Major industry identifier 2-6 (Mastercard 2-series, Amex/Diners/JCB, Visa, Mastercard, Discover/UnionPay).
     iin_ok = digits.str.contains(r"^[2-6]")
     return (iin_ok & (length >= 13) & (length <= 19) & luhn_valid(digits)).fill_null(False)
+
+
+def _card_window(values: pl.Series) -> pl.Series:
+    """Index of the first run of 4 blocks that is a card in a run of 5-6 blocks of 4 digits, else null."""
+    blocks = values.str.replace_all("-", " ", literal=True).str.split(" ")
+    is_run = blocks.list.eval(pl.element().str.len_chars() == 4).list.all() & (blocks.list.len() > 4)
+    window = pl.Series([None] * len(values), dtype=pl.Int64)
+    for start in reversed(range(3)):  # runs of up to 6 blocks hold 3 windows; the earliest valid one wins
+        digits = blocks.list.slice(start, 4).list.join("")
+        ok = (is_run & (digits.str.len_chars() == 16) & _card_number_valid(digits)).fill_null(False)
+        window = pl.select(pl.when(ok).then(start).otherwise(window)).to_series()
+    return window
+
+
+def _card_valid(values: pl.Series, prefixes: pl.Series, cfg: PiiConfig) -> pl.Series:
+    whole = _card_number_valid(values.str.replace_all(r"[ \-]", ""))
+    after_plus = prefixes.fill_null("").str.len_chars() > 0
+    return ((whole | _card_window(values).is_not_null()) & ~after_plus).fill_null(False)
+
+
+def _card_rewrite(values: pl.Series, placeholder: str) -> pl.Series:
+    # Blocks are 4 digits plus one separator, so window w spans characters [5w, 5w + 19).
+    frame = pl.DataFrame({"v": values, "w": _card_window(values)})
+    return frame.select(
+        pl.when(pl.col("w").is_null())
+        .then(pl.lit(placeholder))
+        .otherwise(
+            pl.col("v").str.slice(0, pl.col("w") * 5) + pl.lit(placeholder) + pl.col("v").str.slice(pl.col("w") * 5 + 19)
+        )
+    ).to_series()
 
 
 def _ssn_valid(values: pl.Series, cfg: PiiConfig) -> pl.Series:
@@ -309,7 +340,7 @@ def _phone_valid(values: pl.Series, prefixes: pl.Series, cfg: PiiConfig) -> pl.S
     trunk_ok = trunk & (n_digits >= 9) & (n_digits <= 13)
     # The remaining alternative of the pattern is the exact NANP shape, already checked by the regex.
     nanp_ok = ~international & ~trunk & (n_digits >= 10) & (n_digits <= 11)
-    inside_digit_blocks = (prefixes.fill_null("").str.len_chars() > 0) & ~international
+    inside_digit_blocks = (prefixes.fill_null("").str.len_chars() > 0) & trunk
     return ((intl_ok | trunk_ok | nanp_ok) & ~inside_digit_blocks).fill_null(False)
 
 
@@ -351,6 +382,8 @@ class _Detector:
     pii_type: str
     pattern: str
     validate: Validator | None = None
+    # What replaces a validated value (default: the placeholder), for detectors that keep part of the match.
+    rewrite: Callable[[pl.Series, str], pl.Series] | None = None
 
 
 def _value_only(fn: Callable[[pl.Series, PiiConfig], pl.Series]) -> Validator:
@@ -369,8 +402,8 @@ def _detectors(cfg: PiiConfig) -> list[_Detector]:
         detectors.append(_Detector("secret", assignment, _secret_value_valid))
     detectors += [
         _Detector("iban", _IBAN, _value_only(lambda v, c: iban_valid(v))),
-        _Detector("credit_card", _CARD, _value_only(_card_valid)),
         _Detector("us_ssn", _SSN, _value_only(_ssn_valid)),
+        _Detector("credit_card", _CARD, _card_valid, _card_rewrite),
         _Detector("ip_address", _IPV6, _value_only(_ipv6_redact)),
         _Detector("ip_address", _IPV4, _ipv4_redact),
         _Detector("phone", _PHONE, _phone_valid),
@@ -393,11 +426,13 @@ def _apply_detector(texts: pl.Series, det: _Detector, cfg: PiiConfig) -> pl.Seri
     parts = candidates.str.extract_groups(_MARK_PARTS)
     prefixes, values = parts.struct.field("pre"), parts.struct.field("val")
     valid = det.validate(values, prefixes, cfg)
-    accepted = pl.DataFrame({"marked": candidates, "pre": prefixes, "ok": valid}).filter(pl.col("ok"))
+    accepted = pl.DataFrame({"marked": candidates, "pre": prefixes, "val": values, "ok": valid}).filter(pl.col("ok"))
     if len(accepted):
+        replacement = det.rewrite(accepted["val"], placeholder) if det.rewrite else placeholder
+        accepted = accepted.with_columns(replacement=pl.col("pre").fill_null("") + replacement)
         # Literal lists (implode: one pattern list for every row); the markers make each pattern unique in place.
         marked = marked.str.replace_many(
-            pl.lit(accepted["marked"]).implode(), pl.lit(accepted["pre"] + placeholder).implode(), leftmost=True
+            pl.lit(accepted["marked"]).implode(), pl.lit(accepted["replacement"]).implode(), leftmost=True
         )
     return marked.str.replace_all(_MARK_PARTS, "${pre}${val}")
 
@@ -538,8 +573,8 @@ _SCAN_IPV6_FULL = (
     f"|(?:{_H}:){{1,4}}(?::{_H}){{1,3}}|(?:{_H}:){{1,3}}(?::{_H}){{1,4}}|(?:{_H}:){{1,2}}(?::{_H}){{1,5}}"
     f"|{_H}:(?::{_H}){{1,6}})$"
 )
-# National shapes may carry one leading "digit + separator" (not "1", the NANP country code): such matches sit
-# inside digit blocks and are dropped.
+# National shapes may carry one leading "digit + space": trunk-0 numbers with it sit inside digit blocks and are
+# dropped.
 _SCAN_PHONE_NATIONAL = [
     r"\([2-9][0-9]{2}\) ?[0-9]{3}-[0-9]{4}\b",
     r"\b[2-9][0-9]{2}(?:-[0-9]{3}-|\.[0-9]{3}\.| [0-9]{3} )[0-9]{4}\b",
@@ -548,7 +583,7 @@ _SCAN_PHONE_NATIONAL = [
     r"\(0[1-9][0-9]{1,4}\) ?[0-9]{2,8}\b",
     r"\b0[1-9][0-9]{1,4}[-/ ][0-9]{2,8}(?:[- ][0-9]{2,8})?\b",
 ]
-_SCAN_PHONE = r"\+[0-9](?:[ .\-]?(?:\(0\)|\(?[0-9]+\)?))+|(?:[02-9][-./ ])?(?:" + "|".join(_SCAN_PHONE_NATIONAL) + ")"
+_SCAN_PHONE = r"\+[0-9]{1,3}(?:[ .\-]?\(0\))?(?:[ .\-]?\([0-9]+\))?(?:[ .\-]?[0-9]+){1,5}|(?:[0-9] )?(?:" + "|".join(_SCAN_PHONE_NATIONAL) + ")"
 _SCAN_CARD = r"\b(?:[0-9]{4}[- ]){3}[0-9]{4}\b|\b3[47][0-9]{2}[- ]?[0-9]{6}[- ]?[0-9]{5}\b|\b[0-9]{13,19}\b"
 _SCAN_IBAN = r"\b[A-Z]{2}[0-9]{2}(?:[ ]?[0-9A-Z]{4}){2,7}(?:[ ]?[0-9A-Z]{1,4})?\b"
 _SCAN_SSN = r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b"
@@ -596,7 +631,8 @@ def scan_pii(texts: pl.Series, cfg: PiiConfig | None = None) -> pl.DataFrame:
         found = found.filter(pl.col("m").str.contains(_SCAN_EMAIL_FULL))
         columns["email"] = _scan_count(n, _keep_valid(found, _email_valid(found["m"], cfg)), "email")
     if "phone" in enabled:
-        found = _scan_candidates(texts, _SCAN_PHONE).filter(~pl.col("m").str.contains(r"^[0-9][-./ ]"))
+        found = _scan_candidates(texts, _SCAN_PHONE).filter(~pl.col("m").str.contains(r"^[0-9] \(?0"))
+        found = found.with_columns(pl.col("m").str.replace(r"^[0-9] ", ""))
         no_prefix = pl.Series([""] * len(found), dtype=pl.String)
         columns["phone"] = _scan_count(n, _keep_valid(found, _phone_valid(found["m"], no_prefix, cfg)), "phone")
     if "ip_address" in enabled:
@@ -612,7 +648,8 @@ def scan_pii(texts: pl.Series, cfg: PiiConfig | None = None) -> pl.DataFrame:
         columns["ip_address"] = _scan_count(n, pl.concat([v4.select("row", "m"), v6.select("row", "m")]), "ip_address")
     if "credit_card" in enabled:
         found = _scan_candidates(texts, _SCAN_CARD)
-        columns["credit_card"] = _scan_count(n, _keep_valid(found, _card_valid(found["m"], cfg)), "credit_card")
+        no_prefix = pl.Series([""] * len(found), dtype=pl.String)
+        columns["credit_card"] = _scan_count(n, _keep_valid(found, _card_valid(found["m"], no_prefix, cfg)), "credit_card")
     if "iban" in enabled:
         found = _scan_candidates(texts, _SCAN_IBAN)
         columns["iban"] = _scan_count(n, _keep_valid(found, iban_valid(found["m"])), "iban")

@@ -395,3 +395,17 @@ def test_rerunning_a_drop_whose_entries_are_in_the_index_does_not_match_itself()
     result, index1 = near_duplicates(drop1, empty_near_index(), cfg)
     rerun, rerun_entries = near_duplicates(drop1, index1, cfg)
     assert rerun.verdicts.is_empty() and rerun_entries.equals(index1)
+
+
+def test_within_drop_duplicates_of_a_generated_corpus_get_string_cluster_ids():
+    """Regression: cluster ids of a drop with in-drop clusters must build as a String column."""
+    from curation_platform.samples import synthetic_corpus
+
+    corpus = synthetic_corpus(300)
+    docs = corpus.select(pl.col("id").cast(pl.String).alias("doc_id"), "text").with_columns(
+        pl.lit(0, dtype=pl.Int64).alias("drop_order"), pl.lit("d").alias("drop"), pl.lit("MIT").alias("license")
+    )
+    result, _ = near_duplicates(docs, empty_near_index(), NearDedupConfig())
+    assert result.verdicts.height > 0
+    assert result.kept.schema["cluster_id"] == pl.String
+    assert result.kept["cluster_id"].drop_nulls().len() > 0
