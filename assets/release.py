@@ -56,7 +56,7 @@ def release_candidate_gate(curation: CurationResource) -> dg.AssetCheckResult:
 @dg.asset(
     deps=[release_candidate],
     group_name="release",
-    description="Publish step: move the audited candidate into releases/<name>/ and version it with DVC.",
+    description="Publish step: move the audited candidate into the releases folder under its name and version it with DVC.",
     kinds={"dvc"},
 )
 def release(context: dg.AssetExecutionContext, curation: CurationResource) -> dg.MaterializeResult:

@@ -24,9 +24,10 @@ GROUPS = {
     "filtered": "curate",
     "scored": "curate",
     "pii_redacted": "safety",
+    # Decontamination is deduplication against benchmarks; grouping it here keeps the group graph a chain.
     "exact_deduped": "dedup",
     "near_deduped": "dedup",
-    "decontaminated": "safety",
+    "decontaminated": "dedup",
 }
 
 

@@ -96,7 +96,7 @@ def _stale_drops(ws, cfg, names: list[str]) -> list[str]:
             stale.append(name)
             continue
         hashes = pl.read_parquet(path, columns=["config_hash"])["config_hash"].unique().to_list()
-        if hashes != [cfg.hash]:
+        if hashes != [cfg.drop_stages_hash]:
             stale.append(name)
     return stale
 
@@ -275,9 +275,36 @@ def whatif(
               if ws.stage_path("quality_signals", d.name).exists()]
     if not frames:
         _fail("no stored signals: run `curate run` first")
-    table = whatif_counts(pl.concat(frames, how="diagonal_relaxed"), cfg.filters, changes)
-    with pl.Config(tbl_rows=100, tbl_cols=20, fmt_str_lengths=60):
-        typer.echo(table)
+    try:
+        table = whatif_counts(pl.concat(frames, how="diagonal_relaxed"), cfg.filters, changes)
+    except KeyError as exc:
+        _fail(str(exc.args[0]) if exc.args else str(exc))
+    typer.echo(f"{'drop':<28} {'rule':<40} {'added':>6} {'removed':>8}  examples")
+    for r in table.iter_rows(named=True):
+        examples = ", ".join([f"+{d[:12]}" for d in r["example_added"] or []] + [f"-{d[:12]}" for d in r["example_removed"] or []])
+        typer.echo(f"{r['drop']:<28} {r['rule']:<40} {r['added']:>6} {r['removed']:>8}  {examples}")
+
+
+@app.command()
+def takedown(
+    drop: Optional[str] = typer.Argument(None, help="Take down every document of this drop."),
+    doc_id: list[str] = typer.Option([], "--doc-id", help="A document to take down (repeatable)."),
+    ids_file: Optional[Path] = typer.Option(None, "--ids-file", help="A file with one doc_id per line."),
+    reason: str = typer.Option("takedown request", "--reason", help="Recorded in the ledger tombstone."),
+    workspace: Path = WorkspaceOpt,
+    config: Path = ConfigOpt,
+) -> None:
+    """Remove a drop or documents from the dedup indexes and every future release; tombstones go to the ledger."""
+    from curation_platform.takedown import takedown as take_down
+    from curation_platform.workspace import Workspace
+
+    ids = list(doc_id)
+    if ids_file is not None:
+        ids += [line.strip() for line in ids_file.read_text().splitlines() if line.strip()]
+    if drop is None and not ids:
+        _fail("name a DROP or give --doc-id / --ids-file")
+    count = take_down(Workspace(workspace), drop=drop, doc_ids=ids, reason=reason)
+    typer.echo(f"took down {count} document(s); run `curate run` to rebuild the release without them")
 
 
 @app.command()

@@ -88,8 +88,18 @@ class CurationConfig(_Strict):
     @property
     def hash(self) -> str:
         """Stable hash of the effective configuration (defaults included), recorded in ledger rows and releases."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return _digest(self.model_dump(mode="json"))
+
+    @property
+    def drop_stages_hash(self) -> str:
+        """Hash of the sections the per-drop stages read: when it changes, curated drops are stale. Release,
+        license-profile, gate and versioning settings only affect the release, so they are left out."""
+        return _digest(self.model_dump(mode="json", exclude={"release", "licenses", "gates", "versioning"}))
+
+
+def _digest(data: dict) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def load_config(path: str | Path | None) -> CurationConfig:

@@ -72,7 +72,7 @@ def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame) -> str:
     )
     if rows.is_empty():
         return f"document {doc_id} is not in the ledger of {ws.root}"
-    order = {s: i for i, s in enumerate([*STAGES, "release"])}
+    order = {s: i for i, s in enumerate([*STAGES, "release", "takedown"])}
     rows = rows.with_columns(pl.col("stage").replace_strict(order, default=99).alias("_o")).sort("_o", "verdict")
     records = _records(ws).filter(pl.col("doc_id") == doc_id)
     lines = [f"document {doc_id}"]

@@ -119,7 +119,7 @@ def document_status(
     ledger = read_ledger(ws, release=release)
     if ledger.is_empty():
         return pl.DataFrame()
-    position = {s: i for i, s in enumerate([*stages, "release"])}
+    position = {s: i for i, s in enumerate([*stages, "release", "takedown"])}
     deciding = ledger.filter(pl.col("verdict").is_in([DROP, QUARANTINE])).with_columns(
         pl.col("stage").replace_strict(position, default=len(position)).alias("position")
     )

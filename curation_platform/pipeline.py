@@ -118,6 +118,8 @@ def _dedup(
     order = ws.drop(drop).order
     index = ws.read_index(index_name, before_order=order, schema=schema)
     result, entries = fn(_with_drop_order(docs, order), index, stage_cfg)
+    if ws.takedowns_path.exists():  # taken-down documents never re-enter the index
+        entries = entries.join(pl.read_parquet(ws.takedowns_path, columns=["doc_id"]), on="doc_id", how="anti")
     # Re-materializing a drop replaces its own entries (idempotent); later drops read them by order.
     write_parquet_atomic(entries, ws.index_path(index_name, drop))
     return result
@@ -159,7 +161,7 @@ def run_stage(ws: Workspace, cfg: CurationConfig, stage: str, drop: str, run_id:
     kept = result.kept.drop("drop_order", strict=False)
     ledger = ledger_rows(
         stage=stage, drop=drop, input_ids=input_ids, verdicts=result.verdicts, run_id=run_id,
-        config_hash=cfg.hash,
+        config_hash=cfg.drop_stages_hash,
     )
     write_parquet_atomic(kept, ws.stage_path(stage, drop))
     write_parquet_atomic(ledger, ws.ledger_path(stage, drop))

@@ -26,3 +26,11 @@ def test_config_hash_changes_with_any_threshold():
     a = CurationConfig()
     b = CurationConfig.model_validate({"filters": {"thresholds": {"gopher_quality.min_words": 60}}})
     assert a.hash != b.hash and a.hash == CurationConfig().hash
+
+
+def test_release_settings_do_not_make_curated_drops_stale():
+    base = CurationConfig()
+    research = CurationConfig.model_validate({"release": {"profile": "research", "name": "r"}})
+    stricter = CurationConfig.model_validate({"near_dedup": {"verify_threshold": 0.9}})
+    assert research.drop_stages_hash == base.drop_stages_hash and research.hash != base.hash
+    assert stricter.drop_stages_hash != base.drop_stages_hash

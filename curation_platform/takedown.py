@@ -1,0 +1,63 @@
+"""Takedowns: remove documents (a whole drop, or a list of doc_ids) from the dedup indexes and from every future
+release, and record a tombstone for each in the ledger so `curate explain` can say what happened and when."""
+
+from __future__ import annotations
+
+import time
+
+import polars as pl
+
+from curation_platform.errors import CurationError
+from curation_platform.ledger import LEDGER_SCHEMA
+from curation_platform.records import DROP
+from curation_platform.workspace import Workspace, file_lock, write_parquet_atomic
+
+TAKEDOWN_SCHEMA = {"doc_id": pl.String, "drop": pl.String, "reason": pl.String, "taken_down_at": pl.Float64}
+INDEXES = ("exact", "near")
+
+
+def _known_documents(ws: Workspace) -> pl.DataFrame:
+    files = sorted((ws.root / "stages" / "raw_documents").glob("*.parquet"))
+    if not files:
+        return pl.DataFrame(schema={"doc_id": pl.String, "drop": pl.String})
+    return pl.concat([pl.read_parquet(f, columns=["doc_id", "drop"]) for f in files])
+
+
+def takedown(ws: Workspace, *, drop: str | None = None, doc_ids: list[str] | None = None, reason: str) -> int:
+    """Take down every document of ``drop`` and/or the listed ``doc_ids``. Returns how many documents."""
+    known = _known_documents(ws)
+    if drop is not None:
+        ws.drop(drop)  # raises a clear error for an unknown drop
+    in_drop = (pl.col("drop") == drop) if drop is not None else pl.lit(False)
+    listed = pl.col("doc_id").is_in(pl.Series(doc_ids or [], dtype=pl.String).implode())
+    selected = known.filter(in_drop | listed)
+    unknown = sorted(set(doc_ids or []) - set(selected["doc_id"].to_list()))
+    if unknown:
+        raise CurationError(f"unknown doc_id(s): {', '.join(unknown[:5])}; see `curate ledger export` for ids")
+    if selected.is_empty():
+        return 0
+    now = time.time()
+    entries = selected.with_columns(pl.lit(reason).alias("reason"), pl.lit(now).alias("taken_down_at"))
+    with file_lock(ws.root / "registry" / ".lock"):
+        previous = pl.read_parquet(ws.takedowns_path) if ws.takedowns_path.exists() else pl.DataFrame(schema=TAKEDOWN_SCHEMA)
+        merged = pl.concat([previous, entries.select(list(TAKEDOWN_SCHEMA))]).unique("doc_id", keep="first", maintain_order=True)
+        write_parquet_atomic(merged, ws.takedowns_path)
+        for index in INDEXES:
+            for path in sorted((ws.root / "index" / index).glob("*.parquet")):
+                frame = pl.read_parquet(path)
+                kept = frame.join(selected.select("doc_id"), on="doc_id", how="anti")
+                if kept.height != frame.height:
+                    write_parquet_atomic(kept, path)
+        for (drop_name,), group in entries.group_by("drop"):
+            path = ws.ledger_path("takedown", drop_name)
+            old = pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=LEDGER_SCHEMA)
+            tombstones = group.select(
+                pl.col("drop"), pl.lit("takedown").alias("stage"), "doc_id", pl.lit(DROP).alias("verdict"),
+                pl.lit("takedown").alias("rule"), pl.col("taken_down_at").alias("value"),
+                pl.lit(None, dtype=pl.String).alias("threshold"), pl.col("reason").alias("detail"),
+                pl.lit(None, dtype=pl.String).alias("duplicate_of"), pl.lit("takedown").alias("run_id"),
+                pl.lit(None, dtype=pl.String).alias("config_hash"),
+            )
+            write_parquet_atomic(pl.concat([old, tombstones]).unique("doc_id", keep="first", maintain_order=True),
+                                 path)
+    return selected.height

@@ -1,0 +1,117 @@
+"""The `curate` CLI contract on small real drops: clear errors, profiles, benchmarks, takedowns, what-if."""
+
+import json
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+
+from curation_platform.samples import synthetic_corpus, write_corpus_drop
+from tests.conftest import REPO, run_cli
+
+CONFIG = str(REPO / "curation.yaml")
+
+
+def _clean(n: int, seed: int) -> pl.DataFrame:
+    corpus = synthetic_corpus(n, seed=seed, dup_rate=0, near_dup_rate=0, pii_rate=0, low_quality_rate=0)
+    return corpus.with_columns(pl.format("s{}-{}", pl.lit(seed), pl.col("id")).alias("id"))
+
+
+@pytest.fixture(scope="module")
+def two_licenses(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    write_corpus_drop(root / "landing", "2026-01-open", _clean(12, 1), source="open-web", license="CC-BY-4.0")
+    write_corpus_drop(root / "landing", "2026-02-nc", _clean(6, 2), source="nc-essays", license="CC BY-NC 4.0")
+    args = ["--landing", str(root / "landing"), "--workspace", str(root / "data"), "--config", CONFIG]
+    code, output = run_cli("run", *args)
+    assert code == 0, output
+    return root, args
+
+
+def _shards(root, release):
+    return pl.read_parquet(str(root / "data" / "releases" / release / "shards" / "*.parquet"))
+
+
+def test_non_commercial_drop_reaches_research_but_not_commercial(two_licenses):
+    root, args = two_licenses
+    commercial = _shards(root, "latest")
+    assert set(commercial["license"]) == {"CC-BY-4.0"} and commercial.height == 12
+    code, output = run_cli("run", *args, "--profile", "research", "--release", "research")
+    assert code == 0, output
+    research = _shards(root, "research")
+    assert sorted(set(research["license"])) == ["CC-BY-4.0", "CC-BY-NC-4.0"] and research.height == 18
+    card = json.loads((root / "data" / "releases" / "research" / "data_card.json").read_text())
+    assert card["profile"] == "research"
+    assert {l["license"]: l["documents"] for l in card["licenses"]} == {"CC-BY-4.0": 12, "CC-BY-NC-4.0": 6}
+
+
+def test_whatif_counts_documents_a_threshold_change_would_remove(two_licenses):
+    root, args = two_licenses
+    words = pl.read_parquet(root / "data" / "stages" / "quality_signals" / "2026-01-open.parquet")["word_count"]
+    threshold = float(words.sort()[3])
+    # Newly removed: documents the filters keep today whose word count is below the new minimum.
+    kept = pl.read_parquet(root / "data" / "stages" / "filtered" / "2026-01-open.parquet")
+    expected = int((kept["word_count"] < threshold).sum())
+    assert expected > 0
+    code, output = run_cli("whatif", "--set", f"gopher_quality.min_words={threshold}",
+                           "--workspace", str(root / "data"), "--config", CONFIG)
+    assert code == 0, output
+    assert "2026-01-open" in output and "gopher_quality.min_words" in output
+    line = next(l for l in output.splitlines() if "2026-01-open" in l)
+    assert line.split()[2:4] == ["0", str(expected)]
+
+
+def test_takedown_removes_documents_from_the_next_release_with_a_tombstone(two_licenses):
+    root, args = two_licenses
+    victim = _shards(root, "latest")["doc_id"][0]
+    code, output = run_cli("takedown", "--doc-id", victim, "--reason", "DMCA 123",
+                           "--workspace", str(root / "data"), "--config", CONFIG)
+    assert code == 0 and "took down 1" in output
+    code, output = run_cli("run", *args)
+    assert code == 0, output
+    assert victim not in _shards(root, "latest")["doc_id"].to_list()
+    code, output = run_cli("explain", victim, "--workspace", str(root / "data"), "--config", CONFIG)
+    assert "takedown" in output and "DMCA 123" in output
+    assert not any(pl.read_parquet(p)["doc_id"].is_in([victim]).any()
+                   for p in (root / "data" / "index").rglob("*.parquet"))
+
+
+def test_bad_manifest_is_rejected_with_one_clear_message_and_no_traceback(tmp_path):
+    write_corpus_drop(tmp_path / "landing", "2026-01-good", _clean(8, 3), source="good")
+    bad = write_corpus_drop(tmp_path / "landing", "2026-02-bad", _clean(3, 4), source="bad")
+    manifest = (bad / "manifest.yaml").read_text()
+    (bad / "manifest.yaml").write_text("\n".join(l for l in manifest.splitlines() if not l.startswith("license")))
+    proc = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "curate") if (REPO / ".venv" / "bin" / "curate").exists() else "curate",
+         "run", "--landing", str(tmp_path / "landing"), "--workspace", str(tmp_path / "data"), "--config", CONFIG],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "2026-02-bad" in proc.stderr and "license" in proc.stderr
+    assert "2026-01-good" in proc.stdout and "curated" in proc.stdout  # the good drop still went through
+
+
+def test_user_benchmark_given_on_the_command_line_catches_a_leak(tmp_path):
+    bench = tmp_path / "evals.jsonl"
+    secret = ("the committee measured the tidal range at the northern pier every morning for eleven weeks and "
+              "published the averages in a short appendix")
+    bench.write_text(json.dumps({"id": "q1", "question": secret}) + "\n")
+    docs = _clean(6, 5)
+    leaked = docs.with_columns(
+        pl.when(pl.col("id") == docs["id"][0]).then(pl.col("text") + "\n\n" + secret).otherwise(pl.col("text"))
+    )
+    write_corpus_drop(tmp_path / "landing", "2026-01-web", leaked, source="web")
+    code, output = run_cli("run", "--landing", str(tmp_path / "landing"), "--workspace", str(tmp_path / "data"),
+                           "--config", CONFIG, "--benchmark", f"mine={bench}:question")
+    assert code == 0, output
+    ledger = pl.read_parquet(tmp_path / "data" / "ledger" / "decontaminated" / "2026-01-web.parquet")
+    hit = ledger.filter(pl.col("verdict") == "drop")
+    assert hit["rule"].to_list() == ["decontamination.mine"] and "mine" in hit["detail"][0]
+
+
+def test_explain_of_an_unknown_document_says_so(tmp_path):
+    code, output = run_cli("explain", "nope", "--workspace", str(tmp_path), "--config", CONFIG)
+    assert code == 0 and "run `curate run` first" in output
