@@ -138,3 +138,32 @@ def test_a_failing_gate_stops_the_graph_with_a_clear_message(tmp_path):
     assert code != 0
     assert "gate" in output and "removal_rate" in output
     assert not (tmp_path / "data" / "releases" / "latest").exists()
+
+
+def test_a_fresh_workspace_gives_byte_identical_shards(project):
+    root, _, _ = project
+    code, output = run_cli("run", "--landing", str(root / "landing"), "--workspace", str(root / "data2"),
+                           "--config", CONFIG)
+    assert code == 0, output
+    first = sorted((root / "data" / "releases" / "latest" / "shards").glob("*.parquet"))
+    second = sorted((root / "data2" / "releases" / "latest" / "shards").glob("*.parquet"))
+    assert [p.name for p in first] == [p.name for p in second] and first
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(first, second))
+
+
+def test_rerun_after_a_crash_resumes_the_interrupted_drop(project):
+    root, _, _ = project
+    ws = Workspace(root / "data")
+    drop = ws.drops()[1].name
+    before = {p.name: p.read_bytes() for p in (root / "data" / "releases" / "latest" / "shards").glob("*.parquet")}
+    # A crash after `exact_deduped`: the later stages of this drop never wrote their files.
+    for stage in STAGES[STAGES.index("near_deduped"):]:
+        ws.stage_path(stage, drop).unlink()
+        ws.ledger_path(stage, drop).unlink()
+    code, output = run_cli("run", "--landing", str(root / "landing"), "--workspace", str(root / "data"),
+                           "--config", CONFIG)
+    assert code == 0, output
+    assert "1 to curate" in output
+    assert reconcile(ws, drop, STAGES) == []
+    after = {p.name: p.read_bytes() for p in (root / "data" / "releases" / "latest" / "shards").glob("*.parquet")}
+    assert before == after
