@@ -80,7 +80,8 @@ def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame) -> str:
         r = records.row(0, named=True)
         where = f"{r['file']}" + (f" line {r['line']}" if r.get("line") is not None else "")
         lines += [
-            f"  source      {r['source']} (drop {r.get('drop') or rows['drop'][0]}, kind {r.get('kind')})",
+            f"  source      {r['source']} (drop {r.get('drop') or rows['drop'][0]}"
+            + (f", kind {r['kind']})" if r.get("kind") else ")"),
             f"  source_id   {r['source_id']}  ({where})",
             f"  license     {r['license']}",
         ]
@@ -96,12 +97,18 @@ def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame) -> str:
         if row["value"] is not None:
             text += f" value={row['value']:g}"
         if row["threshold"]:
-            text += f" (breaks {row['threshold']})"
+            text += f" ({row['threshold']})"
         if row["duplicate_of"]:
             text += f" duplicate of {row['duplicate_of']}"
         if row["detail"] and row["verdict"] != "keep":
             text += f" - {row['detail']}"
         lines.append(text)
+    originals = [d for d in rows["duplicate_of"].drop_nulls().unique().to_list()]
+    if originals:
+        known = _records(ws).filter(pl.col("doc_id").is_in(pl.Series(originals, dtype=pl.String).implode()))
+        for r in known.iter_rows(named=True):
+            lines.append(f"  duplicate of {r['doc_id']}: {r['source']} / {r['drop']} / {r['source_id']} "
+                         f"({r['license']})")
     held = shards.filter(pl.col("doc_id") == doc_id)["release_shard"].to_list()
     lines.append(f"  released in {', '.join(held)}" if held else "  not in any release")
     return "\n".join(lines)

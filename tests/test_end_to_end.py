@@ -167,3 +167,13 @@ def test_rerun_after_a_crash_resumes_the_interrupted_drop(project):
     assert reconcile(ws, drop, STAGES) == []
     after = {p.name: p.read_bytes() for p in (root / "data" / "releases" / "latest" / "shards").glob("*.parquet")}
     assert before == after
+
+
+def test_status_lists_drops_and_the_versioned_release(project):
+    root, _, _ = project
+    code, output = run_cli("status", "--workspace", str(root / "data"), "--config", CONFIG)
+    assert code == 0
+    ws = Workspace(root / "data")
+    for drop in ws.drops():
+        assert drop.name in output
+    assert "release latest:" in output and "versioned by DVC" in output

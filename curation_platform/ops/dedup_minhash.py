@@ -11,7 +11,10 @@ Pipeline, all column operations:
    with ``np.minimum.reduceat``. Parameters come from SplitMix64 of the seed, so persisted signatures never depend
    on a numpy RNG stream.
 3. LSH: ``bands`` keys per document (a 64-bit hash of each band's ``rows`` values). Candidate pairs share a
-   (band, key) within the drop or with the index of earlier drops (Polars joins).
+   (band, key) within the drop or with the index of earlier drops. The band join runs in an in-process DuckDB
+   connection with a ``memory_limit`` and a ``temp_directory``, so the (band, key, node) rows of a large index
+   are unnested as a stream and the join, the per-bucket ranking and the pair de-duplication spill to disk
+   instead of growing without bound. Only the signatures of the index documents in a candidate pair are read.
 4. Verification: candidates count only when their estimated Jaccard (share of equal signature values over the
    full signature) reaches ``verify_threshold``; band collisions alone never remove a document.
 5. Keep rule: documents are taken in keep-rule order (index documents first, they are kept and earliest); a
@@ -23,7 +26,13 @@ Pipeline, all column operations:
 
 from __future__ import annotations
 
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator
+
+import duckdb
 import numpy as np
+import pyarrow as pa
 import polars as pl
 import polars_hash as plh
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -79,6 +88,12 @@ class NearDedupConfig(BaseModel):
     # which bounds the pairs from huge template buckets (otherwise quadratic) while keeping likely survivors.
     bucket_link_limit: int = Field(100, ge=1)
     keep_rule: list[KeepKey] = Field(default_factory=lambda: list(DEFAULT_KEEP_RULE))
+    # DuckDB runs the band join under this memory limit (DuckDB size syntax) and spills to ``temp_directory``
+    # beyond it; None there means a fresh temporary folder per call, removed afterwards.
+    memory_limit: str = "4GB"
+    temp_directory: str | None = None
+    # Candidate pairs are fetched from DuckDB and verified in batches of this many rows (bounds numpy memory).
+    verify_batch_rows: int = Field(1_000_000, ge=1)
 
     @field_validator("keep_rule")
     @classmethod
@@ -262,19 +277,6 @@ def _estimated_jaccard(sig: np.ndarray, left: np.ndarray, right: np.ndarray, chu
 # ---------------------------------------------------------------------------------------------------- graph steps
 
 
-def _bucket_links(members: pl.DataFrame, limit: int) -> pl.DataFrame:
-    """Pairs (src, dst) with src < dst sharing a (band, key), dst linked to the first ``limit`` src of the bucket."""
-    shared = members.filter(pl.len().over("band", "key") > 1).sort("band", "key", "node")
-    if shared.is_empty():
-        return pl.DataFrame(schema={"src": pl.Int64, "dst": pl.Int64})
-    heads = shared.filter(pl.int_range(pl.len()).over("band", "key") < limit).rename({"node": "src"})
-    return (
-        shared.join(heads, on=["band", "key"])
-        .filter(pl.col("src") < pl.col("node"))
-        .select("src", pl.col("node").alias("dst"))
-    )
-
-
 def _resolve_keep(n_nodes: int, kept_first: int, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, int]:
     """Greedy keep rule over verified edges (src before dst in keep order): a node is removed iff it has an edge
     from a kept node. Nodes ``< kept_first`` (index documents) are kept. Resolved in rounds; each round settles
@@ -328,10 +330,100 @@ def _exact_jaccard(hashes: np.ndarray, counts: np.ndarray, left: int, right: int
     return float(len(np.intersect1d(a, b, assume_unique=True)) / union) if union else 0.0
 
 
+# ---------------------------------------------------------------------------------------------------- band join
+
+# The band join. ``current_rows`` (band, key, node) holds the drop's documents; ``index_keys`` (node, band_keys)
+# the index entries in play (node null for entries that are not). Within a (band, key) bucket every member is
+# linked to the first ``$limit`` members before it in keep order (node order): index heads for the cross-drop
+# pairs, earlier drop members for the within-drop ones. Index nodes are negative, so src < dst throughout.
+_CANDIDATES_SQL = """
+WITH index_rows AS (
+    SELECT node, unnest(range(len(band_keys))) AS band, unnest(band_keys) AS key
+    FROM index_keys
+    WHERE node IS NOT NULL
+),
+current_buckets AS (
+    SELECT DISTINCT band, key FROM current_rows
+),
+index_heads AS (
+    SELECT band, key, node
+    FROM index_rows SEMI JOIN current_buckets USING (band, key)
+    QUALIFY row_number() OVER (PARTITION BY band, key ORDER BY node) <= $limit
+),
+current_heads AS (
+    SELECT band, key, node
+    FROM current_rows
+    QUALIFY row_number() OVER (PARTITION BY band, key ORDER BY node) <= $limit
+)
+SELECT DISTINCT src, dst FROM (
+    SELECT head.node AS src, member.node AS dst
+    FROM current_rows AS member JOIN index_heads AS head USING (band, key)
+    UNION ALL
+    SELECT head.node AS src, member.node AS dst
+    FROM current_rows AS member JOIN current_heads AS head USING (band, key)
+    WHERE head.node < member.node
+)
+ORDER BY src, dst
+"""
+
+
+@contextmanager
+def _duckdb_connection(cfg: NearDedupConfig) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-process DuckDB connection that spills to ``cfg.temp_directory`` (a fresh temporary folder if None)
+    once it holds ``cfg.memory_limit``."""
+    with tempfile.TemporaryDirectory(prefix="near-dedup-") as scratch:
+        connection = duckdb.connect(
+            ":memory:",
+            config={
+                "memory_limit": cfg.memory_limit,
+                "temp_directory": cfg.temp_directory or scratch,
+                # Results are ordered explicitly, so DuckDB need not buffer rows to keep insertion order.
+                "preserve_insertion_order": False,
+            },
+        )
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+
+def _candidate_batches(
+    current: pa.Table, index_keys: pa.Table, cfg: NearDedupConfig
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Distinct candidate pairs ``(src, dst)`` (``src < dst`` in node order), sorted, in batches of at most
+    ``cfg.verify_batch_rows`` rows.
+
+    ``current``: (band int64, key uint64, node int64) rows of the drop's documents with shingles, nodes
+    ``0..n-1`` by keep rank. ``index_keys``: (node int64, band_keys list<uint64>) of the index, node negative
+    (``-n_index..-1`` in keep order) for the entries in play and null for the others.
+    """
+    with _duckdb_connection(cfg) as connection:
+        connection.register("current_rows", current)
+        connection.register("index_keys", index_keys)
+        reader = connection.execute(_CANDIDATES_SQL, {"limit": cfg.bucket_link_limit}).to_arrow_reader(
+            cfg.verify_batch_rows
+        )
+        for batch in reader:
+            if batch.num_rows:
+                yield (
+                    batch.column("src").to_numpy(zero_copy_only=False).astype(np.int64),
+                    batch.column("dst").to_numpy(zero_copy_only=False).astype(np.int64),
+                )
+
+
+def _signature_matrix(signatures: pl.Series, num_perm: int) -> np.ndarray:
+    """``uint32 (len, num_perm)`` matrix of a list column of signatures."""
+    if signatures.len() == 0:
+        return np.empty((0, num_perm), dtype=np.uint32)
+    return signatures.explode().to_numpy().astype(np.uint32).reshape(signatures.len(), num_perm)
 # ---------------------------------------------------------------------------------------------------- the stage
 
 
-def _check_near_index(index: pl.DataFrame, docs: pl.DataFrame, cfg: NearDedupConfig) -> pl.DataFrame:
+def _check_near_index(
+    index: pl.DataFrame, docs: pl.DataFrame, cfg: NearDedupConfig
+) -> tuple[pl.DataFrame, np.ndarray]:
+    """The index cast to NEAR_INDEX_SCHEMA (rows in their given order, nothing copied) and the rows in play in
+    canonical keep order: ``index[rows[k]]`` is node ``k - len(rows)``."""
     missing = [c for c in NEAR_INDEX_SCHEMA if c not in index.columns]
     if missing:
         raise DedupIndexError(
@@ -345,10 +437,17 @@ def _check_near_index(index: pl.DataFrame, docs: pl.DataFrame, cfg: NearDedupCon
             f"near dedup index entries were computed with {foreign}, the config gives '{params}'; keep the MinHash "
             "settings of the index or rebuild the index of every earlier drop with the new settings"
         )
-    # A document is never its own duplicate (the orchestration may hand back entries of the drop being re-run).
-    index = index.join(docs.select("doc_id"), on="doc_id", how="anti")
-    # Canonical order, so node ids (and so cluster ids) do not depend on how the index files were concatenated.
-    return index.sort("drop_order", "doc_id", nulls_last=True)
+    # Only the small key columns are filtered and sorted; the signature and band key lists stay where they are.
+    rows = (
+        index.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"), "drop_order", "doc_id")
+        # A document is never its own duplicate (the orchestration may hand back entries of the drop being re-run).
+        .join(docs.select(pl.col("doc_id").cast(pl.String)), on="doc_id", how="anti")
+        # Canonical order, so node ids (and so cluster ids) do not depend on how the index files were concatenated.
+        .sort("drop_order", "doc_id", "_row", nulls_last=True)["_row"]
+        .to_numpy()
+        .astype(np.int64)
+    )
+    return index, rows
 
 
 def near_duplicates(
@@ -361,14 +460,17 @@ def near_duplicates(
     Returns the StageResult (kept documents gain ``cluster_id``, null for documents without a verified
     near-duplicate; removed ones get ``near_dedup.duplicate`` verdicts whose ``value`` is the estimated Jaccard
     with ``duplicate_of``, a kept or indexed near-duplicate) and the index entries of the kept documents.
+    The band join runs in DuckDB under ``cfg.memory_limit``, spilling to ``cfg.temp_directory``.
     """
     bands, rows = lsh_params(cfg)
     params = signature_params(cfg)
-    index = _check_near_index(index, docs, cfg)
-    n_docs, n_index = docs.height, index.height
+    index, index_rows = _check_near_index(index, docs, cfg)
+    n_docs, n_index = docs.height, len(index_rows)
 
     # Node ids follow the keep rule: current documents by rank; index documents get negative ids, all earlier.
-    ranked = sort_by_keep_rule(docs.with_row_index("_row"), cfg)
+    # Only the keep-rule columns are sorted, never the text.
+    keep_columns = [c for c in ("doc_id", "drop_order", "quality_score", "license") if c in docs.columns]
+    ranked = sort_by_keep_rule(docs.select(keep_columns).with_row_index("_row"), cfg)
     order = ranked["_row"].to_numpy().astype(np.int64)
     texts = docs.select(content_expr(docs.columns))["_content"]
     hashes, counts = shingle_hashes(texts, cfg)
@@ -377,49 +479,52 @@ def near_duplicates(
     ranked_sig, ranked_keys, ranked_has = signatures[order], keys[order], counts[order] > 0
 
     with_shingles = np.flatnonzero(ranked_has)
-    current = pl.DataFrame(
+    current = pa.table(
         {
-            "node": np.repeat(with_shingles, bands),
-            "band": np.tile(np.arange(bands, dtype=np.int64), len(with_shingles)),
-            "key": ranked_keys[with_shingles].ravel(),
+            "band": pa.array(np.tile(np.arange(bands, dtype=np.int64), len(with_shingles)), type=pa.int64()),
+            "key": pa.array(ranked_keys[with_shingles].ravel(), type=pa.uint64()),
+            "node": pa.array(np.repeat(with_shingles, bands).astype(np.int64), type=pa.int64()),
         }
     )
-    indexed = (
-        index.select(pl.int_range(-n_index, 0, dtype=pl.Int64).alias("node"), pl.col("band_keys").alias("key"))
-        .explode("key")
-        .with_columns(pl.int_range(pl.len()).over("node").cast(pl.Int64).alias("band"))
-    )
-    index_heads = (
-        indexed.join(current.select("band", "key").unique(), on=["band", "key"], how="semi")
-        .sort("band", "key", "node")
-        .filter(pl.int_range(pl.len()).over("band", "key") < cfg.bucket_link_limit)
-        .rename({"node": "src"})
-    )
-    cross = current.join(index_heads, on=["band", "key"]).select("src", pl.col("node").alias("dst"))
-    candidates = (
-        pl.concat([cross, _bucket_links(current, cfg.bucket_link_limit)]).unique().sort("src", "dst")
+    # Node of every index row; rows not in play (entries of this drop) are null and never leave DuckDB's scan.
+    in_play = np.zeros(index.height, dtype=bool)
+    in_play[index_rows] = True
+    node_of_row = np.zeros(index.height, dtype=np.int64)
+    node_of_row[index_rows] = np.arange(-n_index, 0, dtype=np.int64)
+    index_keys = index.select("band_keys").to_arrow().append_column(
+        "node", pa.chunked_array([pa.array(node_of_row, type=pa.int64(), mask=~in_play)], type=pa.int64())
     )
 
-    # Signatures of the index documents that are candidates; the rest of the index is never loaded.
-    involved = np.unique(candidates.filter(pl.col("src") < 0)["src"].to_numpy())
-    index_sig = (
-        index[(involved + n_index).tolist()]["signature"].explode().to_numpy().astype(np.uint32)
-        .reshape(len(involved), cfg.num_perm)
-        if len(involved)
-        else np.empty((0, cfg.num_perm), dtype=np.uint32)
-    )
-    # Compact ids: involved index documents first, then current documents by rank (keep-rule order throughout).
-    all_sig = np.vstack([index_sig, ranked_sig])
+    # Verify each batch of candidates on the full signatures; only the signatures of index documents that
+    # appear in a candidate pair are read from the index.
+    kept_src, kept_dst, kept_jac = [], [], []
+    candidate_pairs = 0
+    for batch_src, batch_dst in _candidate_batches(current, index_keys, cfg):
+        candidate_pairs += len(batch_src)
+        # Local ids: the batch's index documents first, then the current documents by rank.
+        from_index = batch_src < 0
+        batch_index_nodes, slot = np.unique(batch_src[from_index], return_inverse=True)
+        index_sig = _signature_matrix(
+            index["signature"].gather(index_rows[batch_index_nodes + n_index]), cfg.num_perm
+        )
+        batch_sig = np.vstack([index_sig, ranked_sig]) if len(index_sig) else ranked_sig
+        n_batch_index = len(batch_index_nodes)
+        local_src = batch_src + n_batch_index
+        local_src[from_index] = slot
+        jaccard = _estimated_jaccard(batch_sig, local_src, batch_dst + n_batch_index)
+        verified = jaccard >= cfg.verify_threshold if cfg.verify else np.ones(len(batch_src), dtype=bool)
+        kept_src.append(batch_src[verified])
+        kept_dst.append(batch_dst[verified])
+        kept_jac.append(jaccard[verified])
+    src = np.concatenate(kept_src) if kept_src else np.empty(0, dtype=np.int64)
+    dst = np.concatenate(kept_dst) if kept_dst else np.empty(0, dtype=np.int64)
+    jaccard = np.concatenate(kept_jac) if kept_jac else np.empty(0, dtype=np.float64)
+
+    # Compact ids: index documents with a verified pair first, then current documents by rank (keep-rule order).
+    involved = np.unique(src[src < 0])
     n_inv = len(involved)
-
-    def compact(nodes: np.ndarray) -> np.ndarray:
-        return np.where(nodes < 0, np.searchsorted(involved, nodes), nodes + n_inv)
-
-    src = compact(candidates["src"].to_numpy())
-    dst = compact(candidates["dst"].to_numpy())
-    jaccard = _estimated_jaccard(all_sig, src, dst)
-    verified = jaccard >= cfg.verify_threshold if cfg.verify else np.ones(len(src), dtype=bool)
-    src, dst, jaccard = src[verified], dst[verified], jaccard[verified]
+    src = np.where(src < 0, np.searchsorted(involved, src), src + n_inv)
+    dst = dst + n_inv
 
     n_nodes = n_inv + n_docs
     status, rounds = _resolve_keep(n_nodes, n_inv, src, dst)
@@ -430,7 +535,7 @@ def near_duplicates(
 
     # Doc ids per compact node; cluster id = doc_id of the component's first node in keep-rule order.
     node_doc = np.concatenate(
-        [index["doc_id"].to_numpy()[involved + n_index], ranked["doc_id"].to_numpy()]
+        [index["doc_id"].gather(index_rows[involved + n_index]).to_numpy(), ranked["doc_id"].to_numpy()]
     ).astype(object)
     cluster_of = np.where(in_edge, node_doc[label], None)
 
@@ -471,7 +576,7 @@ def near_duplicates(
     )
 
     metrics = _metrics(
-        cfg, bands, rows, n_docs, n_index, counts, candidates.height, len(src), rounds, verdicts,
+        cfg, bands, rows, n_docs, n_index, counts, candidate_pairs, len(src), rounds, verdicts,
         label, in_edge, node_doc, hashes, ranked,
     )
     clustered = docs.with_columns(
