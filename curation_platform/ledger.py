@@ -12,19 +12,14 @@ from pathlib import Path
 
 import polars as pl
 
-from curation_platform.records import DROP, KEEP, QUARANTINE, verdict_frame
+from curation_platform.records import DROP, KEEP, QUARANTINE, VERDICT_SCHEMA, verdict_frame
 from curation_platform.workspace import Workspace
 
+# Where and when a verdict was given, then the verdict itself (the operators' VERDICT_SCHEMA).
 LEDGER_SCHEMA: dict[str, pl.DataType] = {
     "drop": pl.String,
     "stage": pl.String,
-    "doc_id": pl.String,
-    "verdict": pl.String,
-    "rule": pl.String,
-    "value": pl.Float64,
-    "threshold": pl.String,
-    "detail": pl.String,
-    "duplicate_of": pl.String,
+    **VERDICT_SCHEMA,
     "run_id": pl.String,
     "config_hash": pl.String,
 }

@@ -26,6 +26,7 @@ Pipeline, all column operations:
 
 from __future__ import annotations
 
+import re
 import tempfile
 from contextlib import contextmanager
 from typing import Iterator
@@ -92,6 +93,9 @@ class NearDedupConfig(BaseModel):
     # beyond it; None there means a fresh temporary folder per call, removed afterwards.
     memory_limit: str = "4GB"
     temp_directory: str | None = None
+    # Documents shingled and signed at a time: the shingle arrays (~40 KB per 3.6 KB document) stay bounded
+    # however large the drop is.
+    signature_batch_docs: int = Field(10_000, ge=1)
     # Candidate pairs are fetched from DuckDB and verified in batches of this many rows (bounds numpy memory).
     verify_batch_rows: int = Field(1_000_000, ge=1)
 
@@ -101,6 +105,14 @@ class NearDedupConfig(BaseModel):
         if len(set(keys)) != len(keys):
             raise ValueError(f"keep_rule lists a key twice: {keys}")
         return keys
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _duckdb_size(cls, limit: str) -> str:
+        # Checked here so that a typo fails when the config loads, not in the middle of a drop.
+        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*([KMGT]i?B|B)\s*", limit, flags=re.IGNORECASE):
+            raise ValueError(f"memory_limit {limit!r} is not a DuckDB size such as '4GB' or '512MiB'")
+        return limit
 
     @model_validator(mode="after")
     def _bands_fit(self) -> NearDedupConfig:
@@ -256,6 +268,18 @@ def minhash_signatures(texts: pl.Series, cfg: NearDedupConfig) -> np.ndarray:
     return _signatures_from_shingles(hashes, counts, cfg)
 
 
+def _signatures_in_batches(texts: pl.Series, cfg: NearDedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`minhash_signatures` and the shingle count per text, ``cfg.signature_batch_docs`` texts at a time
+    (a text's shingles depend on that text only, so batching changes nothing but peak memory)."""
+    signatures = np.empty((len(texts), cfg.num_perm), dtype=np.uint32)
+    counts = np.zeros(len(texts), dtype=np.int64)
+    for start in range(0, len(texts), cfg.signature_batch_docs):
+        stop = min(start + cfg.signature_batch_docs, len(texts))
+        hashes, counts[start:stop] = shingle_hashes(texts.slice(start, stop - start), cfg)
+        signatures[start:stop] = _signatures_from_shingles(hashes, counts[start:stop], cfg)
+    return signatures, counts
+
+
 def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """64-bit key of each band (``rows`` consecutive signature values): ``uint64`` array ``(n, bands)``."""
     n = signatures.shape[0]
@@ -400,9 +424,9 @@ def _candidate_batches(
     with _duckdb_connection(cfg) as connection:
         connection.register("current_rows", current)
         connection.register("index_keys", index_keys)
-        reader = connection.execute(_CANDIDATES_SQL, {"limit": cfg.bucket_link_limit}).to_arrow_reader(
-            cfg.verify_batch_rows
-        )
+        # A relation streams its result: at most a few batches are held in Python at a time.
+        relation = connection.sql(_CANDIDATES_SQL, params={"limit": cfg.bucket_link_limit})
+        reader = relation.to_arrow_reader(cfg.verify_batch_rows)
         for batch in reader:
             if batch.num_rows:
                 yield (
@@ -473,8 +497,7 @@ def near_duplicates(
     ranked = sort_by_keep_rule(docs.select(keep_columns).with_row_index("_row"), cfg)
     order = ranked["_row"].to_numpy().astype(np.int64)
     texts = docs.select(content_expr(docs.columns))["_content"]
-    hashes, counts = shingle_hashes(texts, cfg)
-    signatures = _signatures_from_shingles(hashes, counts, cfg)
+    signatures, counts = _signatures_in_batches(texts, cfg)
     keys = band_keys(signatures, bands, rows)
     ranked_sig, ranked_keys, ranked_has = signatures[order], keys[order], counts[order] > 0
 
@@ -577,7 +600,7 @@ def near_duplicates(
 
     metrics = _metrics(
         cfg, bands, rows, n_docs, n_index, counts, candidate_pairs, len(src), rounds, verdicts,
-        label, in_edge, node_doc, hashes, ranked,
+        label, in_edge, node_doc, texts, ranked,
     )
     clustered = docs.with_columns(
         pl.Series("cluster_id", cluster_of[n_inv:][np.argsort(order)].tolist(), dtype=pl.String)
@@ -608,7 +631,7 @@ def near_duplicates(
 def _metrics(
     cfg: NearDedupConfig, bands: int, rows: int, n_docs: int, n_index: int, counts: np.ndarray,
     candidate_pairs: int, verified_pairs: int, rounds: int, verdicts: pl.DataFrame, label: np.ndarray,
-    in_edge: np.ndarray, node_doc: np.ndarray, hashes: np.ndarray, ranked: pl.DataFrame,
+    in_edge: np.ndarray, node_doc: np.ndarray, texts: pl.Series, ranked: pl.DataFrame,
 ) -> dict:
     roots, sizes = np.unique(label[in_edge], return_counts=True)
     histogram: dict[str, int] = {}
@@ -627,7 +650,10 @@ def _metrics(
     for pair in pairs.iter_rows(named=True):
         exact = None
         if not pair["cross_drop"]:
-            exact = round(_exact_jaccard(hashes, counts, row_of[pair["doc_id"]], row_of[pair["duplicate_of"]]), 4)
+            # Shingles of the two documents only, recomputed: the drop's shingles are never held all at once.
+            pair_rows = [row_of[pair["doc_id"]], row_of[pair["duplicate_of"]]]
+            hashes, pair_counts = shingle_hashes(texts.gather(pair_rows), cfg)
+            exact = round(_exact_jaccard(hashes, pair_counts, 0, 1), 4)
         sample.append({"doc_id": pair["doc_id"], "duplicate_of": pair["duplicate_of"],
                        "estimated_jaccard": round(pair["value"], 4), "exact_jaccard": exact})
     return {

@@ -384,6 +384,8 @@ class _Detector:
     validate: Validator | None = None
     # What replaces a validated value (default: the placeholder), for detectors that keep part of the match.
     rewrite: Callable[[pl.Series, str], pl.Series] | None = None
+    # Rerun on changed rows until stable: a rewrite that keeps part of a match can leave a further match behind.
+    repeat: bool = False
 
 
 def _value_only(fn: Callable[[pl.Series, PiiConfig], pl.Series]) -> Validator:
@@ -403,7 +405,7 @@ def _detectors(cfg: PiiConfig) -> list[_Detector]:
     detectors += [
         _Detector("iban", _IBAN, _value_only(lambda v, c: iban_valid(v))),
         _Detector("us_ssn", _SSN, _value_only(_ssn_valid)),
-        _Detector("credit_card", _CARD, _card_valid, _card_rewrite),
+        _Detector("credit_card", _CARD, _card_valid, _card_rewrite, repeat=True),
         _Detector("ip_address", _IPV6, _value_only(_ipv6_redact)),
         _Detector("ip_address", _IPV4, _ipv4_redact),
         _Detector("phone", _PHONE, _phone_valid),
@@ -449,7 +451,14 @@ def _redact_texts(texts: pl.Series, cfg: PiiConfig) -> tuple[pl.Series, pl.DataF
     before = _count_placeholders(texts)
     out = texts
     for det in _detectors(cfg):
+        before_det = out
         out = _apply_detector(out, det, cfg)
+        for _ in range(4 if det.repeat else 0):
+            changed = (out != before_det).fill_null(False)
+            if not changed.any():
+                break
+            before_det = out
+            out = out.scatter(changed.arg_true(), _apply_detector(out.filter(changed), det, cfg))
     after = _count_placeholders(out)
     # Hits are the placeholders the detectors added; text that already quoted "<EMAIL>" is not counted.
     counts = pl.DataFrame(

@@ -409,3 +409,111 @@ def test_within_drop_duplicates_of_a_generated_corpus_get_string_cluster_ids():
     assert result.verdicts.height > 0
     assert result.kept.schema["cluster_id"] == pl.String
     assert result.kept["cluster_id"].drop_nulls().len() > 0
+
+
+# ------------------------------------------------------------------------------------------------ DuckDB band join
+
+
+def reference_near_duplicates(docs: pl.DataFrame, index: pl.DataFrame, cfg: NearDedupConfig):
+    """Straightforward reference of the whole stage in plain Python: buckets as dicts, candidates by the
+    bucket_link_limit rule, verification on full signatures, greedy keep in keep order (index entries first).
+    Returns ({removed doc_id: (duplicate_of, estimated Jaccard)}, kept doc_ids)."""
+    bands, rows = lsh_params(cfg)
+    in_play = index.filter(~pl.col("doc_id").is_in(docs["doc_id"].implode())).sort("drop_order", "doc_id")
+    ordered = sort_by_keep_rule(docs, cfg)
+    current_sig = minhash_signatures(ordered["text"], cfg)
+    _, counts = shingle_hashes(ordered["text"], cfg)
+    ids = in_play["doc_id"].to_list() + ordered["doc_id"].to_list()
+    sigs = [np.array(s, dtype=np.uint32) for s in in_play["signature"].to_list()] + list(current_sig)
+    keys = [np.array(k, dtype=np.uint64) for k in in_play["band_keys"].to_list()] + list(
+        band_keys(current_sig, bands, rows))
+    n_index = in_play.height
+    has_shingles = [True] * n_index + (counts > 0).tolist()
+
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for node, node_keys in enumerate(keys):
+        if has_shingles[node]:
+            for band, key in enumerate(node_keys.tolist()):
+                buckets.setdefault((band, key), []).append(node)  # members in node (keep) order
+    candidates = set()
+    for members in buckets.values():
+        earlier_drops = [m for m in members if m < n_index]
+        this_drop = [m for m in members if m >= n_index]
+        for head in earlier_drops[: cfg.bucket_link_limit]:
+            candidates.update((head, m) for m in this_drop)
+        for head in this_drop[: cfg.bucket_link_limit]:
+            candidates.update((head, m) for m in this_drop if m > head)
+
+    verified: dict[int, list[tuple[int, float]]] = {}
+    for src, dst in sorted(candidates):
+        estimate = float((sigs[src] == sigs[dst]).mean())
+        if estimate >= cfg.verify_threshold:
+            verified.setdefault(dst, []).append((src, estimate))
+    kept, removed = set(range(n_index)), {}
+    for node in range(n_index, len(ids)):
+        to_kept = [(src, estimate) for src, estimate in verified.get(node, []) if src in kept]
+        if to_kept:
+            removed[ids[node]] = (ids[to_kept[0][0]], to_kept[0][1])
+        else:
+            kept.add(node)
+    return removed, {ids[node] for node in kept if node >= n_index}
+
+
+@pytest.fixture(scope="module")
+def two_drops(corpus) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Drop 1: 150 corpus documents plus 4 near copies of one page. Drop 2: the other 150, near copies of 20
+    drop-1 documents and 4 more copies of that page, so that some buckets hold 9 members."""
+    rnd = random.Random(17)
+    texts = corpus["text"].to_list()
+    page = texts[0].split()
+    first = texts[:150] + [" ".join(substitute(page, 0.01, rnd)) for _ in range(4)]
+    second = (texts[150:] + [" ".join(substitute(texts[i].split(), 0.02, rnd)) for i in range(1, 21)]
+              + [" ".join(substitute(page, 0.01, rnd)) for _ in range(4)])
+    quality = corpus["quality_score"].to_list()
+    drop1 = frame(first, ids=[f"d1-{i:03d}" for i in range(len(first))], drop="2024-01", drop_order=0,
+                  quality=quality[:150] + [0.5] * 4)
+    drop2 = frame(second, ids=[f"d2-{i:03d}" for i in range(len(second))], drop="2024-02", drop_order=1,
+                  quality=quality[150:] + [0.9] * 24, licenses=["MIT"] * len(second))
+    return drop1, drop2
+
+
+@pytest.mark.parametrize("limit", [100, 2, 1])
+def test_duckdb_band_join_matches_plain_python_reference(two_drops, limit):
+    drop1, drop2 = two_drops
+    cfg = NearDedupConfig(bucket_link_limit=limit)
+    result1, index1 = near_duplicates(drop1, empty_near_index(), cfg)
+    # The index also holds drop 2's own entries from an earlier run: they must be ignored.
+    _, own_entries = near_duplicates(drop2, empty_near_index(), cfg)
+    index = pl.concat([own_entries, index1])
+    for docs, idx, result in ((drop1, empty_near_index(), result1), (drop2, index, None)):
+        result = result or near_duplicates(docs, idx, cfg)[0]
+        removed, kept = reference_near_duplicates(docs, idx, cfg)
+        got = {d: (dup, value) for d, dup, value in result.verdicts.select("doc_id", "duplicate_of", "value").iter_rows()}
+        assert got == removed
+        assert set(result.kept["doc_id"]) == kept
+    # The planted copies are found: all 4 page copies of drop 1, and across drops the 20 copies and 4 page copies.
+    assert result1.metrics["removed"] >= 4
+    assert result.metrics["removed_cross_drop"] >= 24
+
+
+def test_spill_settings_and_batching_do_not_change_results(two_drops, tmp_path):
+    drop1, drop2 = two_drops
+    _, index1 = near_duplicates(drop1, empty_near_index(), NearDedupConfig())
+    default, entries = near_duplicates(drop2, index1, NearDedupConfig())
+    # A tiny memory limit, an explicit spill folder and candidate batches of 7 pairs (index documents recur
+    # across batches) and signatures 13 documents at a time give the same verdicts, documents, entries, metrics.
+    spilled, spilled_entries = near_duplicates(
+        drop2, index1, NearDedupConfig(memory_limit="64MB", temp_directory=str(tmp_path), verify_batch_rows=7,
+                                    signature_batch_docs=13))
+    assert spilled.verdicts.equals(default.verdicts)
+    assert spilled.kept.equals(default.kept)
+    assert spilled_entries.equals(entries)
+    assert spilled.metrics == default.metrics
+    assert default.metrics["candidate_pairs"] > 7
+
+
+def test_memory_limit_is_validated():
+    assert NearDedupConfig().memory_limit == "4GB" and NearDedupConfig().temp_directory is None
+    assert NearDedupConfig(memory_limit="512 MiB").memory_limit == "512 MiB"
+    with pytest.raises(ValidationError):
+        NearDedupConfig(memory_limit="lots")
