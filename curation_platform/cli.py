@@ -81,7 +81,10 @@ def _failures(result) -> list[str]:
             cause = error
             while cause.cause is not None:
                 cause = cause.cause
-            lines.append(f"step {event.step_key} failed: {cause.message.strip()}")
+            message = cause.message.strip()
+            if cause.cls_name and f"{cause.cls_name}: " in message.split("\n", 1)[0]:
+                message = message.split(f"{cause.cls_name}: ", 1)[1]
+            lines.append(f"step {event.step_key} failed: {message}")
     return lines
 
 
@@ -137,7 +140,8 @@ def run(
     todo = _stale_drops(ws, cfg, registered)
     typer.echo(f"workspace {ws.root}: {len(registered)} drop(s) registered, {len(todo)} to curate")
     defs = build_definitions(resource)
-    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    # Our own progress lines and failure summary replace Dagster's console log (and its stack traces).
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     progress.clear()
     progress.listen(_print_progress)
     problems: list[str] = []

@@ -115,3 +115,13 @@ def test_user_benchmark_given_on_the_command_line_catches_a_leak(tmp_path):
 def test_explain_of_an_unknown_document_says_so(tmp_path):
     code, output = run_cli("explain", "nope", "--workspace", str(tmp_path), "--config", CONFIG)
     assert code == 0 and "run `curate run` first" in output
+
+
+def test_a_symlink_out_of_the_drop_stops_it_with_a_clear_message(tmp_path):
+    drop = write_corpus_drop(tmp_path / "landing", "2026-01-web", _clean(4, 6), source="web")
+    (drop / "evil.txt").symlink_to("/etc/passwd")
+    code, output = run_cli("run", "--landing", str(tmp_path / "landing"), "--workspace", str(tmp_path / "data"),
+                           "--config", CONFIG)
+    assert code == 1
+    assert "evil.txt points outside the drop" in output and "Stack Trace" not in output
+    assert not (tmp_path / "data" / "stages" / "raw_documents" / "2026-01-web.parquet").exists()

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 import duckdb
@@ -357,9 +357,10 @@ def _exact_jaccard(hashes: np.ndarray, counts: np.ndarray, left: int, right: int
 # ---------------------------------------------------------------------------------------------------- band join
 
 # The band join. ``current_rows`` (band, key, node) holds the drop's documents; ``index_keys`` (node, band_keys)
-# the index entries in play (node null for entries that are not). Within a (band, key) bucket every member is
-# linked to the first ``$limit`` members before it in keep order (node order): index heads for the cross-drop
-# pairs, earlier drop members for the within-drop ones. Index nodes are negative, so src < dst throughout.
+# the index entries in play (node null for entries that are not). Within a (band, key) bucket every member of
+# the drop is linked to the bucket's first ``$limit`` index entries (cross-drop pairs) and to the first ``$limit``
+# drop members, when ranked before it (within-drop pairs). Nodes follow keep order and index nodes are negative,
+# so src < dst throughout. Only index rows whose bucket the drop touches survive the semi join.
 _CANDIDATES_SQL = """
 WITH index_rows AS (
     SELECT node, unnest(range(len(band_keys))) AS band, unnest(band_keys) AS key
@@ -395,12 +396,15 @@ ORDER BY src, dst
 def _duckdb_connection(cfg: NearDedupConfig) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-process DuckDB connection that spills to ``cfg.temp_directory`` (a fresh temporary folder if None)
     once it holds ``cfg.memory_limit``."""
-    with tempfile.TemporaryDirectory(prefix="near-dedup-") as scratch:
+    scratch = nullcontext(cfg.temp_directory) if cfg.temp_directory else tempfile.TemporaryDirectory(
+        prefix="near-dedup-"
+    )
+    with scratch as temp_directory:
         connection = duckdb.connect(
             ":memory:",
             config={
                 "memory_limit": cfg.memory_limit,
-                "temp_directory": cfg.temp_directory or scratch,
+                "temp_directory": temp_directory,
                 # Results are ordered explicitly, so DuckDB need not buffer rows to keep insertion order.
                 "preserve_insertion_order": False,
             },
