@@ -494,9 +494,13 @@ def redact_pii(docs: pl.DataFrame, cfg: PiiConfig | None = None) -> StageResult:
     redacted, counts = _redact_texts(segments["_seg"], cfg)
     segments = pl.concat([segments.with_columns(redacted.alias("_seg")), counts], how="horizontal")
 
+    # A chat document's text is usually a rendering of its messages: per type, count the larger of the two sides
+    # so the same phone number in both is one hit, not two.
     per_doc = (
-        segments.group_by("_row")
+        segments.group_by("_row", pl.col("_msg") >= 0)
         .agg([pl.col(t).sum() for t in PII_TYPES])
+        .group_by("_row")
+        .agg([pl.col(t).max() for t in PII_TYPES])
         .with_columns(pii_total=pl.sum_horizontal(PII_TYPES))
     )
     out = rows.join(per_doc, on="_row", how="left", maintain_order="left").with_columns(
@@ -518,8 +522,8 @@ def redact_pii(docs: pl.DataFrame, cfg: PiiConfig | None = None) -> StageResult:
         ).drop("_messages")
     out = out.with_columns(
         pl.struct([pl.col(t).fill_null(0) for t in PII_TYPES]).alias("pii_counts"),
-        pl.col("pii_total").fill_null(0).cast(pl.Int64),
-    ).drop(["_row", "_text", *PII_TYPES])
+        pl.col("pii_total").fill_null(0).cast(pl.Int64).alias("_total"),
+    ).drop(["_row", "_text", "pii_total", *PII_TYPES]).rename({"_total": "pii_total"})
 
     verdicts, metrics = _verdicts(out, cfg)
     return split_by_verdicts(out, verdicts, metrics)
@@ -571,7 +575,7 @@ def _verdicts(docs: pl.DataFrame, cfg: PiiConfig) -> tuple[pl.DataFrame, dict[st
 # ----- the independent residual scan -----------------------------------------------------------------------------
 # Written apart from the redaction patterns: emails and IPv4/IPv6 are found as whole tokens and checked with
 # anchored canonical patterns, the rest with their textbook shapes. Only the validators are shared.
-_SCAN_TOKEN_EMAIL = r"[^\s<>()\[\]{}\"'`,;:|/\\]+@[^\s<>()\[\]{}\"'`,;:|/\\]+"
+_SCAN_TOKEN_EMAIL = r"[^\s<>()\[\]{}\"'`,;:=|/\\]+@[^\s<>()\[\]{}\"'`,;:=|/\\]+"
 _SCAN_EMAIL_FULL = r"^[\w.%+\-]+@[\w\-]+(?:\.[\w\-]+)+$"
 _SCAN_TOKEN_IPV4 = r"(?i)(?:\b(?:version|ver|release|build)\b[ :.]*)?[0-9A-Za-z_.]*[0-9]\.[0-9][0-9A-Za-z_.]*"
 _SCAN_IPV4_FULL = r"^(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}$"

@@ -485,10 +485,11 @@ def test_duckdb_band_join_matches_plain_python_reference(two_drops, limit):
     # The index also holds drop 2's own entries from an earlier run: they must be ignored.
     _, own_entries = near_duplicates(drop2, empty_near_index(), cfg)
     index = pl.concat([own_entries, index1])
-    for docs, idx, result in ((drop1, empty_near_index(), result1), (drop2, index, None)):
-        result = result or near_duplicates(docs, idx, cfg)[0]
+    for docs, idx in ((drop1, empty_near_index()), (drop2, index)):
+        result, _ = near_duplicates(docs, idx, cfg)
         removed, kept = reference_near_duplicates(docs, idx, cfg)
-        got = {d: (dup, value) for d, dup, value in result.verdicts.select("doc_id", "duplicate_of", "value").iter_rows()}
+        got = {d: (dup, value)
+               for d, dup, value in result.verdicts.select("doc_id", "duplicate_of", "value").iter_rows()}
         assert got == removed
         assert set(result.kept["doc_id"]) == kept
     # The planted copies are found: all 4 page copies of drop 1, and across drops the 20 copies and 4 page copies.
