@@ -246,14 +246,16 @@ def _card_rewrite(values: pl.Series, placeholder: str) -> pl.Series:
         pl.when(pl.col("w").is_null())
         .then(pl.lit(placeholder))
         .otherwise(
-            pl.col("v").str.slice(0, pl.col("w") * 5) + pl.lit(placeholder) + pl.col("v").str.slice(pl.col("w") * 5 + 19)
+            pl.col("v").str.slice(0, pl.col("w") * 5)
+            + pl.lit(placeholder)
+            + pl.col("v").str.slice(pl.col("w") * 5 + 19)
         )
     ).to_series()
 
 
 def _ssn_valid(values: pl.Series, cfg: PiiConfig) -> pl.Series:
     parts = values.str.split("-")
-    area, group, serial = parts.list.get(0, null_on_oob=True), parts.list.get(1, null_on_oob=True), parts.list.get(2, null_on_oob=True)
+    area, group, serial = (parts.list.get(k, null_on_oob=True) for k in range(3))
     # SSA never issues area 000, 666 or 900-999, group 00 or serial 0000.
     area_ok = (area != "000") & (area != "666") & ~area.str.starts_with("9")
     return (area_ok & (group != "00") & (serial != "0000")).fill_null(False)
@@ -271,7 +273,9 @@ def _ipv4_redact(values: pl.Series, prefixes: pl.Series, cfg: PiiConfig) -> pl.S
     loopback = a == 127
     link_local = (a == 169) & (b == 254)
     documentation = (
-        ((a == 192) & (b == 0) & (c == 2)) | ((a == 198) & (b == 51) & (c == 100)) | ((a == 203) & (b == 0) & (c == 113))
+        ((a == 192) & (b == 0) & (c == 2))
+        | ((a == 198) & (b == 51) & (c == 100))
+        | ((a == 203) & (b == 0) & (c == 113))
     )
     reserved = (
         (a == 0) | ((a == 100) & (b >= 64) & (b <= 127)) | ((a == 192) & (b == 0) & (c == 0))
@@ -578,7 +582,8 @@ def _verdicts(docs: pl.DataFrame, cfg: PiiConfig) -> tuple[pl.DataFrame, dict[st
 _SCAN_TOKEN_EMAIL = r"[^\s<>()\[\]{}\"'`,;:=|/\\]+@[^\s<>()\[\]{}\"'`,;:=|/\\]+"
 _SCAN_EMAIL_FULL = r"^[\w.%+\-]+@[\w\-]+(?:\.[\w\-]+)+$"
 _SCAN_TOKEN_IPV4 = r"(?i)(?:\b(?:version|ver|release|build)\b[ :.]*)?[0-9A-Za-z_.]*[0-9]\.[0-9][0-9A-Za-z_.]*"
-_SCAN_IPV4_FULL = r"^(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}$"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_SCAN_IPV4_FULL = rf"^{_OCTET}(?:\.{_OCTET}){{3}}$"
 _SCAN_TOKEN_IPV6 = r"[0-9A-Za-z_:]*::?[0-9A-Za-z_:]*"
 _H = "[0-9a-fA-F]{1,4}"
 _SCAN_IPV6_FULL = (
@@ -596,7 +601,8 @@ _SCAN_PHONE_NATIONAL = [
     r"\(0[1-9][0-9]{1,4}\) ?[0-9]{2,8}\b",
     r"\b0[1-9][0-9]{1,4}[-/ ][0-9]{2,8}(?:[- ][0-9]{2,8})?\b",
 ]
-_SCAN_PHONE = r"\+[0-9]{1,3}(?:[ .\-]?\(0\))?(?:[ .\-]?\([0-9]+\))?(?:[ .\-]?[0-9]+){1,5}|(?:[0-9] )?(?:" + "|".join(_SCAN_PHONE_NATIONAL) + ")"
+_SCAN_PHONE_INTERNATIONAL = r"\+[0-9]{1,3}(?:[ .\-]?\(0\))?(?:[ .\-]?\([0-9]+\))?(?:[ .\-]?[0-9]+){1,5}"
+_SCAN_PHONE = _SCAN_PHONE_INTERNATIONAL + "|(?:[0-9] )?(?:" + "|".join(_SCAN_PHONE_NATIONAL) + ")"
 _SCAN_CARD = r"\b(?:[0-9]{4}[- ]){3}[0-9]{4}\b|\b3[47][0-9]{2}[- ]?[0-9]{6}[- ]?[0-9]{5}\b|\b[0-9]{13,19}\b"
 _SCAN_IBAN = r"\b[A-Z]{2}[0-9]{2}(?:[ ]?[0-9A-Z]{4}){2,7}(?:[ ]?[0-9A-Z]{1,4})?\b"
 _SCAN_SSN = r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b"
@@ -662,7 +668,8 @@ def scan_pii(texts: pl.Series, cfg: PiiConfig | None = None) -> pl.DataFrame:
     if "credit_card" in enabled:
         found = _scan_candidates(texts, _SCAN_CARD)
         no_prefix = pl.Series([""] * len(found), dtype=pl.String)
-        columns["credit_card"] = _scan_count(n, _keep_valid(found, _card_valid(found["m"], no_prefix, cfg)), "credit_card")
+        found = _keep_valid(found, _card_valid(found["m"], no_prefix, cfg))
+        columns["credit_card"] = _scan_count(n, found, "credit_card")
     if "iban" in enabled:
         found = _scan_candidates(texts, _SCAN_IBAN)
         columns["iban"] = _scan_count(n, _keep_valid(found, iban_valid(found["m"])), "iban")
@@ -691,7 +698,7 @@ def _scan_assigned_secrets(texts: pl.Series, cfg: PiiConfig) -> pl.DataFrame:
         r"(?i)^(?P<pre>.*?(?:=>|:=|:|=)[ \t]*(?:[\"'`]|(?:bearer|basic|token) +)?)(?P<val>[^\s\"'`,;&<>(){}\[\]]+)$"
     )
     found = found.with_columns(pre=parts.struct.field("pre"), val=parts.struct.field("val")).drop_nulls("val")
-    # Placeholders are never secrets; name-shaped prefixes that start mid-word are not assignments.
+    # Placeholders are never secrets; known token shapes are already counted above, so count them once.
     found = found.filter(
         ~pl.col("val").str.contains(r"^<[A-Z_]+>$") & ~pl.col("val").str.contains("|".join(_SCAN_SECRET_SHAPES))
     )

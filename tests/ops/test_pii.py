@@ -180,7 +180,8 @@ def test_phone_formats(raw: str, expected: str) -> None:
         ("bad 256.1.1.1 and 01.02.03.04", "bad 256.1.1.1 and 01.02.03.04"),
         ("ver 8.8.8.8 release: 9.9.9.9 v1.1.1.1", "ver 8.8.8.8 release: 9.9.9.9 v1.1.1.1"),
         ("full 2001:4860:4860:0000:0000:0000:0000:8888", "full <IP_ADDRESS>"),
-        ("ula fd12:3456:789a::1, mac 00:1a:2b:3c:4d:5e, doc 3fff:0abc::1", "ula fd12:3456:789a::1, mac 00:1a:2b:3c:4d:5e, doc 3fff:0abc::1"),
+        ("ula fd12:3456:789a::1, mac 00:1a:2b:3c:4d:5e", "ula fd12:3456:789a::1, mac 00:1a:2b:3c:4d:5e"),
+        ("doc 3fff:0abc::1, mcast ff02::1", "doc 3fff:0abc::1, mcast ff02::1"),
     ],
 )
 def test_ip_addresses(raw: str, expected: str) -> None:
