@@ -24,13 +24,17 @@ def landing_sensor(context: dg.SensorEvaluationContext, curation: CurationResour
     for name, message in scan.rejected:
         context.log.warning(message)
     known = set(context.instance.get_dynamic_partitions(drops.name))
+    ws = curation.ws()
+    # A drop whose files changed after it was curated is curated again (same partition, new run key).
+    changed = [item for item in scan.ready if item[0] in ws.changed_drops(scan.ready)]
     new = [(name, path, fp) for name, path, fp in scan.ready if name not in known]
-    if not new:
+    if not new and not changed:
         return dg.SensorResult(skip_reason=dg.SkipReason(
             f"no new ready drops ({len(scan.waiting)} settling, {len(scan.rejected)} rejected)"))
-    curation.ws().register_drops(new)
+    ws.register_drops(new)
     names = [name for name, _, _ in sorted(new)]
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=name, run_key=f"{name}:{fp}") for name, _, fp in sorted(new)],
-        dynamic_partitions_requests=[drops.build_add_request(names)],
+        run_requests=[dg.RunRequest(partition_key=name, run_key=f"{name}:{fp}")
+                      for name, _, fp in sorted([*new, *changed])],
+        dynamic_partitions_requests=[drops.build_add_request(names)] if names else [],
     )

@@ -132,12 +132,13 @@ def run(
     scan = scan_landing(landing, 0 if landing.is_dir() else cfg.ingest.settle_seconds)
     for name, message in scan.rejected:
         typer.secho(f"rejected drop {name}: {message}", fg=typer.colors.YELLOW, err=True)
+    changed = ws.changed_drops(scan.ready)
     ws.register_drops(scan.ready)
     registered = [d.name for d in ws.drops()]
     instance = dagster_instance(ws.root)
     known = set(instance.get_dynamic_partitions(drops.name))
     instance.add_dynamic_partitions(drops.name, [n for n in registered if n not in known])
-    todo = _stale_drops(ws, cfg, registered)
+    todo = sorted(set(_stale_drops(ws, cfg, registered)) | set(changed), key=registered.index)
     typer.echo(f"workspace {ws.root}: {len(registered)} drop(s) registered, {len(todo)} to curate")
     defs = build_definitions(resource)
     # Our own progress lines and failure summary replace Dagster's console log (and its stack traces).

@@ -20,7 +20,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -167,6 +167,23 @@ class Workspace:
             payload = [asdict(e) for e in [*entries, entry]]
             write_text_atomic(json.dumps(payload, indent=2), self._registry_path)
             return entry
+
+    def update_fingerprint(self, name: str, fingerprint: str) -> None:
+        """Record that a registered drop's files changed (it keeps its place in the order)."""
+        with file_lock(self.root / "registry" / ".lock"):
+            entries = [replace(e, fingerprint=fingerprint) if e.name == name else e for e in self.drops()]
+            write_text_atomic(json.dumps([asdict(e) for e in entries], indent=2), self._registry_path)
+
+    def changed_drops(self, ready: list[tuple[str, Path, str]]) -> list[str]:
+        """Registered drops whose files differ from what was curated; their fingerprints are updated."""
+        registered = {d.name: d for d in self.drops()}
+        changed = []
+        for name, _, fingerprint in ready:
+            entry = registered.get(name)
+            if entry is not None and entry.fingerprint and entry.fingerprint != fingerprint:
+                self.update_fingerprint(name, fingerprint)
+                changed.append(name)
+        return changed
 
     def register_drops(self, drops: list[tuple[str, Path, str]]) -> list[DropEntry]:
         """Register several drops found together, in name order, so their relative order is deterministic."""

@@ -125,3 +125,18 @@ def test_a_symlink_out_of_the_drop_stops_it_with_a_clear_message(tmp_path):
     assert code == 1
     assert "evil.txt points outside the drop" in output and "Stack Trace" not in output
     assert not (tmp_path / "data" / "stages" / "raw_documents" / "2026-01-web.parquet").exists()
+
+
+def test_a_drop_whose_files_change_is_curated_again(tmp_path):
+    drop = write_corpus_drop(tmp_path / "landing", "2026-01-web", _clean(5, 7), source="web")
+    args = ["--landing", str(tmp_path / "landing"), "--workspace", str(tmp_path / "data"), "--config", CONFIG,
+            "--no-release"]
+    assert run_cli("run", *args)[0] == 0
+    code, output = run_cli("run", *args)
+    assert "0 to curate" in output
+    more = _clean(6, 7).tail(1).with_columns(pl.lit("extra").alias("id"))
+    with open(drop / "data.jsonl", "a") as handle:
+        handle.write(more.select("id", "text").write_ndjson())
+    code, output = run_cli("run", *args)
+    assert code == 0 and "1 to curate" in output
+    assert pl.read_parquet(tmp_path / "data" / "stages" / "raw_documents" / "2026-01-web.parquet").height == 6

@@ -55,3 +55,16 @@ def test_sensor_skips_a_drop_with_a_broken_manifest(tmp_path):
     with dg.instance_for_test() as instance:
         result = _evaluate(tmp_path, instance)
         assert not result.run_requests and "1 rejected" in str(result.skip_reason)
+
+
+def test_sensor_curates_a_drop_again_when_its_files_change(tmp_path):
+    landing = tmp_path / "landing"
+    folder = _drop(landing, "2026-01-a")
+    with dg.instance_for_test() as instance:
+        first = _evaluate(tmp_path, instance)
+        instance.add_dynamic_partitions(drops.name, ["2026-01-a"])
+        (folder / "docs.jsonl").write_text('{"id": "1", "text": "hello again"}\n')
+        again = _evaluate(tmp_path, instance)
+        assert [r.partition_key for r in again.run_requests] == ["2026-01-a"]
+        assert again.run_requests[0].run_key != first.run_requests[0].run_key
+        assert not again.dynamic_partitions_requests  # same partition, no new one
