@@ -28,6 +28,15 @@ SHARD_COLUMNS = [
 ]
 
 
+def code_version() -> str:
+    """Package version plus the git commit of the checkout it runs from, when there is one."""
+    import subprocess
+
+    proc = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+                          capture_output=True, text=True)
+    return f"{__version__}+g{proc.stdout.strip()}" if proc.returncode == 0 and proc.stdout.strip() else __version__
+
+
 def resolve_resource(path: str) -> Path:
     """``pkg://package/inner/path`` to a file path inside an installed package; other strings are paths."""
     if path.startswith("pkg://"):
@@ -159,7 +168,7 @@ def build_card(
         "by_kind": dict(selected.group_by("kind").len().sort("kind").iter_rows()) if selected.height else {},
         "by_language": dict(selected.group_by("language").len().sort("language").iter_rows()) if selected.height else {},
         "config_hash": cfg.hash,
-        "code_version": __version__,
+        "code_version": code_version(),
         "tokenizer": cfg.release.tokenizer,
         "licenses": licenses,
         "generators": [json.loads(g) for g in generators],
