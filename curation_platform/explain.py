@@ -46,7 +46,7 @@ def record_table(ws: Workspace, release: str | None) -> pl.DataFrame:
         .join(scores, on="doc_id", how="left")
     )
     columns = ["doc_id", "source_id", "drop", "source", "license", "kind", "status", "stage", "rule", "detail",
-               "duplicate_of", "value", "threshold", "language", "language_score", "quality_score",
+               "duplicate_of", "cluster_id", "value", "threshold", "language", "language_score", "quality_score",
                "release_shard", "file", "line"]
     return table.select([c for c in columns if c in table.columns])
 
@@ -66,7 +66,7 @@ def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame) -> str:
     if not ledger_files:
         return f"no ledger in {ws.root}: run `curate run` first"
     rows = (
-        pl.scan_parquet([str(f) for f in ledger_files])
+        pl.scan_parquet([str(f) for f in ledger_files], missing_columns="insert", extra_columns="ignore")
         .filter(pl.col("doc_id") == doc_id)
         .collect()
     )
@@ -100,6 +100,8 @@ def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame) -> str:
             text += f" ({row['threshold']})"
         if row["duplicate_of"]:
             text += f" duplicate of {row['duplicate_of']}"
+        if row.get("cluster_id"):
+            text += f" (cluster {row['cluster_id']})"
         if row["detail"] and row["verdict"] != "keep":
             text += f" - {row['detail']}"
         lines.append(text)

@@ -55,7 +55,8 @@ def read_ledger(ws: Workspace, drop: str | None = None, release: str | None = No
         files.append(ws.release_ledger_path(release))
     if not files:
         return pl.DataFrame(schema=LEDGER_SCHEMA)
-    return pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+    # Diagonal: ledgers written before a column was added read with that column null.
+    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
 
 
 def stage_counts(ws: Workspace, drop: str, stages: list[str]) -> pl.DataFrame:
@@ -125,7 +126,8 @@ def document_status(
         .unique(subset="doc_id", keep="first", maintain_order=True)
     )
     status = entered.join(
-        first_removal.select("doc_id", "verdict", "stage", "rule", "detail", "duplicate_of", "value", "threshold"),
+        first_removal.select("doc_id", "verdict", "stage", "rule", "detail", "duplicate_of", "cluster_id", "value",
+                            "threshold"),
         on="doc_id",
         how="left",
     ).with_columns(

@@ -46,6 +46,7 @@ VERDICT_SCHEMA: dict[str, pl.DataType] = {
     "threshold": pl.String,
     "detail": pl.String,
     "duplicate_of": pl.String,
+    "cluster_id": pl.String,  # near-duplicate cluster (the doc_id of its first document in keep order)
 }
 
 

@@ -55,7 +55,8 @@ def takedown(ws: Workspace, *, drop: str | None = None, doc_ids: list[str] | Non
                 pl.col("drop"), pl.lit("takedown").alias("stage"), "doc_id", pl.lit(DROP).alias("verdict"),
                 pl.lit("takedown").alias("rule"), pl.col("taken_down_at").alias("value"),
                 pl.lit(None, dtype=pl.String).alias("threshold"), pl.col("reason").alias("detail"),
-                pl.lit(None, dtype=pl.String).alias("duplicate_of"), pl.lit("takedown").alias("run_id"),
+                pl.lit(None, dtype=pl.String).alias("duplicate_of"), pl.lit(None, dtype=pl.String).alias("cluster_id"),
+                pl.lit("takedown").alias("run_id"),
                 pl.lit(None, dtype=pl.String).alias("config_hash"),
             )
             write_parquet_atomic(pl.concat([old, tombstones]).unique("doc_id", keep="first", maintain_order=True),

@@ -609,7 +609,7 @@ def near_duplicates(
     clustered = docs.with_columns(
         pl.Series("cluster_id", cluster_of[n_inv:][np.argsort(order)].tolist(), dtype=pl.String)
     )
-    result = split_by_verdicts(clustered, verdicts.drop("cluster_id", "cross_drop"), metrics)
+    result = split_by_verdicts(clustered, verdicts.drop("cross_drop"), metrics)
 
     kept_nodes = np.flatnonzero((status[n_inv:] == _KEPT) & ranked_has)  # ranks of kept documents with shingles
     kept_rows = order[kept_nodes]

@@ -518,3 +518,18 @@ def test_memory_limit_is_validated():
     assert NearDedupConfig(memory_limit="512 MiB").memory_limit == "512 MiB"
     with pytest.raises(ValidationError):
         NearDedupConfig(memory_limit="lots")
+
+
+def test_removed_near_duplicates_carry_their_cluster_id_in_the_verdict():
+    from curation_platform.samples import synthetic_corpus
+
+    corpus = synthetic_corpus(300)
+    docs = corpus.select(pl.col("id").cast(pl.String).alias("doc_id"), "text").with_columns(
+        pl.lit(0, dtype=pl.Int64).alias("drop_order"), pl.lit("d").alias("drop"), pl.lit("MIT").alias("license")
+    )
+    result, _ = near_duplicates(docs, empty_near_index(), NearDedupConfig())
+    removed = result.verdicts.filter(pl.col("verdict") == "drop")
+    assert removed["cluster_id"].null_count() == 0
+    # The kept document a duplicate points to sits in the same cluster.
+    clusters = dict(zip(result.kept["doc_id"], result.kept["cluster_id"]))
+    assert all(clusters[d] == c for d, c in zip(removed["duplicate_of"], removed["cluster_id"]))

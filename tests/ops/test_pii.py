@@ -354,7 +354,7 @@ def test_too_many_hits_drops_and_boundary_keeps() -> None:
     assert result.kept["text"][0] == " ".join(["<EMAIL>"] * 5)
     drop = result.verdicts.filter(pl.col("verdict") == "drop").row(0, named=True)
     assert drop == {"doc_id": "doc1", "verdict": "drop", "rule": "pii.too_many_hits", "value": 6.0,
-                    "threshold": "> 5", "detail": "6 PII hits (email=6)", "duplicate_of": None}
+                    "threshold": "> 5", "detail": "6 PII hits (email=6)", "duplicate_of": None, "cluster_id": None}
     redact = result.verdicts.filter(pl.col("verdict") == "redact").row(0, named=True)
     assert (redact["doc_id"], redact["rule"], redact["value"]) == ("doc0", "pii.email", 5.0)
     assert result.verdicts.schema == pl.Schema(VERDICT_SCHEMA)
