@@ -67,7 +67,7 @@ def version_release(release_dir: Path, meta: dict[str, Any], cfg: VersioningConf
         remote_url = _remote_url(cfg, workspace_root)
         # Remote settings go to config.local, so a run never edits the committed .dvc/config.
         _dvc(["remote", "add", "--local", "--force", "--default", cfg.remote_name, remote_url], root)
-        _dvc(["add", "-q", str(release_dir)], root)
+        _dvc(["add", str(release_dir)], root)
         dvc_file = release_dir.with_name(release_dir.name + ".dvc")
         document = yaml.safe_load(dvc_file.read_text())
         document["meta"] = meta
