@@ -11,10 +11,10 @@ The keep rule lives here (:func:`keep_order`) and is shared with near-duplicate 
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Annotated, Literal, Protocol
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from curation_platform.errors import CurationError
 from curation_platform.hashing import xxh128_hex
@@ -25,6 +25,20 @@ RULE_DUPLICATE = "exact_dedup.duplicate"
 KeepKey = Literal["drop_order", "quality_score", "license", "doc_id"]
 # Earliest drop, then higher quality, then more permissive license, then smallest doc_id.
 DEFAULT_KEEP_RULE: tuple[KeepKey, ...] = ("drop_order", "quality_score", "license", "doc_id")
+
+
+def _distinct_keys(keys: list[KeepKey]) -> list[KeepKey]:
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"keep_rule lists a key twice: {keys}")
+    return keys
+
+
+# The keep-rule field both dedup stages share: sort keys in order, each at most once.
+KeepRule = Annotated[list[KeepKey], AfterValidator(_distinct_keys)]
+
+
+def default_keep_rule() -> list[KeepKey]:
+    return list(DEFAULT_KEEP_RULE)
 
 # One index entry per kept document; the orchestration persists these as Parquet per drop.
 EXACT_INDEX_SCHEMA: dict[str, pl.DataType] = {
@@ -47,14 +61,7 @@ class ExactDedupConfig(BaseModel):
 
     lowercase: bool = False
     collapse_whitespace: bool = True
-    keep_rule: list[KeepKey] = Field(default_factory=lambda: list(DEFAULT_KEEP_RULE))
-
-    @field_validator("keep_rule")
-    @classmethod
-    def _distinct_keys(cls, keys: list[KeepKey]) -> list[KeepKey]:
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"keep_rule lists a key twice: {keys}")
-        return keys
+    keep_rule: KeepRule = Field(default_factory=default_keep_rule)
 
 
 class _HasKeepRule(Protocol):

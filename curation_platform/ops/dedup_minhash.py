@@ -39,10 +39,10 @@ import polars_hash as plh
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from curation_platform.ops.dedup_exact import (
-    DEFAULT_KEEP_RULE,
     DedupIndexError,
-    KeepKey,
+    KeepRule,
     content_expr,
+    default_keep_rule,
     sort_by_keep_rule,
 )
 from curation_platform.records import DROP, StageResult, split_by_verdicts
@@ -88,7 +88,7 @@ class NearDedupConfig(BaseModel):
     # Within one (band, key) bucket each document is compared with at most this many documents ranked before it,
     # which bounds the pairs from huge template buckets (otherwise quadratic) while keeping likely survivors.
     bucket_link_limit: int = Field(100, ge=1)
-    keep_rule: list[KeepKey] = Field(default_factory=lambda: list(DEFAULT_KEEP_RULE))
+    keep_rule: KeepRule = Field(default_factory=default_keep_rule)
     # DuckDB runs the band join under this memory limit (DuckDB size syntax) and spills to ``temp_directory``
     # beyond it; None there means a fresh temporary folder per call, removed afterwards.
     memory_limit: str = "4GB"
@@ -98,13 +98,6 @@ class NearDedupConfig(BaseModel):
     signature_batch_docs: int = Field(10_000, ge=1)
     # Candidate pairs are fetched from DuckDB and verified in batches of this many rows (bounds numpy memory).
     verify_batch_rows: int = Field(1_000_000, ge=1)
-
-    @field_validator("keep_rule")
-    @classmethod
-    def _distinct_keys(cls, keys: list[KeepKey]) -> list[KeepKey]:
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"keep_rule lists a key twice: {keys}")
-        return keys
 
     @field_validator("memory_limit")
     @classmethod
