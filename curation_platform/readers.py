@@ -515,10 +515,12 @@ def _decide(candidates: pl.DataFrame, fields: pl.DataFrame, manifest: Manifest, 
     return frame.with_columns(code.alias("reason_code"), reason.alias("reason"))
 
 
-def _with_doc_ids(kept: pl.DataFrame, source: str) -> pl.Series:
-    """xxh128 of ``source \x1f source_id \x1f text``; the n-th repeat (n >= 2) of a (source_id, text) pair in
-    the drop gets ``\x1f<n>`` appended so every input record keeps its own id."""
-    key = pl.concat_str([pl.lit(source), pl.col("source_id"), pl.col("text")], separator="\x1f")
+def _with_doc_ids(kept: pl.DataFrame, source: str, drop: str) -> pl.Series:
+    """xxh128 of ``source \x1f drop \x1f source_id \x1f text``; the n-th repeat (n >= 2) of a (source_id, text)
+    pair in the drop gets ``\x1f<n>`` appended so every input record keeps its own id. The drop is part of the key
+    because a record republished in a later drop is a second record (an exact duplicate of the first), and
+    fallback source ids such as ``part-0000.jsonl:1`` repeat across drops."""
+    key = pl.concat_str([pl.lit(source), pl.lit(drop), pl.col("source_id"), pl.col("text")], separator="\x1f")
     keys = kept.select(key.alias("key"))["key"]
     base = xxh128_hex(keys)
     occurrence = pl.DataFrame({"h": base}).select(pl.int_range(pl.len()).over("h") + 1).to_series()
@@ -556,7 +558,7 @@ def read_drop(drop_dir: Path, cfg: IngestConfig, drop: str | None = None) -> Ing
         "declared_language": pl.lit(manifest.language, dtype=pl.String),
     }
     kept = decided.filter(pl.col("reason_code").is_null())
-    records = kept.with_columns(_with_doc_ids(kept, manifest.source), **constants).select(
+    records = kept.with_columns(_with_doc_ids(kept, manifest.source, drop), **constants).select(
         pl.col(name).cast(dtype) for name, dtype in RECORD_SCHEMA.items()
     )
 

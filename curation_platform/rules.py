@@ -31,7 +31,8 @@ class Rule(BaseModel):
     enabled: bool = True
 
     def keeps(self) -> pl.Expr:
-        col, t = pl.col(self.signal), self.threshold
+        # NaN compares as larger than everything in Polars; treat it as a missing signal instead.
+        col, t = pl.col(self.signal).cast(pl.Float64).fill_nan(None), self.threshold
         expr = {
             ">=": col >= t,
             ">": col > t,

@@ -76,7 +76,7 @@ def test_clean_jsonl_gives_canonical_records(tmp_path):
     assert result.read_count == 2 and result.quarantine.is_empty()
     rows = result.records.to_dicts()
     assert rows[0] == {
-        "doc_id": doc_id("example", "a-1", "Hello world."),
+        "doc_id": doc_id("example", "drop-1", "a-1", "Hello world."),
         "source": "example",
         "drop": "drop-1",
         "source_id": "a-1",
@@ -93,7 +93,7 @@ def test_clean_jsonl_gives_canonical_records(tmp_path):
     }
     # Without an id the line is the record's id inside the drop.
     assert rows[1]["source_id"] == "part-0.jsonl:2"
-    assert rows[1]["doc_id"] == doc_id("example", "part-0.jsonl:2", "Second.")
+    assert rows[1]["doc_id"] == doc_id("example", "drop-1", "part-0.jsonl:2", "Second.")
 
 
 def test_custom_text_and_id_fields_and_numeric_ids(tmp_path):
@@ -232,9 +232,9 @@ def test_repeated_id_and_text_get_distinct_doc_ids(tmp_path):
     same = {"id": "r", "text": "Same text."}
     drop = make_drop(tmp_path, {"a.jsonl": jsonl(same, same, {"id": "r", "text": "Other."}, same)})
     records = read_drop(drop, CFG).records
-    base = "example\x1fr\x1fSame text."
+    base = "example\x1fdrop-1\x1fr\x1fSame text."
     assert records["doc_id"].to_list() == [
-        doc_id(base), doc_id(base + "\x1f2"), doc_id("example", "r", "Other."), doc_id(base + "\x1f3")]
+        doc_id(base), doc_id(base + "\x1f2"), doc_id("example", "drop-1", "r", "Other."), doc_id(base + "\x1f3")]
 
 
 def test_reading_twice_gives_identical_frames(tmp_path):
@@ -554,3 +554,11 @@ def test_every_input_record_is_kept_or_quarantined(tmp_path_factory, lines, limi
     lines_read = body.removeprefix(b"\xef\xbb\xbf").split(b"\n")  # a leading byte order mark is dropped
     non_blank = sum(1 for line in lines_read if line.strip(b" \t\r"))
     assert result.read_count == non_blank + 1  # plus the one text file
+
+
+def test_the_same_record_in_two_drops_gets_two_doc_ids(tmp_path):
+    record = {"id": "1", "text": "The same article republished in both drops."}
+    first = read_drop(make_drop(tmp_path, {"a.jsonl": jsonl(record)}, name="2024-01"), CFG).records
+    second = read_drop(make_drop(tmp_path, {"a.jsonl": jsonl(record)}, name="2024-02"), CFG).records
+    assert first["doc_id"][0] != second["doc_id"][0]
+    assert first["doc_id"][0] == doc_id("example", "2024-01", "1", record["text"])

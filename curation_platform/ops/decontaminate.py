@@ -79,6 +79,9 @@ class DecontaminationConfig(BaseModel):
     max_corpus_doc_frac: float = Field(default=0.001, ge=0.0, le=1.0)
     # ... and only when they are also in more than this many documents, so a small drop never ignores a real leak.
     common_ngram_min_docs: int = Field(default=10, ge=0)
+    # An item with nearly all its n-grams frequent is copied whole into many documents (a widely vendored leak),
+    # not boilerplate it happens to quote: none of its n-grams is ignored (our choice).
+    copied_item_min_frac: float = Field(default=0.95, ge=0.0, le=1.0)
     # drop: remove the whole document; cut: remove the overlapping lines and keep the rest.
     mode: Literal["drop", "cut"] = "drop"
 
@@ -260,15 +263,31 @@ def _matches(texts: pl.DataFrame, index: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(parts).select([pl.col(c).cast(t) for c, t in schema.items()])
 
 
-def _common_hashes(matches: pl.DataFrame, n_docs: int, cfg: DecontaminationConfig) -> pl.DataFrame:
-    """Shared n-grams in too many of the scanned documents to be a leak (licence headers, boilerplate)."""
+def _common_hashes(matches: pl.DataFrame, index: pl.DataFrame, n_docs: int, cfg: DecontaminationConfig) -> pl.DataFrame:
+    """Shared n-grams in too many of the scanned documents to be a leak (licence headers, boilerplate).
+
+    An item most of whose n-grams are that frequent is not boilerplate but a widely copied leak (HumanEval vendored
+    into many repositories), so its n-grams are never ignored.
+    """
     limit = max(cfg.common_ngram_min_docs, cfg.max_corpus_doc_frac * n_docs)
-    return (
+    frequent = (
         matches.group_by("ngram_hash")
         .agg(pl.col("_row").n_unique().alias("docs"))
         .filter(pl.col("docs") > limit)
         .select("ngram_hash")
     )
+    if frequent.is_empty():
+        return frequent
+    items = index.group_by("benchmark", "item_id").agg(pl.col("ngram_hash").n_unique().alias("item_ngrams"))
+    frequent_per_item = (
+        index.join(frequent, on="ngram_hash", how="semi")
+        .group_by("benchmark", "item_id").agg(pl.col("ngram_hash").n_unique().alias("frequent_ngrams"))
+    )
+    copied_items = frequent_per_item.join(items, on=["benchmark", "item_id"]).filter(
+        pl.col("frequent_ngrams") >= cfg.copied_item_min_frac * pl.col("item_ngrams")
+    )
+    protected = index.join(copied_items.select("benchmark", "item_id"), on=["benchmark", "item_id"], how="semi")
+    return frequent.join(protected.select("ngram_hash").unique(), on="ngram_hash", how="anti")
 
 
 def _scan_text(docs: pl.DataFrame) -> pl.Expr:
@@ -290,7 +309,7 @@ def overlap_count(
     frame = pl.DataFrame({"text": texts.cast(pl.String)}).with_row_index("_row")
     matches = _matches(frame, index)
     if ignore_common:
-        matches = matches.join(_common_hashes(matches, frame.height, cfg), on="ngram_hash", how="anti")
+        matches = matches.join(_common_hashes(matches, index, frame.height, cfg), on="ngram_hash", how="anti")
     counts = matches.group_by("_row").agg(pl.col("ngram_hash").n_unique().alias("overlap"))
     return (
         frame.select("_row")
@@ -391,7 +410,7 @@ def decontaminate(docs: pl.DataFrame, index: pl.DataFrame, cfg: DecontaminationC
     n_docs = docs.height
     scanned = docs.select(_scan_text(docs).alias("text")).with_row_index("_row")
     matches = _matches(scanned, index)
-    common = _common_hashes(matches, n_docs, cfg)
+    common = _common_hashes(matches, index, n_docs, cfg)
     matches = matches.join(common, on="ngram_hash", how="anti")
 
     contaminated = _per_document(matches)

@@ -84,6 +84,9 @@ def license_rank(spdx: pl.Expr) -> pl.Expr:
     return (
         pl.when(upper.is_null() | upper.str.contains(r"\b(NC|ND)\b"))
         .then(pl.lit(4))
+        # Copyleft and unknown references rank as restrictive even beside a permissive id in an expression.
+        .when(upper.str.contains(r"\b(A?GPL|LGPL|MPL|EPL|EUPL|CDDL|OSL|CPAL|SSPL|LICENSEREF)"))
+        .then(pl.lit(4))
         .when(upper.str.contains(r"\bCC-BY-SA\b|\bODBL\b"))
         .then(pl.lit(3))
         .when(upper.str.contains(r"\bCC-BY\b|\bODC-BY\b"))

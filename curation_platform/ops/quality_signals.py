@@ -587,7 +587,8 @@ def quality_signals(docs: pl.DataFrame, cfg: SignalsConfig | None = None) -> Sta
     out = indexed
     for part in parts:
         out = out.join(part, on="_row", how="left", maintain_order="left")
-    kept = out.drop("_row")
+    # Every kind keeps its length, not only prose (normalize set it; the prose part recomputes it identically).
+    kept = out.drop("_row").with_columns(pl.col("text").str.len_chars().cast(pl.Int64).alias("text_chars"))
     metrics = {
         "documents": docs.height,
         "prose_documents": int(docs["kind"].is_in(cfg.prose_kinds).sum()),

@@ -8,7 +8,7 @@ documents for dedup keep rules and budgeted selection; ``min_score`` can also dr
 from __future__ import annotations
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curation_platform.records import StageResult
 from curation_platform.rules import Rule, apply_rules
@@ -22,6 +22,12 @@ class ScoreFeature(BaseModel):
     good: float
     weight: float = 1.0
     kinds: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _distinct_ends(self) -> "ScoreFeature":
+        if self.bad == self.good:
+            raise ValueError(f"score feature {self.signal}: bad and good must differ (both {self.bad})")
+        return self
 
 
 def _prose(signal: str, bad: float, good: float, weight: float = 1.0) -> ScoreFeature:
@@ -53,8 +59,9 @@ class ScoreConfig(BaseModel):
 def _feature_expr(feature: ScoreFeature) -> tuple[pl.Expr, pl.Expr]:
     """(value in [0,1] or null, weight or 0) for one feature."""
     span = feature.good - feature.bad
-    value = ((pl.col(feature.signal).cast(pl.Float64) - feature.bad) / span).clip(0.0, 1.0)
-    applies = pl.col(feature.signal).is_not_null()
+    signal = pl.col(feature.signal).cast(pl.Float64).fill_nan(None)
+    value = ((signal - feature.bad) / span).clip(0.0, 1.0)
+    applies = signal.is_not_null()
     if feature.kinds is not None:
         applies = applies & pl.col("kind").is_in(feature.kinds)
     return (

@@ -440,3 +440,25 @@ def test_cut_mode_rescans_when_cutting_joins_words_into_a_new_overlap():
     assert result.kept["text"].to_list() == ["kept top line\nkept bottom line"]
     assert result.verdicts["verdict"].to_list() == ["flag"]
     assert "cut lines 2-4" in result.verdicts["detail"][0]
+
+
+def test_an_item_copied_into_many_documents_is_still_caught():
+    """A benchmark item vendored into many repositories is frequent, but it is a leak, not boilerplate."""
+    import polars as _pl
+
+    from curation_platform.ops.decontaminate import (
+        DecontaminationConfig as _Cfg, benchmark_ngram_index as _index, decontaminate as _decon, overlap_count as _ov,
+    )
+
+    item = ("def rolling_median(values, window): compute the median of every window of the given size over the "
+            "values and return them as a list in order of their last element")
+    bench = _pl.DataFrame({"benchmark": ["mybench"], "item_id": ["mybench/0"], "text": [item]})
+    cfg = _Cfg(benchmarks=[])
+    index = _index(bench, cfg)
+    copies = [f"# vendored helper number {i}\n{item}\nprint({i})" for i in range(11)]
+    clean = [f"an unrelated note number {i} about gardening and weather in the spring" for i in range(100)]
+    docs = _pl.DataFrame({"doc_id": [f"d{i}" for i in range(111)], "text": copies + clean, "kind": ["code"] * 111})
+    result = _decon(docs, index, cfg)
+    dropped = set(result.verdicts.filter(_pl.col("verdict") == "drop")["doc_id"])
+    assert dropped == {f"d{i}" for i in range(11)}
+    assert (_ov(docs["text"], index, cfg)[:11] > 0).all()

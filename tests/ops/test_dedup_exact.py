@@ -174,7 +174,8 @@ def test_config_forbids_unknown_fields_and_repeated_keys():
     ("spdx", "rank"),
     [("CC0-1.0", 0), ("CC-PDDC", 0), ("Unlicense", 0), ("MIT", 1), ("Apache-2.0", 1), ("BSD-3-Clause", 1),
      ("0BSD", 1), ("MIT OR Apache-2.0", 1), ("CC-BY-4.0", 2), ("ODC-By-1.0", 2), ("CC-BY-SA-4.0", 3),
-     ("CC-BY-NC-4.0", 4), ("CC-BY-NC-SA-4.0", 4), ("CC-BY-ND-4.0", 4), ("GPL-3.0-only", 4), (None, 4)],
+     ("CC-BY-NC-4.0", 4), ("CC-BY-NC-SA-4.0", 4), ("CC-BY-ND-4.0", 4), ("GPL-3.0-only", 4), (None, 4),
+     ("GPL-3.0-only AND MIT", 4), ("LicenseRef-proprietary AND Apache-2.0", 4), ("MPL-2.0", 4), ("LGPL-2.1-only", 4)],
 )
 def test_license_rank(spdx, rank):
     frame = pl.DataFrame({"license": [spdx]}, schema={"license": pl.String})

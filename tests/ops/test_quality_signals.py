@@ -425,3 +425,15 @@ def test_matches_reference_definitions(parts):
             assert value is None, name
         else:
             assert value is not None and math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-12), name
+
+
+def test_text_chars_is_kept_for_code_and_chat_documents():
+    import polars as _pl
+
+    from curation_platform.ops.quality_signals import quality_signals as _qs
+
+    docs = _pl.DataFrame({
+        "doc_id": ["c", "w"], "kind": ["code", "web"], "text": ["x = 1\n", "Hello there."], "drop": ["d", "d"],
+        "messages": [None, None],
+    }, schema_overrides={"messages": _pl.List(_pl.Struct({"role": _pl.String, "content": _pl.String}))})
+    assert _qs(docs).kept["text_chars"].to_list() == [6, 12]

@@ -25,3 +25,16 @@ def test_features_apply_to_their_kinds_and_min_score_drops():
     dropped = result.verdicts.row(0, named=True)
     assert dropped["doc_id"] == "c2" and dropped["rule"] == "score.min_quality"
     assert abs(dropped["value"] - 0.1) < 1e-9
+
+
+def test_nan_signals_are_missing_not_perfect_and_degenerate_features_are_refused():
+    import pytest
+
+    cfg = ScoreConfig(features=[ScoreFeature(signal="word_count", bad=50, good=500),
+                                ScoreFeature(signal="language_score", bad=0.5, good=1.0)], min_score=0.9)
+    docs = pl.DataFrame({"doc_id": ["a"], "kind": ["web"], "word_count": [float("nan")], "language_score": [0.6]})
+    result = score_documents(docs, cfg)
+    # The NaN feature is left out: the score is the language feature alone, 0.2, under the 0.9 minimum.
+    assert result.kept.is_empty() and abs(result.verdicts["value"][0] - 0.2) < 1e-9
+    with pytest.raises(ValueError, match="bad and good must differ"):
+        ScoreFeature(signal="x", bad=1, good=1)
