@@ -11,7 +11,7 @@ from curation_platform.audit import release_gate
 from curation_platform.ledger import all_stage_counts, rule_counts
 from curation_platform.ops.decontaminate import overlap_count
 from curation_platform.ops.pii import scan_pii
-from curation_platform.pipeline import FINAL_STAGE, STAGES, benchmark_index
+from curation_platform.pipeline import FINAL_STAGE, STAGES, benchmark_index, drop_state
 from curation_platform.release import publish_release, stage_release
 from curation_platform.versioning import version_release
 
@@ -27,7 +27,12 @@ def release_candidate(context: dg.AssetExecutionContext, curation: CurationResou
     ws, cfg = curation.ws(), curation.cfg()
     rules = rule_counts(ws)
     contamination = {r["rule"].split(".", 1)[1]: r["documents"] for r in rules if r["stage"] == "decontaminated"}
-    staged = stage_release(ws, cfg, FINAL_STAGE, all_stage_counts(ws, STAGES), rules, contamination)
+    # Only drops whose every stage ran with this configuration; interrupted or failed ones wait.
+    current = [d.name for d in ws.drops() if drop_state(ws, cfg, d.name) == "current"]
+    for drop in ws.drops():
+        if drop.name not in current:
+            context.log.warning(f"drop {drop.name} is not fully curated; it is left out of this release")
+    staged = stage_release(ws, cfg, FINAL_STAGE, current, all_stage_counts(ws, STAGES), rules, contamination)
     notify("release_candidate", cfg.release.name, staged)
     return dg.MaterializeResult(
         metadata={

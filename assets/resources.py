@@ -6,7 +6,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from curation_platform.config import CurationConfig, load_config
+from pydantic import ValidationError
+
+from curation_platform.config import CurationConfig, describe_validation_error, load_config
+from curation_platform.errors import ConfigError
 from curation_platform.ops.decontaminate import BenchmarkSpec
 from curation_platform.workspace import Workspace
 
@@ -26,15 +29,17 @@ class CurationResource(dg.ConfigurableResource):
         return Workspace(self.workspace)
 
     def cfg(self) -> CurationConfig:
+        """curation.yaml with this run's overrides, validated like the file itself."""
         cfg = load_config(self.config_path if Path(self.config_path).exists() else None)
-        release = cfg.release.model_copy(
-            update={k: v for k, v in {"name": self.release_name, "profile": self.profile}.items() if v}
-        )
-        decon = cfg.decontamination
-        if self.benchmarks:
-            extra = [parse_benchmark_option(b) for b in self.benchmarks]
-            decon = decon.model_copy(update={"benchmarks": [*decon.benchmarks, *extra]})
-        return cfg.model_copy(update={"release": release, "decontamination": decon})
+        data = cfg.model_dump(mode="json")
+        data["release"].update({k: v for k, v in {"name": self.release_name, "profile": self.profile}.items() if v})
+        data["decontamination"]["benchmarks"] += [
+            parse_benchmark_option(b).model_dump(mode="json") for b in self.benchmarks
+        ]
+        try:
+            return CurationConfig.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid run options: {describe_validation_error(exc)}") from None
 
 
 def parse_benchmark_option(option: str) -> BenchmarkSpec:

@@ -26,7 +26,8 @@ def landing_sensor(context: dg.SensorEvaluationContext, curation: CurationResour
     known = set(context.instance.get_dynamic_partitions(drops.name))
     ws = curation.ws()
     # A drop whose files changed after it was curated is curated again (same partition, new run key).
-    changed = [item for item in scan.ready if item[0] in ws.changed_drops(scan.ready)]
+    changed_names = set(ws.changed_drops(scan.ready))
+    changed = [item for item in scan.ready if item[0] in changed_names]
     new = [(name, path, fp) for name, path, fp in scan.ready if name not in known]
     if not new and not changed:
         return dg.SensorResult(skip_reason=dg.SkipReason(

@@ -85,7 +85,9 @@ def release_gate(cfg: CurationConfig, staging_dir, residual: pl.DataFrame) -> li
         license_allowed(shards["license"], profile).cast(pl.Int8).alias("license_allowed")
     )
     return [
-        validate("release.identity", shards, identity_expectations(ID_COLUMNS)),
+        # An empty candidate would replace the previous release with nothing.
+        validate("release.identity", shards, [gx.expectations.ExpectTableRowCountToBeBetween(min_value=1),
+                                              *identity_expectations(ID_COLUMNS)]),
         validate("release.license_policy", allowed,
                  [gx.expectations.ExpectColumnValuesToBeInSet(column="license_allowed", value_set=[1])]),
         validate("release.residual", residual, [max_value_expectation(c, 0) for c in residual.columns if c != "doc_id"]),

@@ -89,19 +89,10 @@ def _failures(result) -> list[str]:
 
 
 def _stale_drops(ws, cfg, names: list[str]) -> list[str]:
-    """Drops whose final stage is missing or was built with another configuration or other files."""
-    from curation_platform.pipeline import FINAL_STAGE
+    """Drops that are not current: never curated, interrupted, or curated with another configuration."""
+    from curation_platform.pipeline import drop_state
 
-    stale = []
-    for name in names:
-        path = ws.ledger_path(FINAL_STAGE, name)
-        if not path.exists():
-            stale.append(name)
-            continue
-        hashes = pl.read_parquet(path, columns=["config_hash"])["config_hash"].unique().to_list()
-        if hashes != [cfg.drop_stages_hash]:
-            stale.append(name)
-    return stale
+    return [name for name in names if drop_state(ws, cfg, name) != "current"]
 
 
 @app.command()
@@ -135,10 +126,14 @@ def run(
     changed = ws.changed_drops(scan.ready)
     ws.register_drops(scan.ready)
     registered = [d.name for d in ws.drops()]
+    gone = [d.name for d in ws.drops() if not Path(d.path).is_dir()]
+    for name in gone:
+        typer.secho(f"drop {name}: its folder is gone from the landing area; not curating it again "
+                    f"(`curate takedown {name}` removes its documents from releases)", fg=typer.colors.YELLOW, err=True)
     instance = dagster_instance(ws.root)
     known = set(instance.get_dynamic_partitions(drops.name))
     instance.add_dynamic_partitions(drops.name, [n for n in registered if n not in known])
-    todo = sorted(set(_stale_drops(ws, cfg, registered)) | set(changed), key=registered.index)
+    todo = sorted((set(_stale_drops(ws, cfg, registered)) | set(changed)) - set(gone), key=registered.index)
     typer.echo(f"workspace {ws.root}: {len(registered)} drop(s) registered, {len(todo)} to curate")
     defs = build_definitions(resource)
     # Our own progress lines and failure summary replace Dagster's console log (and its stack traces).
@@ -162,9 +157,9 @@ def run(
         _fail(f"{len(problems)} failure(s), {len(scan.rejected)} rejected drop(s); downstream stages did not run")
 
 
-def _summary_frame(ws) -> pl.DataFrame:
+def _summary_frame(ws, cfg) -> pl.DataFrame:
     from curation_platform.ledger import stage_counts
-    from curation_platform.pipeline import FINAL_STAGE, STAGES
+    from curation_platform.pipeline import FINAL_STAGE, STAGES, drop_state
 
     rows = []
     for drop in ws.drops():
@@ -179,13 +174,14 @@ def _summary_frame(ws) -> pl.DataFrame:
             "kept": int(final["kept"][0]) if final.height else 0,
             "dropped": int(counts["dropped"].sum()),
             "quarantined": int(counts["quarantined"].sum()),
-            "status": "curated" if final.height else f"stopped after {counts['stage'][-1]}",
+            "status": {"current": "curated", "new": "not run"}.get(
+                drop_state(ws, cfg, drop.name), f"incomplete (last ran: {counts['stage'][-1]})"),
         })
     return pl.DataFrame(rows)
 
 
 def _print_summary(ws, cfg) -> None:
-    frame = _summary_frame(ws)
+    frame = _summary_frame(ws, cfg)
     if frame.is_empty():
         typer.echo("no drops registered")
         return
@@ -252,6 +248,8 @@ def ledger_export(
     ws = Workspace(workspace)
     cfg = _config(config)
     name = release or cfg.release.name
+    if release is not None and not ws.release_dir(release).exists():
+        _fail(f"release '{release}' does not exist in {ws.root / 'releases'}")
     frame = read_ledger(ws, release=name) if verdicts else record_table(ws, name)
     export_parquet(frame, out)
     typer.echo(f"wrote {frame.height} rows to {out}")
@@ -339,6 +337,9 @@ def main() -> None:
         app()
     except CurationError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    except OSError as exc:  # a path the user gave cannot be read or written
+        typer.secho(f"error: {exc.strerror or exc}: {exc.filename or ''}", fg=typer.colors.RED, err=True)
         sys.exit(1)
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from curation_platform.errors import ConfigError
+from curation_platform.errors import ConfigError, CurationError
 from curation_platform.licenses import LicensePolicy
 from curation_platform.ops.decontaminate import DecontaminationConfig
 from curation_platform.ops.dedup_exact import ExactDedupConfig
@@ -22,6 +22,7 @@ from curation_platform.ops.pii import PiiConfig
 from curation_platform.ops.quality_signals import SignalsConfig
 from curation_platform.ops.score import ScoreConfig
 from curation_platform.readers import IngestConfig
+from curation_platform.workspace import check_name
 
 
 class _Strict(BaseModel):
@@ -49,14 +50,22 @@ class GatesConfig(_Strict):
 class ReleaseConfig(_Strict):
     """What goes into a release and how it is cut into shards."""
 
-    name: str = "latest"
+    name: str = "latest"  # a folder name under releases/: letters, digits, '.', '_', '-'
     profile: str = "commercial"
     # Upper bound on tokens in the release (None = everything that passes). Selection is by quality score.
     token_budget: int | None = None
     # Mixture weights by document kind; documents are taken so each kind's token share approaches its weight.
     mixture: dict[str, float] | None = None
-    shard_max_docs: int = 50_000
+    shard_max_docs: int = Field(default=50_000, ge=1)
     tokenizer: str = "pkg://curation_platform/resources/gpt2_tokenizer.json"
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        try:
+            return check_name("release", name)
+        except CurationError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class VersioningConfig(_Strict):
@@ -116,9 +125,10 @@ def load_config(path: str | Path | None) -> CurationConfig:
     try:
         return CurationConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{path}: invalid configuration: {problems}") from None
+        raise ConfigError(f"{path}: invalid configuration: {describe_validation_error(exc)}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curation_platform.errors import ManifestError
+from curation_platform.errors import CurationError, ManifestError
 from curation_platform.manifest import drop_is_ready, load_manifest, manifest_fingerprint
+from curation_platform.workspace import check_name
 
 
 @dataclass
@@ -26,8 +27,9 @@ def scan_landing(landing: Path, settle_seconds: float) -> LandingScan:
             scan.waiting.append(folder.name)  # still being copied: no manifest yet
             continue
         try:
+            check_name("drop", folder.name)
             load_manifest(folder)
-        except ManifestError as exc:
+        except (ManifestError, CurationError) as exc:
             scan.rejected.append((folder.name, str(exc)))
             continue
         if drop_is_ready(folder, settle_seconds):

@@ -27,7 +27,7 @@ from curation_platform.ops.quality_signals import quality_signals
 from curation_platform.ops.score import score_documents
 from curation_platform.readers import read_drop
 from curation_platform.records import QUARANTINE, StageResult, verdict_frame
-from curation_platform.workspace import Workspace, write_parquet_atomic
+from curation_platform.workspace import Workspace, file_lock, write_parquet_atomic
 
 # Scoring runs before dedup so the dedup keep rule ("earliest drop, then higher quality") can use the score.
 STAGES: list[str] = [
@@ -118,10 +118,12 @@ def _dedup(
     order = ws.drop(drop).order
     index = ws.read_index(index_name, before_order=order, schema=schema)
     result, entries = fn(_with_drop_order(docs, order), index, stage_cfg)
-    if ws.takedowns_path.exists():  # taken-down documents never re-enter the index
-        entries = entries.join(pl.read_parquet(ws.takedowns_path, columns=["doc_id"]), on="doc_id", how="anti")
-    # Re-materializing a drop replaces its own entries (idempotent); later drops read them by order.
-    write_parquet_atomic(entries, ws.index_path(index_name, drop))
+    # Under the registry lock, so a takedown running now cannot be undone by this write.
+    with file_lock(ws.root / "registry" / ".lock"):
+        if ws.takedowns_path.exists():  # taken-down documents never re-enter the index
+            entries = entries.join(pl.read_parquet(ws.takedowns_path, columns=["doc_id"]), on="doc_id", how="anti")
+        # Re-materializing a drop replaces its own entries (idempotent); later drops read them by order.
+        write_parquet_atomic(entries, ws.index_path(index_name, drop))
     return result
 
 
@@ -180,6 +182,24 @@ def run_stage(ws: Workspace, cfg: CurationConfig, stage: str, drop: str, run_id:
         metrics=json.loads(json.dumps(result.metrics, default=str)),
         preview=kept.head(5),
     )
+
+
+def drop_state(ws: Workspace, cfg: CurationConfig, drop: str) -> str:
+    """``current`` when every stage of the drop ran, in order, with this configuration; ``new`` when none ran;
+    ``stale`` otherwise (a stage is missing, ran with another configuration, or is older than a stage before it,
+    as after a re-ingest whose gate failed). Only current drops go into a release."""
+    paths = [ws.ledger_path(stage, drop) for stage in STAGES]
+    present = [p.exists() for p in paths]
+    if not any(present):
+        return "new"
+    if not all(present):
+        return "stale"
+    mtimes = [p.stat().st_mtime_ns for p in paths]
+    if any(later < earlier for earlier, later in zip(mtimes, mtimes[1:])):
+        return "stale"
+    # An empty ledger (every document already removed upstream) carries no hash and does not count.
+    hashes = set(pl.concat([pl.read_parquet(p, columns=["config_hash"]) for p in paths])["config_hash"].unique())
+    return "current" if hashes <= {cfg.drop_stages_hash} else "stale"
 
 
 def run_drop(ws: Workspace, cfg: CurationConfig, drop: str, run_id: str = "local") -> list[StageSummary]:

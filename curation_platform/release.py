@@ -52,12 +52,12 @@ def count_tokens(texts: pl.Series, tokenizer_path: str) -> pl.Series:
     return pl.Series("token_count", [len(e.ids) for e in encodings], dtype=pl.Int64)
 
 
-def curated_documents(ws: Workspace, final_stage: str) -> pl.DataFrame:
-    """Every curated document of every registered drop, in drop order, minus takedowns."""
+def curated_documents(ws: Workspace, final_stage: str, drops: list[str]) -> pl.DataFrame:
+    """Every curated document of the given (current) drops, in drop order, minus takedowns."""
     frames = [
         pl.read_parquet(ws.stage_path(final_stage, d.name)).with_columns(pl.lit(d.order, dtype=pl.Int64).alias("drop_order"))
         for d in ws.drops()
-        if ws.stage_path(final_stage, d.name).exists()
+        if d.name in drops
     ]
     if not frames:
         return pl.DataFrame()
@@ -199,6 +199,9 @@ def card_markdown(card: dict[str, Any]) -> str:
     for l in card["licenses"]:
         lines.append(f"| {l['license']} | {l.get('category', '')} | {l['documents']} | {l['tokens']} | "
                      f"{'required' if l.get('attribution_required') else 'no'} |")
+    if card.get("excluded_drops"):
+        lines += ["", "## Drops left out", "", "Not fully curated with this configuration when the release was built: "
+                  + ", ".join(card["excluded_drops"])]
     if card["generators"]:
         lines += ["", "## Synthetic data generators", ""]
         lines += [f"- {g.get('model')} (terms: {g.get('terms')})" for g in card["generators"]]
@@ -216,11 +219,13 @@ def card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, stage_counts: list[dict[str, Any]],
-                  rules: list[dict[str, Any]], contamination: dict[str, int]) -> StagedRelease:
-    """Write the candidate release to the staging area (write step of write-audit-publish)."""
+def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: list[str],
+                  stage_counts: list[dict[str, Any]], rules: list[dict[str, Any]],
+                  contamination: dict[str, int]) -> StagedRelease:
+    """Write the candidate release from the current ``drops`` to the staging area (write step of
+    write-audit-publish). Registered drops left out (not current) are listed in the card."""
     name = cfg.release.name
-    docs = curated_documents(ws, final_stage)
+    docs = curated_documents(ws, final_stage, drops)
     if docs.is_empty():
         from curation_platform.errors import CurationError
         raise CurationError("no curated documents to release: land a drop and run `curate run` first")
@@ -235,8 +240,10 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, stage_co
     shard_of = pl.concat(
         [pl.read_parquet(p, columns=["doc_id"]).with_columns(pl.lit(p.name).alias("release_shard")) for p in shards]
     )
+    excluded = [d.name for d in ws.drops() if d.name not in drops]
     card = build_card(name, cfg, selected, stage_counts, result.verdicts,
-                      {"rules": rules, "contamination": contamination, "shards": [p.name for p in shards]})
+                      {"rules": rules, "contamination": contamination, "shards": [p.name for p in shards],
+                       "excluded_drops": excluded})
     write_text_atomic(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n", staging / "data_card.json")
     write_text_atomic(card_markdown(card), staging / "data_card.md")
     write_parquet_atomic(shard_of, staging / "shard_index.parquet")
@@ -253,10 +260,16 @@ def publish_release(ws: Workspace, name: str, run_id: str, config_hash: str) -> 
     if not staging.exists():
         from curation_platform.errors import CurationError
         raise CurationError(f"release '{name}' has no staged candidate at {staging}")
-    if target.exists():
-        shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # Swap, then delete: the previous release stays whole until the new one is in place.
+    previous = target.with_name(f".{name}.previous")
+    if previous.exists():
+        shutil.rmtree(previous)
+    if target.exists():
+        target.rename(previous)
     staging.rename(target)
+    if previous.exists():
+        shutil.rmtree(previous)
     verdicts = pl.read_parquet(target / "release_verdicts.parquet")
     ledger = verdicts.with_columns(
         pl.lit("release").alias("stage"), pl.lit(run_id).alias("run_id"), pl.lit(config_hash).alias("config_hash")

@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -63,6 +64,20 @@ def write_text_atomic(text: str, path: Path) -> Path:
         handle.write(text)
     os.replace(tmp, path)
     return path
+
+
+# Drop and release names become file names and glob patterns: keep them to a safe, portable alphabet.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_name(kind: str, name: str) -> str:
+    """``name`` if it is a safe drop or release name, else a CurationError saying what is allowed."""
+    if not SAFE_NAME.match(name) or name.startswith(".") or ".." in name:
+        raise CurationError(
+            f"{kind} name {name!r} is not allowed: use letters, digits, '.', '_' and '-', starting with a letter or "
+            "digit (it becomes a folder and file name)"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -156,6 +171,12 @@ class Workspace:
             entries = self.drops()
             for entry in entries:
                 if entry.name == name:
+                    if entry.path != str(Path(path).resolve()):
+                        # The landing area moved: read the drop where it is now, keep its place in the order.
+                        moved = replace(entry, path=str(Path(path).resolve()))
+                        payload = [asdict(moved if e.name == name else e) for e in entries]
+                        write_text_atomic(json.dumps(payload, indent=2), self._registry_path)
+                        return moved
                     return entry
             entry = DropEntry(
                 name=name,

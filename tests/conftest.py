@@ -28,7 +28,15 @@ def run_cli(*args: str, cwd: Path | None = None):
     if cwd is not None:
         os.chdir(cwd)
     try:
-        result = runner.invoke(app, list(args), catch_exceptions=False)
+        result = runner.invoke(app, list(args), catch_exceptions=True)
     finally:
         os.chdir(old)
+    # `curate` (curation_platform.cli:main) turns CurationError and OSError into "error: ..." and exit 1;
+    # anything else is a bug and fails the test with its traceback.
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        from curation_platform.errors import CurationError
+
+        if not isinstance(result.exception, (CurationError, OSError)):
+            raise result.exception
+        return 1, result.output + f"error: {result.exception}\n"
     return result.exit_code, result.output

@@ -140,3 +140,60 @@ def test_a_drop_whose_files_change_is_curated_again(tmp_path):
     code, output = run_cli("run", *args)
     assert code == 0 and "1 to curate" in output
     assert pl.read_parquet(tmp_path / "data" / "stages" / "raw_documents" / "2026-01-web.parquet").height == 6
+
+
+def test_unsafe_release_and_drop_names_are_refused(tmp_path):
+    write_corpus_drop(tmp_path / "landing", "2026-01-web", _clean(4, 8), source="web")
+    write_corpus_drop(tmp_path / "landing", "c[1]", _clean(3, 9), source="odd")
+    args = ["--landing", str(tmp_path / "landing"), "--workspace", str(tmp_path / "data"), "--config", CONFIG]
+    code, output = run_cli("run", *args, "--release", "..")
+    assert code == 1 and "release name '..' is not allowed" in output
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.parquet"))
+    code, output = run_cli("run", *args)
+    assert code == 1 and "drop name 'c[1]' is not allowed" in output  # rejected, the good drop still runs
+    assert (tmp_path / "data" / "releases" / "latest" / "data_card.json").exists()
+
+
+def test_a_changed_drop_that_fails_its_gate_stays_out_of_releases(tmp_path):
+    landing = tmp_path / "landing"
+    write_corpus_drop(landing, "2026-01-good", _clean(6, 10), source="good", license="MIT")
+    bad = write_corpus_drop(landing, "2026-02-turns-bad", _clean(4, 11), source="later", license="MIT")
+    args = ["--landing", str(landing), "--workspace", str(tmp_path / "data"), "--config", CONFIG]
+    assert run_cli("run", *args)[0] == 0
+    card = tmp_path / "data" / "releases" / "latest" / "data_card.json"
+    assert json.loads(card.read_text())["documents"] == 10
+    # New files with an unknown license: every record is quarantined and the raw_documents gate fails.
+    manifest = (bad / "manifest.yaml").read_text().replace("license: MIT", "license: Proprietary - ask legal")
+    (bad / "manifest.yaml").write_text(manifest)
+    for attempt in range(2):
+        code, output = run_cli("run", *args)
+        assert code == 1 and "1 to curate" in output and "gate raw_documents" in output
+        assert json.loads(card.read_text())["documents"] == 10  # the old release stands, not rebuilt
+    # Removing the broken drop from the landing area lets the release go on without it.
+    import shutil
+
+    shutil.rmtree(bad)
+    code, output = run_cli("run", *args)
+    assert code == 0, output
+    released = json.loads(card.read_text())
+    assert released["documents"] == 6 and released["excluded_drops"] == ["2026-02-turns-bad"]
+
+
+def test_an_empty_release_is_not_published(tmp_path):
+    write_corpus_drop(tmp_path / "landing", "2026-01-nc", _clean(4, 12), source="nc", license="CC-BY-NC-4.0")
+    code, output = run_cli("run", "--landing", str(tmp_path / "landing"), "--workspace", str(tmp_path / "data"),
+                           "--config", CONFIG)
+    assert code == 1 and "release_candidate" in output and "expect_table_row_count_to_be_between" in output
+    assert not (tmp_path / "data" / "releases" / "latest").exists()
+
+
+def test_a_moved_landing_area_is_read_from_its_new_place(tmp_path):
+    write_corpus_drop(tmp_path / "landing", "2026-01-web", _clean(4, 13), source="web")
+    args = ["--workspace", str(tmp_path / "data"), "--config", CONFIG, "--no-release"]
+    assert run_cli("run", "--landing", str(tmp_path / "landing"), *args)[0] == 0
+    (tmp_path / "landing").rename(tmp_path / "moved")
+    with open(tmp_path / "moved" / "2026-01-web" / "data.jsonl", "a") as handle:
+        handle.write(_clean(5, 13).tail(1).with_columns(pl.lit("new").alias("id")).select("id", "text").write_ndjson())
+    code, output = run_cli("run", "--landing", str(tmp_path / "moved"), *args)
+    assert code == 0 and "1 to curate" in output, output
+    assert pl.read_parquet(tmp_path / "data" / "stages" / "raw_documents" / "2026-01-web.parquet").height == 5
