@@ -68,7 +68,7 @@ def _residual(stage: str, curation: CurationResource, drop: str) -> pl.DataFrame
     if stage == "pii_redacted":
         docs = pl.read_parquet(ws.stage_path(stage, drop), columns=["doc_id", "text"])
         counts = scan_pii(docs["text"], cfg.pii)
-        return pl.DataFrame({"doc_id": docs["doc_id"], "residual_pii": counts.select(pl.sum_horizontal(pl.all())).to_series()})
+        return pl.DataFrame({"doc_id": docs["doc_id"], "residual_pii": counts["total"]})
     if stage == "decontaminated":
         docs = pl.read_parquet(ws.stage_path(stage, drop), columns=["doc_id", "text"])
         overlap = overlap_count(docs["text"], benchmark_index(cfg), cfg.decontamination)

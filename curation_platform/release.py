@@ -52,13 +52,38 @@ def count_tokens(texts: pl.Series, tokenizer_path: str) -> pl.Series:
     return pl.Series("token_count", [len(e.ids) for e in encodings], dtype=pl.Int64)
 
 
-def curated_documents(ws: Workspace, final_stage: str, drops: list[str]) -> pl.DataFrame:
-    """Every curated document of the given (current) drops, in drop order, minus takedowns."""
-    frames = [
-        pl.read_parquet(ws.stage_path(final_stage, d.name)).with_columns(pl.lit(d.order, dtype=pl.Int64).alias("drop_order"))
-        for d in ws.drops()
-        if d.name in drops
-    ]
+# What selection needs to know about every curated document: no text, so a release of many drops fits in memory.
+META_COLUMNS = ["doc_id", "drop", "source", "license", "kind", "language", "quality_score", "provenance"]
+
+
+def _token_counts(ws: Workspace, final_stage: str, drop: str, tokenizer: str) -> pl.DataFrame:
+    """(doc_id, token_count) of a drop's curated documents, cached until the drop is curated again or the
+    tokenizer changes."""
+    cache, source = ws.cache_path("tokens", drop), ws.stage_path(final_stage, drop)
+    if cache.exists() and cache.stat().st_mtime_ns >= source.stat().st_mtime_ns:
+        cached = pl.read_parquet(cache)
+        if cached.height == 0 or cached["tokenizer"][0] == tokenizer:
+            return cached.drop("tokenizer")
+    texts = pl.read_parquet(source, columns=["doc_id", "text"])
+    counts = texts.select("doc_id", count_tokens(texts["text"], tokenizer), pl.lit(tokenizer).alias("tokenizer"))
+    write_parquet_atomic(counts, cache)
+    return counts.drop("tokenizer")
+
+
+def curated_metadata(ws: Workspace, final_stage: str, drops: list[str], tokenizer: str) -> pl.DataFrame:
+    """Selection columns and token counts of every curated document of the given (current) drops, in drop order,
+    minus takedowns. Reads no text beyond counting tokens once per drop."""
+    frames = []
+    for entry in ws.drops():
+        if entry.name not in drops:
+            continue
+        path = ws.stage_path(final_stage, entry.name)
+        columns = [c for c in META_COLUMNS if c in pl.read_parquet_schema(path)]
+        frames.append(
+            pl.read_parquet(path, columns=columns)
+            .join(_token_counts(ws, final_stage, entry.name, tokenizer), on="doc_id", how="left")
+            .with_columns(pl.lit(entry.order, dtype=pl.Int64).alias("drop_order"))
+        )
     if not frames:
         return pl.DataFrame()
     docs = pl.concat(frames, how="diagonal_relaxed")
@@ -98,8 +123,10 @@ def _budget_verdicts(docs: pl.DataFrame, cfg: ReleaseConfig) -> pl.DataFrame:
 
 
 def select_release(docs: pl.DataFrame, cfg: CurationConfig) -> StageResult:
-    """License policy for the release profile, then the token budget and mixture. Adds ``token_count``."""
-    docs = docs.with_columns(count_tokens(docs["text"], cfg.release.tokenizer))
+    """License policy for the release profile, then the token budget and mixture. Counts tokens when ``docs``
+    has no ``token_count`` yet."""
+    if "token_count" not in docs.columns:
+        docs = docs.with_columns(count_tokens(docs["text"], cfg.release.tokenizer))
     licensed = release_license_verdicts(docs, cfg.licenses, cfg.release.profile)
     budget = _budget_verdicts(licensed.kept, cfg.release)
     verdicts = pl.concat([licensed.verdicts, budget])
@@ -109,11 +136,31 @@ def select_release(docs: pl.DataFrame, cfg: CurationConfig) -> StageResult:
 
 
 def shard_documents(docs: pl.DataFrame, cfg: ReleaseConfig) -> list[pl.DataFrame]:
-    """Deterministic order (a seeded hash of doc_id: a fixed shuffle), then fixed-size shards."""
+    """Deterministic order (a hash of doc_id: a fixed shuffle), then shards of at most ``shard_max_docs``."""
     ordered = docs.with_columns(xxh128_hex(docs["doc_id"]).alias("_order")).sort("_order").drop("_order")
     columns = [c for c in SHARD_COLUMNS if c in ordered.columns]
     ordered = ordered.select(columns)
     return [ordered.slice(i, cfg.shard_max_docs) for i in range(0, max(ordered.height, 1), cfg.shard_max_docs)]
+
+
+def _write_shards(ws: Workspace, final_stage: str, selected: pl.DataFrame, cfg: ReleaseConfig,
+                  staging: Path) -> list[Path]:
+    """Shards drop by drop, in drop order: only one drop's documents are in memory at a time. Shards are numbered
+    across the release; a shard holds documents of one drop."""
+    keep = selected.select("doc_id", "token_count")
+    paths: list[Path] = []
+    for drop in selected.select("drop", "drop_order").unique().sort("drop_order")["drop"]:
+        path = ws.stage_path(final_stage, drop)
+        columns = [c for c in SHARD_COLUMNS if c in pl.read_parquet_schema(path) and c != "token_count"]
+        docs = pl.read_parquet(path, columns=columns).join(keep, on="doc_id", how="inner")
+        for shard in shard_documents(docs, cfg):
+            if shard.height:
+                paths.append(write_parquet_atomic(shard, staging / "shards" / f"shard-{len(paths):05d}.parquet"))
+    if not paths:  # an empty selection still gets one (empty) shard, which the release gate refuses
+        empty = pl.DataFrame(schema={c: (pl.Int64 if c == "token_count" else pl.String) for c in SHARD_COLUMNS
+                                     if c not in ("messages", "quality_score")})
+        paths.append(write_parquet_atomic(empty, staging / "shards" / "shard-00000.parquet"))
+    return paths
 
 
 @dataclass
@@ -225,7 +272,7 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
     """Write the candidate release from the current ``drops`` to the staging area (write step of
     write-audit-publish). Registered drops left out (not current) are listed in the card."""
     name = cfg.release.name
-    docs = curated_documents(ws, final_stage, drops)
+    docs = curated_metadata(ws, final_stage, drops, cfg.release.tokenizer)
     if docs.is_empty():
         from curation_platform.errors import CurationError
         raise CurationError("no curated documents to release: land a drop and run `curate run` first")
@@ -234,9 +281,7 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
     staging = ws.staging_dir(name)
     if staging.exists():
         shutil.rmtree(staging)
-    shards = []
-    for i, shard in enumerate(shard_documents(selected, cfg.release)):
-        shards.append(write_parquet_atomic(shard, staging / "shards" / f"shard-{i:05d}.parquet"))
+    shards = _write_shards(ws, final_stage, selected, cfg.release, staging)
     shard_of = pl.concat(
         [pl.read_parquet(p, columns=["doc_id"]).with_columns(pl.lit(p.name).alias("release_shard")) for p in shards]
     )
@@ -248,8 +293,8 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
     write_text_atomic(card_markdown(card), staging / "data_card.md")
     write_parquet_atomic(shard_of, staging / "shard_index.parquet")
     # The release's own verdicts (license policy, budget), with each document's drop, for the ledger.
-    drops = docs.select("doc_id", "drop")
-    write_parquet_atomic(result.verdicts.join(drops, on="doc_id", how="left"), staging / "release_verdicts.parquet")
+    doc_drops = docs.select("doc_id", "drop")
+    write_parquet_atomic(result.verdicts.join(doc_drops, on="doc_id", how="left"), staging / "release_verdicts.parquet")
     return StagedRelease(name=name, directory=staging, shards=shards, selected=selected,
                          verdicts=result.verdicts, card=card)
 

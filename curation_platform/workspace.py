@@ -7,6 +7,7 @@ Layout under the workspace directory::
     ledger/<stage>/<drop>.parquet     every verdict of that stage on that drop
     quarantine/<drop>.parquet         records that could not be read, with file, line and reason
     index/<name>/<drop>.parquet       persistent dedup indexes, one file set per drop
+    cache/tokens/<drop>.parquet       token counts of curated documents, rebuilt when stale
     takedowns.parquet                 documents removed from every future release
     releases/<name>/                  published releases (shards, data card), versioned by DVC
     releases/.staging/<name>/         write-audit-publish staging area
@@ -107,6 +108,10 @@ class Workspace:
 
     def index_path(self, index: str, drop: str) -> Path:
         return self.root / "index" / index / f"{drop}.parquet"
+
+    def cache_path(self, kind: str, drop: str) -> Path:
+        """Derived per-drop data that can be rebuilt at any time (token counts)."""
+        return self.root / "cache" / kind / f"{drop}.parquet"
 
     def release_ledger_path(self, release: str) -> Path:
         return self.root / "ledger" / "release" / f"{release}.parquet"

@@ -49,3 +49,27 @@ def test_shards_are_deterministic_and_sized():
     second = shard_documents(docs.reverse(), cfg)
     assert [s.height for s in first] == [4, 2]
     assert all(a.equals(b) for a, b in zip(first, second))
+
+
+def test_token_counts_are_cached_per_drop_and_refreshed_when_the_drop_changes(tmp_path):
+    import os
+
+    from curation_platform.release import curated_metadata
+    from curation_platform.workspace import Workspace, write_parquet_atomic
+
+    ws = Workspace(tmp_path)
+    ws.register_drop("d1", tmp_path)
+    stage = ws.stage_path("decontaminated", "d1")
+    write_parquet_atomic(_docs().with_columns(pl.lit("d1").alias("drop"), pl.lit("s").alias("source"),
+                                              pl.lit("en").alias("language")), stage)
+    tokenizer = _cfg().release.tokenizer
+    meta = curated_metadata(ws, "decontaminated", ["d1"], tokenizer)
+    assert "text" not in meta.columns and meta["token_count"].to_list() == [40, 40, 40, 20, 20, 40]
+    cache = ws.cache_path("tokens", "d1")
+    assert cache.exists()
+    # A re-curated drop (newer stage file) gets fresh counts.
+    write_parquet_atomic(_docs().head(2).with_columns(pl.lit("d1").alias("drop"), pl.lit("s").alias("source"),
+                                                      pl.lit("en").alias("language"), pl.lit("a b").alias("text")),
+                         stage)
+    os.utime(stage, ns=(cache.stat().st_mtime_ns + 1, cache.stat().st_mtime_ns + 1))
+    assert curated_metadata(ws, "decontaminated", ["d1"], tokenizer)["token_count"].to_list() == [2, 2]
