@@ -1,7 +1,6 @@
 """One partitioned asset and one blocking gate per per-drop stage, built from the engine's stage list."""
 
 
-import json
 
 import dagster as dg
 import polars as pl

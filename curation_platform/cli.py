@@ -213,14 +213,6 @@ def status(workspace: Path = WorkspaceOpt, config: Path = ConfigOpt) -> None:
                    f"config {card['config_hash']}" + (", versioned by DVC" if dvc_file.exists() else ""))
 
 
-def _release_shards(ws) -> pl.DataFrame:
-    frames = [
-        pl.read_parquet(p).with_columns(pl.format("{}/{}", pl.lit(p.parent.name), pl.col("release_shard")).alias("release_shard"))
-        for p in sorted((ws.root / "releases").glob("*/shard_index.parquet"))
-    ] if (ws.root / "releases").exists() else []
-    return pl.concat(frames) if frames else pl.DataFrame(schema={"doc_id": pl.String, "release_shard": pl.String})
-
-
 @app.command()
 def explain(doc_id: str, workspace: Path = WorkspaceOpt, config: Path = ConfigOpt) -> None:
     """A document's journey: source, drop, license, each stage's verdict and reason, duplicate-of, its shard."""
@@ -228,7 +220,7 @@ def explain(doc_id: str, workspace: Path = WorkspaceOpt, config: Path = ConfigOp
     from curation_platform.workspace import Workspace
 
     ws = Workspace(workspace)
-    journey = document_journey(ws, doc_id, _release_shards(ws))
+    journey = document_journey(ws, doc_id)
     typer.echo(journey)
 
 

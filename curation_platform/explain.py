@@ -59,7 +59,14 @@ def release_shard_index(ws: Workspace, release: str | None) -> pl.DataFrame:
     )
 
 
-def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame) -> str:
+def all_release_shards(ws: Workspace) -> pl.DataFrame:
+    """(doc_id, release_shard) for every published release in the workspace."""
+    releases = sorted(p.parent.name for p in (ws.root / "releases").glob("*/shard_index.parquet"))
+    frames = [release_shard_index(ws, name) for name in releases]
+    return pl.concat(frames) if frames else release_shard_index(ws, None)
+
+
+def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame | None = None) -> str:
     """Readable account of one document: identity, every stage's verdict with rule, value and threshold,
     what it duplicates, and which release shards hold it."""
     ledger_files = sorted((ws.root / "ledger").glob("*/*.parquet"))
@@ -111,6 +118,7 @@ def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame) -> str:
         for r in known.iter_rows(named=True):
             lines.append(f"  duplicate of {r['doc_id']}: {r['source']} / {r['drop']} / {r['source_id']} "
                          f"({r['license']})")
+    shards = all_release_shards(ws) if shards is None else shards
     held = shards.filter(pl.col("doc_id") == doc_id)["release_shard"].to_list()
     lines.append(f"  released in {', '.join(held)}" if held else "  not in any release")
     return "\n".join(lines)

@@ -100,9 +100,3 @@ def max_value_expectation(column: str, max_value: float) -> Any:
     import great_expectations as gx
 
     return gx.expectations.ExpectColumnValuesToBeBetween(column=column, max_value=max_value)
-
-
-def in_set_expectation(column: str, allowed: list[str]) -> Any:
-    import great_expectations as gx
-
-    return gx.expectations.ExpectColumnValuesToBeInSet(column=column, value_set=allowed)

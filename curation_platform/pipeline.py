@@ -200,8 +200,3 @@ def drop_state(ws: Workspace, cfg: CurationConfig, drop: str) -> str:
     # An empty ledger (every document already removed upstream) carries no hash and does not count.
     hashes = set(pl.concat([pl.read_parquet(p, columns=["config_hash"]) for p in paths])["config_hash"].unique())
     return "current" if hashes <= {cfg.drop_stages_hash} else "stale"
-
-
-def run_drop(ws: Workspace, cfg: CurationConfig, drop: str, run_id: str = "local") -> list[StageSummary]:
-    """Every per-drop stage in order (no gates): for tests and the benchmark; Dagster runs the gated graph."""
-    return [run_stage(ws, cfg, stage, drop, run_id) for stage in STAGES]

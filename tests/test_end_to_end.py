@@ -2,15 +2,13 @@
 repository and a local DVC remote."""
 
 import json
-from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
 
-from curation_platform.config import load_config
 from curation_platform.ledger import reconcile, stage_counts
-from curation_platform.pipeline import FINAL_STAGE, STAGES
+from curation_platform.pipeline import STAGES
 from curation_platform.samples import write_sample_landing
 from curation_platform.workspace import Workspace
 from tests.conftest import REPO, run_cli
