@@ -6,7 +6,6 @@ import hashlib
 import json
 from pathlib import Path
 
-
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
