@@ -127,28 +127,20 @@ def _dedup(
     return result
 
 
-def _compute(ws: Workspace, cfg: CurationConfig, stage: str, drop: str, docs: pl.DataFrame) -> StageResult:
-    if stage == "normalized":
-        return normalize(docs, cfg.normalize)
-    if stage == "language":
-        return identify_language(docs, cfg.language)
-    if stage == "quality_signals":
-        return quality_signals(docs, cfg.signals)
-    if stage == "filtered":
-        return filter_documents(docs, cfg.filters)
-    if stage == "scored":
-        return score_documents(docs, cfg.scoring)
-    if stage == "pii_redacted":
-        return redact_pii(docs, cfg.pii)
-    if stage == "exact_deduped":
-        return _dedup(ws, docs, drop, "exact", dedup_exact.exact_duplicates, cfg.exact_dedup,
-                      dedup_exact.EXACT_INDEX_SCHEMA)
-    if stage == "near_deduped":
-        return _dedup(ws, docs, drop, "near", dedup_minhash.near_duplicates, cfg.near_dedup,
-                      dedup_minhash.NEAR_INDEX_SCHEMA)
-    if stage == "decontaminated":
-        return decontaminate(docs, benchmark_index(cfg), cfg.decontamination)
-    raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+# The operator behind each stage after ingest: (workspace, config, drop, documents) -> StageResult.
+_OPERATORS: dict[str, Callable[[Workspace, CurationConfig, str, pl.DataFrame], StageResult]] = {
+    "normalized": lambda ws, cfg, drop, docs: normalize(docs, cfg.normalize),
+    "language": lambda ws, cfg, drop, docs: identify_language(docs, cfg.language),
+    "quality_signals": lambda ws, cfg, drop, docs: quality_signals(docs, cfg.signals),
+    "filtered": lambda ws, cfg, drop, docs: filter_documents(docs, cfg.filters),
+    "scored": lambda ws, cfg, drop, docs: score_documents(docs, cfg.scoring),
+    "pii_redacted": lambda ws, cfg, drop, docs: redact_pii(docs, cfg.pii),
+    "exact_deduped": lambda ws, cfg, drop, docs: _dedup(
+        ws, docs, drop, "exact", dedup_exact.exact_duplicates, cfg.exact_dedup, dedup_exact.EXACT_INDEX_SCHEMA),
+    "near_deduped": lambda ws, cfg, drop, docs: _dedup(
+        ws, docs, drop, "near", dedup_minhash.near_duplicates, cfg.near_dedup, dedup_minhash.NEAR_INDEX_SCHEMA),
+    "decontaminated": lambda ws, cfg, drop, docs: decontaminate(docs, benchmark_index(cfg), cfg.decontamination),
+}
 
 
 def run_stage(ws: Workspace, cfg: CurationConfig, stage: str, drop: str, run_id: str = "local") -> StageSummary:
@@ -159,7 +151,9 @@ def run_stage(ws: Workspace, cfg: CurationConfig, stage: str, drop: str, run_id:
     else:
         docs = ws.read_stage(UPSTREAM[stage], drop)
         input_ids = docs["doc_id"]
-        result = _compute(ws, cfg, stage, drop, docs)
+        if stage not in _OPERATORS:
+            raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        result = _OPERATORS[stage](ws, cfg, drop, docs)
     kept = result.kept.drop("drop_order", strict=False)
     ledger = ledger_rows(
         stage=stage, drop=drop, input_ids=input_ids, verdicts=result.verdicts, run_id=run_id,
