@@ -2,16 +2,13 @@
 
 
 import dagster as dg
-import polars as pl
 
 from assets.progress import notify
 from assets.resources import CurationResource
 from assets.stages import check_result
-from curation_platform.audit import release_gate
+from curation_platform.audit import release_gate, release_residue
 from curation_platform.ledger import all_stage_counts, rule_counts
-from curation_platform.ops.decontaminate import overlap_count
-from curation_platform.ops.pii import scan_pii
-from curation_platform.pipeline import FINAL_STAGE, STAGES, benchmark_index, drop_state
+from curation_platform.pipeline import FINAL_STAGE, STAGES, drop_state
 from curation_platform.release import publish_release, stage_release
 from curation_platform.versioning import version_release
 
@@ -49,20 +46,7 @@ def release_candidate(context: dg.AssetExecutionContext, curation: CurationResou
 def release_candidate_gate(curation: CurationResource) -> dg.AssetCheckResult:
     ws, cfg = curation.ws(), curation.cfg()
     staging = ws.staging_dir(cfg.release.name)
-    # Shard by shard, so the audit holds one shard's text at a time.
-    residual = pl.concat([
-        _residual(pl.read_parquet(path, columns=["doc_id", "text"]), cfg)
-        for path in sorted((staging / "shards").glob("*.parquet"))
-    ])
-    return check_result(release_gate(cfg, staging, residual))
-
-
-def _residual(shard: pl.DataFrame, cfg) -> pl.DataFrame:
-    return pl.DataFrame({
-        "doc_id": shard["doc_id"],
-        "benchmark_overlap": overlap_count(shard["text"], benchmark_index(cfg), cfg.decontamination).cast(pl.Int64),
-        "residual_pii": scan_pii(shard["text"], cfg.pii)["total"].cast(pl.Int64),
-    }, schema={"doc_id": pl.String, "benchmark_overlap": pl.Int64, "residual_pii": pl.Int64})
+    return check_result(release_gate(cfg, staging, release_residue(cfg, staging)))
 
 
 @dg.asset(

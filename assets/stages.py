@@ -3,16 +3,13 @@
 
 
 import dagster as dg
-import polars as pl
 
 from assets.partitions import drops
 from assets.progress import notify
 from assets.resources import CurationResource
-from curation_platform.audit import near_dedup_gate, stage_gate
+from curation_platform.audit import near_dedup_gate, stage_gate, stage_residue
 from curation_platform.gates import GateResult
-from curation_platform.ops.decontaminate import overlap_count
-from curation_platform.ops.pii import scan_pii
-from curation_platform.pipeline import STAGE_DESCRIPTIONS, STAGES, UPSTREAM, benchmark_index, run_stage
+from curation_platform.pipeline import STAGE_DESCRIPTIONS, STAGES, UPSTREAM, run_stage
 from curation_platform.reporting import markdown_table
 
 GROUPS = {
@@ -61,20 +58,6 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
     return _asset
 
 
-def _residual(stage: str, curation: CurationResource, drop: str) -> pl.DataFrame | None:
-    """Per-document residue a stage promises to leave at zero, from an independent second scan."""
-    ws, cfg = curation.ws(), curation.cfg()
-    if stage == "pii_redacted":
-        docs = pl.read_parquet(ws.stage_path(stage, drop), columns=["doc_id", "text"])
-        counts = scan_pii(docs["text"], cfg.pii)
-        return pl.DataFrame({"doc_id": docs["doc_id"], "residual_pii": counts["total"]})
-    if stage == "decontaminated":
-        docs = pl.read_parquet(ws.stage_path(stage, drop), columns=["doc_id", "text"])
-        overlap = overlap_count(docs["text"], benchmark_index(cfg), cfg.decontamination)
-        return pl.DataFrame({"doc_id": docs["doc_id"], "benchmark_overlap": overlap})
-    return None
-
-
 def check_result(results: list[GateResult]) -> dg.AssetCheckResult:
     failures = [f"{r.name}: {f}" for r in results for f in r.failures]
     return dg.AssetCheckResult(
@@ -102,7 +85,7 @@ def _stage_gate(stage: str) -> dg.AssetChecksDefinition:
     def _check(context: dg.AssetCheckExecutionContext, curation: CurationResource) -> dg.AssetCheckResult:
         drop = context.partition_key
         ws, cfg = curation.ws(), curation.cfg()
-        results = stage_gate(ws, cfg, stage, upstream, drop, _residual(stage, curation, drop))
+        results = stage_gate(ws, cfg, stage, upstream, drop, stage_residue(ws, cfg, stage, drop))
         if stage == "near_deduped":
             results.append(near_dedup_gate(ws, cfg, drop))
         return check_result(results)

@@ -92,3 +92,39 @@ def release_gate(cfg: CurationConfig, staging_dir, residual: pl.DataFrame) -> li
                  [gx.expectations.ExpectColumnValuesToBeInSet(column="license_allowed", value_set=[1])]),
         validate("release.residual", residual, [max_value_expectation(c, 0) for c in residual.columns if c != "doc_id"]),
     ]
+
+
+# Residue each gate re-scans for independently: the stage's own output must leave these at zero.
+_RESIDUE_BY_STAGE = {"pii_redacted": ("residual_pii",), "decontaminated": ("benchmark_overlap",)}
+
+
+def residue(docs: pl.DataFrame, cfg: CurationConfig, checks: tuple[str, ...]) -> pl.DataFrame:
+    """Per document (``doc_id``, ``text`` in ``docs``): remaining PII hits and/or benchmark n-gram overlap."""
+    from curation_platform.ops.decontaminate import overlap_count
+    from curation_platform.ops.pii import scan_pii
+    from curation_platform.pipeline import benchmark_index
+
+    columns = {"doc_id": docs["doc_id"]}
+    if "residual_pii" in checks:
+        columns["residual_pii"] = scan_pii(docs["text"], cfg.pii)["total"].cast(pl.Int64)
+    if "benchmark_overlap" in checks:
+        columns["benchmark_overlap"] = overlap_count(
+            docs["text"], benchmark_index(cfg), cfg.decontamination).cast(pl.Int64)
+    return pl.DataFrame(columns, schema={"doc_id": pl.String, **{c: pl.Int64 for c in checks}})
+
+
+def stage_residue(ws: Workspace, cfg: CurationConfig, stage: str, drop: str) -> pl.DataFrame | None:
+    """The residue frame a stage's gate validates, or None for stages without one."""
+    checks = _RESIDUE_BY_STAGE.get(stage)
+    if checks is None:
+        return None
+    return residue(pl.read_parquet(ws.stage_path(stage, drop), columns=["doc_id", "text"]), cfg, checks)
+
+
+def release_residue(cfg: CurationConfig, staging_dir) -> pl.DataFrame:
+    """PII and benchmark overlap of every staged shard, one shard's text in memory at a time."""
+    checks = ("benchmark_overlap", "residual_pii")
+    return pl.concat([
+        residue(pl.read_parquet(path, columns=["doc_id", "text"]), cfg, checks)
+        for path in sorted((staging_dir / "shards").glob("*.parquet"))
+    ])

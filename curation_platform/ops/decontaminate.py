@@ -502,24 +502,18 @@ def _cut(
 
     labelled = contaminated.select("_row", "benchmark", "overlap", "overlaps_with")
     rule = pl.format("decontamination.{}", pl.col("benchmark")).alias("rule")
-    drops = labelled.join(drop_rows, on="_row").join(ids, on="_row").select(
-        "doc_id",
-        pl.lit(DROP).alias("verdict"),
-        rule,
-        pl.col("overlap").cast(pl.Float64).alias("value"),
-        pl.lit(threshold).alias("threshold"),
-        pl.format("shares {} word n-gram(s) with {}; dropped, not cut: {}",
-                  pl.col("overlap"), pl.col("overlaps_with"), pl.col("_why")).alias("detail"),
-    )
-    flags = labelled.join(flag_rows, on="_row").join(ids, on="_row").select(
-        "doc_id",
-        pl.lit(FLAG).alias("verdict"),
-        rule,
-        pl.col("overlap").cast(pl.Float64).alias("value"),
-        pl.lit(threshold).alias("threshold"),
-        pl.format("cut lines {} ({} chars) sharing {} word n-gram(s) with {}", pl.col("cut_ranges"),
-                  pl.col("cut_chars"), pl.col("overlap"), pl.col("overlaps_with")).alias("detail"),
-    )
+    def verdict_rows(rows: pl.DataFrame, verdict: str, detail: pl.Expr) -> pl.DataFrame:
+        return labelled.join(rows, on="_row").join(ids, on="_row").select(
+            "doc_id", pl.lit(verdict).alias("verdict"), rule, pl.col("overlap").cast(pl.Float64).alias("value"),
+            pl.lit(threshold).alias("threshold"), detail.alias("detail"),
+        )
+
+    drops = verdict_rows(drop_rows, DROP, pl.format(
+        "shares {} word n-gram(s) with {}; dropped, not cut: {}", pl.col("overlap"), pl.col("overlaps_with"),
+        pl.col("_why")))
+    flags = verdict_rows(flag_rows, FLAG, pl.format(
+        "cut lines {} ({} chars) sharing {} word n-gram(s) with {}", pl.col("cut_ranges"), pl.col("cut_chars"),
+        pl.col("overlap"), pl.col("overlaps_with")))
     verdicts = pl.concat([drops, flags]).sort("doc_id", "verdict")
 
     new_text = flag_rows.select("_row", pl.col("text").alias("_new_text"))
