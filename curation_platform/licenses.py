@@ -1,19 +1,32 @@
 """License strings to SPDX ids and expressions, license categories, and the release license policy.
 
+Licenses come from a maintained source, not a table of our own: the ScanCode license database (shipped offline
+by the ``licensedcode-data`` package, one ``<key>.LICENSE`` file per license with a YAML header carrying its
+SPDX id, other SPDX ids, names and ScanCode category) and the ``license-expression`` library, which parses and
+validates SPDX expressions (AND, OR, WITH, brackets) against those ids. Every SPDX id and every
+``LicenseRef-scancode-<key>`` id parses; the platform category of a license comes from its ScanCode category
+through ``SCANCODE_CATEGORIES`` (the one place that mapping lives).
+
 ``normalize_license`` maps each distinct string once (licenses have few distinct values), so it is a column
-operation over any number of records. A single license is looked up by a spelling-insensitive key ("Apache 2.0",
-"apache-2", "Apache License, Version 2.0" all give ``Apache-2.0``); anything else is parsed as an SPDX expression
-("mit or (apache 2.0 and bsd-3-clause)" gives ``MIT OR (Apache-2.0 AND BSD-3-Clause)``). Unknown ids, unknown
-exceptions and unparsable expressions give null: the caller quarantines those records.
+operation over any number of records. A single license is also looked up by a spelling-insensitive key built
+from the database's ids and names ("Apache 2.0", "apache-2", "Apache License, Version 2.0" all give
+``Apache-2.0``); expressions are parsed per name ("mit or (apache 2.0 and bsd-3-clause)" gives
+``MIT OR (Apache-2.0 AND BSD-3-Clause)``). Unknown ids, unknown exceptions and unparsable expressions give null:
+the caller quarantines those records, naming the closest known id (``closest_license``).
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
+import importlib.resources
 import re
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import polars as pl
+import yaml
+from license_expression import ExpressionError, LicenseSymbol, LicenseWithExceptionSymbol, Licensing
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation_platform.errors import ConfigError
@@ -43,163 +56,115 @@ _RESTRICTIVENESS: tuple[Category, ...] = (
     "proprietary/unknown",
 )
 
-
-class LicenseInfo(NamedTuple):
-    category: Category
-    attribution: bool  # must the notice / author credit travel with the data?
-
-
-def _info(category: Category, attribution: bool = True) -> LicenseInfo:
-    return LicenseInfo(category, attribution)
-
-
-# Common SPDX ids (https://spdx.org/licenses/) with their category. Creative Commons variants carry their most
-# restrictive clause: NC-ND is no-derivatives, NC-SA is non-commercial.
-SPDX_LICENSES: dict[str, LicenseInfo] = {
-    # Public domain and public-domain-equivalent: no conditions at all.
-    "CC0-1.0": _info("public-domain", False),
-    "CC-PDDC": _info("public-domain", False),
-    "Unlicense": _info("public-domain", False),
-    "PDDL-1.0": _info("public-domain", False),
-    "0BSD": _info("public-domain", False),
-    "MIT-0": _info("public-domain", False),
-    "WTFPL": _info("public-domain", False),
-    # Permissive: keep the notice.
-    "MIT": _info("permissive"),
-    "Apache-2.0": _info("permissive"),
-    "BSD-2-Clause": _info("permissive"),
-    "BSD-3-Clause": _info("permissive"),
-    "ISC": _info("permissive"),
-    "Zlib": _info("permissive"),
-    "BSL-1.0": _info("permissive"),
-    "PSF-2.0": _info("permissive"),
-    "Python-2.0": _info("permissive"),
-    "X11": _info("permissive"),
-    "NCSA": _info("permissive"),
-    "PostgreSQL": _info("permissive"),
-    "UPL-1.0": _info("permissive"),
-    "Artistic-2.0": _info("permissive"),
-    "AFL-3.0": _info("permissive"),
-    "ECL-2.0": _info("permissive"),
-    "BlueOak-1.0.0": _info("permissive"),
-    "Unicode-DFS-2016": _info("permissive"),
-    "CC-BY-1.0": _info("permissive"),
-    "CC-BY-2.0": _info("permissive"),
-    "CC-BY-2.5": _info("permissive"),
-    "CC-BY-3.0": _info("permissive"),
-    "CC-BY-4.0": _info("permissive"),
-    "ODC-By-1.0": _info("permissive"),
-    "CDLA-Permissive-1.0": _info("permissive"),
-    "CDLA-Permissive-2.0": _info("permissive"),
-    # Weak copyleft: file- or library-level reciprocity.
-    "LGPL-2.0-only": _info("weak-copyleft"),
-    "LGPL-2.0-or-later": _info("weak-copyleft"),
-    "LGPL-2.1-only": _info("weak-copyleft"),
-    "LGPL-2.1-or-later": _info("weak-copyleft"),
-    "LGPL-3.0-only": _info("weak-copyleft"),
-    "LGPL-3.0-or-later": _info("weak-copyleft"),
-    "MPL-1.1": _info("weak-copyleft"),
-    "MPL-2.0": _info("weak-copyleft"),
-    "EPL-1.0": _info("weak-copyleft"),
-    "EPL-2.0": _info("weak-copyleft"),
-    "CDDL-1.0": _info("weak-copyleft"),
-    "CDDL-1.1": _info("weak-copyleft"),
-    "MS-PL": _info("weak-copyleft"),
-    "MS-RL": _info("weak-copyleft"),
-    "OFL-1.1": _info("weak-copyleft"),
-    # Copyleft: derivative works under the same license.
-    "GPL-2.0-only": _info("copyleft"),
-    "GPL-2.0-or-later": _info("copyleft"),
-    "GPL-3.0-only": _info("copyleft"),
-    "GPL-3.0-or-later": _info("copyleft"),
-    "AGPL-3.0-only": _info("copyleft"),
-    "AGPL-3.0-or-later": _info("copyleft"),
-    "EUPL-1.1": _info("copyleft"),
-    "EUPL-1.2": _info("copyleft"),
-    "OSL-3.0": _info("copyleft"),
-    # Share-alike (with attribution): content and data licenses.
-    "CC-BY-SA-1.0": _info("share-alike"),
-    "CC-BY-SA-2.0": _info("share-alike"),
-    "CC-BY-SA-2.5": _info("share-alike"),
-    "CC-BY-SA-3.0": _info("share-alike"),
-    "CC-BY-SA-4.0": _info("share-alike"),
-    "ODbL-1.0": _info("share-alike"),
-    "CDLA-Sharing-1.0": _info("share-alike"),
-    "GFDL-1.3-only": _info("share-alike"),
-    "GFDL-1.3-or-later": _info("share-alike"),
-    # Non-commercial.
-    "CC-BY-NC-1.0": _info("non-commercial"),
-    "CC-BY-NC-2.0": _info("non-commercial"),
-    "CC-BY-NC-2.5": _info("non-commercial"),
-    "CC-BY-NC-3.0": _info("non-commercial"),
-    "CC-BY-NC-4.0": _info("non-commercial"),
-    "CC-BY-NC-SA-2.0": _info("non-commercial"),
-    "CC-BY-NC-SA-2.5": _info("non-commercial"),
-    "CC-BY-NC-SA-3.0": _info("non-commercial"),
-    "CC-BY-NC-SA-4.0": _info("non-commercial"),
-    # No derivatives.
-    "CC-BY-ND-1.0": _info("no-derivatives"),
-    "CC-BY-ND-2.0": _info("no-derivatives"),
-    "CC-BY-ND-2.5": _info("no-derivatives"),
-    "CC-BY-ND-3.0": _info("no-derivatives"),
-    "CC-BY-ND-4.0": _info("no-derivatives"),
-    "CC-BY-NC-ND-2.0": _info("no-derivatives"),
-    "CC-BY-NC-ND-2.5": _info("no-derivatives"),
-    "CC-BY-NC-ND-3.0": _info("no-derivatives"),
-    "CC-BY-NC-ND-4.0": _info("no-derivatives"),
-    # Source-available, not open: treated like an unknown license.
-    "BUSL-1.1": _info("proprietary/unknown"),
-    "SSPL-1.0": _info("proprietary/unknown"),
-    "Elastic-2.0": _info("proprietary/unknown"),
+# ScanCode license category -> platform category. This is the whole mapping; ``platform_category`` applies it,
+# after two refinements read from the license's own names: a license whose name or key says NoDerivatives is
+# ``no-derivatives`` and one that says NonCommercial is ``non-commercial`` (ScanCode files CC-BY-NC-* under
+# Source-available), and a ShareAlike license (CC-BY-SA-*) is ``share-alike`` rather than copyleft.
+# Everything that is not an open license (free-with-restrictions, commercial, source-available, CLAs, bare
+# patent grants, unstated) is ``proprietary/unknown``: no default profile ships it.
+SCANCODE_CATEGORIES: dict[str, Category] = {
+    "Public Domain": "public-domain",
+    "Permissive": "permissive",
+    "Copyleft Limited": "weak-copyleft",
+    "Copyleft": "copyleft",
+    "Proprietary Free": "proprietary/unknown",
+    "Free Restricted": "proprietary/unknown",
+    "Commercial": "proprietary/unknown",
+    "Source-available": "proprietary/unknown",
+    "CLA": "proprietary/unknown",
+    "Patent License": "proprietary/unknown",
+    "Unstated License": "proprietary/unknown",
 }
+_NO_DERIVATIVES = re.compile(r"no[- ]?deriv|(^|-)nd(-|$)", re.IGNORECASE)
+_NON_COMMERCIAL = re.compile(r"non[- ]?commercial|(^|-)nc(-|$)", re.IGNORECASE)
+_SHARE_ALIKE = re.compile(r"share[- ]?alike|^cc-by-sa-", re.IGNORECASE)
 
-# SPDX license exceptions accepted after WITH; the license keeps its base category.
-SPDX_EXCEPTIONS: tuple[str, ...] = (
-    "Classpath-exception-2.0",
-    "LLVM-exception",
-    "GCC-exception-3.1",
-    "Autoconf-exception-3.0",
-    "Bison-exception-2.2",
-)
 
-# Spellings beyond the id itself. Keys go through the same folding as input, so only real variants are listed.
-_SPELLINGS: dict[str, tuple[str, ...]] = {
-    "MIT": ("MIT License", "The MIT License (MIT)", "Expat", "MIT/X11"),
-    "Apache-2.0": ("ASL 2.0", "ASL-2", "Apache", "Apache Software License 2.0", "Apache Software License"),
-    "BSD-2-Clause": ("Simplified BSD", "FreeBSD", "BSD-2"),
-    "BSD-3-Clause": ("New BSD", "Modified BSD", "BSD-3", "Revised BSD"),
-    "ISC": ("ISC License (ISCL)", "ISCL"),
-    "BSL-1.0": ("Boost Software License 1.0", "Boost"),
-    "PSF-2.0": ("Python Software Foundation License", "PSF"),
-    "Zlib": ("zlib/libpng",),
-    "CC0-1.0": ("CC0", "Creative Commons Zero v1.0 Universal", "CC Zero"),
-    "CC-PDDC": ("Public Domain", "public-domain"),
-    "Unlicense": ("The Unlicense",),
-    "WTFPL": ("Do What The F*ck You Want To Public License",),
-    "CC-BY-4.0": ("Creative Commons Attribution 4.0 International", "CC BY 4.0 International"),
-    "CC-BY-SA-4.0": ("Creative Commons Attribution Share Alike 4.0 International", "CC BY-SA 4.0 International"),
-    "CC-BY-NC-4.0": ("Creative Commons Attribution Non Commercial 4.0 International",),
-    "CC-BY-NC-SA-4.0": ("Creative Commons Attribution Non Commercial Share Alike 4.0 International",),
-    "CC-BY-ND-4.0": ("Creative Commons Attribution No Derivatives 4.0 International",),
-    "CC-BY-NC-ND-4.0": ("Creative Commons Attribution Non Commercial No Derivatives 4.0 International",),
-    "ODC-By-1.0": ("ODC-BY", "Open Data Commons Attribution License"),
-    "ODbL-1.0": ("ODbL", "Open Database License"),
-    "MPL-2.0": ("Mozilla Public License 2.0", "MPL 2"),
-    "EPL-2.0": ("Eclipse Public License 2.0",),
-    "GPL-2.0-only": ("GPL-2.0", "GPLv2", "GPL 2", "GNU General Public License v2.0", "GNU GPL v2", "GPL-2.0-only"),
-    "GPL-2.0-or-later": ("GPL-2.0+", "GPLv2+", "GPL 2 or later", "GNU General Public License v2.0 or later"),
-    "GPL-3.0-only": ("GPL-3.0", "GPLv3", "GPL 3", "GNU General Public License v3.0", "GNU GPL v3"),
-    "GPL-3.0-or-later": ("GPL-3.0+", "GPLv3+", "GPL 3 or later", "GNU General Public License v3.0 or later"),
-    "LGPL-2.1-only": ("LGPL-2.1", "LGPLv2.1", "GNU Lesser General Public License v2.1"),
-    "LGPL-2.1-or-later": ("LGPL-2.1+", "LGPLv2.1+"),
-    "LGPL-3.0-only": ("LGPL-3.0", "LGPLv3", "GNU Lesser General Public License v3.0"),
-    "LGPL-3.0-or-later": ("LGPL-3.0+", "LGPLv3+"),
-    "LGPL-2.0-only": ("LGPL-2.0", "LGPLv2"),
-    "LGPL-2.0-or-later": ("LGPL-2.0+", "LGPLv2+"),
-    "AGPL-3.0-only": ("AGPL-3.0", "AGPLv3", "GNU Affero General Public License v3.0"),
-    "AGPL-3.0-or-later": ("AGPL-3.0+", "AGPLv3+"),
-    "EUPL-1.2": ("European Union Public License 1.2",),
-}
+@dataclass(frozen=True)
+class ScanCodeLicense:
+    """One license (or exception) of the ScanCode license database."""
+
+    key: str  # ScanCode key, e.g. "apache-2.0"
+    spdx: str  # the id we write: its SPDX id, or "LicenseRef-scancode-<key>" when SPDX has none
+    other_ids: tuple[str, ...]  # other SPDX ids and LicenseRefs that mean this license (e.g. "GPL-2.0")
+    short_name: str
+    name: str
+    scancode_category: str
+    is_exception: bool
+    is_deprecated: bool
+    is_unknown: bool
+
+
+def platform_category(entry: ScanCodeLicense) -> Category:
+    """The platform category of one ScanCode license (see ``SCANCODE_CATEGORIES``)."""
+    names = f"{entry.key} {entry.short_name} {entry.name}"
+    if _NO_DERIVATIVES.search(entry.key) or _NO_DERIVATIVES.search(names):
+        return "no-derivatives"
+    if _NON_COMMERCIAL.search(entry.key) or _NON_COMMERCIAL.search(names):
+        return "non-commercial"
+    base = SCANCODE_CATEGORIES.get(entry.scancode_category, UNKNOWN)
+    if base in ("weak-copyleft", "copyleft") and (_SHARE_ALIKE.search(entry.key) or _SHARE_ALIKE.search(names)):
+        return "share-alike"
+    return base
+
+
+def _header(text: str) -> dict:
+    # A .LICENSE file is "---\n<yaml header>\n---\n<license text>"; only the header is read.
+    _, header, _ = text.split("---", 2)
+    return yaml.load(header, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+
+
+@functools.lru_cache(maxsize=1)
+def scancode_licenses() -> dict[str, ScanCodeLicense]:
+    """Every license and exception of the bundled ScanCode database, by the id we write (loaded once)."""
+    folder = importlib.resources.files("licensedcode") / "data" / "licenses"
+    entries: dict[str, ScanCodeLicense] = {}
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        if not path.name.endswith(".LICENSE"):
+            continue
+        header = _header(path.read_text(encoding="utf-8"))
+        key = header["key"]
+        ref = f"LicenseRef-scancode-{key}"
+        spdx = header.get("spdx_license_key") or ref
+        entry = ScanCodeLicense(
+            key=key,
+            spdx=spdx,
+            other_ids=tuple(dict.fromkeys([*(header.get("other_spdx_license_keys") or []), ref])),
+            short_name=header.get("short_name") or key,
+            name=header.get("name") or key,
+            scancode_category=header.get("category") or "Unstated License",
+            is_exception=bool(header.get("is_exception")),
+            is_deprecated=bool(header.get("is_deprecated")),
+            is_unknown=bool(header.get("is_unknown")),
+        )
+        previous = entries.get(spdx)
+        # A deprecated key may share its SPDX id with the current one: the current one wins.
+        if previous is None or (previous.is_deprecated and not entry.is_deprecated):
+            entries[spdx] = entry
+    # A deprecated key that a current license lists among its other ids is that license (odc-1.0 is ODC-By-1.0).
+    claimed = {other.lower() for e in entries.values() if not e.is_deprecated for other in e.other_ids}
+    return {spdx: e for spdx, e in entries.items() if not (e.is_deprecated and spdx.lower() in claimed)}
+
+
+def _ordered_entries() -> list[ScanCodeLicense]:
+    # Current licenses claim ids and spellings before deprecated ones; within each, the id order is stable.
+    return sorted(scancode_licenses().values(), key=lambda e: (e.is_deprecated, e.spdx.lower()))
+
+
+@functools.lru_cache(maxsize=1)
+def _licensing() -> Licensing:
+    """A ``license_expression`` Licensing whose symbols are the database's ids, other ids as aliases."""
+    taken: set[str] = set()
+    symbols = []
+    entries = _ordered_entries()
+    for entry in entries:
+        taken.add(entry.spdx.lower())
+    for entry in entries:
+        aliases = tuple(a for a in entry.other_ids if a.lower() not in taken)
+        taken.update(a.lower() for a in aliases)
+        symbols.append(LicenseSymbol(entry.spdx, aliases=aliases, is_exception=entry.is_exception))
+    return Licensing(symbols)
+
 
 # Words that carry no meaning in a license name ("The MIT License", "Apache License, Version 2.0").
 _FILLER = frozenset({"the", "license", "licence", "version", "international", "generic", "unported"})
@@ -208,9 +173,10 @@ _FILLER = frozenset({"the", "license", "licence", "version", "international", "g
 def _key(value: str) -> str:
     """Spelling-insensitive key: lowercase words and numbers, fillers dropped, trailing ".0" of versions dropped.
 
-    "Apache License, Version 2.0", "apache-2" and "ASL 2" style variants fold to "apache-2" / "asl-2".
+    "Apache License, Version 2.0", "apache-2" and "Apache 2.0" all fold to "apache-2".
     """
     text = value.strip().lower()
+    text = re.sub(r"\bpublic\s+licen[cs]e\b", "license", text)  # "... 4.0 International Public License"
     text = re.sub(r"(?<=[a-z])v(?=\d)", " ", text)  # gplv3 -> gpl 3
     text = re.sub(r"\bv(?=\d)", "", text)  # v2.0 -> 2.0
     tokens = [t for t in re.findall(r"[a-z]+|\d+(?:\.\d+)*|\+|\*", text) if t not in _FILLER]
@@ -220,143 +186,83 @@ def _key(value: str) -> str:
     return "-".join(folded)
 
 
-def _build_keys() -> dict[str, str]:
-    keys: dict[str, str] = {}
-    for spdx in SPDX_LICENSES:
-        keys[_key(spdx)] = spdx
-    for spdx, spellings in _SPELLINGS.items():
-        for spelling in spellings:
-            keys.setdefault(_key(spelling), spdx)
+# Community spellings the database does not carry (Fedora's "ASL 2.0", the bare "CC0" and "ODC-BY").
+_COMMUNITY_SPELLINGS = {"ASL 2.0": "Apache-2.0", "CC0": "CC0-1.0", "ODC-BY": "ODC-By-1.0"}
+
+
+@functools.lru_cache(maxsize=1)
+def _spellings() -> dict[str, tuple[str, bool]]:
+    """Spelling key -> (id, is_exception), from the database's ids first, then short names, then names.
+
+    A spelling shared by two licenses goes to the one listed first (current before deprecated); the bare words
+    of ScanCode's "unknown" placeholders are not spellings, so "unknown" stays unknown.
+    """
+    keys: dict[str, tuple[str, bool]] = {}
+    entries = _ordered_entries()
+    for field in ("ids", "short_name", "name"):
+        for entry in entries:
+            if field == "ids":
+                values = [entry.spdx, *entry.other_ids]
+            elif entry.is_unknown:
+                continue
+            else:
+                values = [getattr(entry, field)]
+            for value in values:
+                key = _key(value)
+                if key:
+                    keys.setdefault(key, (entry.spdx, entry.is_exception))
+    for spelling, spdx in _COMMUNITY_SPELLINGS.items():
+        keys.setdefault(_key(spelling), (spdx, False))
     return keys
 
 
-_KEYS: dict[str, str] = _build_keys()
-_EXCEPTION_KEYS: dict[str, str] = {_key(e): e for e in SPDX_EXCEPTIONS}
+# Operators and brackets of an SPDX expression; license names between them may span several words.
+_OPERATOR = re.compile(r"(\(|\)|(?<![\w.+-])(?:AND|OR|WITH)(?![\w.+-]))", re.IGNORECASE)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# SPDX expressions: a tiny recursive-descent parser (AND binds tighter than OR, WITH tightest).
+def _canonical_id(name: str, exception: bool) -> str | None:
+    symbol = _licensing().known_symbols.get(name)
+    if symbol is None:
+        symbol = _licensing().known_symbols_lowercase.get(name.lower())
+    if symbol is not None and bool(symbol.is_exception) == exception:
+        return symbol.key
+    found = _spellings().get(_key(name))
+    if found is not None and found[1] == exception:
+        return found[0]
+    return None
 
 
-@dataclass(frozen=True)
-class _Id:
-    spdx: str
-    exception: str | None = None
-
-
-@dataclass(frozen=True)
-class _Op:
-    op: Literal["AND", "OR"]
-    parts: tuple[_Node, ...]
-
-
-_Node = _Id | _Op
-
-_TOKEN = re.compile(r"\s*(\(|\)|[^\s()]+)")
-
-
-class _ParseError(ValueError):
-    pass
-
-
-def _tokens(text: str) -> list[str]:
-    return [m.group(1) for m in _TOKEN.finditer(text)]
-
-
-def _parse(text: str) -> _Node:
-    tokens = _tokens(text)
-    pos = 0
-
-    def peek() -> str | None:
-        return tokens[pos] if pos < len(tokens) else None
-
-    def take() -> str:
-        nonlocal pos
-        if pos >= len(tokens):
-            raise _ParseError("unexpected end")
-        pos += 1
-        return tokens[pos - 1]
-
-    def is_op(token: str | None, op: str) -> bool:
-        return token is not None and token.upper() == op
-
-    def atom() -> _Node:
-        token = take()
-        if token == "(":
-            node = expression()
-            if take() != ")":
-                raise _ParseError("missing )")
-            return node
-        if token == ")" or token.upper() in ("AND", "OR", "WITH"):
-            raise _ParseError(f"unexpected {token}")
-        # A license name may span several words ("Apache 2.0"): read up to the next operator or bracket.
-        words = [token]
-        while peek() is not None and peek() not in ("(", ")") and peek().upper() not in ("AND", "OR", "WITH"):
-            words.append(take())
-        spdx = _KEYS.get(_key(" ".join(words)))
-        if spdx is None:
-            raise _ParseError(f"unknown license {' '.join(words)!r}")
-        if is_op(peek(), "WITH"):
-            take()
-            words = [take()]
-            while peek() is not None and peek() not in ("(", ")") and peek().upper() not in ("AND", "OR", "WITH"):
-                words.append(take())
-            exception = _EXCEPTION_KEYS.get(_key(" ".join(words)))
-            if exception is None:
-                raise _ParseError(f"unknown exception {' '.join(words)!r}")
-            return _Id(spdx, exception)
-        return _Id(spdx)
-
-    def chain(op: Literal["AND", "OR"], inner) -> _Node:
-        parts = [inner()]
-        while is_op(peek(), op):
-            take()
-            parts.append(inner())
-        if len(parts) == 1:
-            return parts[0]
-        # Flatten "A AND (B AND C)" and drop repeated sides so equal expressions print equally.
-        flat: list[_Node] = []
-        for part in parts:
-            for side in part.parts if isinstance(part, _Op) and part.op == op else [part]:
-                if side not in flat:
-                    flat.append(side)
-        return flat[0] if len(flat) == 1 else _Op(op, tuple(flat))
-
-    def conjunction() -> _Node:
-        return chain("AND", atom)
-
-    def expression() -> _Node:
-        return chain("OR", conjunction)
-
-    node = expression()
-    if pos != len(tokens):
-        raise _ParseError(f"unexpected {tokens[pos]}")
-    return node
-
-
-def _render(node: _Node, parent: str | None = None) -> str:
-    if isinstance(node, _Id):
-        return node.spdx if node.exception is None else f"{node.spdx} WITH {node.exception}"
-    text = f" {node.op} ".join(_render(p, node.op) for p in node.parts)
-    return f"({text})" if parent is not None and parent != node.op else text
-
-
-def _parse_normalized(value: str | None) -> _Node | None:
-    """Parse tree of a license string, or None when it is unknown or unparsable."""
+def _parse(value: str | None):
+    """Parsed ``license_expression`` expression of a license string, or None when unknown or unparsable."""
     if value is None or not value.strip() or value.count("(") != value.count(")"):
         return None
-    whole = _KEYS.get(_key(value))
+    licensing = _licensing()
+    whole = _canonical_id(value.strip(), exception=False)  # one license: its id, or a spelling of it
     if whole is not None:
-        return _Id(whole)
+        return licensing.parse(whole)
+    parts = [p.strip() for p in _OPERATOR.split(value) if p.strip()]
+    rebuilt: list[str] = []
+    for i, part in enumerate(parts):
+        if _OPERATOR.fullmatch(part):
+            rebuilt.append(part.upper())
+            continue
+        after_with = i > 0 and parts[i - 1].upper() == "WITH"
+        known = _canonical_id(part, exception=after_with)
+        if known is None:
+            return None
+        rebuilt.append(known)
     try:
-        return _parse(value)
-    except _ParseError:
+        return licensing.dedup(licensing.parse(" ".join(rebuilt), validate=True, strict=True))
+    except ExpressionError:
+        return None
+    except Exception:  # license_expression raises ParseError subclasses for some malformed input
         return None
 
 
+@functools.lru_cache(maxsize=4096)
 def _normalize_one(value: str | None) -> str | None:
-    node = _parse_normalized(value)
-    return None if node is None else _render(node)
+    parsed = _parse(value)
+    return None if parsed is None else str(parsed)
 
 
 def normalize_license(values: pl.Series) -> pl.Series:
@@ -370,38 +276,77 @@ def normalize_license(values: pl.Series) -> pl.Series:
     return values.replace_strict(mapping, return_dtype=pl.String, default=None)
 
 
+@functools.lru_cache(maxsize=1)
+def _names_to_ids() -> dict[str, str]:
+    """Lowercased id and short name of every current license -> its id (what ``closest_license`` searches)."""
+    names: dict[str, str] = {}
+    for entry in _ordered_entries():
+        if not entry.is_exception and not entry.is_deprecated:
+            names.setdefault(entry.spdx.lower(), entry.spdx)
+            names.setdefault(entry.short_name.lower(), entry.spdx)
+    return names
+
+
+def closest_license(values: pl.Series) -> pl.Series:
+    """For each (unknown) license string, the known license id closest by spelling (difflib over the ids and
+    short names of the database), or null for an empty string. Decided once per distinct value; meant for the
+    few unknown values, to name a likely fix in a quarantine message.
+
+    ``["Apache-2", "Proprietary - ask legal"]`` -> ``["Apache-2.0", "LicenseRef-scancode-proprietary-license"]``.
+    """
+    names = _names_to_ids()
+
+    def closest(value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        match = difflib.get_close_matches(value.strip().lower(), list(names), n=1, cutoff=0.0)
+        return names[match[0]] if match else None
+
+    mapping = {v: closest(v) for v in values.unique().to_list()}
+    return values.replace_strict(mapping, return_dtype=pl.String, default=None)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Categories and attribution
 
 
-def _node_category(node: _Node) -> Category:
-    if isinstance(node, _Id):
-        return SPDX_LICENSES[node.spdx].category
-    ranks = [_RESTRICTIVENESS.index(_node_category(p)) for p in node.parts]
-    return _RESTRICTIVENESS[max(ranks) if node.op == "AND" else min(ranks)]
+def _symbol_entry(symbol) -> ScanCodeLicense:
+    if isinstance(symbol, LicenseWithExceptionSymbol):  # an exception only adds permissions: the base decides
+        symbol = symbol.license_symbol
+    return scancode_licenses()[symbol.key]
 
 
-def _node_attribution(node: _Node) -> bool:
-    if isinstance(node, _Id):
-        return SPDX_LICENSES[node.spdx].attribution
-    flags = [_node_attribution(p) for p in node.parts]
+def _node_category(node) -> Category:
+    if isinstance(node, (LicenseSymbol, LicenseWithExceptionSymbol)):
+        return platform_category(_symbol_entry(node))
+    ranks = [_RESTRICTIVENESS.index(_node_category(p)) for p in node.args]
+    return _RESTRICTIVENESS[max(ranks) if isinstance(node, _licensing().AND) else min(ranks)]
+
+
+def _node_attribution(node) -> bool:
+    if isinstance(node, (LicenseSymbol, LicenseWithExceptionSymbol)):
+        # ScanCode records no attribution flag; only public-domain dedications waive the credit.
+        return platform_category(_symbol_entry(node)) != "public-domain"
+    flags = [_node_attribution(p) for p in node.args]
     # With a choice (OR) one can pick a side without attribution; with AND every side applies.
-    return any(flags) if node.op == "AND" else all(flags)
+    return any(flags) if isinstance(node, _licensing().AND) else all(flags)
 
 
+@functools.lru_cache(maxsize=4096)
 def license_category(spdx: str | None) -> Category:
     """Category of a license id or expression (the stricter side of AND, the laxer of OR); unknown ->
     ``proprietary/unknown``."""
-    node = _parse_normalized(spdx)
+    node = _parse(spdx)
     return UNKNOWN if node is None else _node_category(node)
 
 
+@functools.lru_cache(maxsize=4096)
 def attribution_required(spdx: str | None) -> bool:
     """Must the license notice or author credit travel with data under ``spdx`` (id or expression)?
 
     Unknown or null licenses answer True: when in doubt, credit.
     """
-    node = _parse_normalized(spdx)
+    node = _parse(spdx)
     return True if node is None else _node_attribution(node)
 
 
@@ -430,22 +375,62 @@ def _default_profiles() -> dict[str, LicenseProfile]:
     }
 
 
+class GeneratorTerms(BaseModel):
+    """One entry of the generator-terms vocabulary: what the terms mean and whether they forbid training."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    meaning: str
+    forbids_training: bool
+
+
+def _default_generator_terms() -> dict[str, GeneratorTerms]:
+    # Review with counsel before relying on it; curation.yaml carries the same vocabulary.
+    return {
+        "no-training-of-competing-models": GeneratorTerms(
+            meaning="generic label: outputs may not train models that compete with the generator",
+            forbids_training=True),
+        "openai-terms-of-use": GeneratorTerms(
+            meaning="OpenAI Terms of Use: outputs may not develop models that compete with OpenAI",
+            forbids_training=True),
+        "anthropic-commercial-terms": GeneratorTerms(
+            meaning="Anthropic Commercial Terms: outputs may not build competing products or models",
+            forbids_training=True),
+        "google-gemini-api-terms": GeneratorTerms(
+            meaning="Gemini API Additional Terms: outputs may not develop models that compete with Gemini",
+            forbids_training=True),
+        "llama-2-community-license": GeneratorTerms(
+            meaning="Llama 2 Community License: outputs may not improve other large language models",
+            forbids_training=True),
+        "unrestricted-outputs": GeneratorTerms(
+            meaning="the generator's terms place no restriction on training with its outputs",
+            forbids_training=False),
+        "apache-2.0": GeneratorTerms(
+            meaning="open-weights generator under Apache 2.0: outputs unrestricted", forbids_training=False),
+        "mit": GeneratorTerms(meaning="open-weights generator under MIT: outputs unrestricted",
+                              forbids_training=False),
+    }
+
+
 class LicensePolicy(BaseModel):
-    """Release profiles and the generator terms that forbid training other models on a model's output."""
+    """Release profiles and the vocabulary of generator terms (manifest ``generator.terms``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     profiles: dict[str, LicenseProfile] = Field(default_factory=_default_profiles)
-    # Terms labels as manifests record them (provenance.generator.terms); review with counsel before relying on it.
-    generators_forbidding_training: list[str] = Field(
-        default_factory=lambda: [
-            "no-training-of-competing-models",  # generic label, used by the bundled sample drops
-            "openai-terms-of-use",
-            "anthropic-commercial-terms",
-            "google-gemini-api-terms",
-            "llama-2-community-license",
-        ]
-    )
+    # Every terms label a manifest may name; a drop naming another one is rejected at ingest.
+    generator_terms: dict[str, GeneratorTerms] = Field(default_factory=_default_generator_terms)
+
+    @property
+    def generators_forbidding_training(self) -> list[str]:
+        """The vocabulary's terms whose outputs may not train other models."""
+        return [term for term, entry in self.generator_terms.items() if entry.forbids_training]
+
+    def unknown_generator_terms(self, terms: str) -> str | None:
+        """None when ``terms`` is in the vocabulary (case- and separator-insensitive), else the error text."""
+        if _label_str(terms) in {_label_str(t) for t in self.generator_terms}:
+            return None
+        return f"generator terms {terms!r} are not in the vocabulary; known terms: {', '.join(self.generator_terms)}"
 
 
 def _label(expr: pl.Expr) -> pl.Expr:
@@ -457,11 +442,11 @@ def _label_str(value: str) -> str:
     return re.sub(r"[^a-z0-9.*]+", "-", value.lower()).strip("-")
 
 
-def _allowed_node(node: _Node, categories: frozenset[str]) -> bool:
-    if isinstance(node, _Id):
-        return SPDX_LICENSES[node.spdx].category in categories
-    sides = [_allowed_node(p, categories) for p in node.parts]
-    return any(sides) if node.op == "OR" else all(sides)
+def _node_allowed(node, categories: frozenset[str]) -> bool:
+    if isinstance(node, (LicenseSymbol, LicenseWithExceptionSymbol)):
+        return platform_category(_symbol_entry(node)) in categories
+    sides = [_node_allowed(p, categories) for p in node.args]
+    return all(sides) if isinstance(node, _licensing().AND) else any(sides)
 
 
 def license_allowed(licenses: pl.Series, profile: LicenseProfile) -> pl.Series:
@@ -471,11 +456,10 @@ def license_allowed(licenses: pl.Series, profile: LicenseProfile) -> pl.Series:
     Like :func:`normalize_license`, each distinct value is decided once.
     """
     categories = frozenset(profile.allowed_categories)
-    distinct = licenses.unique().to_list()
     mapping = {}
-    for value in distinct:
-        node = _parse_normalized(value)
-        mapping[value] = node is not None and _allowed_node(node, categories)
+    for value in licenses.unique().to_list():
+        node = _parse(value)
+        mapping[value] = node is not None and _node_allowed(node, categories)
     return licenses.replace_strict(mapping, return_dtype=pl.Boolean, default=False).fill_null(False).rename(
         licenses.name
     )
@@ -498,7 +482,8 @@ def release_license_verdicts(docs: pl.DataFrame, policy: LicensePolicy, profile_
 
     ``docs`` has ``doc_id``, ``license`` (SPDX) and ``provenance`` (JSON, optional ``generator: {model, terms}``).
     Rules: ``license.not_in_profile`` (license unknown or its category not allowed) and ``license.generator_terms``
-    (generated by a model whose terms forbid training other models, or excluded by the profile). A document
+    (generated by a model whose terms forbid training other models or are not in the terms vocabulary, or
+    excluded by the profile). A document
     breaking both is dropped once, under the license rule, with both reasons in ``detail``.
     """
     if profile_name not in policy.profiles:
@@ -510,6 +495,7 @@ def release_license_verdicts(docs: pl.DataFrame, policy: LicensePolicy, profile_
     categories = {v: license_category(v) for v in docs["license"].unique().to_list()}
 
     forbidden_terms = [_label_str(t) for t in policy.generators_forbidding_training]
+    known_terms = [_label_str(t) for t in policy.generator_terms]
     exact_models = [_label_str(m) for m in profile.excluded_generators if not m.endswith("*")]
     model_prefixes = [_label_str(m[:-1]) for m in profile.excluded_generators if m.endswith("*")]
 
@@ -529,6 +515,9 @@ def release_license_verdicts(docs: pl.DataFrame, policy: LicensePolicy, profile_
         pl.when(terms.is_in(forbidden_terms))
         .then(pl.format("generator {} under terms {} that forbid training other models",
                         model.fill_null("(unnamed)"), terms))
+        # Ingest rejects unknown terms; one left from an older vocabulary is not shipped on trust.
+        .when(terms.is_not_null() & ~terms.is_in(known_terms))
+        .then(pl.format("generator terms {} are not in the vocabulary", terms))
         .when(excluded_model.fill_null(False))
         .then(pl.format("generator {} is excluded from profile {}", model, pl.lit(profile_name)))
         .when(terms_not_allowed.fill_null(False))

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from curation_platform.errors import UnsafePathError
 from curation_platform.hashing import xxh128_hex
-from curation_platform.licenses import normalize_license
+from curation_platform.licenses import closest_license, normalize_license
 from curation_platform.manifest import MANIFEST_NAME, READY_MARKER, Manifest, load_manifest
 from curation_platform.records import MESSAGES_DTYPE, RECORD_SCHEMA
 
@@ -471,6 +471,9 @@ def _decide(candidates: pl.DataFrame, fields: pl.DataFrame, manifest: Manifest, 
         ),
     )
     frame = frame.with_columns(license=normalize_license(frame["license_raw"]))
+    # The few unknown license strings get the closest known id, so the quarantine message names a likely fix.
+    unknown_raw = frame.filter(pl.col("license").is_null())["license_raw"].drop_nulls().unique()
+    closest = dict(zip(unknown_raw.to_list(), closest_license(unknown_raw).to_list()))
 
     record_bytes = pl.coalesce("raw", "text").str.len_bytes()
     stripped_chars = pl.col("text").str.strip_chars().str.len_chars()
@@ -502,8 +505,9 @@ def _decide(candidates: pl.DataFrame, fields: pl.DataFrame, manifest: Manifest, 
         (pl.col("license_raw").is_null() | (pl.col("license_raw").str.strip_chars() == ""), "missing_license",
          pl.lit(f"license missing ({license_hint} is empty or absent)")),
         (pl.col("license").is_null(), "unknown_license",
-         pl.format("unknown license '{}' ({}); use an SPDX id such as MIT or CC-BY-4.0",
-                   pl.col("license_raw"), pl.lit(license_hint))),
+         pl.format("unknown license '{}' ({}); closest known id: {}; use an SPDX id or expression",
+                   pl.col("license_raw"), pl.lit(license_hint),
+                   pl.col("license_raw").replace_strict(closest, default="(none)", return_dtype=pl.String))),
     ]
     # Problems found in the bytes win, then the first rule that matches: JSON shape, text, size, license last.
     already = pl.col("reason_code").is_not_null()

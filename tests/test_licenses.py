@@ -7,17 +7,23 @@ from hypothesis import strategies as st
 
 from curation_platform.errors import ConfigError
 from curation_platform.licenses import (
-    SPDX_LICENSES,
+    SCANCODE_CATEGORIES,
+    GeneratorTerms,
     LicensePolicy,
     LicenseProfile,
-    _key,
     attribution_required,
+    closest_license,
     license_allowed,
     license_breakdown,
     license_category,
     normalize_license,
+    platform_category,
     release_license_verdicts,
+    scancode_licenses,
 )
+
+# Every license id of the bundled ScanCode database (SPDX ids and LicenseRef-scancode-* ids), exceptions apart.
+LICENSE_IDS = sorted(e.spdx for e in scancode_licenses().values() if not e.is_exception)
 
 
 def _norm(values: list[str | None]) -> list[str | None]:
@@ -49,7 +55,12 @@ def _norm(values: list[str | None]) -> list[str | None]:
         ("CC0", "CC0-1.0"),
         ("BSD 3-Clause", "BSD-3-Clause"),
         ("odc-by", "ODC-By-1.0"),
-        ("public domain", "CC-PDDC"),
+        ("public domain", "LicenseRef-scancode-public-domain"),
+        ("GNU General Public License v3.0", "GPL-3.0-only"),
+        ("Mozilla Public License 2.0", "MPL-2.0"),
+        ("GPL-2.0+", "GPL-2.0-or-later"),
+        ("LicenseRef-scancode-proprietary-license", "LicenseRef-scancode-proprietary-license"),
+        ("licenseref-scancode-public-domain", "LicenseRef-scancode-public-domain"),
     ],
 )
 def test_common_spellings_map_to_spdx(raw, spdx):
@@ -66,6 +77,8 @@ def test_common_spellings_map_to_spdx(raw, spdx):
         ("(MIT OR Apache-2.0) AND BSD-3-Clause", "(MIT OR Apache-2.0) AND BSD-3-Clause"),
         ("GPL-2.0 with Classpath-exception-2.0", "GPL-2.0-only WITH Classpath-exception-2.0"),
         ("MIT OR MIT", "MIT"),
+        ("Apache-2.0 WITH LLVM-exception", "Apache-2.0 WITH LLVM-exception"),
+        ("MIT OR LicenseRef-scancode-public-domain", "MIT OR LicenseRef-scancode-public-domain"),
     ],
 )
 def test_expressions_are_normalized_per_id_with_upper_case_operators(raw, spdx):
@@ -74,8 +87,8 @@ def test_expressions_are_normalized_per_id_with_upper_case_operators(raw, spdx):
 
 @pytest.mark.parametrize(
     "raw",
-    ["", "   ", "unknown", "other", "Proprietary", "MIT OR", "(MIT", "MIT AND Foo-1.0", "GPL", "BSD",
-     "GPL-2.0 WITH No-Such-Exception", "LicenseRef-Custom", None],
+    ["", "   ", "unknown", "other", "Proprietary - ask legal", "MIT OR", "(MIT", "MIT AND Foo-1.0", "GPL", "BSD",
+     "GPL-2.0 WITH No-Such-Exception", "MIT WITH Apache-2.0", "LicenseRef-Custom", "LicenseRef-scancode-nope", None],
 )
 def test_unknown_or_unparsable_licenses_give_null(raw):
     assert _norm([raw]) == [None]
@@ -86,19 +99,47 @@ def test_normalize_license_keeps_order_and_length():
     assert _norm(values) == ["MIT", None, "Apache-2.0", "MIT", None]
 
 
-def test_no_two_spdx_ids_share_a_spelling_key():
-    keys = {}
-    for spdx in SPDX_LICENSES:
-        assert _key(spdx) not in keys, (spdx, keys.get(_key(spdx)))
-        keys[_key(spdx)] = spdx
+def test_every_database_id_normalizes_to_itself():
+    # Every SPDX id and every LicenseRef-scancode-* id of the ScanCode database parses, unchanged.
+    assert len(LICENSE_IDS) > 2000
+    assert {"MIT", "CC-BY-NC-4.0", "LicenseRef-scancode-public-domain"} <= set(LICENSE_IDS)
+    assert _norm(LICENSE_IDS) == LICENSE_IDS
 
 
-def test_every_table_id_normalizes_to_itself():
-    ids = sorted(SPDX_LICENSES)
-    assert _norm(ids) == ids
+def test_every_scancode_key_parses_as_a_license_ref():
+    refs = [f"LicenseRef-scancode-{e.key}" for e in scancode_licenses().values() if not e.is_exception]
+    normalized = _norm(refs)
+    assert None not in normalized
+    assert _norm(["LicenseRef-scancode-apache-2.0", "LicenseRef-scancode-gpl-2.0-plus"]) == [
+        "Apache-2.0", "GPL-2.0-or-later"]
 
 
-_ids = st.sampled_from(sorted(SPDX_LICENSES))
+def test_every_scancode_category_is_mapped():
+    # A database update with a new category must be mapped on purpose, not fall through silently.
+    assert {e.scancode_category for e in scancode_licenses().values()} <= set(SCANCODE_CATEGORIES)
+
+
+def test_non_commercial_and_no_derivative_licenses_from_the_database():
+    by_key = {e.key: e for e in scancode_licenses().values()}
+    cc_nc = [e for key, e in by_key.items() if key.startswith("cc-by-nc-")]
+    assert len(cc_nc) >= 20
+    for entry in cc_nc:
+        assert platform_category(entry) in ("non-commercial", "no-derivatives"), entry.key
+    assert platform_category(by_key["cc-by-nc-sa-4.0"]) == "non-commercial"
+    assert platform_category(by_key["cc-by-nc-nd-4.0"]) == "no-derivatives"
+    assert platform_category(by_key["polyform-noncommercial-1.0.0"]) == "non-commercial"
+    assert platform_category(by_key["cc-by-sa-3.0"]) == "share-alike"
+    assert license_category("LicenseRef-scancode-proprietary-license") == "proprietary/unknown"  # Commercial
+    assert license_category("BUSL-1.1") == "proprietary/unknown"  # Source-available
+
+
+def test_closest_license_names_a_known_id():
+    values = pl.Series(["Apache-2", "CC-BY-NC-4", "Proprietary - ask legal", None])
+    assert closest_license(values).to_list() == [
+        "Apache-2.0", "CC-BY-NC-4.0", "LicenseRef-scancode-proprietary-license", None]
+
+
+_ids = st.sampled_from(LICENSE_IDS)
 _expressions = st.recursive(
     _ids,
     lambda inner: st.tuples(inner, st.sampled_from([" AND ", " OR ", " and ", " or "]), inner).map(
@@ -131,6 +172,8 @@ def test_categories_and_attribution():
     assert license_category("CC-BY-NC-4.0") == "non-commercial"
     assert license_category("CC-BY-ND-4.0") == "no-derivatives"
     assert license_category(None) == "proprietary/unknown"
+    assert license_category("LicenseRef-scancode-public-domain") == "public-domain"
+    assert license_category("GPL-2.0-only WITH Classpath-exception-2.0") == "copyleft"
     # AND takes the stricter side, OR the laxer one.
     assert license_category("MIT AND GPL-3.0-only") == "copyleft"
     assert license_category("MIT OR GPL-3.0-only") == "permissive"
@@ -235,13 +278,32 @@ def test_profile_excluded_generators_and_allowed_terms():
     )
     policy = LicensePolicy(
         profiles={"strict": LicenseProfile(excluded_generators=["GPT-4*"], allowed_generator_terms=["Apache 2.0"])},
-        generators_forbidding_training=[],
+        generator_terms={"custom-ok": GeneratorTerms(meaning="test", forbids_training=False),
+                         "apache-2.0": GeneratorTerms(meaning="test", forbids_training=False),
+                         "mit": GeneratorTerms(meaning="test", forbids_training=False)},
     )
     result = release_license_verdicts(docs, policy, "strict")
     assert result.kept["doc_id"].to_list() == ["s2", "h1"]
     details = dict(zip(result.verdicts["doc_id"], result.verdicts["detail"]))
     assert "excluded" in details["s1"]
     assert "terms mit not allowed" in details["s3"]
+
+
+def test_generator_terms_outside_the_vocabulary_are_not_shipped():
+    docs = _docs([("s1", "MIT", {"generator": {"model": "m", "terms": "no-training-other-models"}}),
+                  ("s2", "MIT", {"generator": {"model": "m", "terms": "Unrestricted Outputs"}})])
+    result = release_license_verdicts(docs, LicensePolicy(), "commercial")
+    assert result.kept["doc_id"].to_list() == ["s2"]
+    assert "not in the vocabulary" in result.verdicts["detail"][0]
+
+
+def test_policy_vocabulary_lists_terms_forbidding_training():
+    policy = LicensePolicy()
+    assert "no-training-of-competing-models" in policy.generators_forbidding_training
+    assert "unrestricted-outputs" not in policy.generators_forbidding_training
+    assert policy.unknown_generator_terms("OpenAI Terms of Use") is None
+    message = policy.unknown_generator_terms("no-training-other-models")
+    assert "no-training-other-models" in message and "no-training-of-competing-models" in message
 
 
 def test_document_breaking_both_rules_is_dropped_once_under_the_license_rule():

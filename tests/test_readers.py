@@ -403,7 +403,8 @@ def test_per_record_license_split(tmp_path):
     check_contract(result)
     assert result.records.select("source_id", "license").rows() == [("1", "MIT"), ("2", "Apache-2.0")]
     assert result.quarantine.select("line", "reason", "license").rows() == [
-        (3, "unknown license 'WTFPL-ish' (field 'lic'); use an SPDX id such as MIT or CC-BY-4.0", "WTFPL-ish"),
+        (3, "unknown license 'WTFPL-ish' (field 'lic'); closest known id: WTFPL; use an SPDX id or expression",
+         "WTFPL-ish"),
         (4, "license missing (field 'lic' is empty or absent)", None),
         (5, "license missing (field 'lic' is empty or absent)", "  "),
     ]
@@ -415,7 +416,8 @@ def test_unknown_manifest_license_quarantines_every_record(tmp_path):
     check_contract(result)
     assert result.records.is_empty()
     assert result.quarantine["reason"].to_list() == [
-        "unknown license 'Some Custom EULA' (manifest `license`); use an SPDX id such as MIT or CC-BY-4.0"] * 2
+        "unknown license 'Some Custom EULA' (manifest `license`); closest known id: "
+        "LicenseRef-scancode-safecopy-eula; use an SPDX id or expression"] * 2
 
 
 # --- chat ------------------------------------------------------------------------------------------------------
