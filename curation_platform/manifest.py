@@ -16,13 +16,16 @@ import os
 import stat as stat_module
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import xxhash
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from curation_platform.errors import ManifestError
+
+if TYPE_CHECKING:
+    from curation_platform.licenses import LicensePolicy
 
 MANIFEST_NAME = "manifest.yaml"
 READY_MARKER = "_READY"
@@ -94,7 +97,8 @@ _FIELD_HELP = {
     "license": "add `license: <SPDX id>` (e.g. MIT, CC-BY-4.0) or `license: per-record` with `license_field`",
     "provenance": "add `provenance:` as a mapping with `url` or `description`, and `collected_at`",
     "format": "set `format:` to one of jsonl, parquet, csv, text, markdown, html, code, chat, or remove it",
-    "generator": "set `generator:` to a mapping with `model` and `terms`",
+    "generator": "set `generator:` to a mapping with `model` and `terms` (terms from `licenses.generator_terms` in "
+                 "curation.yaml)",
 }
 
 
@@ -103,11 +107,12 @@ def _manifest_error(drop_dir: Path, path: Path, field: str, problem: str) -> Man
     return ManifestError(f"drop '{drop_dir.name}': {path}: field '{field}' {problem}; {hint}.")
 
 
-def load_manifest(drop_dir: Path) -> Manifest:
+def load_manifest(drop_dir: Path, policy: LicensePolicy | None = None) -> Manifest:
     """Read and validate ``<drop_dir>/manifest.yaml``.
 
     Raises ManifestError with one message naming the drop, the file, the field and the fix when the manifest is
-    missing, is not valid YAML, or lacks or misstates a required field.
+    missing, is not valid YAML, or lacks or misstates a required field. With ``policy``, a generator's terms must
+    be in its terms vocabulary (``licenses.generator_terms``); the message names the known terms.
     """
     drop_dir = Path(drop_dir)
     path = drop_dir / MANIFEST_NAME
@@ -128,7 +133,7 @@ def load_manifest(drop_dir: Path) -> Manifest:
             f"drop '{drop_dir.name}': {path} must be a YAML mapping with source, kind, license and provenance."
         )
     try:
-        return Manifest.model_validate(raw)
+        manifest = Manifest.model_validate(raw)
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "(manifest)"
@@ -139,6 +144,11 @@ def load_manifest(drop_dir: Path) -> Manifest:
         else:
             problem = f"is invalid ({first['msg']}, got {first.get('input')!r})"
         raise _manifest_error(drop_dir, path, field, problem) from None
+    if policy is not None and manifest.generator is not None:
+        unknown = policy.unknown_generator_terms(manifest.generator.terms)
+        if unknown is not None:
+            raise ManifestError(f"drop '{drop_dir.name}': {path}: field 'generator.terms': {unknown}.")
+    return manifest
 
 
 def _all_entries(drop_dir: Path) -> list[tuple[str, os.stat_result]]:

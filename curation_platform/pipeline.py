@@ -90,7 +90,7 @@ def benchmark_index(cfg: CurationConfig) -> pl.DataFrame:
 def _ingest(ws: Workspace, cfg: CurationConfig, drop: str) -> tuple[pl.DataFrame, StageResult, int]:
     entry = ws.drop(drop)
     drop_dir = Path(entry.path)
-    load_manifest(drop_dir)  # reject the whole drop early with one clear message
+    load_manifest(drop_dir, cfg.licenses)  # reject the whole drop early with one clear message
     ingested = read_drop(drop_dir, cfg.ingest, drop=drop)
     quarantine = ingested.quarantine
     write_parquet_atomic(quarantine, ws.quarantine_path(drop))

@@ -754,7 +754,7 @@ MIXED_LICENSES = "2026-06-mixed-licenses"
 SYNTHETIC = "2026-07-synthetic"
 SAMPLE_DROPS: tuple[str, ...] = (WEB_CRAWL, CODE, CHAT, CHAT_PAIRS, WEB_REFRESH, MIXED_LICENSES, SYNTHETIC)
 
-# Generator terms label of the synthetic drop; the license policy's `generators_forbidding_training` lists it.
+# Generator terms of the synthetic drop; curation.yaml's terms vocabulary marks them forbids_training.
 FORBIDDING_TERMS = "no-training-of-competing-models"
 _SYNTHETIC_GENERATOR = {"model": "example-instruct-70b", "terms": FORBIDDING_TERMS}
 

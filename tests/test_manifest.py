@@ -240,3 +240,52 @@ def test_fingerprint_does_not_depend_on_the_drop_location(tmp_path):
     b = settled_drop(tmp_path / "b", 1_000_000.0)
     assert manifest_fingerprint(a) == manifest_fingerprint(b)
     assert json.dumps(manifest_fingerprint(a))  # a plain string, JSON-able for sensor cursors
+
+
+# --- generator terms vocabulary --------------------------------------------------------------------------------
+
+SYNTHETIC = {**VALID, "kind": "synthetic", "generator": {"model": "example-instruct-70b",
+                                                          "terms": "no-training-other-models"}}
+
+
+def test_unknown_generator_terms_reject_the_drop_naming_the_known_terms(tmp_path):
+    from curation_platform.config import load_config
+    from tests.conftest import REPO
+
+    policy = load_config(REPO / "curation.yaml").licenses
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(write_drop(tmp_path, SYNTHETIC), policy)
+    message = str(caught.value)
+    assert "drop-2024-05" in message and "generator.terms" in message and "'no-training-other-models'" in message
+    assert "no-training-of-competing-models" in message and "openai-terms-of-use" in message
+    # Labels compare case- and separator-insensitively.
+    known = {**SYNTHETIC, "generator": {"model": "m", "terms": "OpenAI Terms of Use"}}
+    assert load_manifest(write_drop(tmp_path, known, "known"), policy).generator.terms == "OpenAI Terms of Use"
+
+
+def test_ingest_rejects_a_synthetic_drop_with_unknown_terms(tmp_path):
+    # The case: the README's own example terms were released because unknown terms passed silently.
+    from curation_platform.config import CurationConfig
+    from curation_platform.pipeline import run_stage
+    from curation_platform.workspace import Workspace
+
+    drop = write_drop(tmp_path, SYNTHETIC, "synthetic-drop")
+    (drop / "data.jsonl").write_text(json.dumps({"id": "1", "text": "A generated paragraph."}) + "\n")
+    ws = Workspace(tmp_path / "ws")
+    ws.register_drop("synthetic-drop", drop)
+    with pytest.raises(ManifestError, match="not in the vocabulary; known terms: no-training-of-competing-models"):
+        run_stage(ws, CurationConfig(), "raw_documents", "synthetic-drop")
+    assert not ws.stage_path("raw_documents", "synthetic-drop").exists()
+
+
+def test_readme_example_manifest_uses_known_generator_terms(tmp_path):
+    import re
+
+    from curation_platform.config import load_config
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"## Data drops.*?```yaml\n(.*?)```", readme, re.S).group(1)
+    terms = yaml.safe_load(example)["generator"]["terms"]
+    vocabulary = load_config(REPO / "curation.yaml").licenses
+    assert vocabulary.unknown_generator_terms(terms) is None, terms
