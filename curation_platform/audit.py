@@ -3,53 +3,90 @@ and aggregates to validate and the bounds from ``curation.yaml``."""
 
 from __future__ import annotations
 
+import functools
+
 import polars as pl
 
 from curation_platform.config import CurationConfig
-from curation_platform.gates import (
-    GateResult, counts_expectations, identity_expectations, max_value_expectation, validate,
-)
-from curation_platform.ledger import read_ledger
-from curation_platform.records import DROP, KEEP, QUARANTINE
+from curation_platform.gates import GateResult, identity_expectations, max_value_expectation, validate
+from curation_platform.ledger import DECIDING, read_ledger
+from curation_platform.records import DROP, KEEP
 from curation_platform.workspace import Workspace
 
 ID_COLUMNS = ["doc_id", "source", "drop", "source_id", "license", "kind"]
 
 
-def _counts(ws: Workspace, stage: str, upstream: str | None, drop: str, max_removal: float) -> pl.DataFrame:
-    ledger = read_ledger(ws, drop).filter(pl.col("verdict").is_in([KEEP, DROP, QUARANTINE]))
-    rows = ledger.filter(pl.col("stage") == stage)
-    kept = int((rows["verdict"] == KEEP).sum())
-    removed = int((rows["verdict"] != KEEP).sum())
-    upstream_kept = (
-        int(((ledger["stage"] == upstream) & (ledger["verdict"] == KEEP)).sum()) if upstream else rows.height
-    )
-    output_rows = pl.scan_parquet(ws.stage_path(stage, drop)).select(pl.len()).collect().item()
+def _deciding_rows(path) -> pl.DataFrame:
+    """(doc_id, verdict) of a ledger file's deciding rows; annotation rows (redact, flag) do not decide."""
+    if not path.exists():
+        return pl.DataFrame(schema={"doc_id": pl.String, "verdict": pl.String})
+    return pl.read_parquet(path, columns=["doc_id", "verdict"]).filter(pl.col("verdict").is_in(DECIDING))
+
+
+def reconciliation_counts(ws: Workspace, stage: str, upstream: str | None, drop: str) -> pl.DataFrame:
+    """One row of counts proving, from the LEDGER rows (never the operator's own counters), that every document
+    entering ``stage`` has exactly one deciding row there and that nothing appeared from elsewhere.
+
+    The documents entering a stage are the upstream stage's ``keep`` rows; for the first stage (no upstream),
+    the records it wrote plus the records it quarantined. Columns: ``input`` (documents entering),
+    ``deciding_rows`` (keep/drop/quarantine rows of this stage), ``accounted`` (entering documents with exactly
+    one deciding row), ``unexpected`` (documents with a deciding row that never entered), ``kept`` (keep rows),
+    ``output_rows`` (rows of the stage output), ``output_mismatch`` (documents kept but not in the output, or in
+    the output but not kept) and ``removal_rate``. They reconcile when accounted = deciding_rows = input,
+    unexpected = 0, kept = output_rows and output_mismatch = 0.
+    """
+    here = _deciding_rows(ws.ledger_path(stage, drop))
+    output_ids = pl.read_parquet(ws.stage_path(stage, drop), columns=["doc_id"])
+    if upstream is None:
+        quarantined = (pl.read_parquet(ws.quarantine_path(drop), columns=["doc_id"])
+                       if ws.quarantine_path(drop).exists() else output_ids.clear())
+        entering = pl.concat([output_ids, quarantined]).unique()
+    else:
+        entering = _deciding_rows(ws.ledger_path(upstream, drop)).filter(pl.col("verdict") == KEEP).select(
+            "doc_id").unique()
+    per_doc = here.group_by("doc_id").agg(pl.len().alias("rows"), (pl.col("verdict") == KEEP).any().alias("kept"))
+    kept_ids = here.filter(pl.col("verdict") == KEEP).select("doc_id").unique()
+    accounted = entering.join(per_doc.filter(pl.col("rows") == 1), on="doc_id", how="semi").height
+    unexpected = per_doc.join(entering, on="doc_id", how="anti").height
+    output_mismatch = (output_ids.unique().join(kept_ids, on="doc_id", how="anti").height
+                       + kept_ids.join(output_ids, on="doc_id", how="anti").height)
+    kept = int((here["verdict"] == KEEP).sum())
     return pl.DataFrame({
-        "input": [rows.height],
-        "accounted": [kept + removed],
-        "upstream_kept": [upstream_kept],
-        "output_rows": [output_rows],
+        "input": [entering.height],
+        "deciding_rows": [here.height],
+        "accounted": [accounted],
+        "unexpected": [unexpected],
         "kept": [kept],
-        "removal_rate": [removed / rows.height if rows.height else 0.0],
+        "output_rows": [output_ids.height],
+        "output_mismatch": [output_mismatch],
+        "removal_rate": [(entering.height - kept) / entering.height if entering.height else 0.0],
     })
+
+
+def _reconciliation_expectations(max_removal_rate: float) -> list:
+    import great_expectations as gx
+
+    equal = gx.expectations.ExpectColumnPairValuesToBeEqual
+    return [
+        equal(column_A="accounted", column_B="input"),  # an entering document with no row, or with two
+        equal(column_A="deciding_rows", column_B="input"),  # a duplicated or extra row
+        max_value_expectation("unexpected", 0),  # a row for a document that never entered the stage
+        equal(column_A="kept", column_B="output_rows"),
+        max_value_expectation("output_mismatch", 0),
+        gx.expectations.ExpectColumnValuesToBeBetween(column="removal_rate", min_value=0.0,
+                                                      max_value=max_removal_rate),
+    ]
 
 
 def stage_gate(ws: Workspace, cfg: CurationConfig, stage: str, upstream: str | None, drop: str,
                residual: pl.DataFrame | None = None) -> list[GateResult]:
-    """Schema and ids of the stage output, reconciliation and removal rate, plus the stage's own checks on
-    ``residual`` (a per-document frame with the columns the stage-specific expectation names)."""
+    """Schema and ids of the stage output, reconciliation from the ledger and removal rate, plus the stage's own
+    checks on ``residual`` (a per-document frame with the columns the stage-specific expectation names)."""
     output = pl.read_parquet(ws.stage_path(stage, drop), columns=ID_COLUMNS)
     results = [validate(f"{stage}.identity", output, identity_expectations(ID_COLUMNS))]
     bound = cfg.gates.max_removal_rate.get(stage, 1.0)
-    counts = _counts(ws, stage, upstream, drop, bound)
-    import great_expectations as gx
-
-    results.append(validate(
-        f"{stage}.reconciliation",
-        counts,
-        [*counts_expectations(bound), gx.expectations.ExpectColumnPairValuesToBeEqual(column_A="kept", column_B="output_rows")],
-    ))
+    counts = reconciliation_counts(ws, stage, upstream, drop)
+    results.append(validate(f"{stage}.reconciliation", counts, _reconciliation_expectations(bound)))
     if residual is not None:
         results.append(validate(f"{stage}.residual", residual,
                                 [max_value_expectation(c, 0) for c in residual.columns if c != "doc_id"]))
@@ -72,24 +109,83 @@ def near_dedup_gate(ws: Workspace, cfg: CurationConfig, drop: str) -> GateResult
                     [max_value_expectation("cluster_size", cfg.near_dedup.max_cluster_size)])
 
 
+@functools.lru_cache(maxsize=1)
+def _spdx_licensing():
+    from license_expression import get_spdx_licensing
+
+    # license-expression's own SPDX index, not the normalizer that labelled the documents at ingest.
+    return get_spdx_licensing()
+
+
+def release_license_audit(shard_glob: str, allowed_categories: list[str]) -> pl.DataFrame:
+    """Per distinct license of the shards matching ``shard_glob``: ``license``, ``documents`` and ``violation``
+    (null when the license may ship under ``allowed_categories``, else why not).
+
+    Independent of the selection (which used ``licenses.license_allowed``): the ``license`` column is read with
+    DuckDB, each distinct value is parsed by ``license_expression``'s SPDX licensing, and each license id's
+    category is looked up in the ScanCode database (``licenses.scancode_licenses``) through the documented
+    ScanCode-to-platform mapping. "A OR B" may ship when one side may, "A AND B" when both may; an exception
+    (WITH) leaves its license's category.
+    """
+    import duckdb
+    from license_expression import ExpressionError, LicenseSymbol, LicenseWithExceptionSymbol
+
+    from curation_platform.licenses import platform_category, scancode_licenses
+
+    with duckdb.connect() as con:
+        per_license = con.sql(
+            "SELECT license, count(*) AS documents FROM read_parquet(?) GROUP BY license ORDER BY license NULLS FIRST",
+            params=[shard_glob],
+        ).pl()
+    licensing = _spdx_licensing()
+    database = scancode_licenses()
+    allowed = frozenset(allowed_categories)
+
+    def categories(node) -> tuple[bool, list[str]]:
+        """(may ship, categories of the ids deciding that)."""
+        if isinstance(node, LicenseWithExceptionSymbol):
+            node = node.license_symbol
+        if isinstance(node, LicenseSymbol):
+            entry = database.get(node.key)
+            category = "not in the ScanCode database" if entry is None else platform_category(entry)
+            return category in allowed, [f"{node.key}: {category}"]
+        sides = [categories(arg) for arg in node.args]
+        ok = all(s[0] for s in sides) if isinstance(node, licensing.AND) else any(s[0] for s in sides)
+        return ok, [c for s in sides for c in s[1]]
+
+    def violation(value: str | None) -> str | None:
+        if value is None:
+            return "license missing"
+        try:
+            parsed = licensing.parse(value, validate=True, strict=True)
+        except ExpressionError as error:
+            return f"license {value!r} does not parse as SPDX ({error})"
+        if parsed is None:
+            return f"license {value!r} is empty"
+        ok, found = categories(parsed)
+        return None if ok else f"{value} ({', '.join(found)}) not in [{', '.join(allowed_categories)}]"
+
+    return per_license.with_columns(
+        pl.Series("violation", [violation(v) for v in per_license["license"].to_list()], dtype=pl.String)
+    )
+
+
 def release_gate(cfg: CurationConfig, staging_dir, residual: pl.DataFrame) -> list[GateResult]:
-    """The audit step of write-audit-publish, over the staged shards: ids, licenses inside the profile, and the
-    per-document ``residual`` columns (benchmark overlap, PII) at zero."""
+    """The audit step of write-audit-publish, over the staged shards: ids, licenses inside the profile (audited
+    independently of the selection, see ``release_license_audit``), and the per-document ``residual`` columns
+    (benchmark overlap, PII) at zero."""
     import great_expectations as gx
 
-    from curation_platform.licenses import license_allowed
-
-    shards = pl.read_parquet(str(staging_dir / "shards" / "*.parquet"), columns=ID_COLUMNS)
+    shard_glob = str(staging_dir / "shards" / "*.parquet")
+    shards = pl.read_parquet(shard_glob, columns=ID_COLUMNS)
     profile = cfg.licenses.profiles[cfg.release.profile]
-    allowed = shards.select("doc_id", "license").with_columns(
-        license_allowed(shards["license"], profile).cast(pl.Int8).alias("license_allowed")
-    )
+    licenses = release_license_audit(shard_glob, list(profile.allowed_categories))
     return [
         # An empty candidate would replace the previous release with nothing.
         validate("release.identity", shards, [gx.expectations.ExpectTableRowCountToBeBetween(min_value=1),
                                               *identity_expectations(ID_COLUMNS)]),
-        validate("release.license_policy", allowed,
-                 [gx.expectations.ExpectColumnValuesToBeInSet(column="license_allowed", value_set=[1])]),
+        validate("release.license_policy", licenses,
+                 [gx.expectations.ExpectColumnValuesToBeNull(column="violation")]),
         validate("release.residual", residual, [max_value_expectation(c, 0) for c in residual.columns if c != "doc_id"]),
     ]
 

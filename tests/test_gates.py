@@ -20,3 +20,133 @@ def test_counts_gate_enforces_reconciliation_and_removal_bound():
     too_many = ok.with_columns(pl.lit(0.6).alias("removal_rate"))
     failed = validate("rate", too_many, counts_expectations(0.5))
     assert not failed.passed and "removal_rate" in failed.failures[0]
+
+
+# --- reconciliation from the ledger ----------------------------------------------------------------------------
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+from curation_platform.audit import ID_COLUMNS, reconciliation_counts, release_gate, stage_gate  # noqa: E402
+from curation_platform.config import CurationConfig  # noqa: E402
+from curation_platform.pipeline import run_stage  # noqa: E402
+from curation_platform.workspace import Workspace  # noqa: E402
+
+_TEXTS = [f"Paragraph {i} about the harbor, the market and the old bridge in town." for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory):
+    """A real workspace: one small drop (six records, one malformed line) through raw_documents and normalized."""
+    root = tmp_path_factory.mktemp("gates")
+    drop = root / "landing" / "d1"
+    drop.mkdir(parents=True)
+    (drop / "manifest.yaml").write_text(yaml.safe_dump(
+        {"source": "s", "kind": "text", "license": "MIT", "provenance": {"description": "test"}}))
+    lines = [json.dumps({"id": str(i), "text": t}) for i, t in enumerate(_TEXTS)] + ["{not json"]
+    (drop / "data.jsonl").write_text("\n".join(lines) + "\n")
+    ws = Workspace(root / "ws")
+    ws.register_drop("d1", drop)
+    cfg = CurationConfig()
+    for stage in ("raw_documents", "normalized"):
+        run_stage(ws, cfg, stage, "d1")
+    return ws, cfg
+
+
+def _reconciliation(ws, cfg, stage, upstream):
+    results = {r.name: r for r in stage_gate(ws, cfg, stage, upstream, "d1")}
+    return results[f"{stage}.reconciliation"]
+
+
+def test_untouched_ledger_reconciles(curated):
+    ws, cfg = curated
+    assert _reconciliation(ws, cfg, "raw_documents", None).passed
+    assert _reconciliation(ws, cfg, "normalized", "raw_documents").passed
+    counts = reconciliation_counts(ws, "raw_documents", None, "d1").row(0, named=True)
+    assert counts["input"] == 7 and counts["kept"] == 6 and counts["accounted"] == 7
+
+
+def _missing(ledger: pl.DataFrame) -> pl.DataFrame:
+    return ledger.slice(1)
+
+
+def _duplicated(ledger: pl.DataFrame) -> pl.DataFrame:
+    return pl.concat([ledger, ledger.head(1)])
+
+
+def _extra(ledger: pl.DataFrame) -> pl.DataFrame:
+    return pl.concat([ledger, ledger.head(1).with_columns(pl.lit("ghost").alias("doc_id"))])
+
+
+def _swapped(ledger: pl.DataFrame) -> pl.DataFrame:
+    # Same row count: one document's row now names a document that never entered the stage.
+    return ledger.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("ghost"))
+                               .otherwise(pl.col("doc_id")).alias("doc_id"))
+
+
+def _duplicated_and_missing(ledger: pl.DataFrame) -> pl.DataFrame:
+    # Same row count: one document decided twice, another never.
+    return pl.concat([ledger.head(1), ledger.head(1), ledger.slice(2)])
+
+
+@pytest.mark.parametrize("corrupt", [_missing, _duplicated, _extra, _swapped, _duplicated_and_missing])
+@pytest.mark.parametrize(("stage", "upstream"), [("normalized", "raw_documents"), ("raw_documents", None)])
+def test_corrupted_ledger_fails_the_reconciliation_gate(curated, corrupt, stage, upstream):
+    ws, cfg = curated
+    path = ws.ledger_path(stage, "d1")
+    original = path.read_bytes()
+    try:
+        corrupt(pl.read_parquet(path).sort("doc_id")).write_parquet(path)
+        result = _reconciliation(ws, cfg, stage, upstream)
+        assert not result.passed, corrupt.__name__
+        assert result.failures
+    finally:
+        path.write_bytes(original)
+    assert _reconciliation(ws, cfg, stage, upstream).passed
+
+
+# --- release license audit -------------------------------------------------------------------------------------
+
+
+def _stage_shards(tmp_path, licenses: list[str | None]):
+    staging = tmp_path / "staging"
+    (staging / "shards").mkdir(parents=True)
+    n = len(licenses)
+    pl.DataFrame({
+        "doc_id": [f"doc{i}" for i in range(n)], "source": ["s"] * n, "drop": ["d1"] * n,
+        "source_id": [str(i) for i in range(n)], "license": licenses, "kind": ["text"] * n,
+        "text": ["clean text"] * n,
+    }, schema_overrides={"license": pl.String}).write_parquet(staging / "shards" / "part-00000.parquet")
+    residual = pl.DataFrame({"doc_id": [f"doc{i}" for i in range(n)], "residual_pii": [0] * n})
+    return staging, residual
+
+
+def _license_gate(cfg, staging, residual):
+    return {r.name: r for r in release_gate(cfg, staging, residual)}["release.license_policy"]
+
+
+def test_release_license_audit_passes_allowed_licenses(tmp_path):
+    staging, residual = _stage_shards(
+        tmp_path, ["MIT", "Apache-2.0", "LicenseRef-scancode-public-domain", "MIT OR CC-BY-NC-4.0", "CC0-1.0"])
+    assert _license_gate(CurationConfig(), staging, residual).passed
+
+
+@pytest.mark.parametrize("planted", ["CC-BY-NC-4.0", "MIT AND CC-BY-NC-4.0", "Proprietary - ask legal", None])
+def test_planted_document_in_the_staged_shards_fails_the_release_gate(tmp_path, planted):
+    staging, residual = _stage_shards(tmp_path, ["MIT", "Apache-2.0", planted])
+    result = _license_gate(CurationConfig(), staging, residual)
+    assert not result.passed
+    assert "violation" in result.description
+
+
+def test_release_license_audit_does_not_reuse_the_selection_function(tmp_path, monkeypatch):
+    # Even if the selection's classifier wrongly allowed everything, the audit still catches the NC document.
+    import curation_platform.licenses as licenses
+
+    monkeypatch.setattr(licenses, "license_allowed", lambda values, profile: pl.Series([True] * len(values)))
+    staging, residual = _stage_shards(tmp_path, ["MIT", "CC-BY-NC-4.0"])
+    result = _license_gate(CurationConfig(), staging, residual)
+    assert not result.passed
+    assert "CC-BY-NC-4.0" in result.description and "non-commercial" in result.description
