@@ -44,7 +44,7 @@ def reconciliation_counts(ws: Workspace, stage: str, upstream: str | None, drop:
     else:
         entering = _deciding_rows(ws.ledger_path(upstream, drop)).filter(pl.col("verdict") == KEEP).select(
             "doc_id").unique()
-    per_doc = here.group_by("doc_id").agg(pl.len().alias("rows"), (pl.col("verdict") == KEEP).any().alias("kept"))
+    per_doc = here.group_by("doc_id").agg(pl.len().alias("rows"))
     kept_ids = here.filter(pl.col("verdict") == KEEP).select("doc_id").unique()
     accounted = entering.join(per_doc.filter(pl.col("rows") == 1), on="doc_id", how="semi").height
     unexpected = per_doc.join(entering, on="doc_id", how="anti").height
@@ -111,10 +111,17 @@ def near_dedup_gate(ws: Workspace, cfg: CurationConfig, drop: str) -> GateResult
 
 @functools.lru_cache(maxsize=1)
 def _spdx_licensing():
-    from license_expression import get_spdx_licensing
+    """license-expression's own SPDX Licensing (``build_spdx_licensing``) over the bundled ScanCode database: the
+    library's parser and symbol table, not the normalizer that labelled the documents at ingest."""
+    from license_expression import build_spdx_licensing
 
-    # license-expression's own SPDX index, not the normalizer that labelled the documents at ingest.
-    return get_spdx_licensing()
+    from curation_platform.licenses import scancode_licenses
+
+    return build_spdx_licensing([
+        {"license_key": e.key, "spdx_license_key": e.spdx, "other_spdx_license_keys": list(e.other_ids),
+         "is_exception": e.is_exception, "is_deprecated": e.is_deprecated}
+        for e in scancode_licenses().values()
+    ])
 
 
 def release_license_audit(shard_glob: str, allowed_categories: list[str]) -> pl.DataFrame:
@@ -122,7 +129,7 @@ def release_license_audit(shard_glob: str, allowed_categories: list[str]) -> pl.
     (null when the license may ship under ``allowed_categories``, else why not).
 
     Independent of the selection (which used ``licenses.license_allowed``): the ``license`` column is read with
-    DuckDB, each distinct value is parsed by ``license_expression``'s SPDX licensing, and each license id's
+    DuckDB, each distinct value is parsed by ``license_expression``'s own SPDX Licensing, and each license id's
     category is looked up in the ScanCode database (``licenses.scancode_licenses``) through the documented
     ScanCode-to-platform mapping. "A OR B" may ship when one side may, "A AND B" when both may; an exception
     (WITH) leaves its license's category.
