@@ -391,16 +391,16 @@ def _default_generator_terms() -> dict[str, GeneratorTerms]:
             meaning="generic label: outputs may not train models that compete with the generator",
             forbids_training=True),
         "openai-terms-of-use": GeneratorTerms(
-            meaning="OpenAI Terms of Use: outputs may not develop models that compete with OpenAI",
+            meaning="OpenAI Terms of Use: no developing models that compete with OpenAI",
             forbids_training=True),
         "anthropic-commercial-terms": GeneratorTerms(
-            meaning="Anthropic Commercial Terms: outputs may not build competing products or models",
+            meaning="Anthropic Commercial Terms: no building competing products or models",
             forbids_training=True),
         "google-gemini-api-terms": GeneratorTerms(
-            meaning="Gemini API Additional Terms: outputs may not develop models that compete with Gemini",
+            meaning="Gemini API Additional Terms: no developing models that compete with Gemini",
             forbids_training=True),
         "llama-2-community-license": GeneratorTerms(
-            meaning="Llama 2 Community License: outputs may not improve other large language models",
+            meaning="Llama 2 Community License: no improving other large language models",
             forbids_training=True),
         "unrestricted-outputs": GeneratorTerms(
             meaning="the generator's terms place no restriction on training with its outputs",
