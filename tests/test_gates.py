@@ -1,6 +1,14 @@
-import polars as pl
+import json
 
+import polars as pl
+import pytest
+import yaml
+
+from curation_platform.audit import reconciliation_counts, release_gate, stage_gate
+from curation_platform.config import CurationConfig
 from curation_platform.gates import counts_expectations, identity_expectations, validate
+from curation_platform.pipeline import run_stage
+from curation_platform.workspace import Workspace
 
 
 def test_identity_gate_names_the_failing_expectations_and_counts():
@@ -23,16 +31,6 @@ def test_counts_gate_enforces_reconciliation_and_removal_bound():
 
 
 # --- reconciliation from the ledger ----------------------------------------------------------------------------
-
-import json  # noqa: E402
-
-import pytest  # noqa: E402
-import yaml  # noqa: E402
-
-from curation_platform.audit import ID_COLUMNS, reconciliation_counts, release_gate, stage_gate  # noqa: E402
-from curation_platform.config import CurationConfig  # noqa: E402
-from curation_platform.pipeline import run_stage  # noqa: E402
-from curation_platform.workspace import Workspace  # noqa: E402
 
 _TEXTS = [f"Paragraph {i} about the harbor, the market and the old bridge in town." for i in range(6)]
 
