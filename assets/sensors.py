@@ -20,7 +20,7 @@ from curation_platform.landing import scan_landing
 )
 def landing_sensor(context: dg.SensorEvaluationContext, curation: CurationResource) -> dg.SensorResult:
     cfg = curation.cfg()
-    scan = scan_landing(Path(curation.landing), cfg.ingest.settle_seconds)
+    scan = scan_landing(Path(curation.landing), cfg.ingest.settle_seconds, cfg.licenses)
     for name, message in scan.rejected:
         context.log.warning(message)
     known = set(context.instance.get_dynamic_partitions(drops.name))

@@ -120,7 +120,7 @@ def run(
     cfg = resource.cfg()
     if cfg.release.profile not in cfg.licenses.profiles:
         _fail(f"unknown license profile '{cfg.release.profile}'; profiles: {', '.join(cfg.licenses.profiles)}")
-    scan = scan_landing(landing, 0 if landing.is_dir() else cfg.ingest.settle_seconds)
+    scan = scan_landing(landing, 0 if landing.is_dir() else cfg.ingest.settle_seconds, cfg.licenses)
     for name, message in scan.rejected:
         typer.secho(f"rejected drop {name}: {message}", fg=typer.colors.YELLOW, err=True)
     changed = ws.changed_drops(scan.ready)

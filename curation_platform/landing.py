@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from curation_platform.errors import CurationError, ManifestError
 from curation_platform.manifest import drop_is_ready, load_manifest, manifest_fingerprint
 from curation_platform.workspace import check_name
+
+if TYPE_CHECKING:
+    from curation_platform.licenses import LicensePolicy
 
 
 @dataclass
@@ -17,8 +21,9 @@ class LandingScan:
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (name, message)
 
 
-def scan_landing(landing: Path, settle_seconds: float) -> LandingScan:
-    """Every drop folder under ``landing`` in name order, sorted into ready, waiting and rejected."""
+def scan_landing(landing: Path, settle_seconds: float, policy: LicensePolicy | None = None) -> LandingScan:
+    """Every drop folder under ``landing`` in name order, sorted into ready, waiting and rejected. With ``policy``,
+    a drop whose generator terms are not in its vocabulary is rejected too."""
     scan = LandingScan()
     if not landing.is_dir():
         return scan
@@ -28,7 +33,7 @@ def scan_landing(landing: Path, settle_seconds: float) -> LandingScan:
             continue
         try:
             check_name("drop", folder.name)
-            load_manifest(folder)
+            load_manifest(folder, policy)
         except (ManifestError, CurationError) as exc:
             scan.rejected.append((folder.name, str(exc)))
             continue

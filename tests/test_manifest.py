@@ -289,3 +289,14 @@ def test_readme_example_manifest_uses_known_generator_terms(tmp_path):
     terms = yaml.safe_load(example)["generator"]["terms"]
     vocabulary = load_config(REPO / "curation.yaml").licenses
     assert vocabulary.unknown_generator_terms(terms) is None, terms
+
+
+def test_landing_scan_rejects_a_drop_with_unknown_terms(tmp_path):
+    from curation_platform.config import CurationConfig
+    from curation_platform.landing import scan_landing
+
+    write_drop(tmp_path, SYNTHETIC, "synthetic-drop")
+    (tmp_path / "synthetic-drop" / "_READY").write_bytes(b"")
+    scan = scan_landing(tmp_path, 0, CurationConfig().licenses)
+    assert scan.ready == [] and [name for name, _ in scan.rejected] == ["synthetic-drop"]
+    assert "known terms: no-training-of-competing-models" in scan.rejected[0][1]
