@@ -350,6 +350,17 @@ def attribution_required(spdx: str | None) -> bool:
     return True if node is None else _node_attribution(node)
 
 
+def license_restrictiveness(values: pl.Series) -> pl.Series:
+    """Rank of each license string's category from least (0, public-domain) to most restrictive (7, unknown or
+    null), decided once per distinct value: a keep-rule key that prefers the more permissive copy.
+
+    ``["CC0-1.0", "MIT", "CC-BY-NC-4.0", None]`` -> ``[0, 1, 5, 7]``.
+    """
+    mapping = {v: _RESTRICTIVENESS.index(license_category(v)) for v in values.unique().to_list()}
+    return values.replace_strict(mapping, return_dtype=pl.Int32, default=len(_RESTRICTIVENESS) - 1).fill_null(
+        len(_RESTRICTIVENESS) - 1)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Release policy
 

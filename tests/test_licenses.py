@@ -16,6 +16,7 @@ from curation_platform.licenses import (
     license_allowed,
     license_breakdown,
     license_category,
+    license_restrictiveness,
     normalize_license,
     platform_category,
     release_license_verdicts,
@@ -131,6 +132,11 @@ def test_non_commercial_and_no_derivative_licenses_from_the_database():
     assert platform_category(by_key["cc-by-sa-3.0"]) == "share-alike"
     assert license_category("LicenseRef-scancode-proprietary-license") == "proprietary/unknown"  # Commercial
     assert license_category("BUSL-1.1") == "proprietary/unknown"  # Source-available
+
+
+def test_license_restrictiveness_ranks_categories():
+    values = pl.Series(["CC0-1.0", "MIT", "CC-BY-SA-4.0", "CC-BY-NC-4.0", "MIT OR GPL-3.0-only", "junk", None])
+    assert license_restrictiveness(values).to_list() == [0, 1, 3, 5, 1, 7, 7]
 
 
 def test_closest_license_names_a_known_id():
