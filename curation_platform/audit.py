@@ -165,8 +165,8 @@ def release_license_audit(shard_glob: str, allowed_categories: list[str]) -> pl.
             return "license missing"
         try:
             parsed = licensing.parse(value, validate=True, strict=True)
-        except ExpressionError as error:
-            return f"license {value!r} does not parse as SPDX ({error})"
+        except (ExpressionError, IndexError) as error:  # IndexError: license-expression on an empty "( )"
+            return f"license {value!r} does not parse as SPDX ({error or type(error).__name__})"
         if parsed is None:
             return f"license {value!r} is empty"
         ok, found = categories(parsed)

@@ -253,9 +253,7 @@ def _parse(value: str | None):
         rebuilt.append(known)
     try:
         return licensing.dedup(licensing.parse(" ".join(rebuilt), validate=True, strict=True))
-    except ExpressionError:
-        return None
-    except Exception:  # license_expression raises ParseError subclasses for some malformed input
+    except (ExpressionError, IndexError):  # license-expression raises IndexError on an empty bracket, "( )"
         return None
 
 

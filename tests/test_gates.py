@@ -133,7 +133,7 @@ def test_release_license_audit_passes_allowed_licenses(tmp_path):
     assert _license_gate(CurationConfig(), staging, residual).passed
 
 
-@pytest.mark.parametrize("planted", ["CC-BY-NC-4.0", "MIT AND CC-BY-NC-4.0", "Proprietary - ask legal", None])
+@pytest.mark.parametrize("planted", ["CC-BY-NC-4.0", "MIT AND CC-BY-NC-4.0", "Proprietary - ask legal", "( )", None])
 def test_planted_document_in_the_staged_shards_fails_the_release_gate(tmp_path, planted):
     staging, residual = _stage_shards(tmp_path, ["MIT", "Apache-2.0", planted])
     result = _license_gate(CurationConfig(), staging, residual)

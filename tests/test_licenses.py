@@ -89,7 +89,7 @@ def test_expressions_are_normalized_per_id_with_upper_case_operators(raw, spdx):
 @pytest.mark.parametrize(
     "raw",
     ["", "   ", "unknown", "other", "Proprietary - ask legal", "MIT OR", "(MIT", "MIT AND Foo-1.0", "GPL", "BSD",
-     "GPL-2.0 WITH No-Such-Exception", "MIT WITH Apache-2.0", "LicenseRef-Custom", "LicenseRef-scancode-nope", None],
+     "GPL-2.0 WITH No-Such-Exception", "MIT WITH Apache-2.0", "( )", "MIT AND AND MIT", "LicenseRef-Custom", "LicenseRef-scancode-nope", None],
 )
 def test_unknown_or_unparsable_licenses_give_null(raw):
     assert _norm([raw]) == [None]
