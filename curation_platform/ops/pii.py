@@ -164,11 +164,12 @@ _IPV4 = (
 )
 # A lone "X::" (2002::/16) is an address too; "/len" makes it a network prefix (see keep_network_prefixes).
 _IPV6 = r"(?P<val>(?i:\b[0-9a-f]{1,4}(?:(?:::?[0-9a-f]{1,4}){1,7}(?:::)?|::))[0-9A-Za-z_]*(?:/[0-9]{1,3}\b)?)"
-# Phones: any run of digit groups (with "+", "(area)", "(0)" and an extension) is a candidate; libphonenumber
-# decides (``_phone_valid``). A run glued to "-", "/", "#", "@" or "." (UUIDs, paths, order #123, dotted ids) is
-# captured in ``pre`` and rejected; runs glued to letters never start at a word boundary.
+# Phones: any run of 7 to 17 digits with separators (and "+", "(area)", "(0)", an extension) is a candidate; libphonenumber
+# decides (``_phone_validator``). A run glued to "-", "/", "#", "@" or "." (UUIDs, paths, order #123, dotted ids)
+# is captured in ``pre`` and rejected unless it starts with "+"; runs glued to letters never start at a word
+# boundary.
 _PHONE = (
-    r"(?P<pre>[\-/#@.])?(?P<val>(?:\+[ ]?|\(|\b)[0-9]{1,4}\)?(?:[ .\-/]{0,2}\(?[0-9]{1,5}\)?){1,7}\b"
+    r"(?P<pre>[\-/#@.])?(?P<val>(?:\+[ ]?|\(|\b)[0-9](?:[ .\-/()\p{Pd}]{0,3}[0-9]){6,16}\b"
     r"(?:[ ]?(?i:x|ext\.?|extension)[ ]?[0-9]{1,6}\b)?)"
 )
 # The fewest digits (extension excluded) worth asking libphonenumber about.
@@ -432,7 +433,9 @@ def _phone_validator(regions: tuple[str, ...]) -> Validator:
 
     def validate(values: pl.Series, prefixes: pl.Series, cfg: PiiConfig) -> pl.Series:
         digits = values.str.replace(r"(?i)[ ]?(?:x|ext\.?|extension)[ ]?[0-9]+$", "").str.count_matches(r"[0-9]")
-        plausible = (digits >= _PHONE_MIN_DIGITS) & (prefixes.fill_null("").str.len_chars() == 0)
+        # A "+" marks a phone number even glued to "/", "." or "@" (wa.me/+1..., tel.+44 ...).
+        unglued = (prefixes.fill_null("").str.len_chars() == 0) | values.str.starts_with("+")
+        plausible = (digits >= _PHONE_MIN_DIGITS) & unglued
         verdict = [
             bool(ok) and _phone_span(raw, regions) is not None
             for raw, ok in zip(values.to_list(), plausible.to_list())
@@ -499,6 +502,8 @@ class _Detector:
     repeat: bool = False
     # Validity depends on the document's phone regions: applied once per region set, with _phone_validator.
     by_region: bool = False
+    # A cheap pattern every match contains: rows without it skip the detector (rare shapes stay cheap).
+    prefilter: str | None = None
 
 
 def _value_only(fn: Callable[[pl.Series, PiiConfig], pl.Series]) -> Validator:
@@ -511,17 +516,20 @@ def _detectors(cfg: PiiConfig) -> list[_Detector]:
         _Detector("secret", f"(?P<val>{_PRIVATE_KEY})"),
         _Detector("secret", f"(?P<val>{_TOKEN_SECRETS})"),
         # Before e-mails: "user:secret@db.example.com" must not read as the address "secret@db.example.com".
-        _Detector("secret", _CONNECTION, _value_only(_password_valid), lambda v, ph: pl.Series([ph + "@"] * len(v))),
+        _Detector("secret", _CONNECTION, _value_only(_password_valid), lambda v, ph: pl.Series([ph + "@"] * len(v)),
+                  prefilter="://"),
         _Detector("email", _EMAIL, _value_only(_email_valid)),
-        _Detector("email", _EMAIL_BRACKETED, _value_only(lambda v, c: _email_valid(_deobfuscate_email(v), c))),
-        _Detector("email", _EMAIL_SPELLED, _value_only(lambda v, c: _email_valid(_deobfuscate_email(v), c))),
+        _Detector("email", _EMAIL_BRACKETED, _value_only(lambda v, c: _email_valid(_deobfuscate_email(v), c)),
+                  prefilter=r"(?i)[\[({<]\s*at\s*[\])}>]"),
+        _Detector("email", _EMAIL_SPELLED, _value_only(lambda v, c: _email_valid(_deobfuscate_email(v), c)),
+                  prefilter="(?i) dot "),
     ]
     assignment = _secret_assignment_pattern(cfg)
     if assignment:
         detectors.append(_Detector("secret", assignment, _secret_value_valid))
     detectors += [
         _Detector("iban", _IBAN, _value_only(lambda v, c: iban_valid(v))),
-        _Detector("us_ssn", _SSN_LABELLED, _value_only(_ssn_valid)),
+        _Detector("us_ssn", _SSN_LABELLED, _value_only(_ssn_valid), prefilter=r"(?i)ssn|ss#|social\s+security"),
         _Detector("us_ssn", _SSN, _value_only(_ssn_valid)),
         _Detector("credit_card", _CARD, _card_valid, _card_rewrite, repeat=True),
         _Detector("ip_address", _IPV6, _value_only(_ipv6_redact)),
@@ -535,6 +543,12 @@ def _detectors(cfg: PiiConfig) -> list[_Detector]:
 
 def _apply_detector(texts: pl.Series, det: _Detector, cfg: PiiConfig) -> pl.Series:
     """Replace the validated matches of one detector in a String Series; everything else is left untouched."""
+    if det.prefilter is not None:
+        rows = texts.str.contains(det.prefilter).fill_null(False)
+        if not rows.any():
+            return texts
+        if not rows.all():
+            return texts.scatter(rows.arg_true(), _apply_detector(texts.filter(rows), replace(det, prefilter=None), cfg))
     placeholder = PLACEHOLDERS[det.pii_type]
     has_pre = "(?P<pre>" in det.pattern
     keep_pre = "${pre}" if has_pre else ""
@@ -758,7 +772,7 @@ _SCAN_TOKEN_IPV4 = (
 _SCAN_TOKEN_IPV6 = r"[0-9A-Za-z_:]*::?[0-9A-Za-z_:]*(?:/[0-9]+)?"
 # Digit runs worth a PhoneNumberMatcher: 7+ digits with the separators numbers are written with, one character
 # of context either side (the matcher rejects numbers glued to letters).
-_SCAN_DIGIT_RUN = r"[^\s0-9]?[+(]?[0-9][0-9 ()./\-]*[0-9](?:[ ]?(?i:x|ext\.?)[ ]?[0-9]+)?[^\s0-9]?"
+_SCAN_DIGIT_RUN = r"[^\s0-9]?[+(]?[0-9](?:[ \t\n()./\-\p{Pd}]*[0-9]){6,}(?:[ ]?(?i:x|ext\.?)[ ]?[0-9]+)?[^\s0-9]?"
 _SCAN_CARD = r"\b(?:[0-9]{4}[- ]){3}[0-9]{4}\b|\b3[47][0-9]{2}[- ]?[0-9]{6}[- ]?[0-9]{5}\b|\b[0-9]{13,19}\b"
 _SCAN_IBAN = r"\b[A-Z]{2}[0-9]{2}(?:[ ]?[0-9A-Z]{4}){2,7}(?:[ ]?[0-9A-Z]{1,4})?\b"
 _SCAN_SSN = r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b"
@@ -857,7 +871,7 @@ def _scan_phone_matches(window: str, regions: tuple[str, ...]) -> int:
 
 
 def _scan_phones(texts: pl.Series, region_keys: pl.Series) -> pl.DataFrame:
-    found = _scan_candidates(texts, _SCAN_DIGIT_RUN).filter(pl.col("m").str.count_matches(r"[0-9]") >= 7)
+    found = _scan_candidates(texts, _SCAN_DIGIT_RUN)
     found = found.join(pl.DataFrame({"regions": region_keys}).with_row_index("row"), on="row", how="left")
     pairs = found.select("m", "regions").unique()
     hits = {
@@ -872,13 +886,18 @@ def _scan_phones(texts: pl.Series, region_keys: pl.Series) -> pl.DataFrame:
 
 
 def _scan_emails(texts: pl.Series, cfg: PiiConfig) -> pl.DataFrame:
-    plain = (
-        texts.str.replace_all(_SCAN_OBFUSCATED_AT, "@")
-        .str.replace_all(_SCAN_OBFUSCATED_DOT, ".")
-        .str.replace_all(_SCAN_SPELLED_EMAIL, "${1}@${2}")
-    )
-    plain = plain.str.replace_all(r"(?i)@([\w\-]+(?: dot [\w\-]+)+)", "@${1}")  # spelled domain dots below
-    plain = plain.str.replace_all(r"(?i)(@[\w\-.]+) dot ([\w\-]+)", "${1}.${2}")
+    obfuscated = texts.str.contains(r"(?i)[\[({<][ \t]*at[ \t]*[\])}>]| at [\w\-]+ dot ").fill_null(False)
+    plain = texts
+    if obfuscated.any():
+        rewritten = (
+            texts.filter(obfuscated)
+            .str.replace_all(_SCAN_OBFUSCATED_AT, "@")
+            .str.replace_all(_SCAN_OBFUSCATED_DOT, ".")
+            .str.replace_all(_SCAN_SPELLED_EMAIL, "${1}@${2}")
+        )
+        for _ in range(3):  # the spelled domain "example dot co dot uk", one " dot " per pass
+            rewritten = rewritten.str.replace_all(r"(?i)(@[\w\-.]+) dot ([\w\-]+)", "${1}.${2}")
+        plain = texts.scatter(obfuscated.arg_true(), rewritten)
     found = _scan_candidates(plain, _SCAN_TOKEN_EMAIL).with_columns(pl.col("m").str.strip_chars_end("."))
     found = found.filter(pl.col("m").str.contains(_SCAN_EMAIL_FULL))
     return _keep_valid(found, _email_valid(found["m"], cfg))
