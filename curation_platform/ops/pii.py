@@ -163,13 +163,18 @@ _IPV4 = (
     r"(?:(?P<pre>(?i:\b(?:version|ver|release|build)\b[ :.]*|\bv))|\b)(?P<val>[0-9]+(?:\.[0-9]+){3,}(?:/[0-9]{1,3})?)\b"
 )
 # A lone "X::" (2002::/16) is an address too; "/len" makes it a network prefix (see keep_network_prefixes).
-_IPV6 = r"(?P<val>(?i:\b[0-9a-f]{1,4}(?:(?:::?[0-9a-f]{1,4}){1,7}(?:::)?|::))[0-9A-Za-z_]*(?:/[0-9]{1,3}\b)?)"
+# So is a leading "::" form (::1, ::ffff:0:0); the bare "::" is punctuation, not an address mention.
+_IPV6 = (
+    r"(?P<val>(?i:\b[0-9a-f]{1,4}(?:(?:::?[0-9a-f]{1,4}){1,7}(?:::)?|::)|::[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,6})"
+    r"[0-9A-Za-z_]*(?:/[0-9]{1,3}\b)?)"
+)
 # Phones: any run of 7 to 17 digits with separators (and "+", "(area)", "(0)", an extension) is a candidate; libphonenumber
 # decides (``_phone_validator``). A run glued to "-", "/", "#", "@" or "." (UUIDs, paths, order #123, dotted ids)
 # is captured in ``pre`` and rejected unless it starts with "+"; runs glued to letters never start at a word
 # boundary.
 _PHONE = (
-    r"(?P<pre>[\-/#@.])?(?P<val>(?:\+[ ]?|\(|\b)[0-9](?:[ .\-/()\p{Pd}]{0,3}[0-9]){6,16}\b"
+    r"(?P<pre>[\-/#@.]|(?i:\b(?:" + "|".join(policy.NOT_PHONE_LABELS) + r")\b[ :]*))?"
+    r"(?P<val>(?:\+[ ]?|\(|\b)[0-9](?:[ .\-/()\p{Pd}]{0,3}[0-9]){6,16}\b"
     r"(?:[ ]?(?i:x|ext\.?|extension)[ ]?[0-9]{1,6}\b)?)"
 )
 # The fewest digits (extension excluded) worth asking libphonenumber about.
@@ -849,7 +854,7 @@ def _scan_ips(texts: pl.Series, cfg: PiiConfig) -> pl.DataFrame:
         v4 = v4.filter(~version)
     v6 = _scan_candidates(texts, _SCAN_TOKEN_IPV6).with_columns(
         ip=pl.col("m").str.replace(r"([^:]):$", "${1}")
-    ).filter(pl.col("ip").str.count_matches(":") >= 2)
+    ).filter((pl.col("ip").str.count_matches(":") >= 2) & pl.col("ip").str.contains("[0-9A-Fa-f]"))
     found = pl.concat([v4.select("row", "ip"), v6.select("row", "ip")])
     kept, keep_prefixes = frozenset(policy.kept_ip_categories(cfg)), cfg.keep_network_prefixes
     tokens = found["ip"].unique()  # few per batch: parsed one by one
@@ -871,7 +876,8 @@ def _scan_phone_matches(window: str, regions: tuple[str, ...]) -> int:
 
 
 def _scan_phones(texts: pl.Series, region_keys: pl.Series) -> pl.DataFrame:
-    found = _scan_candidates(texts, _SCAN_DIGIT_RUN)
+    labels = r"(?i:\b(?:" + "|".join(policy.NOT_PHONE_LABELS) + r")\b[ :]*)"
+    found = _scan_candidates(texts, f"{labels}?{_SCAN_DIGIT_RUN}").filter(~pl.col("m").str.contains(f"^{labels}"))
     found = found.join(pl.DataFrame({"regions": region_keys}).with_row_index("row"), on="row", how="left")
     pairs = found.select("m", "regions").unique()
     hits = {

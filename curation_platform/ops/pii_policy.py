@@ -55,6 +55,8 @@ def phone_regions(language: str | None, default_regions: Iterable[str]) -> tuple
 
 
 NANP_COUNTRY_CODE = 1
+# Numbers right after these labels are book and serial numbers ("ISBN 0-306-40615-2" is also a valid FR number).
+NOT_PHONE_LABELS: tuple[str, ...] = ("isbn", "isbn-10", "isbn-13", "issn", "doi")
 # How NANP numbers are written: digit groups of 3-3-4 (optionally after a "1"), 3-7 or all ten together.
 _NANP_GROUPINGS = {(10,), (11,), (3, 7), (3, 3, 4), (1, 3, 3, 4), (1, 10)}
 _EXTENSION = re.compile(r"(?i)\s*(?:x|ext\.?|extension)\s*[0-9]+\s*$")
