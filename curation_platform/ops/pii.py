@@ -10,19 +10,28 @@ cannot express (Luhn, IBAN mod-97, IP ranges, SSN areas, Shannon entropy) work i
 3. ``str.replace_many`` swaps the validated marked strings for their placeholder and one ``str.replace_all``
    unwraps the rejected ones.
 
-Validation depends only on the candidate string (plus an optional prefix such as ``password = "``), so one
-batch-wide table of validated candidates is exact for every document. Chat documents are redacted in ``text`` and
+Validation depends only on the candidate string (plus an optional prefix such as ``password = "``; for phones
+also the document's regions, so that detector runs once per distinct region set), so one batch-wide table of
+validated candidates is exact for every document. Chat documents are redacted in ``text`` and
 in every ``messages[].content``. A document with more PII hits than ``max_hits_per_doc`` is dropped with
 ``pii.too_many_hits`` instead (Dolma); redacted documents get one ``redact`` verdict per type.
 
-Decisions on look-alikes: a 4-part dotted number right after ``version``/``ver``/``release``/``build`` or a ``v``
-is a version, not an address; every other public-range dotted quad (even ``1.2.3.4`` in prose) is treated as an
-IP. Dotted runs of 5+ parts, parts above 255 and zero-padded parts are never addresses. SSNs are recognised only
-in the dashed ``AAA-GG-SSSS`` form; bare 9-digit numbers are too ambiguous. Card numbers need a 2-6 major
-industry digit as well as a valid Luhn checksum (millisecond timestamps pass Luhn one time in ten).
+What counts as PII is one policy, ``pii_policy``, applied by both the redactor and the residual scan:
+non-public address ranges (private, loopback, link-local, documentation, reserved, including IPv6 prefixes such
+as ``::ffff:0:0/96``) and CIDR network prefixes are kept; phone numbers are what libphonenumber holds valid in the
+document's regions (``phone_regions`` plus its language's), in national format only with the region's trunk
+prefix and NANP numbers only in NANP grouping; SSNs are dashed, or undashed right after a label ("SSN:"); mail
+includes "[at]"/"(at)" obfuscations; passwords in ``scheme://user:password@host`` are secrets. Phone candidates
+are any run of 7 to 17 digits; only those few strings are parsed in Python (``phonenumbers.parse`` +
+``is_valid_number``), once per distinct region set. A 4-part number after ``version``/``ver``/``release``/
+``build`` or a ``v`` is a version, not an address; every other public-range dotted quad (even ``1.2.3.4`` in
+prose) is an IP. Card numbers need a 2-6 major industry digit as well as a valid Luhn checksum.
 
-``scan_pii`` is the independent second opinion used by the residual-PII gate: it finds candidates with its own
-patterns (token based for emails and IPs) and shares only the validators with the redactor.
+``scan_pii`` is the independent second opinion: it finds candidates with its own patterns (token based for
+emails and IPs), parses addresses with Python's ``ipaddress`` and finds phone numbers with libphonenumber's
+``PhoneNumberMatcher`` inside digit runs. ``redact_pii`` runs it on its own output and drops every document it
+still flags with rule ``pii.residual``; the ``pii_redacted`` gate bounds that rate
+(``gates.max_residual_pii_rate``) and re-scans the stage output.
 
 The markers are Unicode noncharacters U+FDD0..U+FDD2 (reserved for internal use, never meaningful in text);
 any that appear in the input are removed before redaction.
@@ -621,7 +630,8 @@ def redact_pii(docs: pl.DataFrame, cfg: PiiConfig | None = None) -> StageResult:
 
     In: documents with at least ``doc_id``, ``text`` and ``messages``. Out: kept documents with redacted text and
     messages plus ``pii_counts`` (struct of Int64 per type) and ``pii_total``; ``drop`` verdicts
-    ``pii.too_many_hits`` for documents with more than ``cfg.max_hits_per_doc`` hits; one ``redact`` verdict per
+    ``pii.too_many_hits`` for documents with more than ``cfg.max_hits_per_doc`` hits and ``pii.residual`` for
+    documents in which ``scan_pii`` still finds PII after redaction; one ``redact`` verdict per
     type found in a kept document (rule ``pii.<type>``, value = count). Example: ``"mail bob@corp.com"`` becomes
     ``"mail <EMAIL>"`` with ``pii_counts.email == 1``.
     """

@@ -601,3 +601,83 @@ def test_redactor_and_scan_agree_on_every_policy_toggle() -> None:
         assert result.kept.height == 2, field  # nothing left for the scan: no pii.residual drop
         assert scan_pii(result.kept["text"], cfg)["total"].to_list() == [0, 0], field
         assert result.kept["pii_counts"].to_list()[1]["ip_address"] > 0 or field == "keep_network_prefixes"
+
+
+# ----- pii.residual and the pii_redacted gate ----------------------------------------------------------------------
+
+
+def _curate_pii_stage(tmp_path, docs: pl.DataFrame, cfg=None):
+    """Run the real pii_redacted stage on ``docs`` (written as the scored stage) and its real gate."""
+    from curation_platform.audit import stage_gate, stage_residue
+    from curation_platform.config import CurationConfig
+    from curation_platform.ledger import ledger_rows
+    from curation_platform.pipeline import run_stage
+    from curation_platform.records import empty_verdicts
+    from curation_platform.workspace import Workspace, write_parquet_atomic
+
+    ws, cfg = Workspace(tmp_path), cfg or CurationConfig()
+    write_parquet_atomic(docs, ws.stage_path("scored", "d1"))
+    write_parquet_atomic(ledger_rows(stage="scored", drop="d1", input_ids=docs["doc_id"], verdicts=empty_verdicts(),
+                                     run_id="t", config_hash=cfg.drop_stages_hash), ws.ledger_path("scored", "d1"))
+    summary = run_stage(ws, cfg, "pii_redacted", "d1")
+    gate = stage_gate(ws, cfg, "pii_redacted", "scored", "d1", stage_residue(ws, cfg, "pii_redacted", "d1"))
+    ledger = pl.read_parquet(ws.ledger_path("pii_redacted", "d1"))
+    return summary, gate, ledger
+
+
+def _drop_of_documents(n: int, phone_every: int = 0) -> pl.DataFrame:
+    texts = [
+        f"Meeting notes {i}: the team reviewed the roadmap and agreed on the next steps for release 3.{i}."
+        + (" Call Dana on 415-555-0132 for details." if phone_every and i % phone_every == 0 else "")
+        for i in range(n)
+    ]
+    docs = make_docs(texts).with_columns(
+        pl.format("d1-{}", pl.int_range(pl.len())).alias("doc_id"), pl.lit("d1").alias("drop"),
+        pl.format("{}", pl.int_range(pl.len())).alias("source_id"), pl.lit("CC0-1.0").alias("license"),
+    )
+    return docs.with_columns(pl.lit("en").alias("language"))
+
+
+def test_one_odd_document_is_dropped_as_residual_and_does_not_block_the_drop(tmp_path) -> None:
+    docs = _drop_of_documents(300, phone_every=10)
+    # The odd one: an order "number" that the redactor keeps as an id (glued to "#") while the independent
+    # scan's matcher reads a valid US phone number in it.
+    odd = "d1-7"
+    docs = docs.with_columns(
+        pl.when(pl.col("doc_id") == odd).then(pl.lit("Your order #4155550132 has shipped.")).otherwise("text")
+        .alias("text")
+    )
+    summary, gate, ledger = _curate_pii_stage(tmp_path, docs)
+    assert summary.per_rule == {"pii.residual": 1} and summary.kept == 299
+    row = ledger.filter(pl.col("doc_id") == odd).row(0, named=True)
+    assert (row["verdict"], row["rule"], row["threshold"]) == ("drop", "pii.residual", "> 0")
+    assert "phone=1" in row["detail"]  # what `curate explain` shows for the document
+    assert all(r.passed for r in gate), [r.failures for r in gate]
+    # The 30 real numbers were redacted, not dropped.
+    assert ledger.filter(pl.col("rule") == "pii.phone").height == 30
+
+
+def test_a_systematically_broken_redactor_blocks_the_drop(tmp_path, monkeypatch) -> None:
+    import curation_platform.ops.pii as pii
+
+    docs = _drop_of_documents(300, phone_every=10)
+    # A redactor whose phone pattern never matches (a regression), while the scan still finds the numbers.
+    monkeypatch.setattr(pii, "_PHONE", r"(?P<pre>\uFFFE)?(?P<val>\uFFFE\uFFFE)")
+    summary, gate, _ = _curate_pii_stage(tmp_path, docs)
+    assert summary.per_rule == {"pii.residual": 30}
+    failures = [f for r in gate for f in r.failures]
+    assert any("residual_rate_above_bound" in f for f in failures), failures
+
+
+def test_stage_output_with_pii_fails_the_gate_rescan(tmp_path) -> None:
+    from curation_platform.audit import stage_residue
+    from curation_platform.config import CurationConfig
+
+    # The stage ran without phone redaction (and so without scanning phones); the gate's config includes them.
+    docs = _drop_of_documents(50, phone_every=10)
+    stage_cfg = CurationConfig(pii=PiiConfig(enabled_types=[t for t in PII_TYPES if t != "phone"]))
+    _curate_pii_stage(tmp_path, docs, stage_cfg)
+    from curation_platform.workspace import Workspace
+
+    residual = stage_residue(Workspace(tmp_path), CurationConfig(), "pii_redacted", "d1")
+    assert int((residual["residual_pii"] > 0).sum()) == 5
