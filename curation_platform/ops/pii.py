@@ -159,7 +159,7 @@ _SSN_LABELLED = (
 # Obfuscated addresses: "name [at] example [dot] com", "name(at)example(dot)com", and the spelled-out
 # "first.last at example dot com" only with a separator in the name and a known top-level domain (unambiguous).
 _AT, _DOT = r"\s*[\[({<]\s*at\s*[\])}>]\s*", r"\s*[\[({<]\s*dot\s*[\])}>]\s*"
-_EMAIL_BRACKETED = rf"(?P<val>(?i:[\w.%+\-]+{_AT}[\w\-]+(?:(?:{_DOT}|\.)[\w\-]+)*{_DOT}[\w\-]+))"
+_EMAIL_BRACKETED = rf"(?P<val>(?i:[\w.%+\-]+{_AT}[\w\-]+(?:(?:{_DOT}|\.)[\w\-]+)+))"
 _SPELLED_TLDS = "|".join(policy.SPELLED_EMAIL_TLDS)
 _EMAIL_SPELLED = (
     rf"(?P<val>(?i:\b[\w+\-]*[._+0-9][\w.+\-]* at [\w\-]+(?: dot [\w\-]+)* dot (?:{_SPELLED_TLDS}))\b)"
@@ -532,24 +532,25 @@ def _detectors(cfg: PiiConfig) -> list[_Detector]:
         # Before e-mails: "user:secret@db.example.com" must not read as the address "secret@db.example.com".
         _Detector("secret", _CONNECTION, _value_only(_password_valid), lambda v, ph: pl.Series([ph + "@"] * len(v)),
                   prefilter="://"),
-        _Detector("email", _EMAIL, _value_only(_email_valid)),
+        _Detector("email", _EMAIL, _value_only(_email_valid), prefilter="@"),
         _Detector("email", _EMAIL_BRACKETED, _value_only(lambda v, c: _email_valid(_deobfuscate_email(v), c)),
-                  prefilter=r"(?i)[\[({<]\s*at\s*[\])}>]"),
+                  prefilter=r"(?i)[\[({<]\s*at"),
         _Detector("email", _EMAIL_SPELLED, _value_only(lambda v, c: _email_valid(_deobfuscate_email(v), c)),
                   prefilter="(?i) dot "),
     ]
     assignment = _secret_assignment_pattern(cfg)
     if assignment:
-        detectors.append(_Detector("secret", assignment, _secret_value_valid))
+        detectors.append(_Detector("secret", assignment, _secret_value_valid, prefilter="[=:]"))
     detectors += [
         _Detector("iban", _IBAN, _value_only(lambda v, c: iban_valid(v))),
         _Detector("us_ssn", _SSN_LABELLED, _value_only(_ssn_valid), prefilter=r"(?i)ssn|ss#|social\s+security"),
-        _Detector("us_ssn", _SSN, _value_only(_ssn_valid)),
-        _Detector("credit_card", _CARD, _card_valid, _card_rewrite, repeat=True),
-        _Detector("ip_address", _IPV6, _value_only(_ipv6_redact)),
-        _Detector("ip_address", _IPV4, _ipv4_redact),
+        _Detector("us_ssn", _SSN, _value_only(_ssn_valid), prefilter="[0-9]{3}-[0-9]{2}-[0-9]{4}"),
+        _Detector("credit_card", _CARD, _card_valid, _card_rewrite, repeat=True,
+                  prefilter=r"[0-9](?:[ \-]?[0-9]){12}"),
+        _Detector("ip_address", _IPV6, _value_only(_ipv6_redact), prefilter=":"),
+        _Detector("ip_address", _IPV4, _ipv4_redact, prefilter=r"[0-9]\.[0-9]+\.[0-9]"),
         # Validated per region set of the documents (see _redact_texts).
-        _Detector("phone", _PHONE, by_region=True),
+        _Detector("phone", _PHONE, by_region=True, prefilter=r"[0-9](?:[ .\-/()\p{Pd}]{0,3}[0-9]){6}"),
     ]
     enabled = set(cfg.enabled_types)
     return [d for d in detectors if d.pii_type in enabled]
@@ -562,7 +563,7 @@ def _apply_detector(texts: pl.Series, det: _Detector, cfg: PiiConfig) -> pl.Seri
         if not rows.any():
             return texts
         if not rows.all():
-            return texts.scatter(rows.arg_true(), _apply_detector(texts.filter(rows), replace(det, prefilter=None), cfg))
+            return texts.clone().scatter(rows.arg_true(), _apply_detector(texts.filter(rows), replace(det, prefilter=None), cfg))
     placeholder = PLACEHOLDERS[det.pii_type]
     has_pre = "(?P<pre>" in det.pattern
     keep_pre = "${pre}" if has_pre else ""
@@ -600,7 +601,7 @@ def _redact_texts(texts: pl.Series, cfg: PiiConfig, regions: pl.Series | None = 
     if regions is None:
         regions = pl.Series([",".join(cfg.phone_regions)] * len(texts), dtype=pl.String)
     before = _count_placeholders(texts)
-    out = texts
+    out = texts.clone()  # scatter below writes in place
     for det in _detectors(cfg):
         if det.by_region:  # one pass per distinct region set (a handful per drop)
             for key in regions.unique(maintain_order=True).to_list():
@@ -808,14 +809,13 @@ _SCAN_SECRET_SHAPES = [
 ]
 
 
-def _scan_candidates(texts: pl.Series, pattern: str) -> pl.DataFrame:
-    """Long frame (row, match) of every pattern match; row is the position in ``texts``."""
-    return (
-        pl.DataFrame({"m": texts.str.extract_all(pattern)})
-        .with_row_index("row")
-        .explode("m")
-        .drop_nulls("m")
-    )
+def _scan_candidates(texts: pl.Series, pattern: str, prefilter: str | None = None) -> pl.DataFrame:
+    """Long frame (row, match) of every pattern match; row is the position in ``texts``. Only rows containing
+    ``prefilter`` (a cheap pattern every match contains) are searched."""
+    frame = pl.DataFrame({"m": texts}).with_row_index("row")
+    if prefilter is not None:
+        frame = frame.filter(pl.col("m").str.contains(prefilter).fill_null(False))
+    return frame.with_columns(pl.col("m").str.extract_all(pattern)).explode("m").drop_nulls("m")
 
 
 def _scan_count(n_rows: int, found: pl.DataFrame, name: str) -> pl.Series:
@@ -853,7 +853,7 @@ def _scan_ip_is_pii(token: str, kept: frozenset[str], keep_prefixes: bool) -> bo
 
 
 def _scan_ips(texts: pl.Series, cfg: PiiConfig) -> pl.DataFrame:
-    v4 = _scan_candidates(texts, _SCAN_TOKEN_IPV4).with_columns(
+    v4 = _scan_candidates(texts, _SCAN_TOKEN_IPV4, r"[0-9]\.[0-9]+\.[0-9]").with_columns(
         pre=pl.col("m").str.extract(r"(?i)^((?:version|ver|release|build)[ :.]*)", 1).fill_null("")
     )
     v4 = v4.with_columns(ip=pl.col("m").str.slice(pl.col("pre").str.len_chars()).str.strip_chars_end("."))
@@ -862,7 +862,7 @@ def _scan_ips(texts: pl.Series, cfg: PiiConfig) -> pl.DataFrame:
     v4 = v4.filter(pl.col("ip").str.contains(r"^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+(?:/[0-9]+)?$"))
     if cfg.keep_version_numbers:
         v4 = v4.filter(~version)
-    v6 = _scan_candidates(texts, _SCAN_TOKEN_IPV6).with_columns(
+    v6 = _scan_candidates(texts, _SCAN_TOKEN_IPV6, ":").with_columns(
         ip=pl.col("m").str.replace(r"([^:]):$", "${1}")
     ).filter((pl.col("ip").str.count_matches(":") >= 2) & pl.col("ip").str.contains("[0-9A-Fa-f]"))
     found = pl.concat([v4.select("row", "ip"), v6.select("row", "ip")])
@@ -887,7 +887,7 @@ def _scan_phone_matches(window: str, regions: tuple[str, ...]) -> int:
 
 def _scan_phones(texts: pl.Series, region_keys: pl.Series) -> pl.DataFrame:
     labels = r"(?i:\b(?:" + "|".join(policy.NOT_PHONE_LABELS) + r")\b[ :]*)"
-    found = _scan_candidates(texts, f"{labels}?{_SCAN_DIGIT_RUN}").filter(~pl.col("m").str.contains(f"^{labels}"))
+    found = _scan_candidates(texts, f"{labels}?{_SCAN_DIGIT_RUN}", r"[0-9](?:[^0-9]{0,3}[0-9]){6}").filter(~pl.col("m").str.contains(f"^{labels}"))
     found = found.join(pl.DataFrame({"regions": region_keys}).with_row_index("row"), on="row", how="left")
     pairs = found.select("m", "regions").unique()
     hits = {
@@ -902,7 +902,7 @@ def _scan_phones(texts: pl.Series, region_keys: pl.Series) -> pl.DataFrame:
 
 
 def _scan_emails(texts: pl.Series, cfg: PiiConfig) -> pl.DataFrame:
-    obfuscated = texts.str.contains(r"(?i)[\[({<][ \t]*at[ \t]*[\])}>]| at [\w\-]+ dot ").fill_null(False)
+    obfuscated = (texts.str.contains("(?i)dot") | texts.str.contains(r"(?i)[\[({<][ \t]*at")).fill_null(False)
     plain = texts
     if obfuscated.any():
         rewritten = (
@@ -913,14 +913,14 @@ def _scan_emails(texts: pl.Series, cfg: PiiConfig) -> pl.DataFrame:
         )
         for _ in range(3):  # the spelled domain "example dot co dot uk", one " dot " per pass
             rewritten = rewritten.str.replace_all(r"(?i)(@[\w\-.]+) dot ([\w\-]+)", "${1}.${2}")
-        plain = texts.scatter(obfuscated.arg_true(), rewritten)
-    found = _scan_candidates(plain, _SCAN_TOKEN_EMAIL).with_columns(pl.col("m").str.strip_chars_end("."))
+        plain = texts.clone().scatter(obfuscated.arg_true(), rewritten)
+    found = _scan_candidates(plain, _SCAN_TOKEN_EMAIL, "@").with_columns(pl.col("m").str.strip_chars_end("."))
     found = found.filter(pl.col("m").str.contains(_SCAN_EMAIL_FULL))
     return _keep_valid(found, _email_valid(found["m"], cfg))
 
 
 def _scan_connection_secrets(texts: pl.Series) -> pl.DataFrame:
-    found = _scan_candidates(texts, _SCAN_CONNECTION)
+    found = _scan_candidates(texts, _SCAN_CONNECTION, "://")
     parts = found["m"].str.extract_groups(_SCAN_CONNECTION)
     found = found.with_columns(
         scheme=parts.struct.field("1").str.to_lowercase().str.strip_prefix("jdbc:"), password=parts.struct.field("3")
@@ -955,7 +955,7 @@ def scan_pii(texts: pl.Series, cfg: PiiConfig | None = None, languages: pl.Serie
     if "ip_address" in enabled:
         columns["ip_address"] = _scan_count(n, _scan_ips(texts, cfg), "ip_address")
     if "credit_card" in enabled:
-        found = _scan_candidates(texts, _SCAN_CARD)
+        found = _scan_candidates(texts, _SCAN_CARD, r"[0-9](?:[^0-9]?[0-9]){12}")
         no_prefix = pl.Series([""] * len(found), dtype=pl.String)
         found = _keep_valid(found, _card_valid(found["m"], no_prefix, cfg))
         columns["credit_card"] = _scan_count(n, found, "credit_card")
@@ -963,8 +963,8 @@ def scan_pii(texts: pl.Series, cfg: PiiConfig | None = None, languages: pl.Serie
         found = _scan_candidates(texts, _SCAN_IBAN)
         columns["iban"] = _scan_count(n, _keep_valid(found, iban_valid(found["m"])), "iban")
     if "us_ssn" in enabled:
-        dashed = _scan_candidates(texts, _SCAN_SSN)
-        labelled = _scan_candidates(texts, _SCAN_SSN_LABELLED).with_columns(
+        dashed = _scan_candidates(texts, _SCAN_SSN, "[0-9]-[0-9]")
+        labelled = _scan_candidates(texts, _SCAN_SSN_LABELLED, "(?i)ss|social").with_columns(
             pl.col("m").str.extract(_SCAN_SSN_LABELLED, 1)
         ).filter(~pl.col("m").str.contains(r"^[0-9]{3}-[0-9]{2}-[0-9]{4}$"))  # dashed ones are counted above
         found = pl.concat([dashed, labelled])
@@ -987,7 +987,7 @@ def _scan_assigned_secrets(texts: pl.Series, cfg: PiiConfig) -> pl.DataFrame:
         rf"(?i)[\w.\-]*(?:{names})(?:[-_.][\w.\-]*)?[\"']?[ \t]*(?:=>|:=|:|=)[ \t]*(?:[\"'`]|(?:bearer|basic|token) +)?"
         r"[^\s\"'`,;&<>(){}\[\]]+"
     )
-    found = _scan_candidates(texts, pattern)
+    found = _scan_candidates(texts, pattern, "[=:]")
     parts = found["m"].str.extract_groups(
         r"(?i)^(?P<pre>.*?(?:=>|:=|:|=)[ \t]*(?:[\"'`]|(?:bearer|basic|token) +)?)(?P<val>[^\s\"'`,;&<>(){}\[\]]+)$"
     )
