@@ -177,10 +177,10 @@ _IPV6 = (
     r"(?P<val>(?i:\b[0-9a-f]{1,4}(?:(?:::?[0-9a-f]{1,4}){1,7}(?:::)?|::)|::[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,6})"
     r"[0-9A-Za-z_]*(?:/[0-9]{1,3}\b)?)"
 )
-# Phones: any run of 7 to 17 digits with separators (and "+", "(area)", "(0)", an extension) is a candidate; libphonenumber
-# decides (``_phone_validator``). A run glued to "-", "/", "#", "@" or "." (UUIDs, paths, order #123, dotted ids)
-# is captured in ``pre`` and rejected unless it starts with "+"; runs glued to letters never start at a word
-# boundary.
+# Phones: any run of 7 to 17 digits with separators (and "+", "(area)", "(0)", an extension) is a candidate;
+# libphonenumber decides (``_phone_validator``). A run glued to "-", "/", "#", "@" or "." (UUIDs, paths,
+# order #123, dotted ids) or right after "ISBN" is captured in ``pre`` and rejected unless it starts with "+";
+# runs glued to letters never start at a word boundary.
 _PHONE = (
     r"(?P<pre>[\-/#@.]|(?i:\b(?:" + "|".join(policy.NOT_PHONE_LABELS) + r")\b[ :]*))?"
     r"(?P<val>(?:\+[ ]?|\(|\b)[0-9](?:[ .\-/()\p{Pd}]{0,3}[0-9]){6,16}\b"
@@ -563,7 +563,8 @@ def _apply_detector(texts: pl.Series, det: _Detector, cfg: PiiConfig) -> pl.Seri
         if not rows.any():
             return texts
         if not rows.all():
-            return texts.clone().scatter(rows.arg_true(), _apply_detector(texts.filter(rows), replace(det, prefilter=None), cfg))
+            subset = _apply_detector(texts.filter(rows), replace(det, prefilter=None), cfg)
+            return texts.clone().scatter(rows.arg_true(), subset)
     placeholder = PLACEHOLDERS[det.pii_type]
     has_pre = "(?P<pre>" in det.pattern
     keep_pre = "${pre}" if has_pre else ""
@@ -607,7 +608,9 @@ def _redact_texts(texts: pl.Series, cfg: PiiConfig, regions: pl.Series | None = 
             for key in regions.unique(maintain_order=True).to_list():
                 rows = (regions == key).fill_null(False)
                 regions_of_key = tuple(filter(None, (key or "").split(",")))
-                with_regions = replace(det, validate=_phone_validator(regions_of_key), rewrite=_phone_rewriter(regions_of_key))
+                with_regions = replace(
+                    det, validate=_phone_validator(regions_of_key), rewrite=_phone_rewriter(regions_of_key)
+                )
                 out = out.scatter(rows.arg_true(), _apply_detector(out.filter(rows), with_regions, cfg))
             continue
         before_det = out
@@ -793,7 +796,8 @@ _SCAN_CARD = r"\b(?:[0-9]{4}[- ]){3}[0-9]{4}\b|\b3[47][0-9]{2}[- ]?[0-9]{6}[- ]?
 _SCAN_IBAN = r"\b[A-Z]{2}[0-9]{2}(?:[ ]?[0-9A-Z]{4}){2,7}(?:[ ]?[0-9A-Z]{1,4})?\b"
 _SCAN_SSN = r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b"
 _SCAN_SSN_LABELLED = (
-    r"(?i)(?:" + "|".join(re.escape(x) for x in policy.SSN_LABELS) + r")[ \t:=#\-]{0,4}(?:(?:is|was|number|no\.?)[ \t:#]*)?"
+    r"(?i)(?:" + "|".join(re.escape(x) for x in policy.SSN_LABELS) + r")"
+    r"[ \t:=#\-]{0,4}(?:(?:is|was|number|no\.?)[ \t:#]*)?"
     r"\b([0-9]{3}[ \-]?[0-9]{2}[ \-]?[0-9]{4})\b"
 )
 _SCAN_CONNECTION = r"(?i)\b([a-z][a-z0-9+.\-]*)://([^\s:/]+):([^\s/@]+)@"
@@ -887,7 +891,8 @@ def _scan_phone_matches(window: str, regions: tuple[str, ...]) -> int:
 
 def _scan_phones(texts: pl.Series, region_keys: pl.Series) -> pl.DataFrame:
     labels = r"(?i:\b(?:" + "|".join(policy.NOT_PHONE_LABELS) + r")\b[ :]*)"
-    found = _scan_candidates(texts, f"{labels}?{_SCAN_DIGIT_RUN}", r"[0-9](?:[^0-9]{0,3}[0-9]){6}").filter(~pl.col("m").str.contains(f"^{labels}"))
+    found = _scan_candidates(texts, f"{labels}?{_SCAN_DIGIT_RUN}", r"[0-9](?:[^0-9]{0,3}[0-9]){6}")
+    found = found.filter(~pl.col("m").str.contains(f"^{labels}"))
     found = found.join(pl.DataFrame({"regions": region_keys}).with_row_index("row"), on="row", how="left")
     pairs = found.select("m", "regions").unique()
     hits = {
