@@ -681,3 +681,11 @@ def test_stage_output_with_pii_fails_the_gate_rescan(tmp_path) -> None:
 
     residual = stage_residue(Workspace(tmp_path), CurationConfig(), "pii_redacted", "d1")
     assert int((residual["residual_pii"] > 0).sum()) == 5
+
+
+def test_networking_documentation_passes_the_real_gate(tmp_path) -> None:
+    docs = _drop_of_documents(20).with_columns(pl.lit(NETWORKING_DOC).alias("text"))
+    summary, gate, ledger = _curate_pii_stage(tmp_path, docs)
+    assert summary.kept == 20 and summary.per_rule == {}
+    assert all(r.passed for r in gate), [r.failures for r in gate]
+    assert ledger.filter(pl.col("rule") == "pii.ip_address")["value"].to_list() == [2.0] * 20
