@@ -79,7 +79,7 @@ def _stage_gate(stage: str) -> dg.AssetChecksDefinition:
         blocking=True,
         partitions_def=drops,
         description="Great Expectations: schema and ids, reconciliation, removal rate"
-        + {"pii_redacted": ", zero residual PII", "decontaminated": ", zero benchmark overlap",
+        + {"pii_redacted": ", residual PII rate and re-scan", "decontaminated": ", zero benchmark overlap",
            "near_deduped": ", duplicate-cluster size"}.get(stage, ""),
     )
     def _check(context: dg.AssetCheckExecutionContext, curation: CurationResource) -> dg.AssetCheckResult:

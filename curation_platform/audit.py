@@ -209,25 +209,51 @@ def residue(docs: pl.DataFrame, cfg: CurationConfig, checks: tuple[str, ...]) ->
 
     columns = {"doc_id": docs["doc_id"]}
     if "residual_pii" in checks:
-        columns["residual_pii"] = scan_pii(docs["text"], cfg.pii)["total"].cast(pl.Int64)
+        languages = docs["language"] if "language" in docs.columns else None
+        columns["residual_pii"] = scan_pii(docs["text"], cfg.pii, languages)["total"].cast(pl.Int64)
     if "benchmark_overlap" in checks:
         columns["benchmark_overlap"] = overlap_count(
             docs["text"], benchmark_index(cfg), cfg.decontamination).cast(pl.Int64)
     return pl.DataFrame(columns, schema={"doc_id": pl.String, **{c: pl.Int64 for c in checks}})
 
 
+def _text_columns(path) -> list[str]:
+    """``doc_id``, ``text`` and, when the file has it, ``language`` (it chooses the phone regions of the scan)."""
+    return ["doc_id", "text", *(["language"] if "language" in pl.read_parquet_schema(path) else [])]
+
+
 def stage_residue(ws: Workspace, cfg: CurationConfig, stage: str, drop: str) -> pl.DataFrame | None:
-    """The residue frame a stage's gate validates, or None for stages without one."""
+    """The residue frame a stage's gate validates, or None for stages without one.
+
+    For ``pii_redacted`` it also carries ``residual_rate_above_bound``: how far the share of the drop dropped as
+    ``pii.residual`` exceeds ``gates.max_residual_pii_rate`` (0 when within the bound)."""
     checks = _RESIDUE_BY_STAGE.get(stage)
     if checks is None:
         return None
-    return residue(pl.read_parquet(ws.stage_path(stage, drop), columns=["doc_id", "text"]), cfg, checks)
+    path = ws.stage_path(stage, drop)
+    frame = residue(pl.read_parquet(path, columns=_text_columns(path)), cfg, checks)
+    if stage == "pii_redacted":
+        frame = frame.with_columns(residual_rate_above_bound=pl.lit(_residual_pii_excess(ws, cfg, drop)))
+        if frame.is_empty():  # every document dropped: the rate still has to be checked
+            frame = pl.DataFrame({"doc_id": ["-"], "residual_pii": [0], "residual_rate_above_bound": [
+                _residual_pii_excess(ws, cfg, drop)]}, schema=frame.schema)
+    return frame
+
+
+def _residual_pii_excess(ws: Workspace, cfg: CurationConfig, drop: str) -> float:
+    from curation_platform.ops.pii import RESIDUAL_RULE
+
+    rows = pl.read_parquet(ws.ledger_path("pii_redacted", drop), columns=["verdict", "rule"])
+    decided = rows.filter(pl.col("verdict").is_in([KEEP, DROP, QUARANTINE]))
+    residual = int((decided["rule"] == RESIDUAL_RULE).sum())
+    rate = residual / decided.height if decided.height else 0.0
+    return round(max(0.0, rate - cfg.gates.max_residual_pii_rate), 6)
 
 
 def release_residue(cfg: CurationConfig, staging_dir) -> pl.DataFrame:
     """PII and benchmark overlap of every staged shard, one shard's text in memory at a time."""
     checks = ("benchmark_overlap", "residual_pii")
     return pl.concat([
-        residue(pl.read_parquet(path, columns=["doc_id", "text"]), cfg, checks)
+        residue(pl.read_parquet(path, columns=_text_columns(path)), cfg, checks)
         for path in sorted((staging_dir / "shards").glob("*.parquet"))
     ])

@@ -44,6 +44,9 @@ class GatesConfig(_Strict):
             "decontaminated": 0.2,
         }
     )
+    # Largest share of a drop's documents the pii stage may drop as ``pii.residual`` (PII its independent scan
+    # still finds after redaction): one odd document passes, a systematic redactor failure stops the graph.
+    max_residual_pii_rate: float = Field(default=0.005, ge=0, le=1)
 
 
 class ReleaseConfig(_Strict):

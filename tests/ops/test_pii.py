@@ -47,7 +47,7 @@ def redact_one(text: str, cfg: PiiConfig | None = None) -> tuple[str, dict[str, 
 
 PROSE = (
     "Hi team, please send the signed contract to maria.gonzalez@example.org before Friday. If anything is unclear "
-    "call me on +44 20 7946 0958 or my US line (555) 123-4567. Our Berlin office is at 030 12345678 and the "
+    "call me on +44 20 7946 0958 or my US line (415) 555-0132. Our Berlin office is at 030 12345678 and the "
     "release of version 2.4.1 is planned for 2024-01-15."
 )
 PROSE_EXPECTED = (
@@ -152,8 +152,8 @@ def test_counts_per_type_on_planted_samples() -> None:
 @pytest.mark.parametrize(
     "raw,expected",
     [
-        ("call 555-123-4567 now", "call <PHONE> now"),
-        ("call 555.123.4567 now", "call <PHONE> now"),
+        ("call 415-555-0132 now", "call <PHONE> now"),
+        ("call 415.555.0132 now", "call <PHONE> now"),
         ("toll free 1-800-555-0199.", "toll free <PHONE>."),
         ("Tel. +49 (0)30 1234 5678", "Tel. <PHONE>"),
         ("mobile +4915112345678", "mobile <PHONE>"),
@@ -162,7 +162,7 @@ def test_counts_per_type_on_planted_samples() -> None:
         ("London 020 7946 0958", "London <PHONE>"),
         ("Dresden 0351/123456", "Dresden <PHONE>"),
         ("too short +49 30 12", "too short +49 30 12"),  # 6 digits: below E.164 plausibility
-        ("mixed 555.123-4567", "mixed 555.123-4567"),  # inconsistent separators: not a US number
+        ("fictional 555-123-4567", "fictional 555-123-4567"),  # area code 555 is not assigned: not a number
         ("score 3-2 on 12.03.2024", "score 3-2 on 12.03.2024"),
     ],
 )
@@ -378,8 +378,8 @@ def test_redact_verdicts_one_row_per_type_in_type_order() -> None:
 
 def test_enabled_types_limit_detection() -> None:
     cfg = PiiConfig(enabled_types=["email"], max_hits_per_doc=100)
-    text, counts = redact_one("a@example.com 8.8.8.8 555-123-4567", cfg)
-    assert text == "<EMAIL> 8.8.8.8 555-123-4567"
+    text, counts = redact_one("a@example.com 8.8.8.8 415-555-0132", cfg)
+    assert text == "<EMAIL> 8.8.8.8 415-555-0132"
     assert scan_pii(pl.Series([text]), cfg).row(0, named=True)["total"] == 0
 
 
@@ -423,8 +423,8 @@ def test_scan_is_zero_on_redacted_output_for_every_sample() -> None:
     samples = [s for s, _ in PLANTED] + [
         "two 4111 1111 1111 1111 5555 5555 5555 4444",
         "+44 20 7946 0958 4111 1111 1111 1111 x",
-        "c (555) 123-4567 4111 1111 1111 1111 d",
-        "so 10.0.0.1 (555) 123-4567 a 536-22-8714 4111 1111 1111 1111",
+        "c (415) 555-0132 4111 1111 1111 1111 d",
+        "so 10.0.0.1 (415) 555-0132 a 536-22-8714 4111 1111 1111 1111",
     ]
     docs = make_docs(samples)
     result = redact_pii(docs, PiiConfig(max_hits_per_doc=100))
@@ -437,3 +437,255 @@ def test_scan_ignores_placeholders() -> None:
     placeholders = " ".join(PLACEHOLDERS.values())
     texts = pl.Series([placeholders, 'api_key = "<SECRET>"', "TOKEN=<SECRET>", None])
     assert scan_pii(texts)["total"].to_list() == [0, 0, 0, 0]
+
+
+# ----- phones validated by libphonenumber (issue 8) ------------------------------------------------------------
+
+
+def make_docs_with_language(texts: list[str], languages: list[str | None]) -> pl.DataFrame:
+    return make_docs(texts).with_columns(pl.Series("language", languages, dtype=pl.String))
+
+
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("Call our London desk on 02079460958 today.", "Call our London desk on <PHONE> today."),  # GB, 11 digits
+        ("Das Büro Berlin: 0301234567.", "Das Büro Berlin: <PHONE>."),  # DE, 10 digits with trunk 0
+        ("Text me at 4155550132 after six.", "Text me at <PHONE> after six."),  # US, 10 digits
+        ("Support 415-555-0132 x1234 (weekdays)", "Support <PHONE> (weekdays)"),  # extension redacted too
+        ("From Europe dial 001-415-555-0132.", "From Europe dial <PHONE>."),  # international prefix 00
+        ("Sales: +1 (415) 555-0132 ext. 12", "Sales: <PHONE>"),
+        ("Zentrale 030 / 123 45 67", "Zentrale <PHONE>"),
+        ("Chat on https://wa.me/+14155550132 now", "Chat on https://wa.me/<PHONE> now"),
+        ("gateway 10.0.0.1 (415) 555-0132 on call", "gateway 10.0.0.1 <PHONE> on call"),
+    ],
+)
+def test_phone_numbers_without_separators_extensions_and_prefixes_are_redacted(raw: str, expected: str) -> None:
+    text, counts = redact_one(raw)
+    assert text == expected and counts["phone"] == 1
+
+
+# Realistic release notes, changelogs and order mails: every number here is a version, date, ISBN, id or
+# timestamp, and none may be redacted (or read as residual PII by the scan).
+LOOK_ALIKE_NUMBERS = [
+    "Release v2024.01.15 ships agent version 1.2.3.4 and build 20240115; see the 2024-01-15 notes and 15.01.2024 memo.",
+    "ISBN 978-3-16-148410-0 and ISBN 0-306-40615-2 are cited on p. 1204-1209.",
+    "Order #100234567 (ref 20240115-0042) shipped; tracking 1Z999AA10123456784, invoice INV-2024-000123.",
+    "Request id 550e8400-e29b-41d4-a716-446655440000 at epoch 1705312345 (1705312345678 ms), row 123456789012.",
+    "Checksum 3141592653589793, population 8 045 311 447 in 2023, and 1 000 000 downloads.",
+    "Timestamps 2024-01-15 10:32:07 and 2024-01-15T10:32:07Z; port range 49152-65535; CVE-2024-12345.",
+]
+
+
+@pytest.mark.parametrize("raw", LOOK_ALIKE_NUMBERS)
+def test_versions_dates_isbns_and_ids_are_not_phone_numbers(raw: str) -> None:
+    result = redact_pii(make_docs([raw]), PiiConfig(max_hits_per_doc=100))
+    assert result.kept["text"].to_list() == [raw]
+    assert result.verdicts.height == 0
+    assert scan_pii(pl.Series([raw]))["total"].to_list() == [0]
+
+
+def test_language_adds_its_phone_regions_to_the_configured_ones() -> None:
+    texts = ["Llámame al 912 345 678 mañana."] * 2
+    result = redact_pii(make_docs_with_language(texts, ["es", "en"]), PiiConfig())
+    # Spanish numbers have no trunk prefix: valid for a Spanish document, a bare digit run for an English one.
+    assert result.kept["text"].to_list() == ["Llámame al <PHONE> mañana.", texts[1]]
+    assert scan_pii(pl.Series(texts), languages=pl.Series(["es", "en"]))["phone"].to_list() == [1, 0]
+    only_us = redact_pii(make_docs(["Tel 0301234567"]), PiiConfig(phone_regions=["US"]))
+    assert only_us.kept["text"].to_list() == ["Tel 0301234567"]
+    with pytest.raises(ValidationError, match="unknown phone region"):
+        PiiConfig(phone_regions=["XX"])
+
+
+# ----- obfuscated emails, labelled SSNs, connection-string passwords ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw,expected,pii_type",
+    [
+        ("Write to jane.doe [at] example [dot] com today", "Write to <EMAIL> today", "email"),
+        ("contact: jdoe(at)example(dot)co(dot)uk", "contact: <EMAIL>", "email"),
+        ("mail jane.doe at example dot com for access", "mail <EMAIL> for access", "email"),
+        ("SSN: 536228714 on file", "SSN: <US_SSN> on file", "us_ssn"),
+        ("her social security number 536 22 8714.", "her social security number <US_SSN>.", "us_ssn"),
+        ("DATABASE_URL=postgres://app:s3cr3t@db.internal:5432/app",
+         "DATABASE_URL=postgres://app:<SECRET>@db.internal:5432/app", "secret"),
+        ("mysql://root:hunter2@localhost/db", "mysql://root:<SECRET>@localhost/db", "secret"),
+        ("mongodb+srv://svc:Pa55word@cluster0.example.net/test", "mongodb+srv://svc:<SECRET>@cluster0.example.net/test",
+         "secret"),
+        ("redis://default:abc123@cache:6379", "redis://default:<SECRET>@cache:6379", "secret"),
+        ("amqp://guest:guest@rabbit:5672/", "amqp://guest:<SECRET>@rabbit:5672/", "secret"),
+        ("fetch https://user:pass@host.example.org/x", "fetch https://user:<SECRET>@host.example.org/x", "secret"),
+    ],
+)
+def test_obfuscated_emails_labelled_ssns_and_connection_passwords(raw: str, expected: str, pii_type: str) -> None:
+    text, counts = redact_one(raw)
+    assert text == expected and counts[pii_type] == 1
+    assert scan_pii(pl.Series([raw]))[pii_type].to_list() == [1]
+    assert scan_pii(pl.Series([text]))["total"].to_list() == [0]
+
+
+def test_connection_string_user_that_is_an_email_is_redacted_too() -> None:
+    text, counts = redact_one("smtp://alerts@example.com:Xy9pass@mail.example.com:587")
+    assert text == "smtp://<EMAIL>:<SECRET>@mail.example.com:587"
+    assert (counts["email"], counts["secret"]) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "Clone git@github.com:org/repo.git or ssh git@gitlab.example.com",  # SSH remotes, not mailboxes
+        "We met at the office dot matrix printer; look at example dot com later",  # no separator in the name
+        "Set DATABASE_URL=postgres://app:${DB_PASSWORD}@db:5432/app or postgres://app:****@db",  # templates
+        "serial 536228714 and SSN-like 000-12-3456; SSN: 912345678",  # unlabelled, or invalid area
+        "see https://example.com:8443/path and ftp://ftp.example.org/pub",  # ports are not passwords
+    ],
+)
+def test_obfuscation_and_secret_look_alikes_are_kept(raw: str) -> None:
+    result = redact_pii(make_docs([raw]), PiiConfig(max_hits_per_doc=100))
+    assert result.kept["text"].to_list() == [raw] and result.verdicts.height == 0
+
+
+# ----- one PII policy for addresses, detection kept independent --------------------------------------------------
+
+NETWORKING_DOC = """\
+3.1. Address Planning
+
+Sites number internal hosts from the private ranges 10.0.0.0/8, 172.16.0.0/12 and 192.168.0.0/16 (RFC 1918);
+examples in this document use the documentation blocks 192.0.2.0/24 (for instance 192.0.2.1 and 192.0.2.254),
+198.51.100.7 and 203.0.113.0/24, and for IPv6 the prefix 2001:db8::/32, as in 2001:db8:0:1::1.
+
+Every interface configures a link-local address such as fe80::1 (fe80::/10), and hosts that speak IPv6 only
+reach IPv4 peers through IPv4-mapped addresses in ::ffff:0:0/96 (for instance ::ffff:192.0.2.128) or through
+NAT64 in 64:ff9b::/96. Loopback is 127.0.0.1 and ::1; carrier-grade NAT uses 100.64.0.0/10 and multicast
+224.0.0.0/4 and ff02::1. The 6to4 relay prefix is 2002::/16.
+
+In the captured trace the resolver at 81.2.69.142 answered queries from 10.1.2.3 and from 2a00:1450:4001:81b::200e.
+"""
+NETWORKING_REDACTED = NETWORKING_DOC.replace("81.2.69.142", "<IP_ADDRESS>").replace(
+    "2a00:1450:4001:81b::200e", "<IP_ADDRESS>"
+)
+
+
+def test_networking_documentation_keeps_non_public_ranges_and_scans_clean() -> None:
+    result = redact_pii(make_docs([NETWORKING_DOC]), PiiConfig())
+    assert result.kept["text"].to_list() == [NETWORKING_REDACTED]
+    assert result.kept["pii_counts"].to_list()[0]["ip_address"] == 2
+    assert not result.verdicts["rule"].is_in(["pii.residual"]).any()
+    assert scan_pii(result.kept["text"])["total"].to_list() == [0]
+    # The raw document's public addresses are found by the scan: it is not blind to them.
+    assert scan_pii(pl.Series([NETWORKING_DOC]))["ip_address"].to_list() == [2]
+
+
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("prefixes 2002::/16, 2001::/23 and 8.8.8.0/24", "prefixes 2002::/16, 2001::/23 and 8.8.8.0/24"),
+        ("hosts 8.8.8.8/32 and 2606:4700::1111", "hosts <IP_ADDRESS> and <IP_ADDRESS>"),
+        ("mapped ::ffff:0:0 and nat64 64:ff9b::1", "mapped ::ffff:0:0 and nat64 64:ff9b::1"),
+    ],
+)
+def test_network_prefixes_and_special_purpose_ipv6(raw: str, expected: str) -> None:
+    assert redact_one(raw)[0] == expected
+    text = redact_one(raw, PiiConfig(keep_network_prefixes=False, max_hits_per_doc=100))[0]
+    assert "2002::/16" not in text or raw != expected
+
+
+def test_redactor_and_scan_agree_on_every_policy_toggle() -> None:
+    # The shared policy: whatever the redactor keeps, the scan must not count, for every keep_* combination.
+    samples = [NETWORKING_DOC, "lan 10.0.0.1 lo 127.0.0.1 ll 169.254.1.1 fd00::1 fe80::2 doc 192.0.2.1 cg 100.64.0.1"]
+    for field in ("keep_private_ips", "keep_loopback_ips", "keep_link_local_ips", "keep_documentation_ips",
+                  "keep_reserved_ips", "keep_network_prefixes"):
+        cfg = PiiConfig(**{field: False}, max_hits_per_doc=1000)
+        result = redact_pii(make_docs(samples), cfg)
+        assert result.kept.height == 2, field  # nothing left for the scan: no pii.residual drop
+        assert scan_pii(result.kept["text"], cfg)["total"].to_list() == [0, 0], field
+        assert result.kept["pii_counts"].to_list()[1]["ip_address"] > 0 or field == "keep_network_prefixes"
+
+
+# ----- pii.residual and the pii_redacted gate ----------------------------------------------------------------------
+
+
+def _curate_pii_stage(tmp_path, docs: pl.DataFrame, cfg=None):
+    """Run the real pii_redacted stage on ``docs`` (written as the scored stage) and its real gate."""
+    from curation_platform.audit import stage_gate, stage_residue
+    from curation_platform.config import CurationConfig
+    from curation_platform.ledger import ledger_rows
+    from curation_platform.pipeline import run_stage
+    from curation_platform.records import empty_verdicts
+    from curation_platform.workspace import Workspace, write_parquet_atomic
+
+    ws, cfg = Workspace(tmp_path), cfg or CurationConfig()
+    write_parquet_atomic(docs, ws.stage_path("scored", "d1"))
+    write_parquet_atomic(ledger_rows(stage="scored", drop="d1", input_ids=docs["doc_id"], verdicts=empty_verdicts(),
+                                     run_id="t", config_hash=cfg.drop_stages_hash), ws.ledger_path("scored", "d1"))
+    summary = run_stage(ws, cfg, "pii_redacted", "d1")
+    gate = stage_gate(ws, cfg, "pii_redacted", "scored", "d1", stage_residue(ws, cfg, "pii_redacted", "d1"))
+    ledger = pl.read_parquet(ws.ledger_path("pii_redacted", "d1"))
+    return summary, gate, ledger
+
+
+def _drop_of_documents(n: int, phone_every: int = 0) -> pl.DataFrame:
+    texts = [
+        f"Meeting notes {i}: the team reviewed the roadmap and agreed on the next steps for release 3.{i}."
+        + (" Call Dana on 415-555-0132 for details." if phone_every and i % phone_every == 0 else "")
+        for i in range(n)
+    ]
+    docs = make_docs(texts).with_columns(
+        pl.format("d1-{}", pl.int_range(pl.len())).alias("doc_id"), pl.lit("d1").alias("drop"),
+        pl.format("{}", pl.int_range(pl.len())).alias("source_id"), pl.lit("CC0-1.0").alias("license"),
+    )
+    return docs.with_columns(pl.lit("en").alias("language"))
+
+
+def test_one_odd_document_is_dropped_as_residual_and_does_not_block_the_drop(tmp_path) -> None:
+    docs = _drop_of_documents(300, phone_every=10)
+    # The odd one: an order "number" that the redactor keeps as an id (glued to "#") while the independent
+    # scan's matcher reads a valid US phone number in it.
+    odd = "d1-7"
+    docs = docs.with_columns(
+        pl.when(pl.col("doc_id") == odd).then(pl.lit("Your order #4155550132 has shipped.")).otherwise("text")
+        .alias("text")
+    )
+    summary, gate, ledger = _curate_pii_stage(tmp_path, docs)
+    assert summary.per_rule == {"pii.residual": 1} and summary.kept == 299
+    row = ledger.filter(pl.col("doc_id") == odd).row(0, named=True)
+    assert (row["verdict"], row["rule"], row["threshold"]) == ("drop", "pii.residual", "> 0")
+    assert "phone=1" in row["detail"]  # what `curate explain` shows for the document
+    assert all(r.passed for r in gate), [r.failures for r in gate]
+    # The 30 real numbers were redacted, not dropped.
+    assert ledger.filter(pl.col("rule") == "pii.phone").height == 30
+
+
+def test_a_systematically_broken_redactor_blocks_the_drop(tmp_path, monkeypatch) -> None:
+    import curation_platform.ops.pii as pii
+
+    docs = _drop_of_documents(300, phone_every=10)
+    # A redactor whose phone pattern never matches (a regression), while the scan still finds the numbers.
+    monkeypatch.setattr(pii, "_PHONE", r"(?P<pre>\uFFFE)?(?P<val>\uFFFE\uFFFE)")
+    summary, gate, _ = _curate_pii_stage(tmp_path, docs)
+    assert summary.per_rule == {"pii.residual": 30}
+    failures = [f for r in gate for f in r.failures]
+    assert any("residual_rate_above_bound" in f for f in failures), failures
+
+
+def test_stage_output_with_pii_fails_the_gate_rescan(tmp_path) -> None:
+    from curation_platform.audit import stage_residue
+    from curation_platform.config import CurationConfig
+
+    # The stage ran without phone redaction (and so without scanning phones); the gate's config includes them.
+    docs = _drop_of_documents(50, phone_every=10)
+    stage_cfg = CurationConfig(pii=PiiConfig(enabled_types=[t for t in PII_TYPES if t != "phone"]))
+    _curate_pii_stage(tmp_path, docs, stage_cfg)
+    from curation_platform.workspace import Workspace
+
+    residual = stage_residue(Workspace(tmp_path), CurationConfig(), "pii_redacted", "d1")
+    assert int((residual["residual_pii"] > 0).sum()) == 5
+
+
+def test_networking_documentation_passes_the_real_gate(tmp_path) -> None:
+    docs = _drop_of_documents(20).with_columns(pl.lit(NETWORKING_DOC).alias("text"))
+    summary, gate, ledger = _curate_pii_stage(tmp_path, docs)
+    assert summary.kept == 20 and summary.per_rule == {}
+    assert all(r.passed for r in gate), [r.failures for r in gate]
+    assert ledger.filter(pl.col("rule") == "pii.ip_address")["value"].to_list() == [2.0] * 20
