@@ -143,10 +143,10 @@ class Workspace:
             )
         return pl.read_parquet(path)
 
-    def read_index(self, index: str, before_order: int, schema: dict) -> pl.DataFrame:
-        """Index entries of every registered drop that comes before ``before_order`` (earliest drop wins)."""
-        earlier = {d.name for d in self.drops() if d.order < before_order}
-        files = [self.index_path(index, name) for name in sorted(earlier)]
+    def read_index(self, index: str, schema: dict, exclude: str | None = None) -> pl.DataFrame:
+        """Index entries of every registered drop except ``exclude``, in drop order. Dedup records pairs with
+        every other drop; which copy ships is decided per release from the curated drops only."""
+        files = [self.index_path(index, d.name) for d in self.drops() if d.name != exclude]
         files = [f for f in files if f.exists()]
         if not files:
             return pl.DataFrame(schema=schema)
