@@ -1,4 +1,4 @@
-"""Exact deduplication of normalized content against a persistent index of earlier drops.
+"""Exact-duplicate clusters of normalized content, against a persistent index of the other drops.
 
 Each document's content (its text, or its rendered messages for chat records) is normalized cheaply (whitespace
 collapsed, optionally lower-cased; NFC is done upstream) and hashed with XXH3-128; the hash is the exact cluster
@@ -118,7 +118,8 @@ def keep_order(frame: pl.DataFrame, cfg: _HasKeepRule) -> list[pl.Expr]:
             keys.append(-quality.cast(pl.Float64))
         elif key == "license":
             licenses = frame["license"].cast(pl.String) if "license" in columns else pl.Series([None], dtype=pl.String)
-            mapping = dict(zip(licenses.unique().to_list(), license_rank(licenses.unique()).to_list()))
+            distinct = licenses.unique()
+            mapping = dict(zip(distinct.to_list(), license_rank(distinct).to_list()))
             source = pl.col("license").cast(pl.String) if "license" in columns else pl.lit(None, dtype=pl.String)
             keys.append(source.replace_strict(mapping, default=_UNKNOWN_RANK, return_dtype=pl.Int32)
                         .fill_null(_UNKNOWN_RANK))
@@ -266,7 +267,8 @@ def exact_duplicates(
         "index_entries_in": index.height,
     }
     result = split_by_verdicts(hashed, verdicts, metrics)
-    new_entries = live.select([pl.col(c).cast(t) for c, t in EXACT_INDEX_SCHEMA.items()]).sort("content_hash")
+    new_entries = live.select([pl.col(c).cast(t) for c, t in EXACT_INDEX_SCHEMA.items()]).sort(
+        "content_hash", "doc_id")
     return result, new_entries
 
 
