@@ -151,7 +151,9 @@ def _why(rep: str, profile: str, keep_rule: list[str]) -> pl.Expr:
     )
 
 
-def dedup_verdicts(docs: pl.DataFrame, eligible: pl.DataFrame, pairs: pl.DataFrame, cfg: CurationConfig) -> pl.DataFrame:
+def dedup_verdicts(
+    docs: pl.DataFrame, eligible: pl.DataFrame, pairs: pl.DataFrame, cfg: CurationConfig
+) -> pl.DataFrame:
     """Which copy of each duplicate cluster ships. ``docs``: every curated document of the release (metadata);
     ``eligible``: those the license profile allows; ``pairs``: verified near pairs.
 
@@ -160,8 +162,10 @@ def dedup_verdicts(docs: pl.DataFrame, eligible: pl.DataFrame, pairs: pl.DataFra
     (rule ``dedup.near``, ``value`` the exact Jaccard). A pair recorded on any copy of a content counts for its
     representative, so a cluster is never split by which copy the stage happened to compare."""
     name, profile = cfg.release.name, cfg.release.profile
-    rep_info = eligible.select(pl.col("doc_id").alias("duplicate_of"), pl.col("license").alias("_rep_license"),
-                               pl.col("drop").alias("_rep_drop"))
+    rep_info = eligible.select(
+        pl.col("doc_id").alias("duplicate_of"), pl.col("license").alias("_rep_license"),
+        (pl.col("drop") if "drop" in eligible.columns else pl.lit(None, dtype=pl.String)).alias("_rep_drop"),
+    )
     if "content_hash" in eligible.columns:
         exact = exact_representatives(eligible, cfg.exact_dedup)
     else:
