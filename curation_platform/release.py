@@ -270,7 +270,8 @@ def select_release(docs: pl.DataFrame, cfg: CurationConfig, pairs: pl.DataFrame 
     dedup = dedup_verdicts(docs, licensed.kept, pairs, cfg)
     unique = licensed.kept.join(dedup.select("doc_id"), on="doc_id", how="anti", maintain_order="left")
     budget = _budget_verdicts(unique, cfg.release)
-    verdicts = pl.concat([_licensed_copy(docs, licensed.verdicts, licensed.kept, dedup, pairs, cfg.release.name), dedup, budget])
+    license_rows = _licensed_copy(docs, licensed.verdicts, licensed.kept, dedup, pairs, cfg.release.name)
+    verdicts = pl.concat([license_rows, dedup, budget])
     result = split_by_verdicts(docs, verdicts)
     per_rule = dedup.group_by("rule").len()
     result.metrics = {**licensed.metrics, **{r: n for r, n in per_rule.iter_rows()}, "over_budget": budget.height}

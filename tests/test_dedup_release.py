@@ -147,12 +147,13 @@ def test_a_stale_earlier_drop_removes_nothing_and_recuration_cascades(lake):
     assert ledger.filter(pl.col("doc_id") == mit)["rule"].to_list() == ["dedup.exact"]
 
 
-def test_index_of_a_failed_earlier_drop_does_not_drop_a_later_copy_at_the_stage(lake):
-    """Even while drop 1 is current, the dedup stages drop nothing: only the release chooses."""
+def test_the_dedup_stage_records_a_later_copy_and_drops_nothing(lake):
+    """The dedup stages drop no copy, whatever state the earlier drop is in: only the release chooses."""
     nc, mit = _two_drops(lake, lambda t: t)
-    near = pl.read_parquet(lake.ws.ledger_path("exact_deduped", "2026-02-mit"))
-    row = near.filter(pl.col("doc_id") == mit)
-    assert set(row["verdict"]) == {"keep", "flag"} and row.filter(pl.col("verdict") == "flag")["duplicate_of"].item() == nc
+    exact = pl.read_parquet(lake.ws.ledger_path("exact_deduped", "2026-02-mit"))
+    row = exact.filter(pl.col("doc_id") == mit)
+    assert set(row["verdict"]) == {"keep", "flag"}
+    assert row.filter(pl.col("verdict") == "flag")["duplicate_of"].item() == nc
 
 
 def test_takedown_blocks_content_in_new_drops_and_frees_former_duplicates(lake):
@@ -175,7 +176,8 @@ def test_takedown_blocks_content_in_new_drops_and_frees_former_duplicates(lake):
     third = pl.DataFrame({"id": ["again", "nearly"], "text": [shared, _near_copy(shared, 5)]})
     lake.land("2026-03-c", pl.concat([_clean(4, 3), third]), "MIT")
     lake.curate("2026-03-c")
-    ledger = pl.concat([pl.read_parquet(lake.ws.ledger_path(s, "2026-03-c")) for s in ("exact_deduped", "near_deduped")])
+    ledger = pl.concat([pl.read_parquet(lake.ws.ledger_path(stage, "2026-03-c"))
+                        for stage in ("exact_deduped", "near_deduped")])
     blocked = ledger.filter(pl.col("rule") == "takedown.blocked")
     again, nearly = lake.doc_id("2026-03-c", "again"), lake.doc_id("2026-03-c", "nearly")
     assert dict(zip(blocked["doc_id"], blocked["stage"])) == {again: "exact_deduped", nearly: "near_deduped"}

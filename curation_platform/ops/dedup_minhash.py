@@ -636,9 +636,10 @@ def near_duplicates(
     node_doc = np.concatenate(
         [index["doc_id"].gather(index_rows[involved + n_index]).to_numpy(), ranked["doc_id"].to_numpy()]
     ).astype(object)
-    node_drop = np.concatenate(
-        [index["drop"].gather(index_rows[involved + n_index]).to_numpy(), docs["drop"].cast(pl.String).to_numpy()[order]]
-    ).astype(object)
+    node_drop = np.concatenate([
+        index["drop"].gather(index_rows[involved + n_index]).to_numpy(),
+        docs["drop"].cast(pl.String).to_numpy()[order],
+    ]).astype(object)
     cluster_of = np.where(in_edge, node_doc[label], None)
 
     def _strings(values: np.ndarray) -> np.ndarray:
