@@ -7,7 +7,6 @@ to a landing folder; releases are staged and published with the engine functions
 from __future__ import annotations
 
 import random
-import re
 
 import polars as pl
 import pytest
