@@ -156,7 +156,7 @@ def main() -> None:
 
         def index_content(rows: pl.DataFrame) -> pl.DataFrame:
             return pl.concat([
-                pl.scan_parquet(Path(folder) / f"{drop}.parquet").select("doc_id", "text")
+                pl.scan_parquet(Path(folder) / f"{drop}.parquet", parallel="prefiltered").select("doc_id", "text")
                 .filter(pl.col("doc_id").is_in(group["doc_id"].implode())).collect()
                 for (drop,), group in rows.group_by("drop")
             ])

@@ -123,7 +123,8 @@ def _index_content(ws: Workspace, rows: pl.DataFrame) -> pl.DataFrame:
         if path is None or not path.exists():
             continue
         columns = [c for c in ("doc_id", "text", "messages") if c in pl.read_parquet_schema(path)]
-        frames.append(pl.scan_parquet(path).select(columns)
+        # Prefiltered: the doc_id column is scanned first, text is decoded only for the few matching rows.
+        frames.append(pl.scan_parquet(path, parallel="prefiltered").select(columns)
                       .filter(pl.col("doc_id").is_in(group["doc_id"].implode())).collect())
     if not frames:
         return pl.DataFrame(schema={"doc_id": pl.String, "text": pl.String})
