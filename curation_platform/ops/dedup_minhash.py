@@ -350,34 +350,40 @@ def exact_jaccard(hashes: np.ndarray, counts: np.ndarray, left: np.ndarray, righ
     """Exact Jaccard of the shingle SETS of text pairs ``(left[i], right[i])``, for all pairs at once.
 
     ``hashes``/``counts`` as returned by :func:`shingle_hashes` (text ``t`` owns a contiguous run of hashes).
-    A join of the pairs with the distinct (text, shingle) rows counts each intersection; the union is
-    ``|A| + |B| - |A & B|``. Two texts without shingles have Jaccard 0. Rows scale with the pairs' shingles, so call
-    it on candidate pairs (few), not on all pairs."""
+    Each text's shingles are made a sorted set once; then the two sets of every pair are laid side by side and
+    sorted by (pair, shingle), so a shingle in both sets is an adjacent equal row: that count is ``|A & B|`` and
+    the union is ``|A| + |B| - |A & B|``. Two texts without shingles have Jaccard 0. Rows scale with the pairs'
+    shingles, so call it on candidate pairs (few), not on all pairs."""
     left = np.asarray(left, dtype=np.int64)
     right = np.asarray(right, dtype=np.int64)
-    if len(left) == 0:
+    n_pairs = len(left)
+    if n_pairs == 0:
         return np.empty(0, dtype=np.float64)
-    shingles = pl.DataFrame({
-        "text": np.repeat(np.arange(len(counts), dtype=np.int64), counts),
-        "shingle": hashes.astype(np.uint64),
-    }).unique()
-    sizes = shingles.group_by("text").len("size")
-    pairs = pl.DataFrame({"pair": np.arange(len(left), dtype=np.int64), "a": left, "b": right})
-    common = (
-        pairs.join(shingles, left_on="a", right_on="text")
-        .join(shingles, left_on=["b", "shingle"], right_on=["text", "shingle"], how="semi")
-        .group_by("pair").len("common")
-    )
-    table = (
-        pairs.join(common, on="pair", how="left")
-        .join(sizes.rename({"text": "a", "size": "size_a"}), on="a", how="left")
-        .join(sizes.rename({"text": "b", "size": "size_b"}), on="b", how="left")
-        .sort("pair")
-        .select(pl.col("common").fill_null(0), pl.col("size_a").fill_null(0), pl.col("size_b").fill_null(0))
-    )
-    union = (table["size_a"] + table["size_b"] - table["common"]).to_numpy().astype(np.float64)
-    common_count = table["common"].to_numpy().astype(np.float64)
-    return np.divide(common_count, union, out=np.zeros(len(left), dtype=np.float64), where=union > 0)
+    text_of = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    order = np.lexsort((hashes, text_of))
+    sorted_text, sorted_hash = text_of[order], hashes[order]
+    fresh = np.ones(len(order), dtype=bool)
+    fresh[1:] = (sorted_text[1:] != sorted_text[:-1]) | (sorted_hash[1:] != sorted_hash[:-1])
+    set_text, set_hash = sorted_text[fresh], sorted_hash[fresh]
+    sizes = np.bincount(set_text, minlength=len(counts)).astype(np.int64)
+    starts = np.cumsum(sizes) - sizes
+
+    def members(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # (pair, shingle) rows of the given side's sets, one block per pair.
+        lengths = sizes[texts]
+        pair = np.repeat(np.arange(n_pairs, dtype=np.int64), lengths)
+        offset = np.arange(lengths.sum(), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return pair, set_hash[np.repeat(starts[texts], lengths) + offset]
+
+    pair_a, hash_a = members(left)
+    pair_b, hash_b = members(right)
+    pair, shingle = np.concatenate([pair_a, pair_b]), np.concatenate([hash_a, hash_b])
+    both = np.lexsort((shingle, pair))
+    pair, shingle = pair[both], shingle[both]
+    repeated = (pair[1:] == pair[:-1]) & (shingle[1:] == shingle[:-1])
+    common = np.bincount(pair[1:][repeated], minlength=n_pairs).astype(np.float64)
+    union = (sizes[left] + sizes[right]).astype(np.float64) - common
+    return np.divide(common, union, out=np.zeros(n_pairs, dtype=np.float64), where=union > 0)
 
 
 # ---------------------------------------------------------------------------------------------------- band join
