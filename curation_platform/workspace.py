@@ -8,7 +8,8 @@ Layout under the workspace directory::
     quarantine/<drop>.parquet         records that could not be read, with file, line and reason
     index/<name>/<drop>.parquet       persistent dedup indexes, one file set per drop
     cache/tokens/<drop>.parquet       token counts of curated documents, rebuilt when stale
-    takedowns.parquet                 documents removed from every future release
+    takedowns.parquet                 documents removed from every future release, with the content hash and
+                                      near-dup signature that block their content in drops curated later
     releases/<name>/                  published releases (shards, data card), versioned by DVC
     releases/.staging/<name>/         write-audit-publish staging area
 """
