@@ -278,21 +278,28 @@ def select_release(docs: pl.DataFrame, cfg: CurationConfig, pairs: pl.DataFrame 
     return result
 
 
-def reevaluated(previous: pl.DataFrame, verdicts: pl.DataFrame, docs: pl.DataFrame, release: str) -> pl.DataFrame:
-    """``dedup.reevaluated`` flag rows: curated documents whose duplicate verdict in the previous build of the
-    release (``previous``, its ledger) differs from this build's (``verdicts``), e.g. because the copy they
-    duplicated left (its drop was removed, re-curated or failed its gate, or it was taken down)."""
+def reevaluated(previous: pl.DataFrame, verdicts: pl.DataFrame, docs: pl.DataFrame, release: str,
+                shipped_before: pl.Series | None = None) -> pl.DataFrame:
+    """``dedup.reevaluated`` flag rows: curated documents whose duplicate verdict changed since the previous build
+    of the release (``previous``, its ledger; ``shipped_before``, the doc_ids it shipped). A copy it left out as a
+    duplicate may now represent its cluster (the copy it duplicated left: its drop was removed, re-curated, failed
+    its gate, or it was taken down), and a copy it shipped may now be left out (an earlier drop came back)."""
     dedup_rules = [RULE_EXACT, RULE_NEAR]
     before = previous.filter(pl.col("rule").is_in(dedup_rules) & (pl.col("verdict") == DROP)).select(
         "doc_id", pl.col("rule").alias("_old_rule"), pl.col("duplicate_of").alias("_old_of"))
     now = verdicts.filter(pl.col("verdict") == DROP).select(
         "doc_id", pl.col("rule").alias("_new_rule"), pl.col("duplicate_of").alias("_new_of"))
-    changed = (
-        before.join(docs.select("doc_id"), on="doc_id", how="semi")
-        .join(now, on="doc_id", how="left")
-        .filter((pl.col("_old_rule") != pl.col("_new_rule")).fill_null(True)
-                | (pl.col("_old_of") != pl.col("_new_of")).fill_null(True))
-    )
+    shipped = pl.Series("doc_id", [] if shipped_before is None else shipped_before, dtype=pl.String)
+    was = pl.format("{} of {}, which is no longer its cluster's representative", "_old_rule", "_old_of")
+    changed = pl.concat([
+        before.join(now, on="doc_id", how="left").filter(
+            (pl.col("_old_rule") != pl.col("_new_rule")).fill_null(True)
+            | (pl.col("_old_of") != pl.col("_new_of")).fill_null(True)
+        ).with_columns(was.alias("_was")),
+        now.filter(pl.col("_new_rule").is_in(dedup_rules) & pl.col("doc_id").is_in(shipped.implode())).select(
+            "doc_id", pl.lit(None, dtype=pl.String).alias("_old_rule"), pl.lit(None, dtype=pl.String).alias("_old_of"),
+            "_new_rule", "_new_of", pl.lit("shipped as its cluster's representative").alias("_was")),
+    ]).join(docs.select("doc_id"), on="doc_id", how="semi")
     outcome = (
         pl.when(pl.col("_new_rule").is_null())
         .then(pl.lit("now it represents its cluster (selected unless the budget says otherwise)"))
@@ -304,8 +311,7 @@ def reevaluated(previous: pl.DataFrame, verdicts: pl.DataFrame, docs: pl.DataFra
         "doc_id",
         pl.lit(FLAG).alias("verdict"),
         pl.lit(RULE_REEVALUATED).alias("rule"),
-        pl.format("previous build of release {}: {} of {}, which is no longer its cluster's representative; {}",
-                  pl.lit(release), "_old_rule", "_old_of", outcome).alias("detail"),
+        pl.format("previous build of release {}: {}; {}", pl.lit(release), "_was", outcome).alias("detail"),
         pl.col("_new_of").alias("duplicate_of"),
     )).sort("doc_id")
 
@@ -471,7 +477,9 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
     # plus the cascade: documents whose duplicate verdict changed since the previous build of this release.
     previous = (pl.read_parquet(ws.release_ledger_path(name)) if ws.release_ledger_path(name).exists()
                 else pl.DataFrame(schema=LEDGER_SCHEMA))
-    cascade = reevaluated(previous, result.verdicts, docs, name)
+    shipped_index = ws.release_dir(name) / "shard_index.parquet"
+    shipped = pl.read_parquet(shipped_index, columns=["doc_id"])["doc_id"] if shipped_index.exists() else None
+    cascade = reevaluated(previous, result.verdicts, docs, name, shipped)
     doc_drops = docs.select("doc_id", "drop")
     write_parquet_atomic(pl.concat([result.verdicts, cascade]).join(doc_drops, on="doc_id", how="left"),
                          staging / "release_verdicts.parquet")

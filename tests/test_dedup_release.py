@@ -142,8 +142,10 @@ def test_a_stale_earlier_drop_removes_nothing_and_recuration_cascades(lake):
     lake.curate("2026-01-nc")
     research = lake.release("research", "research")
     assert nc in research["doc_id"].to_list() and mit not in research["doc_id"].to_list()
-    ledger = lake.release_ledger("research")
-    assert ledger.filter(pl.col("doc_id") == mit)["rule"].to_list() == ["dedup.exact"]
+    rows = lake.release_ledger("research").filter(pl.col("doc_id") == mit)
+    assert sorted(rows["rule"]) == ["dedup.exact", "dedup.reevaluated"]
+    cascade = rows.filter(pl.col("rule") == "dedup.reevaluated")["detail"].item()
+    assert "shipped as its cluster's representative" in cascade and f"now dedup.exact of {nc}" in cascade
 
 
 def test_the_dedup_stage_records_a_later_copy_and_drops_nothing(lake):
