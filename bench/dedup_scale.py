@@ -8,12 +8,16 @@
    file per drop into a scratch folder. The corpus is built in one piece so that copies whose original landed in
    an earlier drop become cross-drop duplicates, as in the real incremental case; building it in a child keeps
    the ~4 GB of text of a 1M corpus out of the measured process.
-2. This process reads the drops in order and runs ``near_duplicates(drop, index, cfg)`` on each, the index
-   growing by the entries of every drop before it (kept in memory as one Polars frame, as the orchestration
-   would load it).
+2. This process reads the drops in order and runs ``near_duplicates(drop, index, cfg, index_content)`` on each,
+   the index growing by the entries of every drop before it (kept in memory as one Polars frame, as the
+   orchestration would load it); ``index_content`` reads the few earlier documents in candidate pairs from their
+   drop files for the exact-Jaccard verification, as the orchestration reads them from the lake.
+3. The stage records pairs and drops nothing; a release decides. At the end ``near_representatives`` over every
+   document's keep-rule columns and all recorded pairs gives the documents a release allowing every license
+   would leave out (timed separately).
 
 Peak RSS comes from a thread that samples ``psutil.Process().memory_info().rss`` every 20 ms over the whole
-dedup phase (reading the drop files included). Removed documents are counted by planted label: ``near_dup`` and
+dedup phase (reading the drop files included). Left-out documents are counted by planted label: ``near_dup`` and
 ``exact_dup`` rows should go (one document of each planted pair; which one depends on the keep rule), ``clean``
 ones should not. Output: one line per drop and, with ``--out``, a JSON report. See bench/README.md.
 """
@@ -127,7 +131,9 @@ def main() -> None:
     import polars as pl
     import psutil
 
-    from curation_platform.ops.dedup_minhash import NearDedupConfig, empty_near_index, near_duplicates
+    from curation_platform.ops.dedup_minhash import (
+        NearDedupConfig, empty_near_index, near_duplicates, near_representatives,
+    )
 
     overrides = {k: v for k, v in (("memory_limit", args.memory_limit), ("temp_directory", args.temp_directory))
                  if v is not None}
@@ -143,19 +149,26 @@ def main() -> None:
         index = empty_near_index()
         per_drop: list[dict[str, Any]] = []
         removed_by_label: dict[str, int] = {}
-        total_docs = total_removed = 0
+        total_docs = 0
         stage_seconds = 0.0
+        pairs, keep_columns = [], []
         phase_start = time.perf_counter()
+
+        def index_content(rows: pl.DataFrame) -> pl.DataFrame:
+            return pl.concat([
+                pl.scan_parquet(Path(folder) / f"{drop}.parquet", parallel="prefiltered").select("doc_id", "text")
+                .filter(pl.col("doc_id").is_in(group["doc_id"].implode())).collect()
+                for (drop,), group in rows.group_by("drop")
+            ])
+
         for i in range(args.drops):
             docs = pl.read_parquet(Path(folder) / f"drop-{i:03d}.parquet")
             start = time.perf_counter()
-            result, entries = near_duplicates(docs, index, cfg)
+            result, entries = near_duplicates(docs, index, cfg, index_content=index_content)
             seconds = time.perf_counter() - start
             index = pl.concat([index, entries], rechunk=False)
-            removed = docs.join(result.verdicts.select("doc_id"), on="doc_id", how="semi")
-            by_label = dict(sorted(removed["planted"].value_counts().iter_rows()))
-            for label, count in by_label.items():
-                removed_by_label[label] = removed_by_label.get(label, 0) + count
+            pairs.append(result.verdicts.filter(pl.col("verdict") == "flag").select("doc_id", "duplicate_of", "value"))
+            keep_columns.append(docs.select("doc_id", "drop_order", "license", "planted"))
             metrics = result.metrics
             row = {
                 "drop": i,
@@ -164,19 +177,24 @@ def main() -> None:
                 "seconds": round(seconds, 2),
                 "docs_per_s": round(docs.height / seconds, 1),
                 "candidate_pairs": metrics["candidate_pairs"],
+                "pairs_checked_exactly": metrics["pairs_checked_exactly"],
                 "verified_pairs": metrics["verified_pairs"],
-                "removed": metrics["removed"],
-                "removed_cross_drop": metrics["removed_cross_drop"],
-                "removed_by_planted_label": by_label,
+                "cross_drop_pairs": metrics["cross_drop_pairs"],
                 "rss_after_mb": round(sampler.current() / 2**20),
                 "peak_rss_so_far_mb": round(sampler.peak / 2**20),
             }
             per_drop.append(row)
             total_docs += docs.height
-            total_removed += metrics["removed"]
             stage_seconds += seconds
             print(json.dumps(row), flush=True)
-            del docs, result, entries, removed
+            del docs, result, entries
+        start = time.perf_counter()
+        every = pl.concat(keep_columns)
+        left_out = near_representatives(every.drop("planted"), pl.concat(pairs), cfg)
+        selection_seconds = time.perf_counter() - start
+        removed = every.join(left_out.select("doc_id"), on="doc_id", how="semi")
+        removed_by_label = dict(sorted(removed["planted"].value_counts().iter_rows()))
+        total_removed = removed.height
         wall = time.perf_counter() - phase_start
         peak = sampler.stop()
 
@@ -198,6 +216,7 @@ def main() -> None:
             "docs": total_docs,
             "stage_seconds": round(stage_seconds, 1),
             "wall_seconds": round(wall, 1),
+            "selection_seconds": round(selection_seconds, 2),
             "docs_per_s": round(total_docs / stage_seconds, 1),
             "peak_rss_mb": round(peak / 2**20),
             "rss_before_mb": round(start_rss / 2**20),

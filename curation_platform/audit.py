@@ -94,11 +94,17 @@ def stage_gate(ws: Workspace, cfg: CurationConfig, stage: str, upstream: str | N
 
 
 def cluster_sizes(ws: Workspace, drop: str) -> pl.DataFrame:
-    """Per kept document of the near-dedup stage: itself plus the documents removed as its near duplicates."""
-    ledger = read_ledger(ws, drop).filter((pl.col("stage") == "near_deduped") & (pl.col("verdict") == DROP))
-    return ledger.group_by("duplicate_of").len().select(
-        pl.col("duplicate_of").alias("doc_id"), (pl.col("len") + 1).alias("cluster_size")
+    """Per near-duplicate cluster the drop's stage recorded: the distinct documents in its verified pairs (both
+    ends, this drop's and other drops'), counted from the ledger rather than the stage's own metrics."""
+    pairs = read_ledger(ws, drop).filter(
+        (pl.col("stage") == "near_deduped") & (pl.col("rule") == "near_dedup.duplicate")
+        & pl.col("cluster_id").is_not_null()
     )
+    members = pl.concat([pairs.select("cluster_id", "doc_id"),
+                         pairs.select("cluster_id", pl.col("duplicate_of").alias("doc_id"))])
+    return members.group_by("cluster_id").agg(pl.col("doc_id").n_unique().alias("cluster_size")).select(
+        pl.col("cluster_id").alias("doc_id"), pl.col("cluster_size").cast(pl.Int64)
+    ).sort("doc_id")
 
 
 def near_dedup_gate(ws: Workspace, cfg: CurationConfig, drop: str) -> GateResult:

@@ -66,6 +66,18 @@ def all_release_shards(ws: Workspace) -> pl.DataFrame:
     return pl.concat(frames) if frames else release_shard_index(ws, None)
 
 
+def _represented(ws: Workspace, doc_id: str) -> list[str]:
+    """Per release: the copies this document was chosen over (it represents their duplicate cluster there)."""
+    lines = []
+    for path in sorted((ws.root / "ledger" / "release").glob("*.parquet")):
+        rows = (pl.scan_parquet(path).filter((pl.col("duplicate_of") == doc_id) & (pl.col("verdict") == "drop"))
+                .select("doc_id", "rule", "detail").collect().sort("doc_id"))
+        for row in rows.iter_rows(named=True):
+            lines.append(f"  represents its cluster in release {path.stem} over {row['doc_id']} ({row['rule']}): "
+                         f"{row['detail']}")
+    return lines
+
+
 def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame | None = None) -> str:
     """Readable account of one document: identity, every stage's verdict with rule, value and threshold,
     what it duplicates, and which release shards hold it."""
@@ -73,9 +85,16 @@ def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame | None = N
     if not ledger_files:
         return f"no ledger in {ws.root}: run `curate run` first"
     rows = (
-        pl.scan_parquet([str(f) for f in ledger_files], missing_columns="insert", extra_columns="ignore")
+        pl.scan_parquet([str(f) for f in ledger_files], missing_columns="insert", extra_columns="ignore",
+                        include_file_paths="_path")
         .filter(pl.col("doc_id") == doc_id)
         .collect()
+    )
+    # Release rows name their release (ledger/release/<name>.parquet), so several releases read apart.
+    rows = rows.with_columns(
+        pl.when(pl.col("stage") == "release")
+        .then(pl.format("release {}", pl.col("_path").str.extract(r"([^/\\]+)\.parquet$")))
+        .otherwise(pl.col("stage")).alias("_label")
     )
     if rows.is_empty():
         return f"document {doc_id} is not in the ledger of {ws.root}"
@@ -98,7 +117,7 @@ def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame | None = N
                          f"(collected {prov.get('collected_at', '?')})")
     lines.append("  journey:")
     for row in rows.iter_rows(named=True):
-        text = f"    {row['stage']:<16} {row['verdict']:<10}"
+        text = f"    {row['_label']:<16} {row['verdict']:<10}"
         if row["rule"]:
             text += f" {row['rule']}"
         if row["value"] is not None:
@@ -118,6 +137,7 @@ def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame | None = N
         for r in known.iter_rows(named=True):
             lines.append(f"  duplicate of {r['doc_id']}: {r['source']} / {r['drop']} / {r['source_id']} "
                          f"({r['license']})")
+    lines += _represented(ws, doc_id)
     shards = all_release_shards(ws) if shards is None else shards
     held = shards.filter(pl.col("doc_id") == doc_id)["release_shard"].to_list()
     lines.append(f"  released in {', '.join(held)}" if held else "  not in any release")

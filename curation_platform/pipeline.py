@@ -27,9 +27,10 @@ from curation_platform.ops.quality_signals import quality_signals
 from curation_platform.ops.score import score_documents
 from curation_platform.readers import read_drop
 from curation_platform.records import QUARANTINE, StageResult, verdict_frame
+from curation_platform.takedown import read_takedowns
 from curation_platform.workspace import Workspace, file_lock, write_parquet_atomic
 
-# Scoring runs before dedup so the dedup keep rule ("earliest drop, then higher quality") can use the score.
+# Scoring runs before dedup so the keep rule that picks each duplicate cluster's representative can use the score.
 STAGES: list[str] = [
     "raw_documents",
     "normalized",
@@ -53,8 +54,9 @@ STAGE_DESCRIPTIONS: dict[str, str] = {
     "filtered": "Threshold rules from curation.yaml applied per document kind; every drop names its rule.",
     "scored": "Quality score per document from the stored signals.",
     "pii_redacted": "Emails, phones, IPs, cards, IBANs, SSNs and secrets replaced by typed placeholders.",
-    "exact_deduped": "XXH3-128 of normalized content against the persistent index of every earlier drop.",
-    "near_deduped": "MinHash LSH over word 5-grams against the persistent index; verified pairs; no chain collapse.",
+    "exact_deduped": "XXH3-128 of normalized content: exact-duplicate clusters against the index of every other drop.",
+    "near_deduped": "MinHash LSH over word 5-grams against the index of every other drop; pairs verified by exact "
+                    "Jaccard; clusters recorded for the release to pick representatives.",
     "decontaminated": "Word 13-gram overlap with registered benchmarks (HumanEval bundled).",
 }
 
@@ -112,17 +114,46 @@ def _with_drop_order(docs: pl.DataFrame, order: int) -> pl.DataFrame:
     return docs.with_columns(pl.lit(order, dtype=pl.Int64).alias("drop_order"))
 
 
-def _dedup(
-    ws: Workspace, docs: pl.DataFrame, drop: str, index_name: str, fn: Callable, stage_cfg: Any, schema: dict
-) -> StageResult:
+def _index_content(ws: Workspace, rows: pl.DataFrame) -> pl.DataFrame:
+    """Content columns of the listed (doc_id, drop) documents as they entered dedup (a drop's dedup input);
+    documents no longer there (their drop was re-curated or removed) are simply absent."""
+    frames = []
+    for (drop,), group in rows.group_by("drop"):
+        path = ws.stage_path(UPSTREAM["exact_deduped"], drop) if drop else None
+        if path is None or not path.exists():
+            continue
+        columns = [c for c in ("doc_id", "text", "messages") if c in pl.read_parquet_schema(path)]
+        # Prefiltered: the doc_id column is scanned first, text is decoded only for the few matching rows.
+        frames.append(pl.scan_parquet(path, parallel="prefiltered").select(columns)
+                      .filter(pl.col("doc_id").is_in(group["doc_id"].implode())).collect())
+    if not frames:
+        return pl.DataFrame(schema={"doc_id": pl.String, "text": pl.String})
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def _dedup(ws: Workspace, cfg: CurationConfig, docs: pl.DataFrame, drop: str, index_name: str) -> StageResult:
+    """Record the drop's duplicate clusters against every other drop's index entries (whatever their state: the
+    release only acts on pairs whose documents are both curated, so each pair is recorded by whichever of its
+    drops ran later) and block the content of taken-down documents."""
     order = ws.drop(drop).order
-    index = ws.read_index(index_name, before_order=order, schema=schema)
-    result, entries = fn(_with_drop_order(docs, order), index, stage_cfg)
+    takedowns = read_takedowns(ws)
+    docs = _with_drop_order(docs, order)
+    if index_name == "exact":
+        index = ws.read_index("exact", exclude=drop, schema=dedup_exact.EXACT_INDEX_SCHEMA)
+        result, entries = dedup_exact.exact_duplicates(
+            docs, index, cfg.exact_dedup, blocked=takedowns.select("doc_id", "content_hash"))
+    else:
+        index = ws.read_index("near", exclude=drop, schema=dedup_minhash.NEAR_INDEX_SCHEMA)
+        # Taken-down documents stay comparable through their entries kept in the takedown list.
+        removed = takedowns.filter(pl.col("signature").is_not_null()).select(list(dedup_minhash.NEAR_INDEX_SCHEMA))
+        result, entries = dedup_minhash.near_duplicates(
+            docs, pl.concat([index, removed], how="vertical_relaxed"), cfg.near_dedup,
+            index_content=lambda rows: _index_content(ws, rows), blocked_ids=takedowns["doc_id"])
     # Under the registry lock, so a takedown running now cannot be undone by this write.
     with file_lock(ws.root / "registry" / ".lock"):
         if ws.takedowns_path.exists():  # taken-down documents never re-enter the index
             entries = entries.join(pl.read_parquet(ws.takedowns_path, columns=["doc_id"]), on="doc_id", how="anti")
-        # Re-materializing a drop replaces its own entries (idempotent); later drops read them by order.
+        # Re-materializing a drop replaces its own entries (idempotent).
         write_parquet_atomic(entries, ws.index_path(index_name, drop))
     return result
 
@@ -135,10 +166,8 @@ _OPERATORS: dict[str, Callable[[Workspace, CurationConfig, str, pl.DataFrame], S
     "filtered": lambda ws, cfg, drop, docs: filter_documents(docs, cfg.filters),
     "scored": lambda ws, cfg, drop, docs: score_documents(docs, cfg.scoring),
     "pii_redacted": lambda ws, cfg, drop, docs: redact_pii(docs, cfg.pii),
-    "exact_deduped": lambda ws, cfg, drop, docs: _dedup(
-        ws, docs, drop, "exact", dedup_exact.exact_duplicates, cfg.exact_dedup, dedup_exact.EXACT_INDEX_SCHEMA),
-    "near_deduped": lambda ws, cfg, drop, docs: _dedup(
-        ws, docs, drop, "near", dedup_minhash.near_duplicates, cfg.near_dedup, dedup_minhash.NEAR_INDEX_SCHEMA),
+    "exact_deduped": lambda ws, cfg, drop, docs: _dedup(ws, cfg, docs, drop, "exact"),
+    "near_deduped": lambda ws, cfg, drop, docs: _dedup(ws, cfg, docs, drop, "near"),
     "decontaminated": lambda ws, cfg, drop, docs: decontaminate(docs, benchmark_index(cfg), cfg.decontamination),
 }
 

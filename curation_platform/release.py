@@ -19,7 +19,10 @@ from curation_platform.config import CurationConfig, ReleaseConfig
 from curation_platform.hashing import xxh128_hex
 from curation_platform.ledger import LEDGER_SCHEMA
 from curation_platform.licenses import attribution_required, license_breakdown, release_license_verdicts
-from curation_platform.records import DROP, StageResult, split_by_verdicts, verdict_frame
+from curation_platform.ops.dedup_exact import exact_representatives
+from curation_platform.ops.dedup_minhash import RULE_DUPLICATE as NEAR_PAIR_RULE
+from curation_platform.ops.dedup_minhash import near_representatives
+from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts, verdict_frame
 from curation_platform.workspace import Workspace, write_parquet_atomic, write_text_atomic
 
 SHARD_COLUMNS = [
@@ -53,7 +56,10 @@ def count_tokens(texts: pl.Series, tokenizer_path: str) -> pl.Series:
 
 
 # What selection needs to know about every curated document: no text, so a release of many drops fits in memory.
-META_COLUMNS = ["doc_id", "drop", "source", "license", "kind", "language", "quality_score", "provenance"]
+META_COLUMNS = ["doc_id", "drop", "source", "license", "kind", "language", "quality_score", "provenance",
+                "content_hash"]
+RULE_EXACT, RULE_NEAR, RULE_REEVALUATED = "dedup.exact", "dedup.near", "dedup.reevaluated"
+PAIR_SCHEMA = {"doc_id": pl.String, "duplicate_of": pl.String, "value": pl.Float64}
 
 
 def _token_counts(ws: Workspace, final_stage: str, drop: str, tokenizer: str) -> pl.DataFrame:
@@ -122,17 +128,192 @@ def _budget_verdicts(docs: pl.DataFrame, cfg: ReleaseConfig) -> pl.DataFrame:
     )
 
 
-def select_release(docs: pl.DataFrame, cfg: CurationConfig) -> StageResult:
-    """License policy for the release profile, then the token budget and mixture. Counts tokens when ``docs``
-    has no ``token_count`` yet."""
+def near_pairs(ws: Workspace, drops: list[str]) -> pl.DataFrame:
+    """Verified near-duplicate pairs (doc_id, duplicate_of, exact Jaccard) that the near-dedup stage recorded for
+    the given (curated) drops. A pair with a document outside the release's documents is ignored later."""
+    frames = []
+    for drop in drops:
+        path = ws.ledger_path("near_deduped", drop)
+        if path.exists():
+            frames.append(
+                pl.scan_parquet(path)
+                .filter((pl.col("rule") == NEAR_PAIR_RULE) & (pl.col("verdict") == FLAG))
+                .select(list(PAIR_SCHEMA)).collect()
+            )
+    return pl.concat(frames) if frames else pl.DataFrame(schema=PAIR_SCHEMA)
+
+
+def _why(rep: str, profile: str, keep_rule: list[str]) -> pl.Expr:
+    return pl.format(
+        "{} represents the cluster in release {}: the best copy profile {} allows (license {}), by keep rule {}",
+        pl.col("duplicate_of"), pl.lit(rep), pl.lit(profile), pl.col("_rep_license").fill_null("unknown"),
+        pl.lit(", ".join(keep_rule)),
+    )
+
+
+def dedup_verdicts(
+    docs: pl.DataFrame, eligible: pl.DataFrame, pairs: pl.DataFrame, cfg: CurationConfig
+) -> pl.DataFrame:
+    """Which copy of each duplicate cluster ships. ``docs``: every curated document of the release (metadata);
+    ``eligible``: those the license profile allows; ``pairs``: verified near pairs.
+
+    Exact clusters (same ``content_hash``) keep their first eligible copy in keep-rule order (rule
+    ``dedup.exact``); then near clusters among those representatives keep copies greedily without chain collapse
+    (rule ``dedup.near``, ``value`` the exact Jaccard). A pair recorded on any copy of a content counts for its
+    representative, so a cluster is never split by which copy the stage happened to compare."""
+    name, profile = cfg.release.name, cfg.release.profile
+    rep_info = eligible.select(
+        pl.col("doc_id").alias("duplicate_of"), pl.col("license").alias("_rep_license"),
+        (pl.col("drop") if "drop" in eligible.columns else pl.lit(None, dtype=pl.String)).alias("_rep_drop"),
+    )
+    if "content_hash" in eligible.columns:
+        exact = exact_representatives(eligible, cfg.exact_dedup)
+    else:
+        exact = pl.DataFrame(schema={"doc_id": pl.String, "duplicate_of": pl.String, "cluster_id": pl.String,
+                                     "copies": pl.UInt32})
+    exact_rows = exact.join(rep_info, on="duplicate_of", how="left").select(
+        "doc_id",
+        pl.lit(DROP).alias("verdict"),
+        pl.lit(RULE_EXACT).alias("rule"),
+        pl.lit(1.0).alias("value"),
+        pl.lit("same content").alias("threshold"),
+        pl.format("exact copy of {} (drop {}); ", "duplicate_of", "_rep_drop")
+        .add(_why(name, profile, cfg.exact_dedup.keep_rule)).alias("detail"),
+        "duplicate_of",
+        "cluster_id",
+    )
+    representatives = eligible.join(exact.select("doc_id"), on="doc_id", how="anti")
+    # Every curated document stands for its content's representative (if the profile allows any copy).
+    if "content_hash" in docs.columns:
+        stands_for = docs.select("doc_id", "content_hash").join(
+            representatives.select("content_hash", pl.col("doc_id").alias("_rep")), on="content_hash", how="inner"
+        ).select("doc_id", "_rep")
+    else:
+        stands_for = representatives.select("doc_id", pl.col("doc_id").alias("_rep"))
+    mapped = (
+        pairs.join(stands_for, on="doc_id", how="inner")
+        .join(stands_for.rename({"doc_id": "duplicate_of", "_rep": "_rep_other"}), on="duplicate_of", how="inner")
+        .select(pl.col("_rep").alias("doc_id"), pl.col("_rep_other").alias("duplicate_of"), "value")
+    )
+    near = near_representatives(representatives, mapped, cfg.near_dedup)
+    near_rows = near.join(rep_info, on="duplicate_of", how="left").select(
+        "doc_id",
+        pl.lit(DROP).alias("verdict"),
+        pl.lit(RULE_NEAR).alias("rule"),
+        "value",
+        pl.lit(f">= {cfg.near_dedup.verify_threshold:g}").alias("threshold"),
+        pl.format("near-duplicate (exact Jaccard {}) of {} (drop {}) in cluster {}; ", pl.col("value").round(4),
+                  "duplicate_of", "_rep_drop", "cluster_id")
+        .add(_why(name, profile, cfg.near_dedup.keep_rule)).alias("detail"),
+        "duplicate_of",
+        "cluster_id",
+    )
+    return pl.concat([verdict_frame(exact_rows), verdict_frame(near_rows)]).sort("doc_id")
+
+
+def _licensed_copy(docs: pl.DataFrame, license_verdicts: pl.DataFrame, eligible: pl.DataFrame,
+                   dedup: pl.DataFrame, pairs: pl.DataFrame, release: str) -> pl.DataFrame:
+    """License verdicts completed, for a document with an exact or near copy the profile allows, with the copy
+    that represents their cluster in ``duplicate_of`` and the detail: the profile lost nothing."""
+    if license_verdicts.is_empty():
+        return license_verdicts
+    # The final representative of every eligible document: its exact cluster's, then that one's near cluster's.
+    exact_map = dedup.filter(pl.col("rule") == RULE_EXACT).select("doc_id", pl.col("duplicate_of").alias("_r"))
+    near_map = dedup.filter(pl.col("rule") == RULE_NEAR).select(pl.col("doc_id").alias("_r"),
+                                                                pl.col("duplicate_of").alias("_final"))
+    rep_of = (
+        eligible.select("doc_id").join(exact_map, on="doc_id", how="left")
+        .with_columns(pl.coalesce("_r", "doc_id").alias("_r"))
+        .join(near_map, on="_r", how="left")
+        .select("doc_id", pl.coalesce("_final", "_r").alias("_rep"))
+    )
+    dropped = license_verdicts.select("doc_id")
+    candidates = []
+    if "content_hash" in docs.columns:
+        by_hash = eligible.select("doc_id", "content_hash").join(rep_of, on="doc_id").unique("content_hash")
+        candidates.append(
+            dropped.join(docs.select("doc_id", "content_hash"), on="doc_id")
+            .join(by_hash.select("content_hash", "_rep"), on="content_hash")
+            .select("doc_id", "_rep", pl.lit(2.0).alias("_score"), pl.col("content_hash").alias("_cluster"))
+        )
+    both_ways = pl.concat([pairs.select("doc_id", pl.col("duplicate_of").alias("_other"), "value"),
+                           pairs.select(pl.col("duplicate_of").alias("doc_id"), pl.col("doc_id").alias("_other"),
+                                        "value")])
+    candidates.append(
+        dropped.join(both_ways, on="doc_id")
+        .join(rep_of.rename({"doc_id": "_other"}), on="_other")
+        .select("doc_id", "_rep", pl.col("value").alias("_score"), pl.lit(None, dtype=pl.String).alias("_cluster"))
+    )
+    best = (pl.concat(candidates).sort("doc_id", "_score", "_rep", descending=[False, True, False])
+            .unique("doc_id", keep="first")
+            .join(eligible.select(pl.col("doc_id").alias("_rep"), pl.col("license").alias("_rep_license")),
+                  on="_rep"))
+    completed = license_verdicts.join(best, on="doc_id", how="left", maintain_order="left")
+    return verdict_frame(completed.with_columns(
+        pl.when(pl.col("_rep").is_not_null())
+        .then(pl.format("{}; its copy {} ({}) represents the cluster in release {} instead", "detail", "_rep",
+                        "_rep_license", pl.lit(release)))
+        .otherwise(pl.col("detail")).alias("detail"),
+        pl.coalesce("duplicate_of", "_rep").alias("duplicate_of"),
+        pl.coalesce("cluster_id", "_cluster").alias("cluster_id"),
+    ))
+
+
+def select_release(docs: pl.DataFrame, cfg: CurationConfig, pairs: pl.DataFrame | None = None) -> StageResult:
+    """License policy for the release profile, then duplicate clusters (per cluster the best copy the profile
+    allows), then the token budget and mixture. ``pairs``: verified near pairs (see :func:`near_pairs`). Counts
+    tokens when ``docs`` has no ``token_count`` yet."""
     if "token_count" not in docs.columns:
         docs = docs.with_columns(count_tokens(docs["text"], cfg.release.tokenizer))
     licensed = release_license_verdicts(docs, cfg.licenses, cfg.release.profile)
-    budget = _budget_verdicts(licensed.kept, cfg.release)
-    verdicts = pl.concat([licensed.verdicts, budget])
+    pairs = pl.DataFrame(schema=PAIR_SCHEMA) if pairs is None else pairs
+    dedup = dedup_verdicts(docs, licensed.kept, pairs, cfg)
+    unique = licensed.kept.join(dedup.select("doc_id"), on="doc_id", how="anti", maintain_order="left")
+    budget = _budget_verdicts(unique, cfg.release)
+    license_rows = _licensed_copy(docs, licensed.verdicts, licensed.kept, dedup, pairs, cfg.release.name)
+    verdicts = pl.concat([license_rows, dedup, budget])
     result = split_by_verdicts(docs, verdicts)
-    result.metrics = {**licensed.metrics, "over_budget": budget.height}
+    per_rule = dedup.group_by("rule").len()
+    result.metrics = {**licensed.metrics, **{r: n for r, n in per_rule.iter_rows()}, "over_budget": budget.height}
     return result
+
+
+def reevaluated(previous: pl.DataFrame, verdicts: pl.DataFrame, docs: pl.DataFrame, release: str,
+                shipped_before: pl.Series | None = None) -> pl.DataFrame:
+    """``dedup.reevaluated`` flag rows: curated documents whose duplicate verdict changed since the previous build
+    of the release (``previous``, its ledger; ``shipped_before``, the doc_ids it shipped). A copy it left out as a
+    duplicate may now represent its cluster (the copy it duplicated left: its drop was removed, re-curated, failed
+    its gate, or it was taken down), and a copy it shipped may now be left out (an earlier drop came back)."""
+    dedup_rules = [RULE_EXACT, RULE_NEAR]
+    before = previous.filter(pl.col("rule").is_in(dedup_rules) & (pl.col("verdict") == DROP)).select(
+        "doc_id", pl.col("rule").alias("_old_rule"), pl.col("duplicate_of").alias("_old_of"))
+    now = verdicts.filter(pl.col("verdict") == DROP).select(
+        "doc_id", pl.col("rule").alias("_new_rule"), pl.col("duplicate_of").alias("_new_of"))
+    shipped = pl.Series("doc_id", [] if shipped_before is None else shipped_before, dtype=pl.String)
+    was = pl.format("{} of {}, which is no longer its cluster's representative", "_old_rule", "_old_of")
+    changed = pl.concat([
+        before.join(now, on="doc_id", how="left").filter(
+            (pl.col("_old_rule") != pl.col("_new_rule")).fill_null(True)
+            | (pl.col("_old_of") != pl.col("_new_of")).fill_null(True)
+        ).with_columns(was.alias("_was")),
+        now.filter(pl.col("_new_rule").is_in(dedup_rules) & pl.col("doc_id").is_in(shipped.implode())).select(
+            "doc_id", pl.lit(None, dtype=pl.String).alias("_old_rule"), pl.lit(None, dtype=pl.String).alias("_old_of"),
+            "_new_rule", "_new_of", pl.lit("shipped as its cluster's representative").alias("_was")),
+    ]).join(docs.select("doc_id"), on="doc_id", how="semi")
+    outcome = (
+        pl.when(pl.col("_new_rule").is_null())
+        .then(pl.lit("now it represents its cluster (selected unless the budget says otherwise)"))
+        .when(pl.col("_new_rule").is_in(dedup_rules))
+        .then(pl.format("now {} of {}", "_new_rule", "_new_of"))
+        .otherwise(pl.format("now dropped by {}", "_new_rule"))
+    )
+    return verdict_frame(changed.select(
+        "doc_id",
+        pl.lit(FLAG).alias("verdict"),
+        pl.lit(RULE_REEVALUATED).alias("rule"),
+        pl.format("previous build of release {}: {}; {}", pl.lit(release), "_was", outcome).alias("detail"),
+        pl.col("_new_of").alias("duplicate_of"),
+    )).sort("doc_id")
 
 
 def shard_documents(docs: pl.DataFrame, cfg: ReleaseConfig) -> list[pl.DataFrame]:
@@ -276,7 +457,7 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
     if docs.is_empty():
         from curation_platform.errors import CurationError
         raise CurationError("no curated documents to release: land a drop and run `curate run` first")
-    result = select_release(docs, cfg)
+    result = select_release(docs, cfg, near_pairs(ws, drops))
     selected = result.kept
     staging = ws.staging_dir(name)
     if staging.exists():
@@ -292,9 +473,16 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
     write_text_atomic(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n", staging / "data_card.json")
     write_text_atomic(card_markdown(card), staging / "data_card.md")
     write_parquet_atomic(shard_of, staging / "shard_index.parquet")
-    # The release's own verdicts (license policy, budget), with each document's drop, for the ledger.
+    # The release's own verdicts (license policy, duplicates, budget), with each document's drop, for the ledger;
+    # plus the cascade: documents whose duplicate verdict changed since the previous build of this release.
+    previous = (pl.read_parquet(ws.release_ledger_path(name)) if ws.release_ledger_path(name).exists()
+                else pl.DataFrame(schema=LEDGER_SCHEMA))
+    shipped_index = ws.release_dir(name) / "shard_index.parquet"
+    shipped = pl.read_parquet(shipped_index, columns=["doc_id"])["doc_id"] if shipped_index.exists() else None
+    cascade = reevaluated(previous, result.verdicts, docs, name, shipped)
     doc_drops = docs.select("doc_id", "drop")
-    write_parquet_atomic(result.verdicts.join(doc_drops, on="doc_id", how="left"), staging / "release_verdicts.parquet")
+    write_parquet_atomic(pl.concat([result.verdicts, cascade]).join(doc_drops, on="doc_id", how="left"),
+                         staging / "release_verdicts.parquet")
     return StagedRelease(name=name, directory=staging, shards=shards, selected=selected,
                          verdicts=result.verdicts, card=card)
 

@@ -1,5 +1,10 @@
-"""Takedowns: remove documents (a whole drop, or a list of doc_ids) from the dedup indexes and from every future
-release, and record a tombstone for each in the ledger so `curate explain` can say what happened and when."""
+"""Takedowns: remove documents (a whole drop, or a list of doc_ids) from every future release and block their
+content, and record a tombstone for each in the ledger so `curate explain` can say what happened and when.
+
+The takedown list keeps each document's content hash and near-dup signature (moved out of the drop's dedup
+indexes), so the same content arriving again, exactly or nearly, in a drop curated later is dropped with
+``takedown.blocked``. Copies that an earlier release left out as duplicates of a taken-down document are chosen
+again by the next release, which picks representatives from the curated documents that remain."""
 
 from __future__ import annotations
 
@@ -12,8 +17,31 @@ from curation_platform.ledger import LEDGER_SCHEMA
 from curation_platform.records import DROP
 from curation_platform.workspace import Workspace, file_lock, write_parquet_atomic
 
-TAKEDOWN_SCHEMA = {"doc_id": pl.String, "drop": pl.String, "reason": pl.String, "taken_down_at": pl.Float64}
+TAKEDOWN_SCHEMA = {
+    "doc_id": pl.String, "drop": pl.String, "reason": pl.String, "taken_down_at": pl.Float64,
+    # What blocks the content: exact-dedup content hash and the near-dedup index entry (null if never indexed).
+    "content_hash": pl.String, "drop_order": pl.Int64, "band_keys": pl.List(pl.UInt64),
+    "signature": pl.List(pl.UInt32), "params": pl.String,
+}
 INDEXES = ("exact", "near")
+
+
+def read_takedowns(ws: Workspace) -> pl.DataFrame:
+    """The takedown list with TAKEDOWN_SCHEMA (lists written before a column existed read it as null)."""
+    if not ws.takedowns_path.exists():
+        return pl.DataFrame(schema=TAKEDOWN_SCHEMA)
+    frame = pl.read_parquet(ws.takedowns_path)
+    return frame.select([(pl.col(c) if c in frame.columns else pl.lit(None)).cast(t).alias(c)
+                         for c, t in TAKEDOWN_SCHEMA.items()])
+
+
+def _index_rows(ws: Workspace, index: str, doc_ids: pl.DataFrame) -> pl.DataFrame:
+    files = sorted((ws.root / "index" / index).glob("*.parquet"))
+    if not files:
+        return pl.DataFrame()
+    rows = pl.concat([pl.read_parquet(f).join(doc_ids, on="doc_id", how="semi") for f in files],
+                     how="diagonal_relaxed")
+    return rows.unique("doc_id", keep="first", maintain_order=True)
 
 
 def _known_documents(ws: Workspace) -> pl.DataFrame:
@@ -39,8 +67,16 @@ def takedown(ws: Workspace, *, drop: str | None = None, doc_ids: list[str] | Non
     now = time.time()
     entries = selected.with_columns(pl.lit(reason).alias("reason"), pl.lit(now).alias("taken_down_at"))
     with file_lock(ws.root / "registry" / ".lock"):
-        previous = pl.read_parquet(ws.takedowns_path) if ws.takedowns_path.exists() else pl.DataFrame(schema=TAKEDOWN_SCHEMA)
-        merged = pl.concat([previous, entries.select(list(TAKEDOWN_SCHEMA))]).unique("doc_id", keep="first", maintain_order=True)
+        ids = selected.select("doc_id")
+        exact, near = _index_rows(ws, "exact", ids), _index_rows(ws, "near", ids)
+        if not exact.is_empty():
+            entries = entries.join(exact.select("doc_id", "content_hash"), on="doc_id", how="left")
+        if not near.is_empty():
+            entries = entries.join(near.select("doc_id", "drop_order", "band_keys", "signature", "params"),
+                                   on="doc_id", how="left")
+        entries = entries.select([(pl.col(c) if c in entries.columns else pl.lit(None)).cast(t).alias(c)
+                                  for c, t in TAKEDOWN_SCHEMA.items()])
+        merged = pl.concat([read_takedowns(ws), entries]).unique("doc_id", keep="first", maintain_order=True)
         write_parquet_atomic(merged, ws.takedowns_path)
         for index in INDEXES:
             for path in sorted((ws.root / "index" / index).glob("*.parquet")):

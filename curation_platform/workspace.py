@@ -8,7 +8,8 @@ Layout under the workspace directory::
     quarantine/<drop>.parquet         records that could not be read, with file, line and reason
     index/<name>/<drop>.parquet       persistent dedup indexes, one file set per drop
     cache/tokens/<drop>.parquet       token counts of curated documents, rebuilt when stale
-    takedowns.parquet                 documents removed from every future release
+    takedowns.parquet                 documents removed from every future release, with the content hash and
+                                      near-dup signature that block their content in drops curated later
     releases/<name>/                  published releases (shards, data card), versioned by DVC
     releases/.staging/<name>/         write-audit-publish staging area
 """
@@ -143,10 +144,10 @@ class Workspace:
             )
         return pl.read_parquet(path)
 
-    def read_index(self, index: str, before_order: int, schema: dict) -> pl.DataFrame:
-        """Index entries of every registered drop that comes before ``before_order`` (earliest drop wins)."""
-        earlier = {d.name for d in self.drops() if d.order < before_order}
-        files = [self.index_path(index, name) for name in sorted(earlier)]
+    def read_index(self, index: str, schema: dict, exclude: str | None = None) -> pl.DataFrame:
+        """Index entries of every registered drop except ``exclude``, in drop order. Dedup records pairs with
+        every other drop; which copy ships is decided per release from the curated drops only."""
+        files = [self.index_path(index, d.name) for d in self.drops() if d.name != exclude]
         files = [f for f in files if f.exists()]
         if not files:
             return pl.DataFrame(schema=schema)

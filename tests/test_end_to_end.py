@@ -1,7 +1,9 @@
 """The real Dagster graph, in-process through `curate run`, on the bundled sample drops, with a real git+DVC
 repository and a local DVC remote."""
 
+import itertools
 import json
+import re
 
 import polars as pl
 import pytest
@@ -87,6 +89,15 @@ def test_release_has_shards_data_card_and_dvc_version(project):
     assert "# Data card" in (release / "data_card.md").read_text()
     # Commercial profile: no non-commercial document is released.
     assert not shards["license"].str.contains("NC").any()
+    # The planted duplicates are removed by the release: no two released texts are exact or near copies.
+    texts = shards["text"].str.replace_all(r"\s+", " ").str.strip_chars().to_list()
+    assert len(set(texts)) == len(texts)
+    grams = [{tuple(w[i:i + 5]) for i in range(len(w) - 4)}
+             for w in (re.sub(r"[^\w\s]", "", t.lower()).split() for t in texts)]
+    assert all(len(a & b) < 0.8 * len(a | b) for a, b in itertools.combinations(grams, 2) if a and b)
+    ledger = pl.read_parquet(root / "data" / "ledger" / "release" / "latest.parquet")
+    removed = ledger.filter(pl.col("rule").is_in(["dedup.exact", "dedup.near"]))
+    assert removed.height >= 8 and removed["duplicate_of"].is_in(shards["doc_id"].implode()).all()
     dvc_file = yaml.safe_load((root / "data" / "releases" / "latest.dvc").read_text())
     assert dvc_file["meta"]["documents"] == shards.height
     assert dvc_file["meta"]["licenses"] == card["licenses"]

@@ -73,3 +73,33 @@ def test_token_counts_are_cached_per_drop_and_refreshed_when_the_drop_changes(tm
                          stage)
     os.utime(stage, ns=(cache.stat().st_mtime_ns + 1, cache.stat().st_mtime_ns + 1))
     assert curated_metadata(ws, "decontaminated", ["d1"], tokenizer)["token_count"].to_list() == [2, 2]
+
+
+def _copies():
+    """x-nc (drop 0, NC) and x-mit (drop 2, MIT) are exact copies; y (drop 1, MIT) is a near copy of x-nc only
+    as far as the near stage recorded (the pair was compared with x-nc, not with x-mit)."""
+    rows = [("x-nc", "h-x", 0, "CC-BY-NC-4.0", 0.9), ("y", "h-y", 1, "MIT", 0.5), ("x-mit", "h-x", 2, "MIT", 0.1),
+            ("z", "h-z", 1, "MIT", 0.7)]
+    return pl.DataFrame(
+        {"doc_id": [r[0] for r in rows], "content_hash": [r[1] for r in rows], "drop_order": [r[2] for r in rows],
+         "drop": [f"d{r[2]}" for r in rows], "license": [r[3] for r in rows], "quality_score": [r[4] for r in rows],
+         "kind": ["web"] * 4, "text": ["word"] * 4, "provenance": ["{}"] * 4}
+    )
+
+
+def test_each_profile_ships_the_best_copy_it_allows():
+    pairs = pl.DataFrame({"doc_id": ["y"], "duplicate_of": ["x-nc"], "value": [0.91]})
+    research = select_release(_copies(), _cfg(profile="research"), pairs)
+    assert sorted(research.kept["doc_id"]) == ["x-nc", "z"]  # earliest drop represents both clusters
+    rows = {r["doc_id"]: r for r in research.verdicts.iter_rows(named=True)}
+    assert (rows["x-mit"]["rule"], rows["x-mit"]["duplicate_of"]) == ("dedup.exact", "x-nc")
+    assert (rows["y"]["rule"], rows["y"]["duplicate_of"], rows["y"]["value"]) == ("dedup.near", "x-nc", 0.91)
+
+    commercial = select_release(_copies(), _cfg(profile="commercial"), pairs)
+    # The NC copy may not ship: its MIT copy represents the content, and the pair recorded on the NC copy still
+    # joins y to that cluster (y, drop 1, comes before x-mit, drop 2).
+    assert sorted(commercial.kept["doc_id"]) == ["y", "z"]
+    rows = {r["doc_id"]: r for r in commercial.verdicts.iter_rows(named=True)}
+    assert rows["x-nc"]["rule"] == "license.not_in_profile" and rows["x-nc"]["duplicate_of"] == "y"
+    assert (rows["x-mit"]["rule"], rows["x-mit"]["duplicate_of"]) == ("dedup.near", "y")
+    assert "profile commercial allows (license MIT)" in rows["x-mit"]["detail"]

@@ -11,13 +11,15 @@ def test_registration_order_is_fixed_at_first_registration(tmp_path):
     assert [(d.name, d.order) for d in ws.drops()] == [("a-drop", 0), ("b-drop", 1), ("c-drop", 2)]
 
 
-def test_index_reads_only_earlier_drops(tmp_path):
+def test_index_reads_every_other_drop_in_drop_order(tmp_path):
     ws = Workspace(tmp_path)
     for name in ["d0", "d1", "d2"]:
         ws.register_drop(name, tmp_path)
         write_parquet_atomic(pl.DataFrame({"doc_id": [name]}), ws.index_path("exact", name))
-    assert ws.read_index("exact", before_order=2, schema={"doc_id": pl.String})["doc_id"].to_list() == ["d0", "d1"]
-    assert ws.read_index("exact", before_order=0, schema={"doc_id": pl.String}).is_empty()
+    # A later drop's entries count too: a re-curated earlier drop must find its copies in later drops.
+    assert ws.read_index("exact", schema={"doc_id": pl.String}, exclude="d1")["doc_id"].to_list() == ["d0", "d2"]
+    assert ws.read_index("exact", schema={"doc_id": pl.String})["doc_id"].to_list() == ["d0", "d1", "d2"]
+    assert Workspace(tmp_path / "empty").read_index("exact", schema={"doc_id": pl.String}).is_empty()
 
 
 def test_atomic_parquet_write_is_byte_identical_and_leaves_no_temp_files(tmp_path):

@@ -1,12 +1,13 @@
-"""Exact deduplication of normalized content against a persistent index of earlier drops.
+"""Exact-duplicate clusters of normalized content, against a persistent index of the other drops.
 
 Each document's content (its text, or its rendered messages for chat records) is normalized cheaply (whitespace
-collapsed, optionally lower-cased; NFC is done upstream) and hashed with XXH3-128. A document whose hash is in the
-index of earlier drops is dropped in favour of the indexed document; within the drop, documents sharing a hash are
-ranked by the keep rule and all but the winner are dropped. The kept documents' hashes are the new index entries.
+collapsed, optionally lower-cased; NFC is done upstream) and hashed with XXH3-128; the hash is the exact cluster
+key. The stage records clusters (within the drop and with the index of other drops) and drops nothing but the
+content of taken-down documents: which copy of a cluster ships is decided per release
+(:func:`exact_representatives`), so no license profile loses the only copy it may use.
 
-The keep rule lives here (:func:`keep_order`) and is shared with near-duplicate removal
-(:mod:`curation_platform.ops.dedup_minhash`), so both stages pick the same survivor.
+The keep rule lives here (:func:`keep_order`) and is shared with near-duplicate selection
+(:mod:`curation_platform.ops.dedup_minhash`), so both pick representatives the same way.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from curation_platform.errors import CurationError
 from curation_platform.hashing import xxh128_hex
-from curation_platform.records import DROP, StageResult, split_by_verdicts
+from curation_platform.licenses import license_category
+from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts, verdict_frame
 
 RULE_DUPLICATE = "exact_dedup.duplicate"
+# Content (exact or near) of a taken-down document arriving again, in a drop curated after the takedown.
+RULE_BLOCKED = "takedown.blocked"
 
 KeepKey = Literal["drop_order", "quality_score", "license", "doc_id"]
 # Earliest drop, then higher quality, then more permissive license, then smallest doc_id.
@@ -73,31 +77,27 @@ def empty_exact_index() -> pl.DataFrame:
     return pl.DataFrame(schema=EXACT_INDEX_SCHEMA)
 
 
-def license_rank(spdx: pl.Expr) -> pl.Expr:
-    """Permissiveness rank of an SPDX id or expression, lower is more permissive.
+# Keep-rule rank of the license categories, most permissive first. The category itself comes from
+# ``licenses.license_category``, the one classifier the release policy uses too.
+_CATEGORY_RANK: dict[str, int] = {
+    "public-domain": 0,
+    "permissive": 1,
+    "weak-copyleft": 2,
+    "share-alike": 3,
+    "copyleft": 4,
+    "non-commercial": 5,
+    "no-derivatives": 6,
+    "proprietary/unknown": 7,
+}
+_UNKNOWN_RANK = max(_CATEGORY_RANK.values())
 
-    0 public domain / CC0, 1 MIT / BSD / Apache / ISC, 2 CC-BY, 3 CC-BY-SA / share-alike, 4 non-commercial,
-    no-derivatives, copyleft, unknown or null. Patterns are tested from most to least restrictive, so an SPDX
-    expression such as ``MIT AND CC-BY-SA-4.0`` ranks as its most restrictive part (the conservative reading).
-    """
-    upper = spdx.str.to_uppercase()
-    return (
-        pl.when(upper.is_null() | upper.str.contains(r"\b(NC|ND)\b"))
-        .then(pl.lit(4))
-        # Copyleft and unknown references rank as restrictive even beside a permissive id in an expression.
-        .when(upper.str.contains(r"\b(A?GPL|LGPL|MPL|EPL|EUPL|CDDL|OSL|CPAL|SSPL|LICENSEREF)"))
-        .then(pl.lit(4))
-        .when(upper.str.contains(r"\bCC-BY-SA\b|\bODBL\b"))
-        .then(pl.lit(3))
-        .when(upper.str.contains(r"\bCC-BY\b|\bODC-BY\b"))
-        .then(pl.lit(2))
-        .when(upper.str.contains(r"\b(MIT|BSD|0BSD|APACHE|ISC|ZLIB|BSL)\b"))
-        .then(pl.lit(1))
-        .when(upper.str.contains(r"\b(CC0|CC-PDDC|PDDL|UNLICENSE|PUBLIC-DOMAIN)\b"))
-        .then(pl.lit(0))
-        .otherwise(pl.lit(4))
-        .cast(pl.Int32)
-    )
+
+def license_rank(licenses: pl.Series) -> pl.Series:
+    """Permissiveness rank of each SPDX id or expression, lower is more permissive, from its
+    :func:`~curation_platform.licenses.license_category` (``A OR B`` ranks as its laxer side, ``A AND B`` as its
+    stricter side; unknown or null ranks last). Each distinct value is classified once."""
+    mapping = {v: _CATEGORY_RANK.get(license_category(v), _UNKNOWN_RANK) for v in licenses.unique().to_list()}
+    return licenses.replace_strict(mapping, default=_UNKNOWN_RANK, return_dtype=pl.Int32).fill_null(_UNKNOWN_RANK)
 
 
 def keep_order(frame: pl.DataFrame, cfg: _HasKeepRule) -> list[pl.Expr]:
@@ -117,7 +117,12 @@ def keep_order(frame: pl.DataFrame, cfg: _HasKeepRule) -> list[pl.Expr]:
             quality = pl.col("quality_score").cast(pl.Float64) if "quality_score" in columns else pl.lit(None)
             keys.append(-quality.cast(pl.Float64))
         elif key == "license":
-            keys.append(license_rank(pl.col("license") if "license" in columns else pl.lit(None, dtype=pl.String)))
+            licenses = frame["license"].cast(pl.String) if "license" in columns else pl.Series([None], dtype=pl.String)
+            distinct = licenses.unique()
+            mapping = dict(zip(distinct.to_list(), license_rank(distinct).to_list()))
+            source = pl.col("license").cast(pl.String) if "license" in columns else pl.lit(None, dtype=pl.String)
+            keys.append(source.replace_strict(mapping, default=_UNKNOWN_RANK, return_dtype=pl.Int32)
+                        .fill_null(_UNKNOWN_RANK))
         else:
             keys.append(pl.col("doc_id"))
     return [k.alias(f"_keep_key_{i}") for i, k in enumerate(keys)]
@@ -169,71 +174,114 @@ def _check_index(index: pl.DataFrame, schema: dict[str, pl.DataType], stage: str
     return index.select([pl.col(c).cast(t) for c, t in schema.items()])
 
 
+def content_hashes(docs: pl.DataFrame, cfg: ExactDedupConfig) -> pl.Series:
+    """XXH3-128 (hex) of each document's normalized content: the exact-duplicate cluster key."""
+    return xxh128_hex(docs.select(_normalized_content(docs.columns, cfg))["_content"]).alias("content_hash")
+
+
 def exact_duplicates(
-    docs: pl.DataFrame, index: pl.DataFrame, cfg: ExactDedupConfig
+    docs: pl.DataFrame, index: pl.DataFrame, cfg: ExactDedupConfig, blocked: pl.DataFrame | None = None
 ) -> tuple[StageResult, pl.DataFrame]:
-    """Drop documents whose normalized content was seen in an earlier drop or earlier in this drop.
+    """Record exact-duplicate clusters of ``docs`` (within the drop and with the index of other drops); drop only
+    documents whose content was taken down.
 
     ``docs``: records with ``doc_id``, ``text`` (or ``messages``), ``drop``, ``drop_order`` and optionally
-    ``quality_score`` and ``license``. ``index``: EXACT_INDEX_SCHEMA entries of every earlier drop.
-    Returns the StageResult (kept documents gain ``content_hash``; dropped ones get ``exact_dedup.duplicate``
-    verdicts whose ``duplicate_of`` is the indexed or winning document) and the index entries of the kept
-    documents, to persist for later drops.
+    ``quality_score`` and ``license``. ``index``: EXACT_INDEX_SCHEMA entries of other drops (entries of the drops
+    in ``docs`` are ignored). ``blocked``: (``doc_id``, ``content_hash``) of taken-down documents.
+
+    No copy is dropped as a duplicate here: which copy ships is the release's choice (per cluster, the best copy
+    its license profile allows, see :func:`exact_representatives`). Every document whose content has another copy
+    gets a ``flag`` row ``exact_dedup.duplicate`` (``cluster_id`` the content hash, ``duplicate_of`` the copy the
+    keep rule prefers among the others). A document with the content of a taken-down document is dropped with
+    ``takedown.blocked``. Returns the StageResult (documents gain ``content_hash``) and the index entries of the
+    documents that go on, to persist.
     """
     index = _check_index(index, EXACT_INDEX_SCHEMA, "exact dedup")
     # A document is never its own duplicate (the orchestration may hand back entries of the drop being re-run).
-    index = index.join(docs.select(pl.col("doc_id").cast(pl.String)), on="doc_id", how="anti")
-    hashes = xxh128_hex(docs.select(_normalized_content(docs.columns, cfg))["_content"]).alias("content_hash")
-    hashed = docs.with_columns(hashes)
+    index = index.join(docs.select(pl.col("doc_id").cast(pl.String)), on="doc_id", how="anti").filter(
+        ~pl.col("drop").is_in(docs["drop"].cast(pl.String).unique().implode())
+    ).unique("doc_id", keep="first", maintain_order=True)
+    hashed = docs.with_columns(content_hashes(docs, cfg))
 
-    # An index built by several runs may hold a hash twice; the earliest entry is the one to point at.
-    seen = (
-        index.sort("drop_order", "doc_id", nulls_last=True)
-        .unique("content_hash", keep="first", maintain_order=True)
-        .select("content_hash", pl.col("doc_id").alias("_index_doc"), pl.col("drop").alias("_index_drop"))
+    if blocked is None or blocked.is_empty():
+        blocked = pl.DataFrame(schema={"doc_id": pl.String, "content_hash": pl.String})
+    taken_down = (
+        blocked.select(pl.col("content_hash").cast(pl.String), pl.col("doc_id").cast(pl.String).alias("_taken_down"))
+        .drop_nulls("content_hash").sort("_taken_down").unique("content_hash", keep="first", maintain_order=True)
     )
-    matched = hashed.select("doc_id", "content_hash").join(seen, on="content_hash", how="inner")
-    cross_drop = matched.select(
+    blocked_verdicts = hashed.select("doc_id", "content_hash").join(taken_down, on="content_hash", how="inner").select(
         "doc_id",
         pl.lit(DROP).alias("verdict"),
+        pl.lit(RULE_BLOCKED).alias("rule"),
+        pl.lit(1.0).alias("value"),
+        pl.lit(">= 1").alias("threshold"),
+        pl.format("same normalized content ({}) as taken-down document {}", "content_hash", "_taken_down")
+        .alias("detail"),
+        pl.col("_taken_down").alias("duplicate_of"),
+    )
+    live = hashed.join(blocked_verdicts.select("doc_id"), on="doc_id", how="anti", maintain_order="left")
+
+    # Every copy of each content, this drop's and other drops', best first by the keep rule.
+    keep_columns = [c for c in ("doc_id", "drop", "drop_order", "content_hash", "quality_score", "license")
+                    if c in live.columns]
+    pool = sort_by_keep_rule(
+        pl.concat([live.select(keep_columns).with_columns(pl.lit(True).alias("_here")),
+                   index.with_columns(pl.lit(False).alias("_here"))], how="diagonal_relaxed"),
+        cfg,
+    ).with_columns(
+        pl.len().over("content_hash").alias("_copies"),
+        pl.col("doc_id").first().over("content_hash").alias("_first"),
+        pl.col("doc_id").head(2).last().over("content_hash").alias("_second"),
+        pl.col("drop").first().over("content_hash").alias("_first_drop"),
+        pl.col("drop").head(2).last().over("content_hash").alias("_second_drop"),
+        (~pl.col("_here")).any().over("content_hash").alias("_in_other_drop"),
+    )
+    clustered = pool.filter(pl.col("_here") & (pl.col("_copies") > 1)).with_columns(
+        pl.when(pl.col("doc_id") == pl.col("_first")).then("_second").otherwise("_first").alias("_other"),
+        pl.when(pl.col("doc_id") == pl.col("_first")).then("_second_drop").otherwise("_first_drop")
+        .alias("_other_drop"),
+    )
+    flags = clustered.select(
+        "doc_id",
+        pl.lit(FLAG).alias("verdict"),
         pl.lit(RULE_DUPLICATE).alias("rule"),
         pl.lit(1.0).alias("value"),
         pl.lit(">= 1").alias("threshold"),
-        pl.format("same normalized content ({}) as {} in earlier drop {}", "content_hash", "_index_doc",
-                  "_index_drop").alias("detail"),
-        pl.col("_index_doc").alias("duplicate_of"),
+        pl.format("same normalized content ({}) as {} other copies, first by the keep rule {} in drop {}; each "
+                  "release ships the best copy its license profile allows", "content_hash",
+                  pl.col("_copies") - 1, "_other", "_other_drop").alias("detail"),
+        pl.col("_other").alias("duplicate_of"),
+        pl.col("content_hash").alias("cluster_id"),
     )
 
-    fresh = sort_by_keep_rule(hashed.join(matched.select("doc_id"), on="doc_id", how="anti"), cfg)
-    ranked = fresh.select(
-        "doc_id",
-        "content_hash",
-        pl.col("doc_id").first().over("content_hash").alias("_winner"),
-        pl.len().over("content_hash").alias("_group_size"),
-    )
-    within_drop = ranked.filter(pl.col("doc_id") != pl.col("_winner")).select(
-        "doc_id",
-        pl.lit(DROP).alias("verdict"),
-        pl.lit(RULE_DUPLICATE).alias("rule"),
-        pl.lit(1.0).alias("value"),
-        pl.lit(">= 1").alias("threshold"),
-        pl.format("same normalized content ({}) as {}, which the keep rule prefers among {} copies in this drop",
-                  "content_hash", "_winner", "_group_size").alias("detail"),
-        pl.col("_winner").alias("duplicate_of"),
-    )
-
-    verdicts = pl.concat([cross_drop, within_drop]).sort("doc_id")
-    group_sizes = ranked.filter(pl.col("_group_size") > 1).unique("content_hash")["_group_size"]
+    verdicts = pl.concat([verdict_frame(blocked_verdicts), verdict_frame(flags)]).sort("doc_id")
+    groups = clustered.unique("content_hash")
     metrics = {
         "documents_in": docs.height,
-        "duplicates_removed": verdicts.height,
-        "removed_cross_drop": cross_drop.height,
-        "removed_within_drop": within_drop.height,
-        "documents_kept": docs.height - verdicts.height,
-        "duplicate_groups_in_drop": int(group_sizes.len()),
-        "largest_duplicate_group": int(group_sizes.max() or 0),
+        "documents_with_copies": flags.height,
+        "with_copies_in_other_drops": int(clustered["_in_other_drop"].sum()),
+        "duplicate_groups": groups.height,
+        "largest_duplicate_group": int(groups["_copies"].max() or 0),
+        "blocked_by_takedown": blocked_verdicts.height,
+        "documents_kept": live.height,
         "index_entries_in": index.height,
     }
     result = split_by_verdicts(hashed, verdicts, metrics)
-    new_entries = result.kept.select([pl.col(c).cast(t) for c, t in EXACT_INDEX_SCHEMA.items()]).sort("content_hash")
+    new_entries = live.select([pl.col(c).cast(t) for c, t in EXACT_INDEX_SCHEMA.items()]).sort(
+        "content_hash", "doc_id")
     return result, new_entries
+
+
+def exact_representatives(docs: pl.DataFrame, cfg: _HasKeepRule) -> pl.DataFrame:
+    """The release's choice among exact copies: per ``content_hash``, the first document in keep-rule order
+    represents the cluster. ``docs`` holds only copies the release may ship (license already checked), with
+    ``doc_id``, ``content_hash`` and the keep-rule columns. Returns one row per other copy:
+    (``doc_id``, ``duplicate_of`` = the representative, ``cluster_id`` = the content hash, ``copies``)."""
+    ranked = sort_by_keep_rule(docs.select([c for c in ("doc_id", "content_hash", "drop_order", "quality_score",
+                                                        "license") if c in docs.columns]), cfg)
+    return ranked.select(
+        "doc_id",
+        pl.col("doc_id").first().over("content_hash").alias("duplicate_of"),
+        pl.col("content_hash").alias("cluster_id"),
+        pl.len().over("content_hash").alias("copies"),
+    ).filter(pl.col("doc_id") != pl.col("duplicate_of"))

@@ -1,4 +1,4 @@
-"""Near-duplicate removal with MinHash LSH against a persistent index of earlier drops.
+"""Near-duplicate clusters with MinHash LSH against a persistent index of the other drops.
 
 Pipeline, all column operations:
 
@@ -11,17 +11,20 @@ Pipeline, all column operations:
    with ``np.minimum.reduceat``. Parameters come from SplitMix64 of the seed, so persisted signatures never depend
    on a numpy RNG stream.
 3. LSH: ``bands`` keys per document (a 64-bit hash of each band's ``rows`` values). Candidate pairs share a
-   (band, key) within the drop or with the index of earlier drops. The band join runs in an in-process DuckDB
+   (band, key) within the drop or with the index of the other drops. The band join runs in an in-process DuckDB
    connection with a ``memory_limit`` and a ``temp_directory``, so the (band, key, node) rows of a large index
    are unnested as a stream and the join, the per-bucket ranking and the pair de-duplication spill to disk
    instead of growing without bound. Only the signatures of the index documents in a candidate pair are read.
-4. Verification: candidates count only when their estimated Jaccard (share of equal signature values over the
-   full signature) reaches ``verify_threshold``; band collisions alone never remove a document.
-5. Keep rule: documents are taken in keep-rule order (index documents first, they are kept and earliest); a
-   document is removed only if it has a verified near-duplicate among the documents already KEPT. This avoids
-   chain collapse (A~B, B~C, A!~C keeps A and C). It is resolved in vectorized rounds over the edge list.
-6. Clusters: connected components of the verified pairs (numpy min-label propagation with pointer jumping);
-   the cluster id is the doc_id of the cluster's first document in keep-rule order.
+4. Verification: the MinHash estimate screens candidates (``estimate_margin`` below the threshold), then a pair
+   counts only when the EXACT Jaccard of the two shingle sets (one vectorized join over the pairs' shingles)
+   reaches ``verify_threshold``; that exact value is what the ledger records.
+5. Clusters: connected components of the verified pairs (numpy min-label propagation with pointer jumping);
+   the cluster id is the doc_id of the cluster's first document in keep-rule order. The stage records the pairs;
+   it drops no copy (only content of taken-down documents).
+6. Keep rule, per release (:func:`near_representatives`): documents are taken in keep-rule order among those the
+   release's license profile allows; one is left out only if it has a verified near-duplicate among the documents
+   already chosen. This avoids chain collapse (A~B, B~C, A!~C keeps A and C). It is resolved in vectorized rounds
+   over the edge list.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 import re
 import tempfile
 from contextlib import contextmanager, nullcontext
-from typing import Iterator
+from typing import Callable, Iterator
 
 import duckdb
 import numpy as np
@@ -39,13 +42,14 @@ import polars_hash as plh
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from curation_platform.ops.dedup_exact import (
+    RULE_BLOCKED,
     DedupIndexError,
     KeepRule,
     content_expr,
     default_keep_rule,
     sort_by_keep_rule,
 )
-from curation_platform.records import DROP, StageResult, split_by_verdicts
+from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts, verdict_frame
 
 RULE_DUPLICATE = "near_dedup.duplicate"
 # Bump when the shingle or signature scheme changes: persisted indexes of another scheme are refused.
@@ -79,6 +83,9 @@ class NearDedupConfig(BaseModel):
     seed: int = Field(1, ge=0, lt=2**63)
     verify: bool = True
     verify_threshold: float = Field(0.8, ge=0.0, le=1.0)
+    # Candidates whose MinHash estimate is more than this below the threshold are not checked exactly (the
+    # estimate's standard deviation is about 0.04 at 112 permutations, so 0.15 is over three of them).
+    estimate_margin: float = Field(0.15, ge=0.0, le=1.0)
     max_cluster_size: int = Field(1000, ge=2)
     # When set, bands and rows are chosen to minimize the weighted false positive and negative probability at
     # this Jaccard (the datasketch ``_optimal_param`` idea), overriding ``bands`` and ``rows``.
@@ -339,12 +346,44 @@ def _size_bucket(size: int) -> str:
     return str(size) if size <= 2 else f"{lower}-{upper}"
 
 
-def _exact_jaccard(hashes: np.ndarray, counts: np.ndarray, left: int, right: int) -> float:
-    starts = np.cumsum(counts) - counts
-    a = np.unique(hashes[starts[left] : starts[left] + counts[left]])
-    b = np.unique(hashes[starts[right] : starts[right] + counts[right]])
-    union = len(np.union1d(a, b))
-    return float(len(np.intersect1d(a, b, assume_unique=True)) / union) if union else 0.0
+def exact_jaccard(hashes: np.ndarray, counts: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Exact Jaccard of the shingle SETS of text pairs ``(left[i], right[i])``, for all pairs at once.
+
+    ``hashes``/``counts`` as returned by :func:`shingle_hashes` (text ``t`` owns a contiguous run of hashes).
+    Each text's shingles are made a sorted set once; then the two sets of every pair are laid side by side and
+    sorted by (pair, shingle), so a shingle in both sets is an adjacent equal row: that count is ``|A & B|`` and
+    the union is ``|A| + |B| - |A & B|``. Two texts without shingles have Jaccard 0. Rows scale with the pairs'
+    shingles, so call it on candidate pairs (few), not on all pairs."""
+    left = np.asarray(left, dtype=np.int64)
+    right = np.asarray(right, dtype=np.int64)
+    n_pairs = len(left)
+    if n_pairs == 0:
+        return np.empty(0, dtype=np.float64)
+    text_of = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    order = np.lexsort((hashes, text_of))
+    sorted_text, sorted_hash = text_of[order], hashes[order]
+    fresh = np.ones(len(order), dtype=bool)
+    fresh[1:] = (sorted_text[1:] != sorted_text[:-1]) | (sorted_hash[1:] != sorted_hash[:-1])
+    set_text, set_hash = sorted_text[fresh], sorted_hash[fresh]
+    sizes = np.bincount(set_text, minlength=len(counts)).astype(np.int64)
+    starts = np.cumsum(sizes) - sizes
+
+    def members(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # (pair, shingle) rows of the given side's sets, one block per pair.
+        lengths = sizes[texts]
+        pair = np.repeat(np.arange(n_pairs, dtype=np.int64), lengths)
+        offset = np.arange(lengths.sum(), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return pair, set_hash[np.repeat(starts[texts], lengths) + offset]
+
+    pair_a, hash_a = members(left)
+    pair_b, hash_b = members(right)
+    pair, shingle = np.concatenate([pair_a, pair_b]), np.concatenate([hash_a, hash_b])
+    both = np.lexsort((shingle, pair))
+    pair, shingle = pair[both], shingle[both]
+    repeated = (pair[1:] == pair[:-1]) & (shingle[1:] == shingle[:-1])
+    common = np.bincount(pair[1:][repeated], minlength=n_pairs).astype(np.float64)
+    union = (sizes[left] + sizes[right]).astype(np.float64) - common
+    return np.divide(common, union, out=np.zeros(n_pairs, dtype=np.float64), where=union > 0)
 
 
 # ---------------------------------------------------------------------------------------------------- band join
@@ -439,6 +478,10 @@ def _signature_matrix(signatures: pl.Series, num_perm: int) -> np.ndarray:
     return signatures.explode().to_numpy().astype(np.uint32).reshape(signatures.len(), num_perm)
 # ---------------------------------------------------------------------------------------------------- the stage
 
+# Reads the content (``text`` and/or ``messages``) of index documents by (doc_id, drop): the orchestration reads
+# them from the lake, a test from its frames. Only documents in a candidate pair are asked for.
+IndexContent = Callable[[pl.DataFrame], pl.DataFrame]
+
 
 def _check_near_index(
     index: pl.DataFrame, docs: pl.DataFrame, cfg: NearDedupConfig
@@ -460,27 +503,66 @@ def _check_near_index(
         )
     # Only the small key columns are filtered and sorted; the signature and band key lists stay where they are.
     rows = (
-        index.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"), "drop_order", "doc_id")
+        index.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"), "drop_order", "doc_id", "drop")
         # A document is never its own duplicate (the orchestration may hand back entries of the drop being re-run).
         .join(docs.select(pl.col("doc_id").cast(pl.String)), on="doc_id", how="anti")
-        # Canonical order, so node ids (and so cluster ids) do not depend on how the index files were concatenated.
-        .sort("drop_order", "doc_id", "_row", nulls_last=True)["_row"]
+        .filter(~pl.col("drop").is_in(docs["drop"].cast(pl.String).unique().implode()) | pl.col("drop").is_null())
+        # The same document indexed twice (a takedown copy beside its drop's entry) is one node.
+        .sort("drop_order", "doc_id", "_row", nulls_last=True)
+        .unique("doc_id", keep="first", maintain_order=True)["_row"]
         .to_numpy()
         .astype(np.int64)
     )
     return index, rows
 
 
+def _pair_jaccard(
+    batch_src: np.ndarray, batch_dst: np.ndarray, texts: pl.Series, order: np.ndarray, index: pl.DataFrame,
+    index_rows: np.ndarray, index_content: IndexContent | None, cfg: NearDedupConfig,
+) -> np.ndarray:
+    """Exact shingle-set Jaccard of candidate pairs (node ids: index documents negative, current ones by rank);
+    NaN where an index document's content is not available (it left the lake, so the pair cannot be verified)."""
+    n_index = len(index_rows)
+    nodes = np.unique(np.concatenate([batch_src, batch_dst]))
+    current_nodes, index_nodes = nodes[nodes >= 0], nodes[nodes < 0]
+    parts = [texts.gather(order[current_nodes].tolist())] if len(current_nodes) else []
+    have = np.ones(len(nodes), dtype=bool)
+    if len(index_nodes):
+        wanted = index.select("doc_id", "drop")[index_rows[index_nodes + n_index].tolist()]
+        if index_content is None:
+            raise DedupIndexError("near dedup needs the content of index documents to verify cross-drop pairs by "
+                                  "exact Jaccard; pass index_content")
+        found = index_content(wanted)
+        found = found.select("doc_id", content_expr(found.columns)).unique("doc_id", keep="first")
+        content = wanted.select("doc_id").join(found, on="doc_id", how="left", maintain_order="left")["_content"]
+        have[: len(index_nodes)] = content.is_not_null().to_numpy()
+        parts.insert(0, content.fill_null(""))
+    hashes, counts = shingle_hashes(pl.concat(parts) if parts else pl.Series([], dtype=pl.String), cfg)
+    local = np.searchsorted(nodes, np.concatenate([batch_src, batch_dst]))
+    left, right = local[: len(batch_src)], local[len(batch_src):]
+    jaccard = exact_jaccard(hashes, counts, left, right)
+    jaccard[~(have[left] & have[right])] = np.nan
+    return jaccard
+
+
 def near_duplicates(
-    docs: pl.DataFrame, index: pl.DataFrame, cfg: NearDedupConfig
+    docs: pl.DataFrame, index: pl.DataFrame, cfg: NearDedupConfig, index_content: IndexContent | None = None,
+    blocked_ids: pl.Series | None = None,
 ) -> tuple[StageResult, pl.DataFrame]:
-    """Remove near-duplicates within ``docs`` and against the index of earlier drops.
+    """Find the near-duplicate pairs of ``docs``, within the drop and with the index of other drops, verified by
+    exact Jaccard on the shingle sets; drop only documents near a taken-down one.
 
     ``docs``: records with ``doc_id``, ``text`` (or ``messages``), ``drop``, ``drop_order`` and optionally
-    ``quality_score`` and ``license``. ``index``: NEAR_INDEX_SCHEMA entries of every earlier drop.
-    Returns the StageResult (kept documents gain ``cluster_id``, null for documents without a verified
-    near-duplicate; removed ones get ``near_dedup.duplicate`` verdicts whose ``value`` is the estimated Jaccard
-    with ``duplicate_of``, a kept or indexed near-duplicate) and the index entries of the kept documents.
+    ``quality_score`` and ``license``. ``index``: NEAR_INDEX_SCHEMA entries of other drops (entries of the drops in
+    ``docs`` are ignored) and of taken-down documents. ``index_content``: reads index documents' content for the
+    exact verification. ``blocked_ids``: doc_ids of taken-down documents.
+
+    No copy is dropped as a duplicate: every verified pair is a ``flag`` row ``near_dedup.duplicate`` on the
+    document of this drop (``duplicate_of`` the other document, ``value`` the exact Jaccard, ``cluster_id`` the
+    connected component named after its first document in keep order); the release picks each cluster's
+    representative (:func:`near_representatives`). A document paired with a taken-down document is dropped with
+    ``takedown.blocked``. Kept documents gain ``cluster_id`` (null without a verified pair). Returns the
+    StageResult and the index entries of the kept documents that have shingles.
     The band join runs in DuckDB under ``cfg.memory_limit``, spilling to ``cfg.temp_directory``.
     """
     bands, rows = lsh_params(cfg)
@@ -515,13 +597,12 @@ def near_duplicates(
         "node", pa.chunked_array([pa.array(node_of_row, type=pa.int64(), mask=~in_play)], type=pa.int64())
     )
 
-    # Verify each batch of candidates on the full signatures; only the signatures of index documents that
-    # appear in a candidate pair are read from the index.
-    kept_src, kept_dst, kept_jac = [], [], []
-    candidate_pairs = 0
+    # Each batch of candidates: the MinHash estimate on full signatures screens out pairs that cannot reach the
+    # threshold (more than ``estimate_margin`` below it), then the exact Jaccard of the shingle sets decides.
+    kept_src, kept_dst, kept_jac, kept_est = [], [], [], []
+    candidate_pairs = screened_pairs = unverifiable_pairs = 0
     for batch_src, batch_dst in _candidate_batches(current, index_keys, cfg):
         candidate_pairs += len(batch_src)
-        # Local ids: the batch's index documents first, then the current documents by rank.
         from_index = batch_src < 0
         batch_index_nodes, slot = np.unique(batch_src[from_index], return_inverse=True)
         index_sig = _signature_matrix(
@@ -531,81 +612,99 @@ def near_duplicates(
         n_batch_index = len(batch_index_nodes)
         local_src = batch_src + n_batch_index
         local_src[from_index] = slot
-        jaccard = _estimated_jaccard(batch_sig, local_src, batch_dst + n_batch_index)
-        verified = jaccard >= cfg.verify_threshold if cfg.verify else np.ones(len(batch_src), dtype=bool)
+        estimate = _estimated_jaccard(batch_sig, local_src, batch_dst + n_batch_index)
+        screen = estimate >= cfg.verify_threshold - cfg.estimate_margin if cfg.verify else np.ones(len(estimate), bool)
+        batch_src, batch_dst, estimate = batch_src[screen], batch_dst[screen], estimate[screen]
+        screened_pairs += len(batch_src)
+        jaccard = _pair_jaccard(batch_src, batch_dst, texts, order, index, index_rows, index_content, cfg)
+        known = ~np.isnan(jaccard)
+        unverifiable_pairs += int((~known).sum())
+        verified = known & (jaccard >= cfg.verify_threshold) if cfg.verify else known
         kept_src.append(batch_src[verified])
         kept_dst.append(batch_dst[verified])
         kept_jac.append(jaccard[verified])
+        kept_est.append(estimate[verified])
     src = np.concatenate(kept_src) if kept_src else np.empty(0, dtype=np.int64)
     dst = np.concatenate(kept_dst) if kept_dst else np.empty(0, dtype=np.int64)
     jaccard = np.concatenate(kept_jac) if kept_jac else np.empty(0, dtype=np.float64)
+    estimated = np.concatenate(kept_est) if kept_est else np.empty(0, dtype=np.float64)
 
     # Compact ids: index documents with a verified pair first, then current documents by rank (keep-rule order).
     involved = np.unique(src[src < 0])
     n_inv = len(involved)
     src = np.where(src < 0, np.searchsorted(involved, src), src + n_inv)
     dst = dst + n_inv
-
     n_nodes = n_inv + n_docs
-    status, rounds = _resolve_keep(n_nodes, n_inv, src, dst)
     label = _components(n_nodes, src, dst)
     in_edge = np.zeros(n_nodes, dtype=bool)
     in_edge[src] = True
     in_edge[dst] = True
-
-    # Doc ids per compact node; cluster id = doc_id of the component's first node in keep-rule order.
     node_doc = np.concatenate(
         [index["doc_id"].gather(index_rows[involved + n_index]).to_numpy(), ranked["doc_id"].to_numpy()]
     ).astype(object)
+    node_drop = np.concatenate([
+        index["drop"].gather(index_rows[involved + n_index]).to_numpy(),
+        docs["drop"].cast(pl.String).to_numpy()[order],
+    ]).astype(object)
     cluster_of = np.where(in_edge, node_doc[label], None)
 
-    # duplicate_of: the earliest kept near-duplicate (edges sorted by dst, then src).
-    to_kept = (status[src] == _KEPT) & (status[dst] == _REMOVED)
-    e_src, e_dst, e_jac = src[to_kept], dst[to_kept], jaccard[to_kept]
-    first = np.lexsort((e_src, e_dst))
-    e_src, e_dst, e_jac = e_src[first], e_dst[first], e_jac[first]
-    unique_dst = np.r_[True, e_dst[1:] != e_dst[:-1]] if len(e_dst) else np.zeros(0, dtype=bool)
-    e_src, e_dst, e_jac = e_src[unique_dst], e_dst[unique_dst], e_jac[unique_dst]
+    def _strings(values: np.ndarray) -> np.ndarray:
+        return values.astype(str) if len(values) else np.array([], dtype=str)
 
+    # One row per verified pair, on the pair's document of this drop (dst: src comes first in node order).
     threshold = f">= {cfg.verify_threshold:g}" if cfg.verify else f"LSH {bands}x{rows} band match"
-    verdicts = (
-        pl.DataFrame(
-            {
-                "doc_id": node_doc[e_dst].astype(str) if len(e_dst) else np.array([], dtype=str),
-                "duplicate_of": node_doc[e_src].astype(str) if len(e_src) else np.array([], dtype=str),
-                "value": e_jac,
-                "cluster_id": cluster_of[e_dst].astype(str) if len(e_dst) else np.array([], dtype=str),
-                "cross_drop": e_src < n_inv,
-            },
-            schema={"doc_id": pl.String, "duplicate_of": pl.String, "value": pl.Float64,
-                    "cluster_id": pl.String, "cross_drop": pl.Boolean},
-        )
-        .with_columns(
-            pl.lit(DROP).alias("verdict"),
-            pl.lit(RULE_DUPLICATE).alias("rule"),
-            pl.lit(threshold).alias("threshold"),
-            pl.format(
-                "near-duplicate of {}{} (estimated Jaccard {}) in cluster {}",
-                "duplicate_of",
-                pl.when("cross_drop").then(pl.lit(" from an earlier drop")).otherwise(pl.lit("")),
-                pl.col("value").round(3),
-                "cluster_id",
-            ).alias("detail"),
-        )
-        .sort("doc_id")
+    pairs = pl.DataFrame(
+        {
+            "doc_id": _strings(node_doc[dst]),
+            "duplicate_of": _strings(node_doc[src]),
+            "other_drop": _strings(node_drop[src]),
+            "value": jaccard,
+            "estimated": estimated,
+            "cluster_id": _strings(cluster_of[dst]),
+            "cross_drop": src < n_inv,
+        },
+        schema={"doc_id": pl.String, "duplicate_of": pl.String, "other_drop": pl.String, "value": pl.Float64,
+                "estimated": pl.Float64, "cluster_id": pl.String, "cross_drop": pl.Boolean},
+    ).with_columns(pl.lit(threshold).alias("threshold"))
+    blocked = pl.Series(blocked_ids if blocked_ids is not None else [], dtype=pl.String)
+    to_taken_down = pairs.filter(pl.col("duplicate_of").is_in(blocked.implode()))
+    # A document near a taken-down one is dropped once, against its most similar taken-down document.
+    blocked_verdicts = to_taken_down.sort("doc_id", "value", "duplicate_of", descending=[False, True, False]).unique(
+        "doc_id", keep="first", maintain_order=True
+    ).select(
+        "doc_id", "duplicate_of", "value", "threshold", "cluster_id",
+        pl.lit(DROP).alias("verdict"),
+        pl.lit(RULE_BLOCKED).alias("rule"),
+        pl.format("near-duplicate (exact Jaccard {}) of taken-down document {}", pl.col("value").round(4),
+                  "duplicate_of").alias("detail"),
     )
+    flagged = pairs.join(blocked_verdicts.select("doc_id"), on="doc_id", how="anti")
+    flags = flagged.select(
+        "doc_id", "duplicate_of", "value", "threshold", "cluster_id",
+        pl.lit(FLAG).alias("verdict"),
+        pl.lit(RULE_DUPLICATE).alias("rule"),
+        pl.format(
+            "near-duplicate of {}{} (exact Jaccard {} on word {}-gram shingles) in cluster {}; each release ships the "
+            "best copy its license profile allows",
+            "duplicate_of",
+            pl.when("cross_drop").then(pl.format(" in drop {}", "other_drop")).otherwise(pl.lit("")),
+            pl.col("value").round(4),
+            pl.lit(cfg.ngram),
+            "cluster_id",
+        ).alias("detail"),
+    )
+    verdicts = pl.concat([verdict_frame(blocked_verdicts), verdict_frame(flags)]).sort("doc_id", "duplicate_of")
 
-    metrics = _metrics(
-        cfg, bands, rows, n_docs, n_index, counts, candidate_pairs, len(src), rounds, verdicts,
-        label, in_edge, node_doc, texts, ranked,
-    )
+    metrics = _metrics(cfg, bands, rows, n_docs, n_index, counts, candidate_pairs, screened_pairs,
+                       unverifiable_pairs, flagged, blocked_verdicts.height, label, in_edge, node_doc)
     clustered = docs.with_columns(
         pl.Series("cluster_id", cluster_of[n_inv:][np.argsort(order)].tolist(), dtype=pl.String)
     )
-    result = split_by_verdicts(clustered, verdicts.drop("cross_drop"), metrics)
+    result = split_by_verdicts(clustered, verdicts, metrics)
 
-    kept_nodes = np.flatnonzero((status[n_inv:] == _KEPT) & ranked_has)  # ranks of kept documents with shingles
-    kept_rows = order[kept_nodes]
+    blocked_rank = np.isin(ranked["doc_id"].to_numpy().astype(object), blocked_verdicts["doc_id"].to_numpy())
+    kept_rows = order[np.flatnonzero(ranked_has & ~blocked_rank)]
+    kept_rows.sort()
     entries = (
         docs[kept_rows.tolist()]
         .select(
@@ -625,10 +724,62 @@ def near_duplicates(
     return result, entries
 
 
+def near_representatives(docs: pl.DataFrame, pairs: pl.DataFrame, cfg: NearDedupConfig) -> pl.DataFrame:
+    """The release's choice among near duplicates, with no chain collapse.
+
+    ``docs``: the documents the release may ship (license already checked, one per exact cluster), with
+    ``doc_id`` and the keep-rule columns. ``pairs``: verified pairs (``doc_id``, ``duplicate_of``, ``value`` = exact
+    Jaccard) in either direction; pairs with a document outside ``docs`` are ignored. Documents are taken in
+    keep-rule order and one is left out only if it has a verified pair with a document already chosen (A~B, B~C,
+    A!~C keeps A and C), resolved in vectorized rounds over the pair list. Returns one row per left-out document:
+    (``doc_id``, ``duplicate_of`` = its first chosen neighbour in keep order, ``value`` = their Jaccard,
+    ``cluster_id`` = the doc_id of the first document of its connected component).
+    """
+    out_schema = {"doc_id": pl.String, "duplicate_of": pl.String, "value": pl.Float64, "cluster_id": pl.String}
+    keep_columns = [c for c in ("doc_id", "drop_order", "quality_score", "license") if c in docs.columns]
+    ranked = sort_by_keep_rule(docs.select(keep_columns), cfg).select(
+        "doc_id", pl.int_range(pl.len(), dtype=pl.Int64).alias("_rank")
+    )
+    edges = (
+        pairs.select("doc_id", "duplicate_of", "value")
+        .join(ranked.rename({"_rank": "_a"}), on="doc_id", how="inner")
+        .join(ranked.rename({"doc_id": "duplicate_of", "_rank": "_b"}), on="duplicate_of", how="inner")
+        .filter(pl.col("_a") != pl.col("_b"))
+        .select(pl.min_horizontal("_a", "_b").alias("src"), pl.max_horizontal("_a", "_b").alias("dst"), "value")
+        .group_by("src", "dst").agg(pl.col("value").max())
+        .sort("src", "dst")
+    )
+    if edges.is_empty():
+        return pl.DataFrame(schema=out_schema)
+    src_rank, dst_rank = edges["src"].to_numpy(), edges["dst"].to_numpy()
+    nodes = np.unique(np.concatenate([src_rank, dst_rank]))  # ranks in keep order
+    src, dst = np.searchsorted(nodes, src_rank), np.searchsorted(nodes, dst_rank)
+    value = edges["value"].to_numpy()
+    status, _ = _resolve_keep(len(nodes), 0, src, dst)
+    label = _components(len(nodes), src, dst)
+    doc_of_rank = ranked["doc_id"].to_numpy().astype(object)
+    node_doc = doc_of_rank[nodes]
+    to_kept = (status[src] == _KEPT) & (status[dst] == _REMOVED)
+    e_src, e_dst, e_val = src[to_kept], dst[to_kept], value[to_kept]
+    first = np.lexsort((e_src, e_dst))
+    e_src, e_dst, e_val = e_src[first], e_dst[first], e_val[first]
+    unique_dst = np.r_[True, e_dst[1:] != e_dst[:-1]] if len(e_dst) else np.zeros(0, dtype=bool)
+    e_src, e_dst, e_val = e_src[unique_dst], e_dst[unique_dst], e_val[unique_dst]
+    return pl.DataFrame(
+        {
+            "doc_id": node_doc[e_dst].astype(str) if len(e_dst) else np.array([], dtype=str),
+            "duplicate_of": node_doc[e_src].astype(str) if len(e_src) else np.array([], dtype=str),
+            "value": e_val,
+            "cluster_id": node_doc[label[e_dst]].astype(str) if len(e_dst) else np.array([], dtype=str),
+        },
+        schema=out_schema,
+    ).sort("doc_id")
+
+
 def _metrics(
     cfg: NearDedupConfig, bands: int, rows: int, n_docs: int, n_index: int, counts: np.ndarray,
-    candidate_pairs: int, verified_pairs: int, rounds: int, verdicts: pl.DataFrame, label: np.ndarray,
-    in_edge: np.ndarray, node_doc: np.ndarray, texts: pl.Series, ranked: pl.DataFrame,
+    candidate_pairs: int, screened_pairs: int, unverifiable_pairs: int, pairs: pl.DataFrame, blocked: int,
+    label: np.ndarray, in_edge: np.ndarray, node_doc: np.ndarray,
 ) -> dict:
     roots, sizes = np.unique(label[in_edge], return_counts=True)
     histogram: dict[str, int] = {}
@@ -639,20 +790,10 @@ def _metrics(
         for root, size in zip(roots.tolist(), sizes.tolist())
         if size > cfg.max_cluster_size
     ]
-    # Sample pairs: within-drop ones first (their exact Jaccard is computable from this drop's shingles).
-    pairs = verdicts.sort("cross_drop", "doc_id").head(10)
-    wanted = pl.concat([pairs["doc_id"], pairs["duplicate_of"]]).unique()
-    row_of = dict(ranked.filter(pl.col("doc_id").is_in(wanted.implode())).select("doc_id", "_row").iter_rows())
-    sample = []
-    for pair in pairs.iter_rows(named=True):
-        exact = None
-        if not pair["cross_drop"]:
-            # Shingles of the two documents only, recomputed: the drop's shingles are never held all at once.
-            pair_rows = [row_of[pair["doc_id"]], row_of[pair["duplicate_of"]]]
-            hashes, pair_counts = shingle_hashes(texts.gather(pair_rows), cfg)
-            exact = round(_exact_jaccard(hashes, pair_counts, 0, 1), 4)
-        sample.append({"doc_id": pair["doc_id"], "duplicate_of": pair["duplicate_of"],
-                       "estimated_jaccard": round(pair["value"], 4), "exact_jaccard": exact})
+    sample = pairs.sort("cross_drop", "doc_id", "duplicate_of").head(10).select(
+        "doc_id", "duplicate_of", pl.col("value").round(4).alias("exact_jaccard"),
+        pl.col("estimated").round(4).alias("estimated_jaccard"),
+    ).to_dicts()
     return {
         "documents_in": n_docs,
         "documents_without_shingles": int((counts == 0).sum()),
@@ -661,15 +802,16 @@ def _metrics(
         "rows": rows,
         "num_perm": cfg.num_perm,
         "candidate_pairs": candidate_pairs,
-        "verified_pairs": verified_pairs,
-        "removed": verdicts.height,
-        "removed_cross_drop": int(verdicts["cross_drop"].sum()),
-        "removed_within_drop": int((~verdicts["cross_drop"]).sum()),
-        "documents_kept": n_docs - verdicts.height,
+        "pairs_checked_exactly": screened_pairs,
+        "unverifiable_pairs": unverifiable_pairs,
+        "verified_pairs": pairs.height,
+        "cross_drop_pairs": int(pairs["cross_drop"].sum()),
+        "within_drop_pairs": int((~pairs["cross_drop"]).sum()),
+        "documents_with_near_duplicates": int(pairs["doc_id"].n_unique()),
+        "blocked_by_takedown": blocked,
         "clusters": int(len(roots)),
         "cluster_size_histogram": histogram,
         "largest_cluster": int(sizes.max()) if len(sizes) else 0,
         "clusters_over_max_size": oversized,
-        "keep_rule_rounds": rounds,
         "sample_pairs": sample,
     }

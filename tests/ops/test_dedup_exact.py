@@ -13,8 +13,10 @@ from curation_platform.ops.dedup_exact import (
     EXACT_INDEX_SCHEMA,
     DedupIndexError,
     ExactDedupConfig,
+    content_hashes,
     empty_exact_index,
     exact_duplicates,
+    exact_representatives,
     license_rank,
     sort_by_keep_rule,
 )
@@ -37,7 +39,17 @@ def by_id(result) -> dict[str, dict]:
     return {row["doc_id"]: row for row in result.verdicts.iter_rows(named=True)}
 
 
-def test_whitespace_variants_are_duplicates_and_highest_quality_wins():
+def representatives(docs: pl.DataFrame, cfg: ExactDedupConfig | None = None) -> pl.DataFrame:
+    """The release's choice among ``docs`` (all allowed): the copies it leaves out, by doc_id."""
+    cfg = cfg or ExactDedupConfig()
+    return exact_representatives(docs.with_columns(content_hashes(docs, cfg)), cfg)
+
+
+def kept(docs: pl.DataFrame, cfg: ExactDedupConfig | None = None) -> list[str]:
+    return docs.join(representatives(docs, cfg), on="doc_id", how="anti")["doc_id"].to_list()
+
+
+def test_whitespace_variants_form_one_cluster_and_highest_quality_represents_it():
     docs = make_docs([
         {"doc_id": "a", "text": "The cat sat on the mat.", "quality_score": 0.4},
         {"doc_id": "b", "text": "The  cat sat\non the mat.  ", "quality_score": 0.9},
@@ -45,18 +57,23 @@ def test_whitespace_variants_are_duplicates_and_highest_quality_wins():
         {"doc_id": "d", "text": "A different sentence.", "quality_score": 0.1},
     ])
     result, entries = exact_duplicates(docs, empty_exact_index(), ExactDedupConfig())
+    # The stage drops no copy: it records the cluster on every member, pointing at the keep rule's choice.
+    assert result.kept["doc_id"].to_list() == ["a", "b", "c", "d"]
     verdicts = by_id(result)
-    assert set(verdicts) == {"a", "c"}
-    assert {v["duplicate_of"] for v in verdicts.values()} == {"b"}
-    assert all(v["rule"] == "exact_dedup.duplicate" and v["verdict"] == "drop" for v in verdicts.values())
-    assert result.kept["doc_id"].to_list() == ["b", "d"]  # input order kept
+    assert set(verdicts) == {"a", "b", "c"}
+    assert {d: v["duplicate_of"] for d, v in verdicts.items()} == {"a": "b", "b": "a", "c": "b"}
+    assert all(v["rule"] == "exact_dedup.duplicate" and v["verdict"] == "flag" for v in verdicts.values())
+    assert len({v["cluster_id"] for v in verdicts.values()}) == 1
     assert result.verdicts.schema == pl.Schema(VERDICT_SCHEMA)
     # content_hash is XXH3-128 of the whitespace-collapsed text.
     assert result.kept["content_hash"].to_list()[0] == xxhash.xxh3_128_hexdigest(b"The cat sat on the mat.")
+    assert verdicts["a"]["cluster_id"] == result.kept["content_hash"][0]
     assert entries.schema == pl.Schema(EXACT_INDEX_SCHEMA)
-    assert sorted(entries["doc_id"].to_list()) == ["b", "d"]
-    assert result.metrics["removed_within_drop"] == 2
-    assert result.metrics["largest_duplicate_group"] == 3
+    assert sorted(entries["doc_id"].to_list()) == ["a", "b", "c", "d"]
+    assert result.metrics["documents_with_copies"] == 3 and result.metrics["largest_duplicate_group"] == 3
+    # The release keeps b, the best-scored copy.
+    assert kept(docs) == ["b", "d"]
+    assert set(representatives(docs)["duplicate_of"]) == {"b"}
 
 
 def test_license_rank_breaks_a_quality_tie():
@@ -64,11 +81,32 @@ def test_license_rank_breaks_a_quality_tie():
         {"doc_id": "nc", "text": "same text", "quality_score": 0.5, "license": "CC-BY-NC-4.0"},
         {"doc_id": "sa", "text": "same text", "quality_score": 0.5, "license": "CC-BY-SA-4.0"},
         {"doc_id": "mit", "text": "same text", "quality_score": 0.5, "license": "MIT"},
-        {"doc_id": "by", "text": "same text", "quality_score": 0.5, "license": "CC-BY-4.0"},
+        {"doc_id": "gpl", "text": "same text", "quality_score": 0.5, "license": "GPL-3.0-only"},
     ])
-    result, _ = exact_duplicates(docs, empty_exact_index(), ExactDedupConfig())
-    assert result.kept["doc_id"].to_list() == ["mit"]
-    assert set(result.verdicts["duplicate_of"]) == {"mit"}
+    assert kept(docs) == ["mit"]
+
+
+def test_a_license_choice_ranks_as_its_laxer_side_in_dedup_as_in_the_release():
+    """One classifier: ``MIT OR CC-BY-NC-4.0`` may ship commercially, so dedup ranks it like MIT."""
+    from curation_platform.licenses import LicensePolicy, release_license_verdicts
+
+    docs = make_docs([
+        {"doc_id": "a-choice", "text": "same", "quality_score": 0.5, "license": "MIT OR CC-BY-NC-4.0"},
+        {"doc_id": "b-mit", "text": "same", "quality_score": 0.5, "license": "MIT"},
+    ])
+    # A license tie, so doc_id decides; the old regex rank put the expression with NC documents.
+    assert kept(docs) == ["a-choice"]
+    licenses = ["MIT OR CC-BY-NC-4.0", "MIT", "CC-BY-NC-4.0", "MIT AND CC-BY-NC-4.0", "CC0-1.0", "GPL-3.0-only",
+                "Apache-2.0 OR GPL-3.0-only", None]
+    ranks = license_rank(pl.Series(licenses, dtype=pl.String)).to_list()
+    frame = pl.DataFrame({"doc_id": [str(i) for i in range(len(licenses))], "license": licenses,
+                          "provenance": ["{}"] * len(licenses)}, schema_overrides={"license": pl.String})
+    released = set(release_license_verdicts(frame, LicensePolicy(), "commercial").kept["doc_id"])
+    # Every license the commercial profile allows ranks ahead of every license it refuses.
+    allowed = [r for i, r in enumerate(ranks) if str(i) in released]
+    refused = [r for i, r in enumerate(ranks) if str(i) not in released]
+    assert allowed and refused and max(allowed) < min(refused)
+    assert ranks[0] == ranks[1]
 
 
 def test_doc_id_breaks_a_full_tie_and_quality_beats_license():
@@ -77,8 +115,7 @@ def test_doc_id_breaks_a_full_tie_and_quality_beats_license():
         {"doc_id": "y", "text": "same", "quality_score": 0.7, "license": "MIT"},
         {"doc_id": "x", "text": "same", "quality_score": 0.69, "license": "CC0-1.0"},
     ])
-    result, _ = exact_duplicates(docs, empty_exact_index(), ExactDedupConfig())
-    assert result.kept["doc_id"].to_list() == ["y"]
+    assert kept(docs) == ["y"]
 
 
 def test_configurable_keep_rule_order():
@@ -86,12 +123,8 @@ def test_configurable_keep_rule_order():
         {"doc_id": "a", "text": "same", "quality_score": 0.9, "license": "CC-BY-NC-4.0"},
         {"doc_id": "b", "text": "same", "quality_score": 0.1, "license": "CC0-1.0"},
     ])
-    default, _ = exact_duplicates(docs, empty_exact_index(), ExactDedupConfig())
-    license_first, _ = exact_duplicates(
-        docs, empty_exact_index(), ExactDedupConfig(keep_rule=["drop_order", "license", "quality_score"])
-    )
-    assert default.kept["doc_id"].to_list() == ["a"]
-    assert license_first.kept["doc_id"].to_list() == ["b"]
+    assert kept(docs) == ["a"]
+    assert kept(docs, ExactDedupConfig(keep_rule=["drop_order", "license", "quality_score"])) == ["b"]
 
 
 def test_missing_quality_column_falls_back_to_license_then_doc_id():
@@ -100,11 +133,10 @@ def test_missing_quality_column_falls_back_to_license_then_doc_id():
         {"doc_id": "a", "text": "same", "license": "MIT"},
         {"doc_id": "c", "text": "same", "license": "CC0-1.0"},
     ]).drop("quality_score")
-    result, _ = exact_duplicates(docs, empty_exact_index(), ExactDedupConfig())
-    assert result.kept["doc_id"].to_list() == ["c"]
+    assert kept(docs) == ["c"]
 
 
-def test_cross_drop_duplicate_points_to_the_indexed_document():
+def test_cross_drop_copies_are_recorded_and_no_copy_is_dropped():
     drop1 = make_docs([{"doc_id": "old", "text": "Shared paragraph.", "quality_score": 0.1}],
                       drop="2024-01", drop_order=0)
     _, index = exact_duplicates(drop1, empty_exact_index(), ExactDedupConfig())
@@ -115,16 +147,32 @@ def test_cross_drop_duplicate_points_to_the_indexed_document():
     ], drop="2024-02", drop_order=1)
     result, entries = exact_duplicates(drop2, index, ExactDedupConfig())
     verdicts = by_id(result)
-    # Earliest drop wins even against a better and more permissive later document.
+    # Both copies point at the earliest copy, in drop 1; nothing leaves the stage.
     assert verdicts["new1"]["duplicate_of"] == "old" and verdicts["new2"]["duplicate_of"] == "old"
-    assert "earlier drop 2024-01" in verdicts["new1"]["detail"]
-    assert result.kept["doc_id"].to_list() == ["fresh"]
-    assert entries["doc_id"].to_list() == ["fresh"] and entries["drop_order"].to_list() == [1]
-    assert result.metrics["removed_cross_drop"] == 2
+    assert "in drop 2024-01" in verdicts["new1"]["detail"] and "license profile allows" in verdicts["new1"]["detail"]
+    assert result.kept["doc_id"].to_list() == ["new1", "new2", "fresh"]
+    assert sorted(entries["doc_id"].to_list()) == ["fresh", "new1", "new2"]
+    assert set(entries["drop_order"].to_list()) == {1}
+    assert result.metrics["with_copies_in_other_drops"] == 2
 
     rerun, rerun_entries = exact_duplicates(drop2, index, ExactDedupConfig())
     assert rerun.verdicts.equals(result.verdicts) and rerun.kept.equals(result.kept)
     assert rerun_entries.equals(entries)
+
+    # Drop 1 re-curated later sees drop 2's copies too (the index holds every other drop).
+    again, _ = exact_duplicates(drop1, entries, ExactDedupConfig())
+    # Index entries carry no score: among drop 2 copies, doc_id decides.
+    assert by_id(again)["old"]["duplicate_of"] == "new1"
+    assert again.kept["doc_id"].to_list() == ["old"]
+
+
+def test_taken_down_content_is_blocked():
+    docs = make_docs([{"doc_id": "a", "text": "Private  letter."}, {"doc_id": "b", "text": "Public note."}])
+    blocked = pl.DataFrame({"doc_id": ["gone"], "content_hash": [xxhash.xxh3_128_hexdigest(b"Private letter.")]})
+    result, entries = exact_duplicates(docs, empty_exact_index(), ExactDedupConfig(), blocked=blocked)
+    row = by_id(result)["a"]
+    assert row["verdict"] == "drop" and row["rule"] == "takedown.blocked" and row["duplicate_of"] == "gone"
+    assert result.kept["doc_id"].to_list() == ["b"] and entries["doc_id"].to_list() == ["b"]
 
 
 def test_rerunning_a_drop_whose_entries_are_in_the_index_does_not_match_itself():
@@ -138,7 +186,7 @@ def test_case_is_kept_unless_lowercase_is_on():
     docs = make_docs([{"doc_id": "a", "text": "Hello World"}, {"doc_id": "b", "text": "hello world"}])
     assert exact_duplicates(docs, empty_exact_index(), ExactDedupConfig())[0].verdicts.is_empty()
     lowered, _ = exact_duplicates(docs, empty_exact_index(), ExactDedupConfig(lowercase=True))
-    assert lowered.verdicts["doc_id"].to_list() == ["b"]
+    assert lowered.verdicts["doc_id"].to_list() == ["a", "b"]
     no_collapse, _ = exact_duplicates(
         make_docs([{"doc_id": "a", "text": "a  b"}, {"doc_id": "b", "text": "a b"}]),
         empty_exact_index(), ExactDedupConfig(collapse_whitespace=False),
@@ -154,7 +202,8 @@ def test_chat_records_are_compared_on_their_messages():
         {"doc_id": "c3", "kind": "chat", "text": None, "messages": chat[:1]},
     ])
     result, _ = exact_duplicates(docs, empty_exact_index(), ExactDedupConfig())
-    assert result.verdicts["doc_id"].to_list() == ["c2"]
+    assert result.verdicts["doc_id"].to_list() == ["c1", "c2"]
+    assert kept(docs) == ["c1", "c3"]
 
 
 def test_index_with_wrong_schema_is_refused():
@@ -172,14 +221,12 @@ def test_config_forbids_unknown_fields_and_repeated_keys():
 
 @pytest.mark.parametrize(
     ("spdx", "rank"),
-    [("CC0-1.0", 0), ("CC-PDDC", 0), ("Unlicense", 0), ("MIT", 1), ("Apache-2.0", 1), ("BSD-3-Clause", 1),
-     ("0BSD", 1), ("MIT OR Apache-2.0", 1), ("CC-BY-4.0", 2), ("ODC-By-1.0", 2), ("CC-BY-SA-4.0", 3),
-     ("CC-BY-NC-4.0", 4), ("CC-BY-NC-SA-4.0", 4), ("CC-BY-ND-4.0", 4), ("GPL-3.0-only", 4), (None, 4),
-     ("GPL-3.0-only AND MIT", 4), ("LicenseRef-proprietary AND Apache-2.0", 4), ("MPL-2.0", 4), ("LGPL-2.1-only", 4)],
+    [("CC0-1.0", 0), ("MIT", 1), ("Apache-2.0", 1), ("MIT OR Apache-2.0", 1), ("MIT OR CC-BY-NC-4.0", 1),
+     ("CC-BY-SA-4.0", 3), ("GPL-3.0-only", 4), ("GPL-3.0-only AND MIT", 4), ("CC-BY-NC-4.0", 5),
+     ("MIT AND CC-BY-NC-4.0", 5), ("CC-BY-ND-4.0", 6), (None, 7), ("LicenseRef-proprietary AND Apache-2.0", 7)],
 )
 def test_license_rank(spdx, rank):
-    frame = pl.DataFrame({"license": [spdx]}, schema={"license": pl.String})
-    assert frame.select(license_rank(pl.col("license"))).to_series().item() == rank
+    assert license_rank(pl.Series([spdx], dtype=pl.String)).item() == rank
 
 
 def test_sort_by_keep_rule_puts_earliest_drop_first():
@@ -203,15 +250,21 @@ def test_properties_unique_survivors_and_order_independence(rows, rnd):
         for i, (text, quality, lic) in enumerate(rows)
     ])
     result, entries = exact_duplicates(docs, empty_exact_index(), ExactDedupConfig())
-    kept = result.kept
-    # Nothing lost, survivors unique by content, every duplicate points at a survivor of the same content.
-    assert kept.height + result.verdicts.height == docs.height
-    assert kept["content_hash"].n_unique() == kept.height
-    assert set(result.verdicts["duplicate_of"]) <= set(kept["doc_id"])
-    assert entries.height == kept.height
+    # Nothing lost at the stage; every document with a copy is flagged, pointing at another member of its cluster.
+    assert result.kept.height == docs.height == entries.height
+    hashes = dict(zip(result.kept["doc_id"], result.kept["content_hash"]))
+    copies = result.kept["content_hash"].value_counts()
+    assert result.verdicts.height == int(copies.filter(pl.col("count") > 1)["count"].sum())
+    for doc_id, other in result.verdicts.select("doc_id", "duplicate_of").iter_rows():
+        assert hashes[doc_id] == hashes[other] and doc_id != other
+    # The release keeps one copy per content, and every other copy points at it.
+    chosen = representatives(docs)
+    survivors = docs.join(chosen, on="doc_id", how="anti")
+    assert survivors.height == copies.height
+    assert set(chosen["duplicate_of"]) <= set(survivors["doc_id"])
     # The keep rule is a total order: shuffling the input changes nothing.
     shuffled = docs.sample(fraction=1.0, shuffle=True, seed=rnd.randint(0, 10_000))
     again, again_entries = exact_duplicates(shuffled, empty_exact_index(), ExactDedupConfig())
     assert again.verdicts.equals(result.verdicts)
-    assert sorted(again.kept["doc_id"]) == sorted(kept["doc_id"])
     assert again_entries.equals(entries)
+    assert representatives(shuffled).sort("doc_id").equals(chosen.sort("doc_id"))

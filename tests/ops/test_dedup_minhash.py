@@ -20,7 +20,9 @@ from curation_platform.ops.dedup_minhash import (
     lsh_false_rates,
     lsh_params,
     minhash_signatures,
+    exact_jaccard,
     near_duplicates,
+    near_representatives,
     optimal_lsh_params,
     shingle_hashes,
 )
@@ -106,17 +108,36 @@ def pair_j(table: dict, a: str, b: str) -> float:
     return table[(a, b) if a < b else (b, a)]
 
 
+def content_of(*frames: pl.DataFrame):
+    """``index_content`` for tests: index documents' text looked up in the given drop frames."""
+    every = pl.concat(frames, how="vertical_relaxed")
+    return lambda rows: every.join(rows.select("doc_id"), on="doc_id", how="semi").select("doc_id", "text")
+
+
+def pairs_of(result) -> pl.DataFrame:
+    return result.verdicts.filter(pl.col("verdict") == "flag")
+
+
+def release_choice(docs: pl.DataFrame, result, cfg: NearDedupConfig) -> tuple[set[str], dict[str, dict]]:
+    """What a release that allows every document ships from ``docs`` given the pairs the stage recorded:
+    (kept doc_ids, {left-out doc_id: its row})."""
+    removed = near_representatives(docs, pairs_of(result), cfg)
+    rows = {row["doc_id"]: row for row in removed.iter_rows(named=True)}
+    return set(docs["doc_id"]) - set(rows), rows
+
+
 def greedy_oracle(docs: pl.DataFrame, cfg: NearDedupConfig) -> set[str]:
     """Brute-force keep rule: in keep order, drop a document iff some kept document shares a band key with it
-    and reaches the verification threshold on the full signature."""
+    and reaches the verification threshold in exact Jaccard of the shingle sets."""
     bands, rows = lsh_params(cfg)
     ordered = sort_by_keep_rule(docs, cfg)
     sig = minhash_signatures(ordered["text"], cfg)
     keys = band_keys(sig, bands, rows)
+    shingles = [reference_shingles(t) for t in ordered["text"]]
     kept: list[int] = []
     for i in range(ordered.height):
         duplicate = any(
-            (keys[i] == keys[j]).any() and (sig[i] == sig[j]).mean() >= cfg.verify_threshold for j in kept
+            (keys[i] == keys[j]).any() and jaccard(shingles[i], shingles[j]) >= cfg.verify_threshold for j in kept
         )
         if not duplicate:
             kept.append(i)
@@ -197,10 +218,16 @@ def test_config_validation():
 
 def test_planted_near_duplicates_recall_and_precision(corpus, corpus_jaccard):
     result, entries = near_duplicates(corpus, empty_near_index(), NearDedupConfig())
-    kept = set(result.kept["doc_id"])
-    removed = {row["doc_id"]: row for row in result.verdicts.iter_rows(named=True)}
-    assert kept.isdisjoint(removed) and len(kept) + len(removed) == corpus.height
+    # The stage drops nothing; it records verified pairs, and the release picks one copy per cluster.
+    assert result.kept.height == corpus.height
     assert result.verdicts.schema == pl.Schema(VERDICT_SCHEMA)
+    for row in pairs_of(result).iter_rows(named=True):
+        assert row["rule"] == "near_dedup.duplicate" and row["threshold"] == ">= 0.8"
+        # The recorded value is the exact Jaccard of the shingle sets.
+        assert row["value"] == pytest.approx(pair_j(corpus_jaccard, row["doc_id"], row["duplicate_of"]), abs=1e-9)
+        assert row["value"] >= 0.8 and f"in cluster {row['cluster_id']}" in row["detail"]
+    kept, removed = release_choice(corpus, result, NearDedupConfig())
+    assert kept.isdisjoint(removed) and len(kept) + len(removed) == corpus.height
 
     similar = [pair for pair, j in corpus_jaccard.items() if j >= 0.85]
     assert len(similar) >= 50  # the corpus really plants near-duplicates
@@ -208,17 +235,14 @@ def test_planted_near_duplicates_recall_and_precision(corpus, corpus_jaccard):
     assert len(found) / len(similar) >= 0.95
 
     for doc_id, row in removed.items():
-        assert row["rule"] == "near_dedup.duplicate" and row["verdict"] == "drop"
         assert row["duplicate_of"] in kept
-        assert pair_j(corpus_jaccard, doc_id, row["duplicate_of"]) >= 0.7
-        assert row["value"] >= 0.8 and row["threshold"] == ">= 0.8"
-        assert f"cluster {row['detail'].rsplit(' ', 1)[-1]}" in row["detail"]
+        assert pair_j(corpus_jaccard, doc_id, row["duplicate_of"]) >= 0.8
 
-    assert set(entries["doc_id"]) == kept and entries.schema == pl.Schema(NEAR_INDEX_SCHEMA)
+    assert set(entries["doc_id"]) == set(corpus["doc_id"]) and entries.schema == pl.Schema(NEAR_INDEX_SCHEMA)
     assert entries["signature"].list.len().unique().to_list() == [112]
     assert entries["band_keys"].list.len().unique().to_list() == [14]
     metrics = result.metrics
-    assert metrics["removed"] == len(removed) and metrics["removed_cross_drop"] == 0
+    assert metrics["verified_pairs"] == pairs_of(result).height and metrics["cross_drop_pairs"] == 0
     assert 1 <= len(metrics["sample_pairs"]) <= 10
     for pair in metrics["sample_pairs"]:
         assert pair["exact_jaccard"] == pytest.approx(pair_j(corpus_jaccard, pair["doc_id"], pair["duplicate_of"]),
@@ -229,7 +253,7 @@ def test_planted_near_duplicates_recall_and_precision(corpus, corpus_jaccard):
 def test_stage_matches_brute_force_keep_rule(corpus):
     cfg = NearDedupConfig()
     result, _ = near_duplicates(corpus, empty_near_index(), cfg)
-    assert set(result.kept["doc_id"]) == greedy_oracle(corpus, cfg)
+    assert release_choice(corpus, result, cfg)[0] == greedy_oracle(corpus, cfg)
 
 
 def test_input_order_does_not_matter(corpus):
@@ -258,18 +282,23 @@ def test_chain_does_not_collapse():
     assert min(est[(0, 1)], est[(1, 2)], est[(2, 3)]) >= 0.6  # preconditions, with margin
     assert max(est[(0, 2)], est[(1, 3)], est[(0, 3)]) <= 0.5
 
-    result, _ = near_duplicates(frame(texts, ids=["a", "b", "c", "d"]), empty_near_index(), cfg)
-    assert result.kept["doc_id"].to_list() == ["a", "c"]
-    assert dict(result.verdicts.select("doc_id", "duplicate_of").iter_rows()) == {"b": "a", "d": "c"}
+    docs = frame(texts, ids=["a", "b", "c", "d"])
+    result, _ = near_duplicates(docs, empty_near_index(), cfg)
+    assert sorted(pairs_of(result).select("duplicate_of", "doc_id").rows()) == [("a", "b"), ("b", "c"), ("c", "d")]
+    kept, removed = release_choice(docs, result, cfg)
+    assert kept == {"a", "c"}
+    assert {d: r["duplicate_of"] for d, r in removed.items()} == {"b": "a", "d": "c"}
     # One connected component, named after its first document in keep order.
-    assert result.kept["cluster_id"].to_list() == ["a", "a"]
+    assert result.kept["cluster_id"].to_list() == ["a", "a", "a", "a"]
+    assert {r["cluster_id"] for r in removed.values()} == {"a"}
     assert result.metrics["clusters"] == 1 and result.metrics["largest_cluster"] == 4
 
     # Quality reverses the keep order: D first, so D and B survive.
     reversed_quality = frame(texts, ids=["a", "b", "c", "d"], quality=[0.6, 0.7, 0.8, 0.9])
     result, _ = near_duplicates(reversed_quality, empty_near_index(), cfg)
-    assert sorted(result.kept["doc_id"]) == ["b", "d"]
-    assert dict(result.verdicts.select("doc_id", "duplicate_of").iter_rows()) == {"c": "d", "a": "b"}
+    kept, removed = release_choice(reversed_quality, result, cfg)
+    assert kept == {"b", "d"}
+    assert {d: r["duplicate_of"] for d, r in removed.items()} == {"c": "d", "a": "b"}
 
 
 def test_templated_source_is_not_wiped_out():
@@ -286,10 +315,12 @@ def test_templated_source_is_not_wiped_out():
     copies = [substitute(pages[0], 0.01, rnd) for _ in range(3)]
     texts = [" ".join(p) for p in pages + copies]
     ids = [f"page{i:02d}" for i in range(40)] + ["zcopy0", "zcopy1", "zcopy2"]  # pages win the doc_id tie
-    result, _ = near_duplicates(frame(texts, ids=ids), empty_near_index(), NearDedupConfig())
-    assert sorted(result.verdicts["doc_id"]) == ["zcopy0", "zcopy1", "zcopy2"]
-    assert set(result.verdicts["duplicate_of"]) == {"page00"}
-    assert result.kept.height == 40
+    docs = frame(texts, ids=ids)
+    result, _ = near_duplicates(docs, empty_near_index(), NearDedupConfig())
+    kept, removed = release_choice(docs, result, NearDedupConfig())
+    assert sorted(removed) == ["zcopy0", "zcopy1", "zcopy2"]
+    assert {r["duplicate_of"] for r in removed.values()} == {"page00"}
+    assert len(kept) == 40
 
 
 def test_huge_bucket_is_linked_to_its_head_only_and_still_deduplicated():
@@ -297,8 +328,9 @@ def test_huge_bucket_is_linked_to_its_head_only_and_still_deduplicated():
     words = [rnd.choice(VOCAB) for _ in range(120)]
     texts = [" ".join(words)] * 30 + [" ".join(substitute(words, 0.01, rnd)) for _ in range(10)]
     docs = frame(texts)
-    result, _ = near_duplicates(docs, empty_near_index(), NearDedupConfig(bucket_link_limit=2))
-    assert result.kept["doc_id"].to_list() == ["doc000"]
+    cfg = NearDedupConfig(bucket_link_limit=2)
+    result, _ = near_duplicates(docs, empty_near_index(), cfg)
+    assert release_choice(docs, result, cfg)[0] == {"doc000"}
     assert result.metrics["candidate_pairs"] < 40 * 39 / 2
 
 
@@ -351,22 +383,26 @@ def test_second_drop_is_compared_with_the_first_drops_index():
     result1, index1 = near_duplicates(drop1, empty_near_index(), cfg)
     assert result1.verdicts.is_empty() and index1.height == 60
 
-    result2, entries2 = near_duplicates(drop2, index1, cfg)
-    duplicates = dict(result2.verdicts.select("doc_id", "duplicate_of").iter_rows())
+    result2, entries2 = near_duplicates(drop2, index1, cfg, index_content=content_of(drop1))
+    duplicates = dict(pairs_of(result2).select("doc_id", "duplicate_of").iter_rows())
     assert {d: duplicates[d] for d in duplicates if d.startswith("d2-copy")} == {
         f"d2-copy-{i:02d}": f"d1-{i:02d}" for i in range(20)
     }
     assert {d: duplicates[d] for d in duplicates if d.startswith("d2-z")} == {
         f"d2-z-copy-{i:02d}": f"d2-new-{i:02d}" for i in range(10)
     }
-    assert result2.metrics["removed_cross_drop"] == 20 and result2.metrics["removed_within_drop"] == 10
-    assert all("from an earlier drop" in d for d in result2.verdicts.filter(
+    assert result2.metrics["cross_drop_pairs"] == 20 and result2.metrics["within_drop_pairs"] == 10
+    assert all("in drop 2024-01" in d for d in pairs_of(result2).filter(
         pl.col("doc_id").str.starts_with("d2-copy"))["detail"])
-    assert sorted(entries2["doc_id"]) == [f"d2-new-{i:02d}" for i in range(20)]
+    # Nothing leaves the stage; every document is indexed for later drops (and re-curated earlier ones).
+    assert result2.kept.height == drop2.height and sorted(entries2["doc_id"]) == sorted(drop2["doc_id"])
     assert set(entries2["drop"]) == {"2024-02"}
+    # A release allowing both drops keeps the earliest copy, even against better and more permissive copies.
+    _, removed = release_choice(pl.concat([drop1, drop2]), result2, cfg)
+    assert {d: r["duplicate_of"] for d, r in removed.items()} == duplicates
 
     # Idempotent: the same drop against the same index gives the same verdicts, documents and entries.
-    again, again_entries = near_duplicates(drop2, index1, cfg)
+    again, again_entries = near_duplicates(drop2, index1, cfg, index_content=content_of(drop1))
     assert again.verdicts.equals(result2.verdicts)
     assert again.kept.equals(result2.kept)
     assert again_entries.equals(entries2)
@@ -375,16 +411,19 @@ def test_second_drop_is_compared_with_the_first_drops_index():
     # Drop 3 sees both earlier drops through the concatenated index.
     drop3 = drop2.filter(pl.col("doc_id").str.starts_with("d2-new")).with_columns(
         doc_id=pl.col("doc_id").str.replace("d2-", "d3-"), drop=pl.lit("2024-03"), drop_order=pl.lit(2))
-    result3, entries3 = near_duplicates(drop3, pl.concat([entries2, index1]), cfg)
-    assert result3.kept.is_empty() and entries3.is_empty()
-    assert set(result3.verdicts["duplicate_of"]) == set(entries2["doc_id"])
+    result3, entries3 = near_duplicates(drop3, pl.concat([entries2, index1]), cfg,
+                                        index_content=content_of(drop1, drop2))
+    kept, removed = release_choice(pl.concat([drop1, drop2, drop3], how="vertical_relaxed"), result3, cfg)
+    assert set(removed) == set(drop3["doc_id"])
+    assert {r["duplicate_of"] for r in removed.values()} == set(drop2.filter(
+        pl.col("doc_id").str.starts_with("d2-new"))["doc_id"])
 
 
 def test_index_from_other_settings_is_refused():
     drop1, drop2 = incremental_drops()
     _, index1 = near_duplicates(drop1.head(5), empty_near_index(), NearDedupConfig(seed=2))
     with pytest.raises(DedupIndexError, match="seed=2"):
-        near_duplicates(drop2, index1, NearDedupConfig())
+        near_duplicates(drop2, index1, NearDedupConfig(), index_content=content_of(drop1))
     with pytest.raises(DedupIndexError, match="missing columns"):
         near_duplicates(drop2, index1.drop("signature"), NearDedupConfig(seed=2))
 
@@ -414,10 +453,10 @@ def test_within_drop_duplicates_of_a_generated_corpus_get_string_cluster_ids():
 # ------------------------------------------------------------------------------------------------ DuckDB band join
 
 
-def reference_near_duplicates(docs: pl.DataFrame, index: pl.DataFrame, cfg: NearDedupConfig):
+def reference_near_duplicates(docs: pl.DataFrame, index: pl.DataFrame, cfg: NearDedupConfig, texts: dict):
     """Straightforward reference of the whole stage in plain Python: buckets as dicts, candidates by the
-    bucket_link_limit rule, verification on full signatures, greedy keep in keep order (index entries first).
-    Returns ({removed doc_id: (duplicate_of, estimated Jaccard)}, kept doc_ids)."""
+    bucket_link_limit rule, the estimate screen on full signatures, then exact Jaccard of Python sets of word
+    tuples (``texts``: doc_id -> text). Returns {(duplicate_of, doc_id): exact Jaccard} of the verified pairs."""
     bands, rows = lsh_params(cfg)
     in_play = index.filter(~pl.col("doc_id").is_in(docs["doc_id"].implode())).sort("drop_order", "doc_id")
     ordered = sort_by_keep_rule(docs, cfg)
@@ -444,19 +483,14 @@ def reference_near_duplicates(docs: pl.DataFrame, index: pl.DataFrame, cfg: Near
         for head in this_drop[: cfg.bucket_link_limit]:
             candidates.update((head, m) for m in this_drop if m > head)
 
-    verified: dict[int, list[tuple[int, float]]] = {}
+    verified: dict[tuple[str, str], float] = {}
     for src, dst in sorted(candidates):
         estimate = float((sigs[src] == sigs[dst]).mean())
-        if estimate >= cfg.verify_threshold:
-            verified.setdefault(dst, []).append((src, estimate))
-    kept, removed = set(range(n_index)), {}
-    for node in range(n_index, len(ids)):
-        to_kept = [(src, estimate) for src, estimate in verified.get(node, []) if src in kept]
-        if to_kept:
-            removed[ids[node]] = (ids[to_kept[0][0]], to_kept[0][1])
-        else:
-            kept.add(node)
-    return removed, {ids[node] for node in kept if node >= n_index}
+        if estimate >= cfg.verify_threshold - cfg.estimate_margin:
+            exact = jaccard(reference_shingles(texts[ids[src]]), reference_shingles(texts[ids[dst]]))
+            if exact >= cfg.verify_threshold:
+                verified[(ids[src], ids[dst])] = exact
+    return verified
 
 
 @pytest.fixture(scope="module")
@@ -485,27 +519,28 @@ def test_duckdb_band_join_matches_plain_python_reference(two_drops, limit):
     # The index also holds drop 2's own entries from an earlier run: they must be ignored.
     _, own_entries = near_duplicates(drop2, empty_near_index(), cfg)
     index = pl.concat([own_entries, index1])
+    texts = dict(pl.concat([drop1, drop2]).select("doc_id", "text").iter_rows())
     for docs, idx in ((drop1, empty_near_index()), (drop2, index)):
-        result, _ = near_duplicates(docs, idx, cfg)
-        removed, kept = reference_near_duplicates(docs, idx, cfg)
-        got = {d: (dup, value)
-               for d, dup, value in result.verdicts.select("doc_id", "duplicate_of", "value").iter_rows()}
-        assert got == removed
-        assert set(result.kept["doc_id"]) == kept
+        result, _ = near_duplicates(docs, idx, cfg, index_content=content_of(drop1))
+        expected = reference_near_duplicates(docs, idx, cfg, texts)
+        got = {(dup, d): value for d, dup, value in pairs_of(result).select("doc_id", "duplicate_of", "value").rows()}
+        assert got.keys() == expected.keys()
+        assert all(got[pair] == pytest.approx(expected[pair], abs=1e-9) for pair in got)
     # The planted copies are found: all 4 page copies of drop 1, and across drops the 20 copies and 4 page copies.
-    assert result1.metrics["removed"] >= 4
-    assert result.metrics["removed_cross_drop"] >= 24
+    assert len(release_choice(drop1, result1, cfg)[1]) >= 4
+    _, removed = release_choice(pl.concat([drop1, drop2]), result, cfg)
+    assert sum(d.startswith("d2-") for d in removed) >= 24
 
 
 def test_spill_settings_and_batching_do_not_change_results(two_drops, tmp_path):
     drop1, drop2 = two_drops
     _, index1 = near_duplicates(drop1, empty_near_index(), NearDedupConfig())
-    default, entries = near_duplicates(drop2, index1, NearDedupConfig())
+    default, entries = near_duplicates(drop2, index1, NearDedupConfig(), index_content=content_of(drop1))
     # A tiny memory limit, an explicit spill folder and candidate batches of 7 pairs (index documents recur
     # across batches) and signatures 13 documents at a time give the same verdicts, documents, entries, metrics.
     spilled, spilled_entries = near_duplicates(
         drop2, index1, NearDedupConfig(memory_limit="64MB", temp_directory=str(tmp_path), verify_batch_rows=7,
-                                    signature_batch_docs=13))
+                                    signature_batch_docs=13), index_content=content_of(drop1))
     assert spilled.verdicts.equals(default.verdicts)
     assert spilled.kept.equals(default.kept)
     assert spilled_entries.equals(entries)
@@ -520,7 +555,7 @@ def test_memory_limit_is_validated():
         NearDedupConfig(memory_limit="lots")
 
 
-def test_removed_near_duplicates_carry_their_cluster_id_in_the_verdict():
+def test_left_out_near_duplicates_carry_their_cluster_id():
     from curation_platform.samples import synthetic_corpus
 
     corpus = synthetic_corpus(300)
@@ -528,8 +563,54 @@ def test_removed_near_duplicates_carry_their_cluster_id_in_the_verdict():
         pl.lit(0, dtype=pl.Int64).alias("drop_order"), pl.lit("d").alias("drop"), pl.lit("MIT").alias("license")
     )
     result, _ = near_duplicates(docs, empty_near_index(), NearDedupConfig())
-    removed = result.verdicts.filter(pl.col("verdict") == "drop")
-    assert removed["cluster_id"].null_count() == 0
-    # The kept document a duplicate points to sits in the same cluster.
+    _, removed = release_choice(docs, result, NearDedupConfig())
+    assert removed and all(r["cluster_id"] is not None for r in removed.values())
+    # The chosen document a duplicate points to sits in the same cluster the stage recorded.
     clusters = dict(zip(result.kept["doc_id"], result.kept["cluster_id"]))
-    assert all(clusters[d] == c for d, c in zip(removed["duplicate_of"], removed["cluster_id"]))
+    assert all(clusters[r["duplicate_of"]] == r["cluster_id"] == clusters[d] for d, r in removed.items())
+
+
+def test_recorded_jaccard_is_the_exact_set_jaccard_not_the_estimate():
+    """16 permutations make the MinHash estimate coarse (multiples of 1/16); the ledger value must still be the
+    exact Jaccard of the two shingle sets, computed here with plain Python sets."""
+    rnd = random.Random(21)
+    base = [rnd.choice(VOCAB) for _ in range(150)]
+    texts = [" ".join(base)] + [" ".join(substitute(base, rate, rnd)) for rate in (0.005, 0.01, 0.015, 0.02)]
+    docs = frame(texts)
+    cfg = NearDedupConfig(num_perm=16, bands=8, rows=2, verify_threshold=0.6, estimate_margin=0.6)
+    result, _ = near_duplicates(docs, empty_near_index(), cfg)
+    pairs = pairs_of(result)
+    assert pairs.height >= 6
+    shingles = {d: reference_shingles(t) for d, t in docs.select("doc_id", "text").iter_rows()}
+    for doc_id, other, value in pairs.select("doc_id", "duplicate_of", "value").rows():
+        assert value == pytest.approx(jaccard(shingles[doc_id], shingles[other]), abs=1e-12)
+    # ... and it is not the estimate, which for these pairs is a multiple of 1/16.
+    assert any(abs(v * 16 - round(v * 16)) > 1e-6 for v in pairs["value"])
+    # The vectorized helper agrees with Python sets on every pair of the drop, not only the verified ones.
+    hashes, counts = shingle_hashes(docs["text"], cfg)
+    left, right = zip(*itertools.combinations(range(docs.height), 2))
+    ids = docs["doc_id"].to_list()
+    computed = exact_jaccard(hashes, counts, np.array(left), np.array(right))
+    expected = [jaccard(shingles[ids[a]], shingles[ids[b]]) for a, b in zip(left, right)]
+    assert computed == pytest.approx(expected, abs=1e-12)
+    assert exact_jaccard(hashes, counts, np.array([], dtype=np.int64), np.array([], dtype=np.int64)).size == 0
+
+
+def test_a_document_near_a_taken_down_one_is_blocked():
+    drop1, drop2 = incremental_drops()
+    cfg = NearDedupConfig()
+    _, index1 = near_duplicates(drop1, empty_near_index(), cfg)
+    result, entries = near_duplicates(drop2, index1, cfg, index_content=content_of(drop1),
+                                      blocked_ids=pl.Series(["d1-03"]))
+    blocked = result.verdicts.filter(pl.col("rule") == "takedown.blocked")
+    assert blocked.select("doc_id", "verdict", "duplicate_of").rows() == [("d2-copy-03", "drop", "d1-03")]
+    assert "d2-copy-03" not in result.kept["doc_id"].to_list() and "d2-copy-03" not in entries["doc_id"].to_list()
+    assert result.kept.height == drop2.height - 1
+
+
+def test_an_index_document_whose_content_is_gone_verifies_nothing():
+    drop1, drop2 = incremental_drops()
+    cfg = NearDedupConfig()
+    _, index1 = near_duplicates(drop1, empty_near_index(), cfg)
+    result, _ = near_duplicates(drop2, index1, cfg, index_content=content_of(drop1.head(0)))
+    assert result.metrics["cross_drop_pairs"] == 0 and result.metrics["unverifiable_pairs"] >= 20
