@@ -9,10 +9,13 @@ Everything is read from the installed Python, offline and deterministically:
 - ``package-metadata``: ``METADATA`` and ``README*`` files of site-packages (English prose, licence lines);
 - ``licence-texts``: the licence texts of ScanCode's ``licensedcode-data`` package.
 
-None of these holds a HumanEval item, so every document the stage drops is a false positive. The rule sweep shows
-why the defaults are what they are: per-item evidence with boilerplate excluded, against the old "any shared
-13-gram" rule. Planted copies: every HumanEval prompt, followed by a different item's solution, inserted into the
-middle of a clean stdlib file; a copy counts as caught when the verdict names the planted item.
+None of these holds a HumanEval item, so every document the stage drops is a false positive. Two benchmarks:
+``humaneval`` as bundled, and ``humaneval-licensed``, the same items each prefixed with the Apache-2.0 licence
+header and one instruction line, the shape of a code benchmark with boilerplate. The rule sweep compares the
+per-item rule at several minimum counts with the old "any shared 13-gram" rule (no boilerplate bound; the old
+drop-frequency exemption only hid n-grams in more than max(10, 0.1% of the drop) documents, and with them any copied
+item). Planted copies: every HumanEval prompt, followed by a different item's solution, inserted into the middle of
+a clean stdlib file; a copy counts as caught when the verdict names the planted item.
 
     python bench/decontam_fp.py [--json OUT.json]
 """
@@ -36,6 +39,23 @@ from curation_platform.ops.decontaminate import (
     decontaminate,
     load_benchmarks,
 )
+
+APACHE_HEADER = """# Copyright 2024 The Example Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+#
+# Complete the function below. Do not change its name, its arguments or its docstring.
+"""
 
 # Longer files are cut to this many characters: a few huge generated files would otherwise dominate the time.
 MAX_CHARS = 200_000
@@ -110,16 +130,10 @@ def sweep(texts: pl.DataFrame, bench: pl.DataFrame, cfg: DecontaminationConfig) 
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, help="also write the numbers here")
-    args = parser.parse_args()
-
+def evaluate(benchmark: str, bench: pl.DataFrame, texts_by_corpus: dict[str, list[str]]) -> dict:
     cfg = DecontaminationConfig()
-    bench = load_benchmarks(cfg)
     index = benchmark_ngram_index(bench, cfg)
     rows = []
-    texts_by_corpus = corpora()
     for name, texts in texts_by_corpus.items():
         docs = _docs(texts, name)
         start = time.perf_counter()
@@ -127,6 +141,7 @@ def main() -> None:
         seconds = time.perf_counter() - start
         gate = contaminating_items(docs["text"], bench, cfg)
         row = {
+            "benchmark": benchmark,
             "corpus": name,
             "documents": docs.height,
             "megabytes": round(sum(len(t.encode()) for t in texts) / 1e6, 1),
@@ -140,37 +155,58 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    total_docs = sum(r["documents"] for r in rows)
-    total_dropped = sum(r["dropped"] for r in rows)
     planted = planted_copies(texts_by_corpus["stdlib"][::7])
     result = decontaminate(planted.select("doc_id", "text"), index, cfg)
     caught = result.verdicts.join(planted.select("doc_id", "item_id"), on="doc_id").filter(
         pl.col("detail").str.contains(pl.col("item_id"), literal=True)
     )
     gate = contaminating_items(planted["text"], bench, cfg)
+    total_docs = sum(r["documents"] for r in rows)
+    total_dropped = sum(r["dropped"] for r in rows)
     summary = {
+        "benchmark": benchmark,
         "documents": total_docs,
         "dropped": total_dropped,
         "fp_rate": total_dropped / total_docs,
+        "fp_rate_old_rule": sum(r["fp any shared n-gram"] * r["documents"] for r in rows) / total_docs,
         "planted_copies": planted.height,
         "planted_caught_naming_item": caught.height,
         "planted_flagged_by_gate": int((gate > 0).sum()),
     }
     print(json.dumps(summary), flush=True)
+    return {"corpora": rows, "summary": summary}
 
-    print("\n| corpus | documents | MB | dropped (FP) | FP rate | gate flags | any shared 13-gram (old rule) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['corpus']} | {r['documents']:,} | {r['megabytes']} | {r['dropped']} | {r['fp_rate']:.2%} | "
-              f"{r['gate_flagged']} | {r['fp any shared n-gram']:.2%} |")
-    print(f"\nAll: {total_dropped} of {total_docs:,} clean documents dropped ({summary['fp_rate']:.2%}). Planted "
-          f"HumanEval prompts with another solution: {caught.height} of {planted.height} caught naming the item, "
-          f"{summary['planted_flagged_by_gate']} flagged by the gate's independent scan.")
-    print("\nRule sweep (FP rate): " + "; ".join(
-        f"{r['corpus']}: " + ", ".join(f"{k[3:]} {v:.2%}" for k, v in r.items() if k.startswith("fp ")) for r in rows
-    ))
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    args = parser.parse_args()
+
+    humaneval = load_benchmarks(DecontaminationConfig())
+    licensed = humaneval.with_columns(pl.lit("humaneval-licensed").alias("benchmark"),
+                                      (pl.lit(APACHE_HEADER) + pl.col("text")).alias("text"))
+    texts_by_corpus = corpora()
+    results = [evaluate(name, bench, texts_by_corpus)
+               for name, bench in (("humaneval", humaneval), ("humaneval-licensed", licensed))]
+
+    print("\n| benchmark | corpus | documents | MB | dropped (FP) | FP rate | gate flags | old rule FP rate |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for result in results:
+        for r in result["corpora"]:
+            print(f"| {r['benchmark']} | {r['corpus']} | {r['documents']:,} | {r['megabytes']} | {r['dropped']} | "
+                  f"{r['fp_rate']:.2%} | {r['gate_flagged']} | {r['fp any shared n-gram']:.2%} |")
+    for result in results:
+        s = result["summary"]
+        print(f"\n{s['benchmark']}: {s['dropped']} of {s['documents']:,} clean documents dropped ({s['fp_rate']:.2%}; "
+              f"old rule {s['fp_rate_old_rule']:.2%}). Planted prompts with another solution: "
+              f"{s['planted_caught_naming_item']} of {s['planted_copies']} caught naming the item, "
+              f"{s['planted_flagged_by_gate']} flagged by the gate's independent scan.")
+        print("Rule sweep (FP rate): " + "; ".join(
+            f"{r['corpus']}: " + ", ".join(f"{k[3:]} {v:.2%}" for k, v in r.items() if k.startswith("fp "))
+            for r in result["corpora"]
+        ))
     if args.json:
-        args.json.write_text(json.dumps({"corpora": rows, "summary": summary}, indent=2))
+        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -23,61 +23,59 @@ from curation_platform.ops.decontaminate import DecontaminationConfig, load_benc
 # written as RE2 Unicode classes; everything else separates words.
 _SEPARATOR = r"[^\p{L}\p{Nl}\p{M}\p{Nd}\p{Pc}]+"
 
-_SQL = """
-WITH item_words AS (
-    SELECT benchmark, item_id,
-           list_filter(regexp_split_to_array(lower(coalesce(text, '')), $separator), lambda w: w <> '') AS w
-    FROM items
-),
-item_sized AS (
-    SELECT benchmark, item_id, w, hash(array_to_string(w, ' ')) AS text_key,
-           CASE WHEN len(w) >= $ngram THEN $ngram ELSE len(w) END AS size
-    FROM item_words
+# Per benchmark item: its words, its n-grams (consecutive words joined by one space, hashed by DuckDB), how many
+# distinct item texts of the benchmark hold each n-gram, and so its informative n-grams and their count.
+_EVIDENCE_SQL = ["""
+CREATE TEMP TABLE item_info AS
+    SELECT benchmark, item_id, w, len(w) AS n, hash(array_to_string(w, ' ')) AS text_key
+    FROM (SELECT benchmark, item_id,
+                 list_filter(regexp_split_to_array(lower(coalesce(text, '')), $separator), lambda x: x <> '') AS w
+          FROM items)
     WHERE len(w) >= $min_ngram
-),
-item_grams AS (
-    SELECT DISTINCT benchmark, item_id, text_key, size,
-           unnest(list_transform(range(1, len(w) - size + 2),
-                                 lambda i: hash(array_to_string(w[i:i + size - 1], ' ')))) AS gram
-    FROM item_sized
-),
-bound AS (
-    SELECT benchmark,
-           greatest(1.0, least($max_item_frac * count(DISTINCT item_id), $max_items)) AS max_holders
-    FROM items GROUP BY benchmark
-),
-holders AS (
-    SELECT benchmark, size, gram, count(DISTINCT text_key) AS n_holders
-    FROM item_grams GROUP BY ALL
-),
-evidence AS (
-    SELECT g.benchmark, g.item_id, g.size, g.gram
-    FROM item_grams g
-    JOIN holders h USING (benchmark, size, gram)
-    JOIN bound b USING (benchmark)
+""", """
+CREATE TEMP TABLE item_grams AS
+    SELECT DISTINCT benchmark, item_id, text_key, size, gram FROM (
+        SELECT benchmark, item_id, text_key, $ngram AS size, hash({joined}) AS gram, {last} AS last
+        FROM (SELECT benchmark, item_id, text_key, unnest(w) AS word, unnest(range(n)) AS pos
+              FROM item_info WHERE n >= $ngram)
+        WINDOW win AS (PARTITION BY benchmark, item_id ORDER BY pos)
+        UNION ALL
+        -- Items shorter than `ngram` words are one n-gram of their whole text.
+        SELECT benchmark, item_id, text_key, n AS size, hash(array_to_string(w, ' ')) AS gram, '' AS last
+        FROM item_info WHERE n < $ngram
+    ) WHERE last IS NOT NULL
+""", """
+CREATE TEMP TABLE evidence AS
+    WITH bound AS (
+        SELECT benchmark, greatest(1.0, least($max_item_frac * count(DISTINCT item_id), $max_items)) AS max_holders
+        FROM items GROUP BY benchmark
+    ), holders AS (
+        SELECT benchmark, size, gram, count(DISTINCT text_key) AS n_holders FROM item_grams GROUP BY ALL
+    )
+    SELECT DISTINCT g.benchmark, g.item_id, g.size, g.gram
+    FROM item_grams g JOIN holders h USING (benchmark, size, gram) JOIN bound b USING (benchmark)
     WHERE h.n_holders <= b.max_holders
-),
-item_totals AS (
+""", """
+CREATE TEMP TABLE item_totals AS
     SELECT benchmark, item_id, count(*) AS informative FROM evidence GROUP BY ALL
-),
-sizes AS (SELECT DISTINCT size FROM evidence),
-doc_words AS (
-    SELECT doc, list_filter(regexp_split_to_array(lower(coalesce(text, '')), $separator), lambda w: w <> '') AS w
+"""]
+
+# Per document: its n-grams of every size the evidence uses, the items they match, and how many items pass the rule.
+_DOCS_SQL = """
+WITH doc_words AS (
+    SELECT doc, list_filter(regexp_split_to_array(lower(coalesce(text, '')), $separator), lambda x: x <> '') AS w
     FROM docs
-),
-doc_grams AS (
-    SELECT DISTINCT doc, size,
-           unnest(list_transform(range(1, len(w) - size + 2),
-                                 lambda i: hash(array_to_string(w[i:i + size - 1], ' ')))) AS gram
-    FROM doc_words CROSS JOIN sizes
-    WHERE len(w) >= size
-),
-per_item AS (
-    SELECT d.doc, e.benchmark, e.item_id, count(*) AS matched
+), doc_leads AS (
+    SELECT doc, word, {leads}
+    FROM (SELECT doc, unnest(w) AS word, unnest(range(len(w))) AS pos FROM doc_words)
+    WINDOW win AS (PARTITION BY doc ORDER BY pos)
+), doc_grams AS (
+    {grams}
+), per_item AS (
+    SELECT d.doc, e.benchmark, e.item_id, count(DISTINCT d.gram) AS matched
     FROM doc_grams d JOIN evidence e USING (size, gram)
     GROUP BY ALL
-),
-contaminated AS (
+), contaminated AS (
     SELECT p.doc, count(*) AS items
     FROM per_item p JOIN item_totals t USING (benchmark, item_id)
     WHERE p.matched >= $min_matched OR p.matched >= $min_coverage * t.informative
@@ -87,6 +85,16 @@ SELECT d.doc, coalesce(c.items, 0) AS items
 FROM docs d LEFT JOIN contaminated c USING (doc)
 ORDER BY d.doc
 """
+
+
+def _lead(k: int) -> str:
+    return "word" if k == 0 else f"l{k}"
+
+
+def _joined(size: int, inline: bool = False) -> str:
+    """SQL joining ``size`` consecutive words with one space, from lead columns or inline window calls."""
+    words = [f"lead(word, {k}) OVER win" if inline and k else _lead(k) for k in range(size)]
+    return "concat_ws(' ', " + ", ".join(words) + ")"
 
 
 @functools.lru_cache(maxsize=4)
@@ -107,17 +115,26 @@ def contaminating_items(texts: pl.Series, benchmarks: pl.DataFrame, cfg: Deconta
     """
     docs = pl.DataFrame({"text": texts.cast(pl.String)}).with_row_index("doc")
     items = benchmarks.select("benchmark", "item_id", "text")
-    params = {
-        "separator": _SEPARATOR,
-        "ngram": cfg.ngram,
-        "min_ngram": cfg.min_ngram,
-        "max_item_frac": cfg.boilerplate_max_item_frac,
-        "max_items": cfg.boilerplate_max_items,
-        "min_matched": cfg.min_matched_ngrams,
-        "min_coverage": cfg.min_item_coverage,
-    }
+    common = {"separator": _SEPARATOR}
     with duckdb.connect() as con:
         con.register("docs", docs.to_arrow())
         con.register("items", items.to_arrow())
-        counts = pl.from_arrow(con.sql(_SQL, params=params).to_arrow_table())
+        params = {**common, "ngram": cfg.ngram, "min_ngram": cfg.min_ngram,
+                  "max_item_frac": cfg.boilerplate_max_item_frac, "max_items": cfg.boilerplate_max_items}
+        for statement in _EVIDENCE_SQL:
+            statement = statement.replace("{joined}", _joined(cfg.ngram, inline=True)).replace(
+                "{last}", f"lead(word, {cfg.ngram - 1}) OVER win")
+            con.execute(statement, {k: v for k, v in params.items() if f"${k}" in statement})
+        sizes = sorted(row[0] for row in con.execute("SELECT DISTINCT size FROM evidence").fetchall())
+        if not sizes:
+            return pl.Series(texts.name or "contaminating_items", [0] * len(texts), dtype=pl.UInt32)
+        grams = "\n    UNION ALL\n    ".join(
+            f"SELECT doc, {size} AS size, hash({_joined(size)}) AS gram FROM doc_leads WHERE {_lead(size - 1)} "
+            "IS NOT NULL"
+            for size in sizes
+        )
+        leads = ", ".join(f"lead(word, {k}) OVER win AS l{k}" for k in range(1, max(sizes))) or "NULL AS l0"
+        query = _DOCS_SQL.replace("{leads}", leads).replace("{grams}", grams)
+        params = {**common, "min_matched": cfg.min_matched_ngrams, "min_coverage": cfg.min_item_coverage}
+        counts = pl.from_arrow(con.sql(query, params=params).to_arrow_table())
     return counts["items"].cast(pl.UInt32).rename(texts.name or "contaminating_items")
