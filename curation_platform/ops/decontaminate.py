@@ -433,6 +433,9 @@ def decontaminate(docs: pl.DataFrame, index: pl.DataFrame, cfg: DecontaminationC
         "contaminated_documents_per_benchmark": dict(zip(per_bench["benchmark"], per_bench["documents"])),
         "contaminated_items_per_benchmark": dict(zip(per_bench["benchmark"], per_bench["items"])),
         "boilerplate_ngrams": int(index.filter(~pl.col("informative"))["ngram_hash"].n_unique()),
+        # Items made only of boilerplate cannot be detected; a non-zero count asks for a look at the benchmark.
+        "items_without_evidence": int(index.filter(pl.col("item_ngrams") == 0).select("benchmark", "item_id")
+                                      .n_unique()),
         "mode": cfg.mode,
         "dropped_documents": 0,
         "cut_documents": 0,

@@ -262,6 +262,7 @@ def test_humaneval_planted_verbatim_in_code_document_is_dropped(humaneval, index
     assert result.metrics["contaminated_items_per_benchmark"] == {"humaneval": 1}
     assert "HumanEval/20" not in verdict["detail"]
     assert result.metrics["dropped_documents"] == 1
+    assert result.metrics["boilerplate_ngrams"] > 0 and result.metrics["items_without_evidence"] == 0
 
 
 def test_reformatted_humaneval_item_is_still_caught(humaneval, index, cfg):
@@ -374,6 +375,12 @@ def test_boilerplate_shared_by_many_items_carries_no_evidence(tmp_path):
     assert result.verdicts["doc_id"].to_list() == ["leak"]
     assert "b task/3:" in result.verdicts["detail"][0]
     assert contaminating_items(docs["text"], bench, cfg).to_list() == [0, 0, 0, 0, 0, 1]
+    # Cut mode cuts the lines of the evidence, not the header the item shares with every other item.
+    cut = decontaminate(docs, index, cfg.model_copy(update={"mode": "cut"}))
+    assert cut.verdicts["verdict"].to_list() == ["flag"]
+    kept_leak = cut.kept.filter(pl.col("doc_id") == "leak")["text"][0]
+    assert "Licensed under the Apache License" in kept_leak and "def solve_3" not in kept_leak
+    assert cut.kept.filter(pl.col("doc_id") != "leak")["text"].to_list() == list(texts.values())[:5]
 
 
 def test_boilerplate_bound_is_relative_to_the_benchmark_size():
