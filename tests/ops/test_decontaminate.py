@@ -545,7 +545,8 @@ def drop_with_copied_prompt(humaneval, index, cfg) -> tuple[pl.DataFrame, set[st
     for i, text in enumerate(clean):
         if i % 20 == 7:
             lines = text.split("\n")
-            solution = (f"    seen_{i} = sorted(numbers)\n    for left, right in zip(seen_{i}, seen_{i}[{i % 3 + 1}:]):\n"
+            solution = (f"    seen_{i} = sorted(numbers)\n"
+                        f"    for left, right in zip(seen_{i}, seen_{i}[{i % 3 + 1}:]):\n"
                         f"        if right - left < threshold * {i}:\n            return True\n    return False\n")
             text = "\n".join([*lines[:40], prompt + solution, *lines[40:]])
             planted.add(f"doc{i:04d}")
