@@ -55,7 +55,7 @@ STAGE_DESCRIPTIONS: dict[str, str] = {
     "pii_redacted": "Emails, phones, IPs, cards, IBANs, SSNs and secrets replaced by typed placeholders.",
     "exact_deduped": "XXH3-128 of normalized content against the persistent index of every earlier drop.",
     "near_deduped": "MinHash LSH over word 5-grams against the persistent index; verified pairs; no chain collapse.",
-    "decontaminated": "Word 13-gram overlap with registered benchmarks (HumanEval bundled).",
+    "decontaminated": "Word 13-gram evidence per item of registered benchmarks (HumanEval bundled).",
 }
 
 
