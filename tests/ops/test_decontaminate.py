@@ -492,6 +492,18 @@ def test_reformatting_never_hides_overlap(words, data):
     assert contaminating_items(pl.Series([reformatted]), bench, cfg).to_list() == [1]
 
 
+def test_stage_and_gate_scan_agree_on_non_ascii_words():
+    item = ("Écrivez une fonction naïve qui renvoie le café préféré de chaque employé_id du bureau numéro ٣ "
+            "à Zürich, puis triez les résultats par ordre croissant de leur prix en francs suisses")
+    bench = pl.DataFrame({"benchmark": ["fr"], "item_id": ["q1"], "text": [item]})
+    cfg = DecontaminationConfig()
+    index = benchmark_ngram_index(bench, cfg)
+    docs = _docs({"copy": "Exercice :\n" + item.upper().replace(" ", "  \n"), "clean": UNRELATED_PROSE,
+                  "accents_only": "Écrivez une lettre à Zürich au sujet du café préféré de chaque employé."})
+    assert decontaminate(docs, index, cfg).verdicts["doc_id"].to_list() == ["copy"]
+    assert contaminating_items(docs["text"], bench, cfg).to_list() == [1, 0, 0]
+
+
 def test_cut_mode_rescans_when_cutting_joins_words_into_a_new_overlap():
     first = [f"alpha{i}" for i in range(13)]
     second = [f"beta{i}" for i in range(13)]
