@@ -208,18 +208,18 @@ _RESIDUE_BY_STAGE = {"pii_redacted": ("residual_pii",), "decontaminated": ("benc
 
 
 def residue(docs: pl.DataFrame, cfg: CurationConfig, checks: tuple[str, ...]) -> pl.DataFrame:
-    """Per document (``doc_id``, ``text`` in ``docs``): remaining PII hits and/or benchmark n-gram overlap."""
-    from curation_platform.ops.decontaminate import overlap_count
+    """Per document (``doc_id``, ``text`` in ``docs``): remaining PII hits and/or benchmark items it still contains
+    (re-scanned by ``benchmark_residue``'s own DuckDB implementation, not by the stage's code)."""
+    from curation_platform.benchmark_residue import benchmark_items, contaminating_items
     from curation_platform.ops.pii import scan_pii
-    from curation_platform.pipeline import benchmark_index
 
     columns = {"doc_id": docs["doc_id"]}
     if "residual_pii" in checks:
         languages = docs["language"] if "language" in docs.columns else None
         columns["residual_pii"] = scan_pii(docs["text"], cfg.pii, languages)["total"].cast(pl.Int64)
     if "benchmark_overlap" in checks:
-        columns["benchmark_overlap"] = overlap_count(
-            docs["text"], benchmark_index(cfg), cfg.decontamination).cast(pl.Int64)
+        columns["benchmark_overlap"] = contaminating_items(
+            docs["text"], benchmark_items(cfg.decontamination), cfg.decontamination).cast(pl.Int64)
     return pl.DataFrame(columns, schema={"doc_id": pl.String, **{c: pl.Int64 for c in checks}})
 
 

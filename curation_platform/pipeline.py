@@ -57,7 +57,7 @@ STAGE_DESCRIPTIONS: dict[str, str] = {
     "exact_deduped": "XXH3-128 of normalized content: exact-duplicate clusters against the index of every other drop.",
     "near_deduped": "MinHash LSH over word 5-grams against the index of every other drop; pairs verified by exact "
                     "Jaccard; clusters recorded for the release to pick representatives.",
-    "decontaminated": "Word 13-gram overlap with registered benchmarks (HumanEval bundled).",
+    "decontaminated": "Word 13-gram evidence per item of registered benchmarks (HumanEval bundled).",
 }
 
 

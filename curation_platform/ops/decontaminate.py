@@ -1,9 +1,16 @@
-"""Benchmark decontamination: word n-gram overlap between documents and registered benchmarks.
+"""Benchmark decontamination: word n-gram evidence that a document contains one benchmark item.
 
 Both sides are normalized the same way (lowercase, every run of non-word characters replaced by one space), split
 into words, and every run of ``ngram`` consecutive words is hashed with XXH3-64 (polars-hash, stable across
-versions and machines). A document that shares a hashed n-gram with a benchmark item is contaminated: it is
-dropped (``mode="drop"``) or the lines the shared n-grams span are cut out of it (``mode="cut"``).
+versions and machines).
+
+Evidence is counted per benchmark item. An n-gram found in several items of one benchmark (licence headers,
+instructions, ``from typing import List``) is boilerplate: it says nothing about which item a document holds, so
+it carries no evidence. A document is contaminated by an item when it shares at least ``min_matched_ngrams`` of
+that item's informative n-grams, or at least ``min_item_coverage`` of them (short items). How often a text occurs
+in the scanned drop never matters, so an item copied into thousands of documents is caught in every one. The
+contaminated document is dropped (``mode="drop"``) or the lines the matched n-grams span are cut out of it
+(``mode="cut"``).
 
 Benchmark items shorter than ``ngram`` words are matched on their whole text (down to ``min_ngram`` words);
 shorter items are skipped because a handful of words matches ordinary text by chance.
@@ -40,6 +47,11 @@ INDEX_SCHEMA: dict[str, pl.DataType] = {
     "ngram_size": pl.UInt16,
     "benchmark": pl.String,
     "item_id": pl.String,
+    # Distinct item texts of the benchmark holding this n-gram, and whether that few makes it evidence.
+    "items_with_ngram": pl.UInt32,
+    "informative": pl.Boolean,
+    # Informative n-grams of this row's item: the denominator of its coverage.
+    "item_ngrams": pl.UInt32,
 }
 
 
@@ -74,14 +86,19 @@ class DecontaminationConfig(BaseModel):
     ngram: int = Field(default=13, ge=2)
     # Items shorter than `ngram` words match on their whole text down to this many words (our choice).
     min_ngram: int = Field(default=8, ge=1)
-    # Benchmark n-grams found in more than this fraction of the scanned documents are boilerplate, not a leak
-    # (GPT-3 App. C likewise ignores n-grams that are frequent in the training data).
-    max_corpus_doc_frac: float = Field(default=0.001, ge=0.0, le=1.0)
-    # ... and only when they are also in more than this many documents, so a small drop never ignores a real leak.
-    common_ngram_min_docs: int = Field(default=10, ge=0)
-    # An item with nearly all its n-grams frequent is copied whole into many documents (a widely vendored leak),
-    # not boilerplate it happens to quote: none of its n-grams is ignored (our choice).
-    copied_item_min_frac: float = Field(default=0.95, ge=0.0, le=1.0)
+    # An n-gram shared by more than this fraction of a benchmark's items, or by more than `boilerplate_max_items`
+    # of them, is boilerplate (licence header, instructions) and carries no evidence; one shared by a single item
+    # never is. Items with identical text count once.
+    boilerplate_max_item_frac: float = Field(default=0.01, ge=0.0, le=1.0)
+    boilerplate_max_items: int = Field(default=10, ge=1)
+    # A document is contaminated by an item when it shares at least this many of the item's informative n-grams
+    # (GPT-3's 13-gram collisions, Brown et al. 2020 App. C, with boilerplate excluded per item instead of by
+    # frequency in the training data). 3 (at least 15 shared consecutive words) is our margin against generic
+    # code; bench/decontam_fp.py measures 1, 2 and 3 alike on clean real text (0.04% dropped)...
+    min_matched_ngrams: int = Field(default=3, ge=1)
+    # ... or at least this fraction of them, so short items with few n-grams are caught whole (per-item coverage,
+    # as PaLM's and Llama 2's contamination analyses measure it).
+    min_item_coverage: float = Field(default=0.5, gt=0.0, le=1.0)
     # drop: remove the whole document; cut: remove the overlapping lines and keep the rest.
     mode: Literal["drop", "cut"] = "drop"
 
@@ -213,15 +230,21 @@ def _ngrams(words: pl.DataFrame, size: int) -> pl.DataFrame:
 
 
 def benchmark_ngram_index(benchmarks: pl.DataFrame, cfg: DecontaminationConfig) -> pl.DataFrame:
-    """Hashed word n-grams of benchmark items: (ngram_hash u64, ngram_size u16, benchmark, item_id), unique rows.
+    """Hashed word n-grams of benchmark items, one row per (n-gram, item), with their evidence (INDEX_SCHEMA).
 
     Items of at least ``cfg.ngram`` words give all their ``cfg.ngram``-word n-grams; items of ``cfg.min_ngram``
-    to ``cfg.ngram - 1`` words give one n-gram of their whole text; shorter items give none.
+    to ``cfg.ngram - 1`` words give one n-gram of their whole text; shorter items give none. ``items_with_ngram``
+    counts the distinct item texts of the same benchmark holding the n-gram; above the boilerplate bound the row is
+    not ``informative``. ``item_ngrams`` is the number of informative n-grams of the row's item.
     """
     items = benchmarks.select("benchmark", "item_id", "text").with_row_index("_row")
     words = _words(items.select("_row", "text"))
-    lengths = words.group_by("_row").len("n_words")
-    sized = lengths.with_columns(
+    per_item = words.group_by("_row").agg(
+        pl.len().alias("n_words"),
+        # Items with identical normalized text (duplicates inside a benchmark) count once as evidence holders.
+        plh.col("word").str.join(" ").nchash.xxh3_64().alias("_text_key"),
+    )
+    sized = per_item.with_columns(
         pl.when(pl.col("n_words") >= cfg.ngram)
         .then(pl.lit(cfg.ngram))
         .when(pl.col("n_words") >= cfg.min_ngram)
@@ -237,24 +260,42 @@ def benchmark_ngram_index(benchmarks: pl.DataFrame, cfg: DecontaminationConfig) 
         parts.append(grams.select("_row", "ngram_hash", pl.lit(size, dtype=pl.UInt16).alias("ngram_size")))
     if not parts:
         return pl.DataFrame(schema=INDEX_SCHEMA)
-    return (
+    grams = (
         pl.concat(parts)
         .join(items.select("_row", "benchmark", "item_id"), on="_row")
+        .join(per_item.select("_row", "_text_key"), on="_row")
+        .unique(["benchmark", "item_id", "ngram_size", "ngram_hash"])
+    )
+    n_items = items.group_by("benchmark").agg(pl.col("item_id").n_unique().alias("_n_items"))
+    limit = pl.max_horizontal(
+        pl.lit(1.0), pl.min_horizontal(cfg.boilerplate_max_item_frac * pl.col("_n_items"), cfg.boilerplate_max_items)
+    )
+    return (
+        grams.join(n_items, on="benchmark")
+        .with_columns(
+            pl.col("_text_key").n_unique().over("benchmark", "ngram_size", "ngram_hash").cast(pl.UInt32)
+            .alias("items_with_ngram")
+        )
+        .with_columns((pl.col("items_with_ngram") <= limit).alias("informative"))
+        .with_columns(
+            pl.col("informative").sum().over("benchmark", "item_id").cast(pl.UInt32).alias("item_ngrams")
+        )
         .select(list(INDEX_SCHEMA))
-        .unique()
         .sort("benchmark", "item_id", "ngram_size", "ngram_hash")
     )
 
 
 def _matches(texts: pl.DataFrame, index: pl.DataFrame) -> pl.DataFrame:
-    """(_row, text) against the index: (_row, ngram_hash, first_line, last_line, benchmark, item_id) per shared
-    n-gram occurrence."""
+    """(_row, text) against the informative rows of the index: (_row, ngram_hash, first_line, last_line, benchmark,
+    item_id, item_ngrams) per shared n-gram occurrence and item holding it."""
     schema = {"_row": pl.UInt32, "ngram_hash": pl.UInt64, "first_line": pl.Int32, "last_line": pl.Int32,
-              "benchmark": pl.String, "item_id": pl.String}
-    if texts.is_empty() or index.is_empty():
+              "benchmark": pl.String, "item_id": pl.String, "item_ngrams": pl.UInt32}
+    evidence = index.filter(pl.col("informative")).select("ngram_size", "ngram_hash", "benchmark", "item_id",
+                                                          "item_ngrams")
+    if texts.is_empty() or evidence.is_empty():
         return pl.DataFrame(schema=schema)
-    by_size = {size: index.filter(pl.col("ngram_size") == size).drop("ngram_size")
-               for size in sorted(index["ngram_size"].unique().to_list())}
+    by_size = {size: evidence.filter(pl.col("ngram_size") == size).drop("ngram_size")
+               for size in sorted(evidence["ngram_size"].unique().to_list())}
     parts = []
     for start in range(0, texts.height, _BATCH_DOCS):
         words = _words(texts.slice(start, _BATCH_DOCS))
@@ -263,31 +304,20 @@ def _matches(texts: pl.DataFrame, index: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(parts).select([pl.col(c).cast(t) for c, t in schema.items()])
 
 
-def _common_hashes(matches: pl.DataFrame, index: pl.DataFrame, n_docs: int, cfg: DecontaminationConfig) -> pl.DataFrame:
-    """Shared n-grams in too many of the scanned documents to be a leak (licence headers, boilerplate).
+def _contaminating(matches: pl.DataFrame, cfg: DecontaminationConfig) -> pl.DataFrame:
+    """The (document, item) pairs with enough evidence: (_row, benchmark, item_id, matched, item_ngrams)."""
+    return (
+        matches.group_by("_row", "benchmark", "item_id")
+        .agg(pl.col("ngram_hash").n_unique().alias("matched"), pl.col("item_ngrams").first())
+        .filter(
+            (pl.col("matched") >= cfg.min_matched_ngrams)
+            | (pl.col("matched") >= cfg.min_item_coverage * pl.col("item_ngrams"))
+        )
+    )
 
-    An item most of whose n-grams are that frequent is not boilerplate but a widely copied leak (HumanEval vendored
-    into many repositories), so its n-grams are never ignored.
-    """
-    limit = max(cfg.common_ngram_min_docs, cfg.max_corpus_doc_frac * n_docs)
-    frequent = (
-        matches.group_by("ngram_hash")
-        .agg(pl.col("_row").n_unique().alias("docs"))
-        .filter(pl.col("docs") > limit)
-        .select("ngram_hash")
-    )
-    if frequent.is_empty():
-        return frequent
-    items = index.group_by("benchmark", "item_id").agg(pl.col("ngram_hash").n_unique().alias("item_ngrams"))
-    frequent_per_item = (
-        index.join(frequent, on="ngram_hash", how="semi")
-        .group_by("benchmark", "item_id").agg(pl.col("ngram_hash").n_unique().alias("frequent_ngrams"))
-    )
-    copied_items = frequent_per_item.join(items, on=["benchmark", "item_id"]).filter(
-        pl.col("frequent_ngrams") >= cfg.copied_item_min_frac * pl.col("item_ngrams")
-    )
-    protected = index.join(copied_items.select("benchmark", "item_id"), on=["benchmark", "item_id"], how="semi")
-    return frequent.join(protected.select("ngram_hash").unique(), on="ngram_hash", how="anti")
+
+def _threshold(cfg: DecontaminationConfig) -> str:
+    return f">= {cfg.min_matched_ngrams} item n-grams or >= {cfg.min_item_coverage:.0%} of one item's n-grams"
 
 
 def _scan_text(docs: pl.DataFrame) -> pl.Expr:
@@ -298,57 +328,36 @@ def _scan_text(docs: pl.DataFrame) -> pl.Expr:
     return pl.col("text")
 
 
-def overlap_count(
-    texts: pl.Series, index: pl.DataFrame, cfg: DecontaminationConfig, *, ignore_common: bool = True
-) -> pl.Series:
-    """Number of distinct benchmark n-grams each text shares with the index (UInt32, 0 = clean), in input order.
-
-    For the release gate ("zero overlap in the release"). With ``ignore_common`` the n-grams that are too common
-    among ``texts`` are not counted, as in :func:`decontaminate`.
-    """
-    frame = pl.DataFrame({"text": texts.cast(pl.String)}).with_row_index("_row")
-    matches = _matches(frame, index)
-    if ignore_common:
-        matches = matches.join(_common_hashes(matches, index, frame.height, cfg), on="ngram_hash", how="anti")
-    counts = matches.group_by("_row").agg(pl.col("ngram_hash").n_unique().alias("overlap"))
-    return (
-        frame.select("_row")
-        .join(counts, on="_row", how="left", maintain_order="left")["overlap"]
-        .fill_null(0)
-        .cast(pl.UInt32)
-        .rename(texts.name or "overlap")
-    )
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The stage
 
 
-def _per_document(matches: pl.DataFrame) -> pl.DataFrame:
-    """One row per contaminated document: the benchmark it overlaps most (rule), its count and a human detail."""
-    per_bench = (
-        matches.group_by("_row", "benchmark")
-        .agg(
-            pl.col("ngram_hash").n_unique().alias("overlap"),
-            pl.col("item_id").unique().sort().alias("items"),
-        )
-        .with_columns(
+def _per_document(pairs: pl.DataFrame) -> pl.DataFrame:
+    """One row per contaminated document from its contaminating (document, item) pairs: the benchmark and item
+    with the most matched n-grams (rule, value) and a detail listing the items with their evidence."""
+    ranked = (
+        pairs.with_columns(
             pl.format(
-                "{} item(s) {}{}",
-                pl.col("benchmark"),
-                pl.col("items").list.head(_DETAIL_ITEMS).list.join(", "),
-                pl.when(pl.col("items").list.len() > _DETAIL_ITEMS)
-                .then(pl.format(" and {} more", pl.col("items").list.len() - _DETAIL_ITEMS))
-                .otherwise(pl.lit("")),
+                "{} {}: {} of {} item n-grams ({}%)",
+                pl.col("benchmark"), pl.col("item_id"), pl.col("matched"), pl.col("item_ngrams"),
+                (100 * pl.col("matched") / pl.col("item_ngrams")).round(0).cast(pl.Int64),
             ).alias("_what")
         )
-        # Most overlapping benchmark first, then by name, so the deciding rule is deterministic.
-        .sort(["_row", "overlap", "benchmark"], descending=[False, True, False])
+        # Most evidence first, then by name, so the deciding benchmark and item are deterministic.
+        .sort(["_row", "matched", "benchmark", "item_id"], descending=[False, True, False, False])
     )
-    return per_bench.group_by("_row", maintain_order=True).agg(
+    return ranked.group_by("_row", maintain_order=True).agg(
         pl.col("benchmark").first(),
-        pl.col("overlap").first(),
-        pl.col("_what").str.join("; ").alias("overlaps_with"),
+        pl.col("item_id").first(),
+        pl.col("matched").first().alias("overlap"),
+        pl.col("_what").head(_DETAIL_ITEMS).str.join("; ").alias("_listed"),
+        (pl.len().cast(pl.Int64) - _DETAIL_ITEMS).alias("_more"),
+    ).select(
+        "_row", "benchmark", "item_id", "overlap",
+        pl.when(pl.col("_more") > 0)
+        .then(pl.format("{}; and {} more item(s)", pl.col("_listed"), pl.col("_more")))
+        .otherwise(pl.col("_listed"))
+        .alias("overlaps_with"),
     )
 
 
@@ -400,21 +409,22 @@ def decontaminate(docs: pl.DataFrame, index: pl.DataFrame, cfg: DecontaminationC
     """Remove benchmark overlap from ``docs`` (RECORD_SCHEMA columns) using ``index`` from
     :func:`benchmark_ngram_index`.
 
-    ``mode="drop"``: every document sharing an n-gram with a benchmark gets a ``drop`` verdict under
-    ``decontamination.<benchmark>`` (the benchmark it overlaps most), ``value`` = shared n-grams with it, and a
-    detail naming the benchmark and item ids. ``mode="cut"``: the lines the shared n-grams span are removed and
-    the document is kept with a ``flag`` verdict saying which lines went; a document left empty, or still
-    overlapping after rescans, or a chat record (a turn cannot be cut out of a conversation) is dropped instead.
-    Metrics give contaminated documents and items per benchmark.
+    A document is contaminated by an item when it shares at least ``cfg.min_matched_ngrams`` of the item's
+    informative n-grams, or at least ``cfg.min_item_coverage`` of them. ``mode="drop"``: every contaminated
+    document gets a ``drop`` verdict under ``decontamination.<benchmark>`` (the benchmark of the item with the most
+    matched n-grams), ``value`` = that item's matched n-grams, and a detail naming benchmark, item id and matched
+    n-grams out of the item's informative ones, e.g. ``humaneval HumanEval/0: 84 of 84 item n-grams (100%)``.
+    ``mode="cut"``: the lines the matched n-grams span are removed and the document is kept with a ``flag``
+    verdict saying which lines went; a document left empty, or still contaminated after rescans, or a chat record
+    (a turn cannot be cut out of a conversation) is dropped instead. Metrics give contaminated documents and items
+    per benchmark.
     """
     n_docs = docs.height
     scanned = docs.select(_scan_text(docs).alias("text")).with_row_index("_row")
     matches = _matches(scanned, index)
-    common = _common_hashes(matches, index, n_docs, cfg)
-    matches = matches.join(common, on="ngram_hash", how="anti")
-
-    contaminated = _per_document(matches)
-    per_bench = matches.group_by("benchmark").agg(
+    pairs = _contaminating(matches, cfg)
+    contaminated = _per_document(pairs)
+    per_bench = pairs.group_by("benchmark").agg(
         pl.col("_row").n_unique().alias("documents"), pl.col("item_id").n_unique().alias("items")
     ).sort("benchmark")
     metrics: dict = {
@@ -422,14 +432,17 @@ def decontaminate(docs: pl.DataFrame, index: pl.DataFrame, cfg: DecontaminationC
         "contaminated_documents": int(contaminated.height),
         "contaminated_documents_per_benchmark": dict(zip(per_bench["benchmark"], per_bench["documents"])),
         "contaminated_items_per_benchmark": dict(zip(per_bench["benchmark"], per_bench["items"])),
-        "ignored_common_ngrams": int(common.height),
+        "boilerplate_ngrams": int(index.filter(~pl.col("informative"))["ngram_hash"].n_unique()),
+        # Items made only of boilerplate cannot be detected; a non-zero count asks for a look at the benchmark.
+        "items_without_evidence": int(index.filter(pl.col("item_ngrams") == 0).select("benchmark", "item_id")
+                                      .n_unique()),
         "mode": cfg.mode,
         "dropped_documents": 0,
         "cut_documents": 0,
         "cut_lines": 0,
     }
     ids = docs.select(pl.col("doc_id")).with_row_index("_row")
-    threshold = "> 0"
+    threshold = _threshold(cfg)
 
     if cfg.mode == "drop" or contaminated.is_empty():
         verdicts = contaminated.join(ids, on="_row").select(
@@ -438,12 +451,14 @@ def decontaminate(docs: pl.DataFrame, index: pl.DataFrame, cfg: DecontaminationC
             pl.format("decontamination.{}", pl.col("benchmark")).alias("rule"),
             pl.col("overlap").cast(pl.Float64).alias("value"),
             pl.lit(threshold).alias("threshold"),
-            pl.format("shares {} word n-gram(s) with {}", pl.col("overlap"), pl.col("overlaps_with")).alias("detail"),
+            pl.format("shares word n-grams with {}", pl.col("overlaps_with")).alias("detail"),
         ).sort("doc_id")
         metrics["dropped_documents"] = verdicts.height
         return split_by_verdicts(docs, verdicts, metrics)
 
-    return _cut(docs, scanned, ids, matches, contaminated, common, index, metrics, threshold)
+    # Cut mode removes the lines spanned by the n-grams that made the case, not by stray shared ones.
+    evidence = matches.join(pairs, on=["_row", "benchmark", "item_id"], how="semi")
+    return _cut(docs, scanned, ids, evidence, contaminated, index, cfg, metrics, threshold)
 
 
 def _cut(
@@ -452,8 +467,8 @@ def _cut(
     ids: pl.DataFrame,
     matches: pl.DataFrame,
     contaminated: pl.DataFrame,
-    common: pl.DataFrame,
     index: pl.DataFrame,
+    cfg: DecontaminationConfig,
     metrics: dict,
     threshold: str,
 ) -> StageResult:
@@ -478,8 +493,8 @@ def _cut(
         spanned = _spanned_lines(pending)
         all_cut = _add_cut(original, all_cut, spanned)
         current = _cut_lines(original, all_cut).select("_row", "text")
-        pending = _matches(current.join(pending.select("_row").unique(), on="_row", how="semi"), index)
-        pending = pending.join(common, on="ngram_hash", how="anti")
+        rescanned = _matches(current.join(pending.select("_row").unique(), on="_row", how="semi"), index)
+        pending = rescanned.join(_contaminating(rescanned, cfg), on=["_row", "benchmark", "item_id"], how="semi")
     still = pending.select("_row").unique()
 
     result = _cut_lines(original, all_cut)
@@ -509,11 +524,10 @@ def _cut(
         )
 
     drops = verdict_rows(drop_rows, DROP, pl.format(
-        "shares {} word n-gram(s) with {}; dropped, not cut: {}", pl.col("overlap"), pl.col("overlaps_with"),
-        pl.col("_why")))
+        "shares word n-grams with {}; dropped, not cut: {}", pl.col("overlaps_with"), pl.col("_why")))
     flags = verdict_rows(flag_rows, FLAG, pl.format(
-        "cut lines {} ({} chars) sharing {} word n-gram(s) with {}", pl.col("cut_ranges"), pl.col("cut_chars"),
-        pl.col("overlap"), pl.col("overlaps_with")))
+        "cut lines {} ({} chars) sharing word n-grams with {}", pl.col("cut_ranges"), pl.col("cut_chars"),
+        pl.col("overlaps_with")))
     verdicts = pl.concat([drops, flags]).sort("doc_id", "verdict")
 
     new_text = flag_rows.select("_row", pl.col("text").alias("_new_text"))

