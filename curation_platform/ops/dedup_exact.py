@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from curation_platform.errors import CurationError
 from curation_platform.hashing import xxh128_hex
-from curation_platform.licenses import license_category
+from curation_platform.licenses import license_restrictiveness
 from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts, verdict_frame
 
 RULE_DUPLICATE = "exact_dedup.duplicate"
@@ -77,27 +77,11 @@ def empty_exact_index() -> pl.DataFrame:
     return pl.DataFrame(schema=EXACT_INDEX_SCHEMA)
 
 
-# Keep-rule rank of the license categories, most permissive first. The category itself comes from
-# ``licenses.license_category``, the one classifier the release policy uses too.
-_CATEGORY_RANK: dict[str, int] = {
-    "public-domain": 0,
-    "permissive": 1,
-    "weak-copyleft": 2,
-    "share-alike": 3,
-    "copyleft": 4,
-    "non-commercial": 5,
-    "no-derivatives": 6,
-    "proprietary/unknown": 7,
-}
-_UNKNOWN_RANK = max(_CATEGORY_RANK.values())
-
-
 def license_rank(licenses: pl.Series) -> pl.Series:
-    """Permissiveness rank of each SPDX id or expression, lower is more permissive, from its
-    :func:`~curation_platform.licenses.license_category` (``A OR B`` ranks as its laxer side, ``A AND B`` as its
-    stricter side; unknown or null ranks last). Each distinct value is classified once."""
-    mapping = {v: _CATEGORY_RANK.get(license_category(v), _UNKNOWN_RANK) for v in licenses.unique().to_list()}
-    return licenses.replace_strict(mapping, default=_UNKNOWN_RANK, return_dtype=pl.Int32).fill_null(_UNKNOWN_RANK)
+    """Permissiveness rank of each SPDX id or expression, lower is more permissive: the category order of
+    :func:`~curation_platform.licenses.license_restrictiveness`, the one classifier the release policy uses too
+    (``A OR B`` ranks as its laxer side, ``A AND B`` as its stricter side; unknown or null ranks last)."""
+    return license_restrictiveness(licenses)
 
 
 def keep_order(frame: pl.DataFrame, cfg: _HasKeepRule) -> list[pl.Expr]:
@@ -121,8 +105,8 @@ def keep_order(frame: pl.DataFrame, cfg: _HasKeepRule) -> list[pl.Expr]:
             distinct = licenses.unique()
             mapping = dict(zip(distinct.to_list(), license_rank(distinct).to_list()))
             source = pl.col("license").cast(pl.String) if "license" in columns else pl.lit(None, dtype=pl.String)
-            keys.append(source.replace_strict(mapping, default=_UNKNOWN_RANK, return_dtype=pl.Int32)
-                        .fill_null(_UNKNOWN_RANK))
+            last = license_rank(pl.Series([None], dtype=pl.String)).item()  # unknown or null ranks last
+            keys.append(source.replace_strict(mapping, default=last, return_dtype=pl.Int32).fill_null(last))
         else:
             keys.append(pl.col("doc_id"))
     return [k.alias(f"_keep_key_{i}") for i, k in enumerate(keys)]
