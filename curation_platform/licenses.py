@@ -321,10 +321,16 @@ def _node_category(node) -> Category:
     return _RESTRICTIVENESS[max(ranks) if isinstance(node, _licensing().AND) else min(ranks)]
 
 
+# Permissive licenses whose text drops the notice requirement (SPDX ids).
+_NO_ATTRIBUTION = frozenset({"0BSD", "MIT-0", "Unlicense", "WTFPL", "CC0-1.0", "PDDL-1.0"})
+
+
 def _node_attribution(node) -> bool:
     if isinstance(node, (LicenseSymbol, LicenseWithExceptionSymbol)):
-        # ScanCode records no attribution flag; only public-domain dedications waive the credit.
-        return platform_category(_symbol_entry(node)) != "public-domain"
+        # ScanCode records no attribution flag: public-domain dedications and the few permissive licenses written
+        # to waive the notice requirement need no credit.
+        key = getattr(node, "license_symbol", node).key
+        return key not in _NO_ATTRIBUTION and platform_category(_symbol_entry(node)) != "public-domain"
     flags = [_node_attribution(p) for p in node.args]
     # With a choice (OR) one can pick a side without attribution; with AND every side applies.
     return any(flags) if isinstance(node, _licensing().AND) else all(flags)

@@ -341,3 +341,13 @@ def test_license_breakdown():
         {"license": "CC0-1.0", "documents": 1, "attribution_required": False, "category": "public-domain"},
         {"license": None, "documents": 1, "attribution_required": True, "category": "proprietary/unknown"},
     ]
+
+
+@pytest.mark.parametrize("spdx", ["0BSD", "MIT-0", "Unlicense", "CC0-1.0", "0BSD OR GPL-3.0-only"])
+def test_licenses_written_to_waive_the_notice_need_no_attribution(spdx):
+    assert attribution_required(spdx) is False
+
+
+@pytest.mark.parametrize("spdx", ["MIT", "BSD-3-Clause", "CC-BY-4.0", "0BSD AND MIT"])
+def test_notice_licenses_need_attribution(spdx):
+    assert attribution_required(spdx) is True
