@@ -28,14 +28,53 @@ from curation_platform.records import StageResult
 # Gopher stop words, Rae et al. 2021 (matched case-sensitively, as DataTrove does).
 GOPHER_STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]
 
-# A word (letters/digits joined by - ' ’ . ,), an ellipsis, or any other single visible character.
-_TOKEN_RE = r"\w+(?:[-'’.,]\w+)*|\.\.\.|[^\w\s]"
-# A token with a character outside punctuation, symbols, controls and spaces is a word, not a symbol.
-_NON_SYMBOL_RE = r"[^\p{P}\p{S}\p{C}\s]"
+# Word splitting follows DataTrove's English ``split_into_words`` (spaCy's rule-based English tokenizer, blank
+# pipeline): text splits on whitespace; punctuation is peeled off both ends of a chunk one character at a time;
+# a few infixes split inside a chunk. Done as two regex passes: ``_INFIX_RE`` spaces out the inside splits, then
+# ``_TOKEN_RE`` takes URLs, dotted abbreviations, words and single punctuation characters.
+# Characters peeled off the start of a chunk (spaCy prefixes) and off its end (suffixes; "." is handled apart).
+_PREFIX = r"""()\[\]{}<>"'`‘’“”«»„‚´,;:!?¿¡_#*&$£€¥§—–=%+…\p{So}"""
+_SUFFIX = r"""()\[\]{}<>"'`‘’“”«»„‚´,;:!?¿¡_#*&%—–…\p{So}\p{Sc}"""
+# Inside a chunk: ellipses, a hyphen or : < > = / between a letter/digit and a letter, a comma between letters,
+# a period between a lower-case letter and an upper-case one, + - * ^ between digits, contractions ('s, n't,
+# 're, ...) and "cannot". A chunk from a host name or URL on (spaCy's url_match: labels and a lower-case
+# top-level domain, or a scheme) matches first and comes out unchanged.
+_INFIX_RE = (
+    r"((?:[A-Za-z][A-Za-z0-9+.\-]*://)?[\p{L}\p{N}_][\p{L}\p{N}_-]*(?:\.[\p{L}\p{N}_-]+)*\.\p{Ll}{2,}"
+    r"\S*|[A-Za-z][A-Za-z0-9+.\-]*://\S*)"
+    r"|(\.\.+|…)"
+    r"|([\p{L}\p{N}])([-–—~:<>=/]|--)(\p{L})"
+    r"|(\p{L})(,)(\p{L})"
+    r"|([\p{Ll}'\"’”])(\.)(\p{Lu})"
+    r"|(\p{N})([-+*^])(\p{N})"
+    r"|(\p{L})((?:n['’]t|['’](?:[sSdm]|re|ll|ve))\b)"
+    r"|\b([Cc]an)(not)\b"
+)
+_INFIX_REPLACEMENT = "$1${3}${6}${9}${12}${15}${17} $2${4}${7}${10}${13}${16}${18} ${5}${8}${11}${14}"
+_TOKEN_RE = (
+    r"\.\.+|…|\):|''"  # ellipses and the emoticon-like "):" stay whole
+    r"|['’](?:[sSdm]|re|ll|ve)\b"  # contraction endings split off by the infix pass
+    r"|(?:\p{Lu}\.)+|(?:e\.g|i\.e|a\.m|p\.m|Mr|Mrs|Ms|Dr|St|Jr|Sr|vs|Inc|Ltd|Co|Corp)\."  # U.S., e.g.
+    rf"|[^\s{_PREFIX}](?:[^\s]*[^\s{_SUFFIX}.])?"  # a chunk minus peeled prefixes and suffixes
+    r"|\S"  # a peeled character
+)
+# DataTrove's PUNCTUATION_SET: ASCII punctuation, controls, a few typographic marks and sentence terminators.
+# A token with a character outside it is a word (Gopher's "non-symbol word").
+_NON_SYMBOL_RE = (
+    r"[^!-/:-@\[-`{-~\x00-\x08\x0B-\x1F\x7F-\x9F—”“„’´–…«»►〈〉《》「」【】、━，；∶．（）？！：％１～。"
+    r"\p{Sentence_Terminal}\u17D6\u17D9\u17DA]"
+)
 # C4 (tensorflow_datasets c4_utils): Wikipedia-style citations removed before the terminal-punctuation check.
 _C4_CITATION_RE = r"\[\d*\]|\[edit\]|\[citation needed\]"
 _C4_POLICY_RE = r"(?i)terms of use|privacy policy|cookie policy|uses cookies|use of cookies|use cookies"
-_C4_SENTENCE_END_RE = r"[.!?]+['\"’”)\]]*(?:\s+|$)"
+# FineWeb's line ending: a Unicode sentence terminator (DataTrove's TERMINAL_PUNCTUATION is that property plus
+# three Khmer signs), so a closing quote or bracket does not count.
+_TERMINAL_PUNCT_END_RE = r"[\p{Sentence_Terminal}\u17D6\u17D9\u17DA]$"
+# C4 sentences are DataTrove's English sentence splitter (spaCy's sentencizer): a sentence starts at the first
+# non-punctuation token after a sentence-terminator token. With tokens classed S (a lone terminator), p (all
+# punctuation) or W (anything else), the sentences of a line are 1 + the matches of "S[pS]*W".
+_SENTENCE_TERMINATOR_TOKEN_RE = r"^[\p{Sentence_Terminal}\u17D6\u17D9\u17DA]$"
+_PUNCT_TOKEN_RE = r"^\p{P}+$"
 # StarCoder encoded-data regexes (Li et al. 2023): base64, hex byte lists, unicode escapes.
 _BASE64_RE = r"[a-zA-Z0-9+/=\n]{64,}"
 _HEX_RE = r"(?:\b(?:0x|\\x)?[0-9a-fA-F]{2}(?:,|\b\s*)){8,}"
@@ -90,7 +129,7 @@ SIGNAL_COLUMNS: dict[str, str] = {
     "bullet_line_frac": "Gopher: lines starting with a bullet ('•' or '-') / lines",
     "ellipsis_line_frac": "Gopher: lines ending with '...' or '…' / lines",
     "alpha_word_frac": "Gopher: tokens with an alphabetic character / all tokens",
-    "stop_word_count": "Gopher: tokens equal to a stop word (the, be, to, of, and, that, have, with)",
+    "stop_word_count": "Gopher: distinct stop words among the tokens (the, be, to, of, and, that, have, with)",
     "dup_para_frac": "Gopher repetition: repeated paragraphs / paragraphs",
     "dup_para_char_frac": "Gopher repetition: characters in repeated paragraphs / characters",
     "dup_line_frac": "Gopher repetition: repeated lines / lines",
@@ -106,9 +145,10 @@ SIGNAL_COLUMNS: dict[str, str] = {
     "c4_removed_line_frac": "C4: lines the C4 line filter would remove / lines",
     "c4_lorem_ipsum": "C4: 1 if a kept-so-far line contains 'lorem ipsum'",
     "c4_curly_bracket": "C4: 1 if a kept-so-far line contains '{'",
-    "c4_sentence_count": "C4: sentences in the lines C4 keeps",
-    "line_punct_ratio": "FineWeb: lines ending in . ' \" ! ? / lines (Penedo et al. 2024)",
-    "short_line_ratio": "FineWeb: lines of at most 30 characters / lines",
+    "c4_sentence_count": "C4: sentences (spaCy-sentencizer rule) in the lines C4 keeps",
+    "line_punct_ratio": "FineWeb: non-blank lines ending in a sentence terminator (. ! ? ...) / non-blank lines"
+                        " (Penedo et al. 2024)",
+    "short_line_ratio": "FineWeb: non-blank lines of at most 30 characters / non-blank lines",
     "char_dup_ratio": "FineWeb: characters in repeated non-empty lines / characters without newlines",
     "newline_to_word_ratio": "FineWeb list_ratio: newlines / all tokens",
     "code_max_line_length": "code: longest line in characters (Codex/StarCoder)",
@@ -179,13 +219,26 @@ def _greedy_dup_chars(rows: list[int], pos: list[int], keys: list[int], chars: l
             seen.add(key)
 
 
+def _tokens_expr(text: pl.Expr) -> pl.Expr:
+    """List of word tokens per text, DataTrove's English ``split_into_words`` semantics (see ``_TOKEN_RE``)."""
+    spaced = text.str.replace_all(_INFIX_RE, _INFIX_REPLACEMENT)
+    # Overlapping infixes (a-b-c) need a second pass; the first one consumed the shared letter.
+    spaced = spaced.str.replace_all(_INFIX_RE, _INFIX_REPLACEMENT)
+    return spaced.str.extract_all(_TOKEN_RE)
+
+
+def tokenize(texts: pl.Series) -> pl.Series:
+    """Word tokens of each text as a list column (the tokens every Gopher word signal counts)."""
+    return pl.DataFrame({"t": texts}).select(_tokens_expr(pl.col("t")))["t"]
+
+
 def _token_signals(texts: pl.Series, text_chars: np.ndarray, cfg: SignalsConfig) -> dict[str, np.ndarray]:
     """Word-level Gopher signals and the n-gram repetition signals, from one flat token table."""
     n_docs = len(texts)
     tokens = (
         pl.DataFrame({"t": texts})
         .with_row_index("row")
-        .select("row", pl.col("t").str.extract_all(_TOKEN_RE).alias("tok"))
+        .select("row", _tokens_expr(pl.col("t")).alias("tok"))
         .explode("tok")
         .drop_nulls("tok")
         .select(
@@ -204,7 +257,9 @@ def _token_signals(texts: pl.Series, text_chars: np.ndarray, cfg: SignalsConfig)
     n_words = _per_row_sum(row[is_word], None, n_docs)
     word_chars = _per_row_sum(row[is_word], chars[is_word], n_docs)
     n_alpha = _per_row_sum(row[tokens["is_alpha"].to_numpy()], None, n_docs)
-    n_stop = _per_row_sum(row[tokens["is_stop"].to_numpy()], None, n_docs)
+    # Gopher counts the distinct stop words present (a set intersection), not their occurrences.
+    stop_tokens = tokens.filter("is_stop").unique(["row", "hash"])
+    n_stop = _per_row_sum(stop_tokens["row"].to_numpy(), None, n_docs)
     out: dict[str, np.ndarray] = {
         "word_count": n_words,
         "word_and_symbol_count": n_tokens,
@@ -314,8 +369,9 @@ def _line_signals(texts: pl.Series, cfg: SignalsConfig) -> pl.DataFrame:
     features = lines.with_columns(
         pl.col("line").str.contains(rf"^\s*(?:{bullets})").alias("bullet"),
         pl.col("line").str.contains(r"(?:\.\.\.|…)\s*$").alias("ellipsis_end"),
-        pl.col("line").str.contains(r"[.'\"!?]$").alias("fw_punct"),
-        (pl.col("line").str.len_chars() <= cfg.short_line_length).alias("fw_short"),
+        # FineWeb judges only non-blank lines; a line ends in a Unicode sentence terminator (not a quote).
+        (pl.col("line").str.contains(_TERMINAL_PUNCT_END_RE) & (pl.col("stripped") != "")).alias("fw_punct"),
+        ((pl.col("line").str.len_chars() <= cfg.short_line_length) & (pl.col("stripped") != "")).alias("fw_short"),
         pl.col("line").str.len_chars().alias("chars"),
         c4_long_word.alias("c4_long_word"),
         c4_no_punct.alias("c4_no_punct"),
@@ -324,7 +380,7 @@ def _line_signals(texts: pl.Series, cfg: SignalsConfig) -> pl.DataFrame:
         c4_clean.str.contains("(?i)javascript").alias("c4_js"),
         c4_clean.str.contains("{", literal=True).alias("c4_curly"),
         c4_clean.str.contains(_C4_POLICY_RE).alias("c4_policy"),
-        c4_clean.str.count_matches(_C4_SENTENCE_END_RE).alias("c4_sentence_ends"),
+        c4_clean.alias("c4_line"),
     ).with_columns(
         # C4 checks a line in order and stops at the first removal; lorem ipsum and '{' only count on lines
         # that reached that check (lorem ipsum is checked before javascript, '{' after it).
@@ -353,7 +409,7 @@ def _line_signals(texts: pl.Series, cfg: SignalsConfig) -> pl.DataFrame:
         pl.col("in_splitlines").sum().alias("n_lines"),
         (pl.col("bullet") & pl.col("in_splitlines")).sum().alias("bullet_lines"),
         (pl.col("ellipsis_end") & pl.col("in_splitlines")).sum().alias("ellipsis_lines"),
-        pl.len().alias("n_split"),
+        (pl.col("stripped") != "").sum().alias("n_non_blank"),
         pl.col("fw_punct").sum().alias("fw_punct"),
         pl.col("fw_short").sum().alias("fw_short"),
         (pl.col("in_splitlines") & pl.col("c4_no_punct") & ~pl.col("c4_long_word")).sum().alias("c4_no_punct"),
@@ -365,8 +421,6 @@ def _line_signals(texts: pl.Series, cfg: SignalsConfig) -> pl.DataFrame:
         .sum().alias("c4_removed"),
         (pl.col("in_splitlines") & pl.col("c4_lorem_hit")).any().cast(pl.Int64).alias("c4_lorem_ipsum"),
         (pl.col("in_splitlines") & pl.col("c4_curly_hit")).any().cast(pl.Int64).alias("c4_curly_bracket"),
-        pl.when(pl.col("in_splitlines") & pl.col("c4_kept")).then(pl.max_horizontal(pl.col("c4_sentence_ends"), 1))
-        .otherwise(0).sum().cast(pl.Int64).alias("c4_sentence_count"),
     )
     n_docs = len(texts)
     g_rows = gopher_lines["row"].to_numpy().astype(np.int64)
@@ -380,7 +434,23 @@ def _line_signals(texts: pl.Series, cfg: SignalsConfig) -> pl.DataFrame:
         "g_dup_chars": _per_row_sum(g_rows[g_rep], gopher_lines["chars"].to_numpy()[g_rep], n_docs),
         "f_dup_chars": _per_row_sum(f_rows[f_rep], fw_lines["chars"].to_numpy()[f_rep], n_docs),
     })
+    # Sentences are counted only on the lines C4 keeps (a small share of a page), one tokenization of each.
+    kept_lines = features.filter(pl.col("in_splitlines") & pl.col("c4_kept")).select("row", "c4_line")
+    sentences = kept_lines.select("row", _sentence_count(pl.col("c4_line")).alias("n")).group_by("row").agg(
+        pl.col("n").sum().cast(pl.Int64).alias("c4_sentence_count")
+    )
+    per_doc = per_doc.join(sentences, on="row", how="left").with_columns(pl.col("c4_sentence_count").fill_null(0))
     return repetition.join(per_doc, on="row", how="left", maintain_order="left")
+
+
+def _sentence_count(line: pl.Expr) -> pl.Expr:
+    """Sentences in each line, as DataTrove's English ``split_into_sentences`` counts them (at least 1)."""
+    token_classes = _tokens_expr(line).list.eval(
+        pl.when(pl.element().str.contains(_SENTENCE_TERMINATOR_TOKEN_RE)).then(pl.lit("S"))
+        .when(pl.element().str.contains(_PUNCT_TOKEN_RE)).then(pl.lit("p"))
+        .otherwise(pl.lit("W"))
+    ).list.join("")
+    return token_classes.str.count_matches("S[pS]*W") + 1
 
 
 def _escape(literal: str) -> str:
@@ -467,8 +537,8 @@ def _prose_signals(docs: pl.DataFrame, cfg: SignalsConfig) -> pl.DataFrame:
         "c4_lorem_ipsum",
         "c4_curly_bracket",
         "c4_sentence_count",
-        _ratio(pl.col("fw_punct"), pl.col("n_split")).alias("line_punct_ratio"),
-        _ratio(pl.col("fw_short"), pl.col("n_split")).alias("short_line_ratio"),
+        _ratio(pl.col("fw_punct"), pl.col("n_non_blank")).alias("line_punct_ratio"),
+        _ratio(pl.col("fw_short"), pl.col("n_non_blank")).alias("short_line_ratio"),
         _ratio(pl.col("f_dup_chars"), chars - pl.col("newlines")).alias("char_dup_ratio"),
         _ratio(pl.col("newlines"), tokens_all).alias("newline_to_word_ratio"),
     )

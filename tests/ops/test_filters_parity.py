@@ -231,18 +231,18 @@ def test_c4_sentences_within_a_line():
     assert "c4.min_sentences" not in rules
 
 
-@pytest.mark.parametrize(("punct", "total", "broken"), [(3, 25, True), (1, 8, False)])
+@pytest.mark.parametrize(("punct", "total", "broken"), [(2, 25, True), (3, 25, False), (1, 8, False)])
 def test_fineweb_line_punct_ratio(punct, total, broken):
-    # FineWeb drops at ratio <= 0.12: 3/25 = 0.12 is dropped, 1/8 = 0.125 is kept.
+    # FineWeb drops when the ratio is below 0.12 (ratio < line_punct_thr): 3/25 = 0.12 is kept.
     lines = [f"ends well {w}." for w in words(punct)] + [f"no stop {w}" for w in words(total - punct)]
     s, rules = evaluate("\n".join(lines))
     assert s["line_punct_ratio"] == pytest.approx(punct / total)
     assert ("fineweb.line_punct_ratio" in rules) is broken
 
 
-@pytest.mark.parametrize(("short", "total", "broken"), [(2, 3, False), (67, 100, True)])
+@pytest.mark.parametrize(("short", "total", "broken"), [(2, 3, False), (67, 100, False), (68, 100, True)])
 def test_fineweb_short_line_ratio(short, total, broken):
-    # FineWeb drops at ratio >= 0.67: 2/3 = 0.667 is kept, 67/100 dropped.
+    # FineWeb drops when the ratio is above 0.67: 2/3 and 67/100 are kept, 68/100 is dropped.
     long_line = "This line is comfortably longer than thirty characters."
     lines = [f"short {w}." for w in words(short)] + [long_line + f" {w}" for w in words(total - short)]
     s, rules = evaluate("\n".join(lines))
@@ -250,9 +250,10 @@ def test_fineweb_short_line_ratio(short, total, broken):
     assert ("fineweb.short_line_ratio" in rules) is broken
 
 
-@pytest.mark.parametrize(("width", "ratio", "broken"), [(98, 1 / 100, True), (99, 1 / 101, False)])
+@pytest.mark.parametrize(("width", "ratio", "broken"), [(97, 1 / 99, True), (98, 1 / 100, False),
+                                                       (99, 1 / 101, False)])
 def test_fineweb_char_dup_ratio(width, ratio, broken):
-    # FineWeb drops at ratio >= 0.01: one repeated 1-char line over 100 non-newline characters is dropped.
+    # FineWeb drops when the ratio is above 0.01: one repeated 1-char line over 100 characters is kept.
     s, rules = evaluate("a\na\n" + "b" * width)
     assert s["char_dup_ratio"] == pytest.approx(ratio)
     assert ("fineweb.char_dup_ratio" in rules) is broken
