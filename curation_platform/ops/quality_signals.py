@@ -2,14 +2,14 @@
 
 The stage only ADDS columns; ``ops/filters.py`` turns them into drops with rules. Definitions follow DataTrove's
 filters (GopherQualityFilter, GopherRepetitionFilter, C4QualityFilter, FineWebQualityFilter), which implement
-Rae et al. 2021 (Gopher), Raffel et al. 2020 (C4) and Penedo et al. 2024 (FineWeb). Deviations, all deliberate:
+Rae et al. 2021 (Gopher), Raffel et al. 2020 (C4) and Penedo et al. 2024 (FineWeb), including DataTrove's English
+word and sentence splitting (a blank spaCy English tokenizer and sentencizer), re-expressed as two regex passes
+and a token-class pattern. ``bench/filter_parity.py`` measures the keep/drop agreement per rule family on real
+text (README, "Reference parity"). Deviations, all deliberate:
 
-- Words come from one regex tokenizer (a run of word characters joined by ``- ' ’ . ,``, an ellipsis ``...``,
-  or any single other non-space character) instead of NLTK's Punkt + Treebank tokenizer: contractions stay one
-  token ("don't"), double quotes stay ``"``. A token is a *symbol* when every character is Unicode punctuation,
-  symbol, control or space (DataTrove uses a hand-made punctuation list).
-- C4 sentences are counted as runs of ``. ! ?`` followed by whitespace or the end of the line (at least one per
-  kept line) instead of Punkt; C4's line removals are reported as fractions, the text is not rewritten.
+- The word splitter reproduces spaCy's prefix, suffix, infix, URL and contraction rules for what English text
+  needs, not its whole exception table or its unit suffixes ("10km" stays one token).
+- C4's line removals are reported as fractions; the text is not rewritten.
 - Lines are split on ``\\n`` only (the normalize stage turns other line breaks into ``\\n``).
 
 Everything is Polars expressions plus numpy over flat token arrays. The one exception is the Gopher
