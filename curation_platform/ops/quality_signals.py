@@ -72,7 +72,7 @@ _C4_POLICY_RE = r"(?i)terms of use|privacy policy|cookie policy|uses cookies|use
 _TERMINAL_PUNCT_END_RE = r"[\p{Sentence_Terminal}\u17D6\u17D9\u17DA]$"
 # C4 sentences are DataTrove's English sentence splitter (spaCy's sentencizer): a sentence starts at the first
 # non-punctuation token after a sentence-terminator token. With tokens classed S (a lone terminator), p (all
-# punctuation) or W (anything else), the sentences of a line are 1 + the matches of "S[pS]*W".
+# punctuation) or W (anything else), the sentences of a line are 1 + the matches of "S[pS]*W" in its classes.
 _SENTENCE_TERMINATOR_TOKEN_RE = r"^[\p{Sentence_Terminal}\u17D6\u17D9\u17DA]$"
 _PUNCT_TOKEN_RE = r"^\p{P}+$"
 # StarCoder encoded-data regexes (Li et al. 2023): base64, hex byte lists, unicode escapes.
@@ -232,17 +232,25 @@ def tokenize(texts: pl.Series) -> pl.Series:
     return pl.DataFrame({"t": texts}).select(_tokens_expr(pl.col("t")))["t"]
 
 
-def _token_signals(texts: pl.Series, text_chars: np.ndarray, cfg: SignalsConfig) -> dict[str, np.ndarray]:
-    """Word-level Gopher signals and the n-gram repetition signals, from one flat token table."""
+def _token_signals(texts: pl.Series, text_chars: np.ndarray,
+                   cfg: SignalsConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Word-level Gopher signals and the n-gram repetition signals, from one flat token table; plus the
+    sentences of every ``\\n``-separated line (in row, then line order) for C4.
+
+    Tokens never contain whitespace, so tokenizing line by line gives the document's tokens in order."""
     n_docs = len(texts)
+    lines = pl.DataFrame({"t": texts}).with_row_index("row").select(
+        "row", pl.col("t").str.split("\n").alias("line")
+    ).explode("line").with_row_index("line_id")
     tokens = (
-        pl.DataFrame({"t": texts})
-        .with_row_index("row")
-        .select("row", _tokens_expr(pl.col("t")).alias("tok"))
+        lines.select("line_id", "row", _tokens_expr(pl.col("line")).alias("tok"))
         .explode("tok")
         .drop_nulls("tok")
         .select(
+            "line_id",
             pl.col("row").cast(pl.Int64),
+            pl.col("tok").str.contains(_SENTENCE_TERMINATOR_TOKEN_RE).alias("terminator"),
+            (~pl.col("tok").str.contains(_PUNCT_TOKEN_RE)).alias("not_punct"),
             pl.col("tok").hash(seed=7).alias("hash"),
             pl.col("tok").str.len_chars().cast(pl.Int64).alias("chars"),
             pl.col("tok").str.contains(_NON_SYMBOL_RE).alias("is_word"),
@@ -250,6 +258,7 @@ def _token_signals(texts: pl.Series, text_chars: np.ndarray, cfg: SignalsConfig)
             pl.col("tok").is_in(cfg.stop_words).alias("is_stop"),
         )
     )
+    line_sentences = _line_sentences(tokens, lines.height)
     row = tokens["row"].to_numpy()
     chars = tokens["chars"].to_numpy()
     is_word = tokens["is_word"].to_numpy()
@@ -305,7 +314,7 @@ def _token_signals(texts: pl.Series, text_chars: np.ndarray, cfg: SignalsConfig)
     for name, values in out.items():
         if name.endswith("_char_frac"):
             out[name] = np.where(text_chars > 0, values, np.nan)
-    return out
+    return out, line_sentences
 
 
 def _is_duplicated(keys: np.ndarray) -> np.ndarray:
@@ -342,8 +351,9 @@ def _top_ngram_chars(repeated: np.ndarray, keys: np.ndarray, row: np.ndarray, do
     return result
 
 
-def _line_signals(texts: pl.Series, cfg: SignalsConfig) -> pl.DataFrame:
-    """Line-level Gopher, Gopher repetition, C4 and FineWeb signals from one exploded line table."""
+def _line_signals(texts: pl.Series, cfg: SignalsConfig, line_sentences: np.ndarray) -> pl.DataFrame:
+    """Line-level Gopher, Gopher repetition, C4 and FineWeb signals from one exploded line table;
+    ``line_sentences`` holds the sentences of every line, in the same order."""
     lines = (
         pl.DataFrame({"t": texts})
         .with_row_index("row")
@@ -434,23 +444,60 @@ def _line_signals(texts: pl.Series, cfg: SignalsConfig) -> pl.DataFrame:
         "g_dup_chars": _per_row_sum(g_rows[g_rep], gopher_lines["chars"].to_numpy()[g_rep], n_docs),
         "f_dup_chars": _per_row_sum(f_rows[f_rep], fw_lines["chars"].to_numpy()[f_rep], n_docs),
     })
-    # Sentences are counted only on the lines C4 keeps (a small share of a page), one tokenization of each.
-    kept_lines = features.filter(pl.col("in_splitlines") & pl.col("c4_kept")).select("row", "c4_line")
-    sentences = kept_lines.select("row", _sentence_count(pl.col("c4_line")).alias("n")).group_by("row").agg(
-        pl.col("n").sum().cast(pl.Int64).alias("c4_sentence_count")
+    # C4 counts sentences on the lines it keeps, after removing citations: lines with a citation are
+    # tokenized again without it (rare); the others use the sentences counted with the document's tokens.
+    kept = features.with_columns(pl.Series("sentences", line_sentences)).filter(
+        pl.col("in_splitlines") & pl.col("c4_kept")
     )
-    per_doc = per_doc.join(sentences, on="row", how="left").with_columns(pl.col("c4_sentence_count").fill_null(0))
+    cited = kept.filter(pl.col("c4_line") != pl.col("stripped"))
+    if not cited.is_empty():
+        cited_tokens = (
+            cited.with_row_index("line_id")
+            .select("line_id", "row", _tokens_expr(pl.col("c4_line")).alias("tok"))
+            .explode("tok")
+            .drop_nulls("tok")
+            .select(
+                "line_id",
+                pl.col("tok").str.contains(_SENTENCE_TERMINATOR_TOKEN_RE).alias("terminator"),
+                (~pl.col("tok").str.contains(_PUNCT_TOKEN_RE)).alias("not_punct"),
+            )
+        )
+        recounted = pl.DataFrame({"sentences": _line_sentences(cited_tokens, cited.height)})
+        kept = pl.concat([
+            kept.filter(pl.col("c4_line") == pl.col("stripped")).select("row", "sentences"),
+            pl.concat([cited.select("row"), recounted], how="horizontal"),
+        ])
+    rows = kept["row"].to_numpy().astype(np.int64)
+    sentences = pl.DataFrame({
+        "row": np.arange(n_docs, dtype=np.uint32),
+        "c4_sentence_count": _per_row_sum(rows, kept["sentences"].to_numpy(), n_docs).astype(np.int64),
+    })
+    per_doc = per_doc.join(sentences, on="row", how="left")
     return repetition.join(per_doc, on="row", how="left", maintain_order="left")
 
 
-def _sentence_count(line: pl.Expr) -> pl.Expr:
-    """Sentences in each line, as DataTrove's English ``split_into_sentences`` counts them (at least 1)."""
-    token_classes = _tokens_expr(line).list.eval(
-        pl.when(pl.element().str.contains(_SENTENCE_TERMINATOR_TOKEN_RE)).then(pl.lit("S"))
-        .when(pl.element().str.contains(_PUNCT_TOKEN_RE)).then(pl.lit("p"))
-        .otherwise(pl.lit("W"))
-    ).list.join("")
-    return token_classes.str.count_matches("S[pS]*W") + 1
+def _line_sentences(tokens: pl.DataFrame, n_lines: int) -> np.ndarray:
+    """Sentences per line, as DataTrove's English ``split_into_sentences`` counts them: 1, plus 1 for every
+    non-punctuation token with a terminator token ('.', '!', '?', ...) since the previous non-punctuation token
+    of its line. ``tokens`` has ``line_id`` (0..n_lines-1, ascending), ``terminator`` and ``not_punct``."""
+    counts = np.ones(n_lines, dtype=np.int64)
+    if tokens.is_empty():
+        return counts
+    line = tokens["line_id"].to_numpy().astype(np.int64)
+    terminator = tokens["terminator"].to_numpy()
+    terminators_so_far = np.cumsum(terminator)
+    words = np.flatnonzero(tokens["not_punct"].to_numpy())
+    if len(words) == 0:
+        return counts
+    # Terminators up to each word token, and up to the previous word token of its line (or its line start).
+    at_word = terminators_so_far[words]
+    line_start = np.flatnonzero(np.r_[True, line[1:] != line[:-1]])
+    before_line = terminators_so_far[line_start] - terminator[line_start]
+    previous = np.r_[0, at_word[:-1]]
+    word_line = line[words]
+    opens_line = np.r_[True, word_line[1:] != word_line[:-1]]
+    previous[opens_line] = before_line[np.searchsorted(line_start, words[opens_line], side="right") - 1]
+    return counts + np.bincount(word_line[at_word > previous], minlength=n_lines)
 
 
 def _escape(literal: str) -> str:
@@ -504,10 +551,9 @@ def _prose_signals(docs: pl.DataFrame, cfg: SignalsConfig) -> pl.DataFrame:
         pl.col("t").str.count_matches("\n", literal=True).alias("newlines"),
     )
     text_chars = scalar["text_chars"].to_numpy()
-    tokens = pl.concat(
-        [pl.DataFrame(_token_signals(texts[a:b], text_chars[a:b], cfg)) for a, b in _batches(text_chars)]
-    ).fill_nan(None)
-    lines = _line_signals(texts, cfg)
+    parts = [_token_signals(texts[a:b], text_chars[a:b], cfg) for a, b in _batches(text_chars)]
+    tokens = pl.concat([pl.DataFrame(signals) for signals, _ in parts]).fill_nan(None)
+    lines = _line_signals(texts, cfg, np.concatenate([sentences for _, sentences in parts]))
     paras = _paragraph_signals(texts)
     both = pl.concat([scalar, tokens, lines, paras], how="horizontal")
     chars = pl.col("text_chars")
