@@ -48,7 +48,7 @@ def _gopher_quality() -> list[Rule]:
         _rule("gopher_quality.bullet_line_frac", "bullet_line_frac", "<=", 0.9, k, _GOPHER),  # 90% bullet lines
         _rule("gopher_quality.ellipsis_line_frac", "ellipsis_line_frac", "<=", 0.3, k, _GOPHER),  # 30% ellipsis
         _rule("gopher_quality.alpha_word_frac", "alpha_word_frac", ">=", 0.8, k, _GOPHER),  # 80% alphabetic words
-        _rule("gopher_quality.min_stop_words", "stop_word_count", ">=", 2, k, _GOPHER),  # two stop words
+        _rule("gopher_quality.min_stop_words", "distinct_stop_words", ">=", 2, k, _GOPHER),  # two distinct
     ]
 
 

@@ -96,7 +96,8 @@ def reference_signals(text: str) -> dict[str, float | None]:
     out["bullet_line_frac"] = _div(sum(s.lstrip().startswith(("•", "-")) for s in lines), len(lines))
     out["ellipsis_line_frac"] = _div(sum(s.rstrip().endswith(("...", "…")) for s in lines), len(lines))
     out["alpha_word_frac"] = _div(sum(any(c.isalpha() for c in w) for w in words), len(words))
-    out["stop_word_count"] = len(STOP_WORDS & set(words))
+    out["stop_word_count"] = sum(w in STOP_WORDS for w in words)
+    out["distinct_stop_words"] = len(STOP_WORDS & set(words))
 
     paragraphs = re.split(r"\n{2,}", text.strip())
     d, c = _dups(paragraphs)
