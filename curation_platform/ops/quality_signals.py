@@ -249,8 +249,7 @@ def _token_signals(texts: pl.Series, text_chars: np.ndarray,
         .select(
             "line_id",
             pl.col("row").cast(pl.Int64),
-            pl.col("tok").str.contains(_SENTENCE_TERMINATOR_TOKEN_RE).alias("terminator"),
-            (~pl.col("tok").str.contains(_PUNCT_TOKEN_RE)).alias("not_punct"),
+            "tok",
             pl.col("tok").hash(seed=7).alias("hash"),
             pl.col("tok").str.len_chars().cast(pl.Int64).alias("chars"),
             pl.col("tok").str.contains(_NON_SYMBOL_RE).alias("is_word"),
@@ -258,6 +257,15 @@ def _token_signals(texts: pl.Series, text_chars: np.ndarray,
             pl.col("tok").is_in(cfg.stop_words).alias("is_stop"),
         )
     )
+    # Sentence classes, with the regexes run only where they can matter: a terminator is one character, and a
+    # token with a letter is never all punctuation.
+    one_char = tokens["chars"].to_numpy() == 1
+    terminator = np.zeros(tokens.height, dtype=bool)
+    terminator[one_char] = tokens["tok"].filter(one_char).str.contains(_SENTENCE_TERMINATOR_TOKEN_RE).to_numpy()
+    not_punct = tokens["is_alpha"].to_numpy().copy()
+    no_letter = ~not_punct
+    not_punct[no_letter] = ~tokens["tok"].filter(no_letter).str.contains(_PUNCT_TOKEN_RE).to_numpy()
+    tokens = tokens.drop("tok").with_columns(pl.Series("terminator", terminator), pl.Series("not_punct", not_punct))
     line_sentences = _line_sentences(tokens, lines.height)
     row = tokens["row"].to_numpy()
     chars = tokens["chars"].to_numpy()
