@@ -48,7 +48,7 @@ def _gopher_quality() -> list[Rule]:
         _rule("gopher_quality.bullet_line_frac", "bullet_line_frac", "<=", 0.9, k, _GOPHER),  # 90% bullet lines
         _rule("gopher_quality.ellipsis_line_frac", "ellipsis_line_frac", "<=", 0.3, k, _GOPHER),  # 30% ellipsis
         _rule("gopher_quality.alpha_word_frac", "alpha_word_frac", ">=", 0.8, k, _GOPHER),  # 80% alphabetic words
-        _rule("gopher_quality.min_stop_words", "stop_word_count", ">=", 2, k, _GOPHER),  # two stop words
+        _rule("gopher_quality.min_stop_words", "distinct_stop_words", ">=", 2, k, _GOPHER),  # two distinct
     ]
 
 
@@ -85,12 +85,12 @@ def _c4() -> list[Rule]:
 def _fineweb() -> list[Rule]:
     k = PROSE_KINDS
     return [
-        # FineWeb drops when the ratio is <= 0.12, so a page is kept only above it.
-        _rule("fineweb.line_punct_ratio", "line_punct_ratio", ">", 0.12, k, _FINEWEB),
-        # FineWeb drops when >= 0.67 of lines have at most 30 characters.
-        _rule("fineweb.short_line_ratio", "short_line_ratio", "<", 0.67, k, _FINEWEB),
-        # FineWeb drops when >= 1% of characters (newlines excluded) sit in repeated lines.
-        _rule("fineweb.char_dup_ratio", "char_dup_ratio", "<", 0.01, k, _FINEWEB),
+        # FineWeb drops when the ratio is below 0.12 (DataTrove: ratio < line_punct_thr).
+        _rule("fineweb.line_punct_ratio", "line_punct_ratio", ">=", 0.12, k, _FINEWEB),
+        # FineWeb drops when more than 0.67 of non-blank lines have at most 30 characters.
+        _rule("fineweb.short_line_ratio", "short_line_ratio", "<=", 0.67, k, _FINEWEB),
+        # FineWeb drops when more than 1% of characters (newlines excluded) sit in repeated lines.
+        _rule("fineweb.char_dup_ratio", "char_dup_ratio", "<=", 0.01, k, _FINEWEB),
         # FineWeb list_ratio: drops when newlines / words > 0.3.
         _rule("fineweb.newline_to_word_ratio", "newline_to_word_ratio", "<=", 0.3, k, _FINEWEB),
     ]

@@ -2,14 +2,14 @@
 
 The stage only ADDS columns; ``ops/filters.py`` turns them into drops with rules. Definitions follow DataTrove's
 filters (GopherQualityFilter, GopherRepetitionFilter, C4QualityFilter, FineWebQualityFilter), which implement
-Rae et al. 2021 (Gopher), Raffel et al. 2020 (C4) and Penedo et al. 2024 (FineWeb). Deviations, all deliberate:
+Rae et al. 2021 (Gopher), Raffel et al. 2020 (C4) and Penedo et al. 2024 (FineWeb), including DataTrove's English
+word and sentence splitting (a blank spaCy English tokenizer and sentencizer), re-expressed as two regex passes
+and a token-class pattern. ``bench/filter_parity.py`` measures the keep/drop agreement per rule family on real
+text (README, "Reference parity"). Deviations, all deliberate:
 
-- Words come from one regex tokenizer (a run of word characters joined by ``- ' ’ . ,``, an ellipsis ``...``,
-  or any single other non-space character) instead of NLTK's Punkt + Treebank tokenizer: contractions stay one
-  token ("don't"), double quotes stay ``"``. A token is a *symbol* when every character is Unicode punctuation,
-  symbol, control or space (DataTrove uses a hand-made punctuation list).
-- C4 sentences are counted as runs of ``. ! ?`` followed by whitespace or the end of the line (at least one per
-  kept line) instead of Punkt; C4's line removals are reported as fractions, the text is not rewritten.
+- The word splitter reproduces spaCy's prefix, suffix, infix, URL and contraction rules for what English text
+  needs, not its whole exception table or its unit suffixes ("10km" stays one token).
+- C4's line removals are reported as fractions; the text is not rewritten.
 - Lines are split on ``\\n`` only (the normalize stage turns other line breaks into ``\\n``).
 
 Everything is Polars expressions plus numpy over flat token arrays. The one exception is the Gopher
@@ -28,14 +28,52 @@ from curation_platform.records import StageResult
 # Gopher stop words, Rae et al. 2021 (matched case-sensitively, as DataTrove does).
 GOPHER_STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]
 
-# A word (letters/digits joined by - ' ’ . ,), an ellipsis, or any other single visible character.
-_TOKEN_RE = r"\w+(?:[-'’.,]\w+)*|\.\.\.|[^\w\s]"
-# A token with a character outside punctuation, symbols, controls and spaces is a word, not a symbol.
-_NON_SYMBOL_RE = r"[^\p{P}\p{S}\p{C}\s]"
+# Word splitting follows DataTrove's English ``split_into_words`` (spaCy's rule-based English tokenizer, blank
+# pipeline): text splits on whitespace; punctuation is peeled off both ends of a chunk one character at a time;
+# a few infixes split inside a chunk. Done as two regex passes: ``_INFIX_RE`` spaces out the inside splits, then
+# ``_TOKEN_RE`` takes URLs, dotted abbreviations, words and single punctuation characters.
+# Characters peeled off the start of a chunk (spaCy prefixes) and off its end (suffixes; "." is handled apart).
+_PREFIX = r"""()\[\]{}<>"'`‘’“”«»„‚´,;:!?¿¡_#*&$£€¥§—–=%+…\p{So}"""
+_SUFFIX = r"""()\[\]{}<>"'`‘’“”«»„‚´,;:!?¿¡_#*&%—–…\p{So}\p{Sc}"""
+# Inside a chunk: ellipses, a hyphen or : < > = / between a letter/digit and a letter, a comma between letters,
+# a period between a lower-case letter and an upper-case one, + - * ^ between digits, contractions ('s, n't,
+# 're, ...) and "cannot". A chunk from a host name or URL on (spaCy's url_match: labels and a lower-case
+# top-level domain, or a scheme) matches first and comes out unchanged.
+_INFIX_RE = (
+    r"((?:[A-Za-z][A-Za-z0-9+.\-]*://)?[\p{L}\p{N}_][\p{L}\p{N}_-]*(?:\.[\p{L}\p{N}_-]+)*\.\p{Ll}{2,}"
+    r"\S*|[A-Za-z][A-Za-z0-9+.\-]*://\S*)"
+    r"|(\.\.+|…)"
+    r"|([\p{L}\p{N}])([-–—~:<>=/]|--)(\p{L})"
+    r"|(\p{L})(,)(\p{L})"
+    r"|([\p{Ll}'\"’”])(\.)(\p{Lu})"
+    r"|(\p{N})([-+*^])(\p{N})"
+    r"|(\p{L})((?:n['’]t|['’](?:[sSdm]|re|ll|ve))\b)"
+    r"|\b([Cc]an)(not)\b"
+)
+_INFIX_REPLACEMENT = "$1${3}${6}${9}${12}${15}${17} $2${4}${7}${10}${13}${16}${18} ${5}${8}${11}${14}"
+_TOKEN_RE = (
+    r"\.\.+|…|\):|''"  # ellipses and the emoticon-like "):" stay whole
+    r"|['’](?:[sSdm]|re|ll|ve)\b"  # contraction endings split off by the infix pass
+    r"|(?:\p{Lu}\.)+|(?:e\.g|i\.e|a\.m|p\.m|Mr|Mrs|Ms|Dr|St|Jr|Sr|vs|Inc|Ltd|Co|Corp)\."  # U.S., e.g.
+    rf"|[^\s{_PREFIX}](?:[^\s]*[^\s{_SUFFIX}.])?"  # a chunk minus peeled prefixes and suffixes
+    r"|\S"  # a peeled character
+)
+# DataTrove's PUNCTUATION_SET: ASCII punctuation, controls, a few typographic marks and sentence terminators.
+# A token with a character outside it is a word (Gopher's "non-symbol word").
+_NON_SYMBOL_RE = (
+    r"[^!-/:-@\[-`{-~\x00-\x08\x0B-\x1F\x7F-\x9F—”“„’´–…«»►〈〉《》「」【】、━，；∶．（）？！：％１～。"
+    r"\p{Sentence_Terminal}\u17D6\u17D9\u17DA]"
+)
 # C4 (tensorflow_datasets c4_utils): Wikipedia-style citations removed before the terminal-punctuation check.
 _C4_CITATION_RE = r"\[\d*\]|\[edit\]|\[citation needed\]"
 _C4_POLICY_RE = r"(?i)terms of use|privacy policy|cookie policy|uses cookies|use of cookies|use cookies"
-_C4_SENTENCE_END_RE = r"[.!?]+['\"’”)\]]*(?:\s+|$)"
+# FineWeb's line ending: a Unicode sentence terminator (DataTrove's TERMINAL_PUNCTUATION is that property plus
+# three Khmer signs), so a closing quote or bracket does not count.
+_TERMINAL_PUNCT_END_RE = r"[\p{Sentence_Terminal}\u17D6\u17D9\u17DA]$"
+# C4 sentences are DataTrove's English sentence splitter (spaCy's sentencizer): a sentence starts at the first
+# non-punctuation token after a token that is one sentence terminator ('.', '!', '?', ...).
+_SENTENCE_TERMINATOR_TOKEN_RE = r"^[\p{Sentence_Terminal}\u17D6\u17D9\u17DA]$"
+_PUNCT_TOKEN_RE = r"^\p{P}+$"
 # StarCoder encoded-data regexes (Li et al. 2023): base64, hex byte lists, unicode escapes.
 _BASE64_RE = r"[a-zA-Z0-9+/=\n]{64,}"
 _HEX_RE = r"(?:\b(?:0x|\\x)?[0-9a-fA-F]{2}(?:,|\b\s*)){8,}"
@@ -90,7 +128,8 @@ SIGNAL_COLUMNS: dict[str, str] = {
     "bullet_line_frac": "Gopher: lines starting with a bullet ('•' or '-') / lines",
     "ellipsis_line_frac": "Gopher: lines ending with '...' or '…' / lines",
     "alpha_word_frac": "Gopher: tokens with an alphabetic character / all tokens",
-    "stop_word_count": "Gopher: tokens equal to a stop word (the, be, to, of, and, that, have, with)",
+    "stop_word_count": "tokens equal to a Gopher stop word (the, be, to, of, and, that, have, with)",
+    "distinct_stop_words": "Gopher: distinct stop words among the tokens (DataTrove intersects word sets)",
     "dup_para_frac": "Gopher repetition: repeated paragraphs / paragraphs",
     "dup_para_char_frac": "Gopher repetition: characters in repeated paragraphs / characters",
     "dup_line_frac": "Gopher repetition: repeated lines / lines",
@@ -106,9 +145,10 @@ SIGNAL_COLUMNS: dict[str, str] = {
     "c4_removed_line_frac": "C4: lines the C4 line filter would remove / lines",
     "c4_lorem_ipsum": "C4: 1 if a kept-so-far line contains 'lorem ipsum'",
     "c4_curly_bracket": "C4: 1 if a kept-so-far line contains '{'",
-    "c4_sentence_count": "C4: sentences in the lines C4 keeps",
-    "line_punct_ratio": "FineWeb: lines ending in . ' \" ! ? / lines (Penedo et al. 2024)",
-    "short_line_ratio": "FineWeb: lines of at most 30 characters / lines",
+    "c4_sentence_count": "C4: sentences (spaCy-sentencizer rule) in the lines C4 keeps",
+    "line_punct_ratio": "FineWeb: non-blank lines ending in a sentence terminator (. ! ? ...) / non-blank lines"
+                        " (Penedo et al. 2024)",
+    "short_line_ratio": "FineWeb: non-blank lines of at most 30 characters / non-blank lines",
     "char_dup_ratio": "FineWeb: characters in repeated non-empty lines / characters without newlines",
     "newline_to_word_ratio": "FineWeb list_ratio: newlines / all tokens",
     "code_max_line_length": "code: longest line in characters (Codex/StarCoder)",
@@ -128,10 +168,10 @@ _PROSE_COLUMNS = [c for c in SIGNAL_COLUMNS if not c.startswith(("code_", "chat_
 _CODE_COLUMNS = [c for c in SIGNAL_COLUMNS if c.startswith("code_")]
 _CHAT_COLUMNS = [c for c in SIGNAL_COLUMNS if c.startswith("chat_")]
 _INT_COLUMNS = {
-    "text_chars", "word_count", "word_and_symbol_count", "stop_word_count", "c4_javascript_line_count",
-    "c4_policy_line_count", "c4_lorem_ipsum", "c4_curly_bracket", "c4_sentence_count", "code_max_line_length",
-    "code_autogenerated", "code_data_like", "chat_response_chars", "chat_empty_response", "chat_repeated_turns",
-    "chat_conflicting_response",
+    "text_chars", "word_count", "word_and_symbol_count", "stop_word_count", "distinct_stop_words",
+    "c4_javascript_line_count", "c4_policy_line_count", "c4_lorem_ipsum", "c4_curly_bracket", "c4_sentence_count",
+    "code_max_line_length", "code_autogenerated", "code_data_like", "chat_response_chars", "chat_empty_response",
+    "chat_repeated_turns", "chat_conflicting_response",
 }
 
 
@@ -179,17 +219,37 @@ def _greedy_dup_chars(rows: list[int], pos: list[int], keys: list[int], chars: l
             seen.add(key)
 
 
-def _token_signals(texts: pl.Series, text_chars: np.ndarray, cfg: SignalsConfig) -> dict[str, np.ndarray]:
-    """Word-level Gopher signals and the n-gram repetition signals, from one flat token table."""
+def _tokens_expr(text: pl.Expr) -> pl.Expr:
+    """List of word tokens per text, DataTrove's English ``split_into_words`` semantics (see ``_TOKEN_RE``)."""
+    spaced = text.str.replace_all(_INFIX_RE, _INFIX_REPLACEMENT)
+    # Overlapping infixes (a-b-c) need a second pass; the first one consumed the shared letter.
+    spaced = spaced.str.replace_all(_INFIX_RE, _INFIX_REPLACEMENT)
+    return spaced.str.extract_all(_TOKEN_RE)
+
+
+def tokenize(texts: pl.Series) -> pl.Series:
+    """Word tokens of each text as a list column (the tokens every Gopher word signal counts)."""
+    return pl.DataFrame({"t": texts}).select(_tokens_expr(pl.col("t")))["t"]
+
+
+def _token_signals(texts: pl.Series, text_chars: np.ndarray,
+                   cfg: SignalsConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Word-level Gopher signals and the n-gram repetition signals, from one flat token table; plus the
+    sentences of every ``\\n``-separated line (in row, then line order) for C4.
+
+    Tokens never contain whitespace, so tokenizing line by line gives the document's tokens in order."""
     n_docs = len(texts)
+    lines = pl.DataFrame({"t": texts}).with_row_index("row").select(
+        "row", pl.col("t").str.split("\n").alias("line")
+    ).explode("line").with_row_index("line_id")
     tokens = (
-        pl.DataFrame({"t": texts})
-        .with_row_index("row")
-        .select("row", pl.col("t").str.extract_all(_TOKEN_RE).alias("tok"))
+        lines.select("line_id", "row", _tokens_expr(pl.col("line")).alias("tok"))
         .explode("tok")
         .drop_nulls("tok")
         .select(
+            "line_id",
             pl.col("row").cast(pl.Int64),
+            "tok",
             pl.col("tok").hash(seed=7).alias("hash"),
             pl.col("tok").str.len_chars().cast(pl.Int64).alias("chars"),
             pl.col("tok").str.contains(_NON_SYMBOL_RE).alias("is_word"),
@@ -197,6 +257,16 @@ def _token_signals(texts: pl.Series, text_chars: np.ndarray, cfg: SignalsConfig)
             pl.col("tok").is_in(cfg.stop_words).alias("is_stop"),
         )
     )
+    # Sentence classes, with the regexes run only where they can matter: a terminator is one character, and a
+    # token with a letter is never all punctuation.
+    one_char = tokens["chars"].to_numpy() == 1
+    terminator = np.zeros(tokens.height, dtype=bool)
+    terminator[one_char] = tokens["tok"].filter(one_char).str.contains(_SENTENCE_TERMINATOR_TOKEN_RE).to_numpy()
+    not_punct = tokens["is_alpha"].to_numpy().copy()
+    no_letter = ~not_punct
+    not_punct[no_letter] = ~tokens["tok"].filter(no_letter).str.contains(_PUNCT_TOKEN_RE).to_numpy()
+    tokens = tokens.drop("tok").with_columns(pl.Series("terminator", terminator), pl.Series("not_punct", not_punct))
+    line_sentences = _line_sentences(tokens, lines.height)
     row = tokens["row"].to_numpy()
     chars = tokens["chars"].to_numpy()
     is_word = tokens["is_word"].to_numpy()
@@ -204,13 +274,18 @@ def _token_signals(texts: pl.Series, text_chars: np.ndarray, cfg: SignalsConfig)
     n_words = _per_row_sum(row[is_word], None, n_docs)
     word_chars = _per_row_sum(row[is_word], chars[is_word], n_docs)
     n_alpha = _per_row_sum(row[tokens["is_alpha"].to_numpy()], None, n_docs)
-    n_stop = _per_row_sum(row[tokens["is_stop"].to_numpy()], None, n_docs)
+    is_stop = tokens["is_stop"].to_numpy()
+    n_stop = _per_row_sum(row[is_stop], None, n_docs)
+    # Gopher's rule counts the distinct stop words present (a set intersection), not their occurrences.
+    distinct_stop = tokens.filter("is_stop").unique(["row", "hash"])
+    n_distinct_stop = _per_row_sum(distinct_stop["row"].to_numpy(), None, n_docs)
     out: dict[str, np.ndarray] = {
         "word_count": n_words,
         "word_and_symbol_count": n_tokens,
         "mean_word_length": np.divide(word_chars, n_words, out=np.full(n_docs, np.nan), where=n_words > 0),
         "alpha_word_frac": np.divide(n_alpha, n_tokens, out=np.full(n_docs, np.nan), where=n_tokens > 0),
         "stop_word_count": n_stop,
+        "distinct_stop_words": n_distinct_stop,
     }
 
     # N-gram keys by rolling hash over the flat token array; a key is salted with its row so that equal
@@ -250,7 +325,7 @@ def _token_signals(texts: pl.Series, text_chars: np.ndarray, cfg: SignalsConfig)
     for name, values in out.items():
         if name.endswith("_char_frac"):
             out[name] = np.where(text_chars > 0, values, np.nan)
-    return out
+    return out, line_sentences
 
 
 def _is_duplicated(keys: np.ndarray) -> np.ndarray:
@@ -287,8 +362,9 @@ def _top_ngram_chars(repeated: np.ndarray, keys: np.ndarray, row: np.ndarray, do
     return result
 
 
-def _line_signals(texts: pl.Series, cfg: SignalsConfig) -> pl.DataFrame:
-    """Line-level Gopher, Gopher repetition, C4 and FineWeb signals from one exploded line table."""
+def _line_signals(texts: pl.Series, cfg: SignalsConfig, line_sentences: np.ndarray) -> pl.DataFrame:
+    """Line-level Gopher, Gopher repetition, C4 and FineWeb signals from one exploded line table;
+    ``line_sentences`` holds the sentences of every line, in the same order."""
     lines = (
         pl.DataFrame({"t": texts})
         .with_row_index("row")
@@ -314,8 +390,9 @@ def _line_signals(texts: pl.Series, cfg: SignalsConfig) -> pl.DataFrame:
     features = lines.with_columns(
         pl.col("line").str.contains(rf"^\s*(?:{bullets})").alias("bullet"),
         pl.col("line").str.contains(r"(?:\.\.\.|…)\s*$").alias("ellipsis_end"),
-        pl.col("line").str.contains(r"[.'\"!?]$").alias("fw_punct"),
-        (pl.col("line").str.len_chars() <= cfg.short_line_length).alias("fw_short"),
+        # FineWeb judges only non-blank lines; a line ends in a Unicode sentence terminator (not a quote).
+        (pl.col("line").str.contains(_TERMINAL_PUNCT_END_RE) & (pl.col("stripped") != "")).alias("fw_punct"),
+        ((pl.col("line").str.len_chars() <= cfg.short_line_length) & (pl.col("stripped") != "")).alias("fw_short"),
         pl.col("line").str.len_chars().alias("chars"),
         c4_long_word.alias("c4_long_word"),
         c4_no_punct.alias("c4_no_punct"),
@@ -324,7 +401,7 @@ def _line_signals(texts: pl.Series, cfg: SignalsConfig) -> pl.DataFrame:
         c4_clean.str.contains("(?i)javascript").alias("c4_js"),
         c4_clean.str.contains("{", literal=True).alias("c4_curly"),
         c4_clean.str.contains(_C4_POLICY_RE).alias("c4_policy"),
-        c4_clean.str.count_matches(_C4_SENTENCE_END_RE).alias("c4_sentence_ends"),
+        c4_clean.alias("c4_line"),
     ).with_columns(
         # C4 checks a line in order and stops at the first removal; lorem ipsum and '{' only count on lines
         # that reached that check (lorem ipsum is checked before javascript, '{' after it).
@@ -353,7 +430,7 @@ def _line_signals(texts: pl.Series, cfg: SignalsConfig) -> pl.DataFrame:
         pl.col("in_splitlines").sum().alias("n_lines"),
         (pl.col("bullet") & pl.col("in_splitlines")).sum().alias("bullet_lines"),
         (pl.col("ellipsis_end") & pl.col("in_splitlines")).sum().alias("ellipsis_lines"),
-        pl.len().alias("n_split"),
+        (pl.col("stripped") != "").sum().alias("n_non_blank"),
         pl.col("fw_punct").sum().alias("fw_punct"),
         pl.col("fw_short").sum().alias("fw_short"),
         (pl.col("in_splitlines") & pl.col("c4_no_punct") & ~pl.col("c4_long_word")).sum().alias("c4_no_punct"),
@@ -365,8 +442,6 @@ def _line_signals(texts: pl.Series, cfg: SignalsConfig) -> pl.DataFrame:
         .sum().alias("c4_removed"),
         (pl.col("in_splitlines") & pl.col("c4_lorem_hit")).any().cast(pl.Int64).alias("c4_lorem_ipsum"),
         (pl.col("in_splitlines") & pl.col("c4_curly_hit")).any().cast(pl.Int64).alias("c4_curly_bracket"),
-        pl.when(pl.col("in_splitlines") & pl.col("c4_kept")).then(pl.max_horizontal(pl.col("c4_sentence_ends"), 1))
-        .otherwise(0).sum().cast(pl.Int64).alias("c4_sentence_count"),
     )
     n_docs = len(texts)
     g_rows = gopher_lines["row"].to_numpy().astype(np.int64)
@@ -380,7 +455,60 @@ def _line_signals(texts: pl.Series, cfg: SignalsConfig) -> pl.DataFrame:
         "g_dup_chars": _per_row_sum(g_rows[g_rep], gopher_lines["chars"].to_numpy()[g_rep], n_docs),
         "f_dup_chars": _per_row_sum(f_rows[f_rep], fw_lines["chars"].to_numpy()[f_rep], n_docs),
     })
+    # C4 counts sentences on the lines it keeps, after removing citations: lines with a citation are
+    # tokenized again without it (rare); the others use the sentences counted with the document's tokens.
+    kept = features.with_columns(pl.Series("sentences", line_sentences)).filter(
+        pl.col("in_splitlines") & pl.col("c4_kept")
+    )
+    cited = kept.filter(pl.col("c4_line") != pl.col("stripped"))
+    if not cited.is_empty():
+        cited_tokens = (
+            cited.with_row_index("line_id")
+            .select("line_id", "row", _tokens_expr(pl.col("c4_line")).alias("tok"))
+            .explode("tok")
+            .drop_nulls("tok")
+            .select(
+                "line_id",
+                pl.col("tok").str.contains(_SENTENCE_TERMINATOR_TOKEN_RE).alias("terminator"),
+                (~pl.col("tok").str.contains(_PUNCT_TOKEN_RE)).alias("not_punct"),
+            )
+        )
+        recounted = pl.DataFrame({"sentences": _line_sentences(cited_tokens, cited.height)})
+        kept = pl.concat([
+            kept.filter(pl.col("c4_line") == pl.col("stripped")).select("row", "sentences"),
+            pl.concat([cited.select("row"), recounted], how="horizontal"),
+        ])
+    rows = kept["row"].to_numpy().astype(np.int64)
+    sentences = pl.DataFrame({
+        "row": np.arange(n_docs, dtype=np.uint32),
+        "c4_sentence_count": _per_row_sum(rows, kept["sentences"].to_numpy(), n_docs).astype(np.int64),
+    })
+    per_doc = per_doc.join(sentences, on="row", how="left")
     return repetition.join(per_doc, on="row", how="left", maintain_order="left")
+
+
+def _line_sentences(tokens: pl.DataFrame, n_lines: int) -> np.ndarray:
+    """Sentences per line, as DataTrove's English ``split_into_sentences`` counts them: 1, plus 1 for every
+    non-punctuation token with a terminator token ('.', '!', '?', ...) since the previous non-punctuation token
+    of its line. ``tokens`` has ``line_id`` (0..n_lines-1, ascending), ``terminator`` and ``not_punct``."""
+    counts = np.ones(n_lines, dtype=np.int64)
+    if tokens.is_empty():
+        return counts
+    line = tokens["line_id"].to_numpy().astype(np.int64)
+    terminator = tokens["terminator"].to_numpy()
+    terminators_so_far = np.cumsum(terminator)
+    words = np.flatnonzero(tokens["not_punct"].to_numpy())
+    if len(words) == 0:
+        return counts
+    # Terminators up to each word token, and up to the previous word token of its line (or its line start).
+    at_word = terminators_so_far[words]
+    line_start = np.flatnonzero(np.r_[True, line[1:] != line[:-1]])
+    before_line = terminators_so_far[line_start] - terminator[line_start]
+    previous = np.r_[0, at_word[:-1]]
+    word_line = line[words]
+    opens_line = np.r_[True, word_line[1:] != word_line[:-1]]
+    previous[opens_line] = before_line[np.searchsorted(line_start, words[opens_line], side="right") - 1]
+    return counts + np.bincount(word_line[at_word > previous], minlength=n_lines)
 
 
 def _escape(literal: str) -> str:
@@ -434,10 +562,9 @@ def _prose_signals(docs: pl.DataFrame, cfg: SignalsConfig) -> pl.DataFrame:
         pl.col("t").str.count_matches("\n", literal=True).alias("newlines"),
     )
     text_chars = scalar["text_chars"].to_numpy()
-    tokens = pl.concat(
-        [pl.DataFrame(_token_signals(texts[a:b], text_chars[a:b], cfg)) for a, b in _batches(text_chars)]
-    ).fill_nan(None)
-    lines = _line_signals(texts, cfg)
+    parts = [_token_signals(texts[a:b], text_chars[a:b], cfg) for a, b in _batches(text_chars)]
+    tokens = pl.concat([pl.DataFrame(signals) for signals, _ in parts]).fill_nan(None)
+    lines = _line_signals(texts, cfg, np.concatenate([sentences for _, sentences in parts]))
     paras = _paragraph_signals(texts)
     both = pl.concat([scalar, tokens, lines, paras], how="horizontal")
     chars = pl.col("text_chars")
@@ -453,6 +580,7 @@ def _prose_signals(docs: pl.DataFrame, cfg: SignalsConfig) -> pl.DataFrame:
         _ratio(pl.col("ellipsis_lines"), pl.col("n_lines")).alias("ellipsis_line_frac"),
         "alpha_word_frac",
         "stop_word_count",
+        "distinct_stop_words",
         _ratio(pl.col("dup_paras"), pl.col("n_paras")).alias("dup_para_frac"),
         _ratio(pl.col("dup_para_chars"), chars).alias("dup_para_char_frac"),
         _ratio(pl.col("g_dup_lines"), pl.col("g_lines")).alias("dup_line_frac"),
@@ -467,8 +595,8 @@ def _prose_signals(docs: pl.DataFrame, cfg: SignalsConfig) -> pl.DataFrame:
         "c4_lorem_ipsum",
         "c4_curly_bracket",
         "c4_sentence_count",
-        _ratio(pl.col("fw_punct"), pl.col("n_split")).alias("line_punct_ratio"),
-        _ratio(pl.col("fw_short"), pl.col("n_split")).alias("short_line_ratio"),
+        _ratio(pl.col("fw_punct"), pl.col("n_non_blank")).alias("line_punct_ratio"),
+        _ratio(pl.col("fw_short"), pl.col("n_non_blank")).alias("short_line_ratio"),
         _ratio(pl.col("f_dup_chars"), chars - pl.col("newlines")).alias("char_dup_ratio"),
         _ratio(pl.col("newlines"), tokens_all).alias("newline_to_word_ratio"),
     )

@@ -20,7 +20,7 @@ EXPECTED = {
     "gopher_quality.bullet_line_frac": ("bullet_line_frac", "<=", 0.9, PROSE),
     "gopher_quality.ellipsis_line_frac": ("ellipsis_line_frac", "<=", 0.3, PROSE),
     "gopher_quality.alpha_word_frac": ("alpha_word_frac", ">=", 0.8, PROSE),
-    "gopher_quality.min_stop_words": ("stop_word_count", ">=", 2, PROSE),
+    "gopher_quality.min_stop_words": ("distinct_stop_words", ">=", 2, PROSE),
     "gopher_repetition.dup_para_frac": ("dup_para_frac", "<=", 0.3, PROSE),
     "gopher_repetition.dup_para_char_frac": ("dup_para_char_frac", "<=", 0.2, PROSE),
     "gopher_repetition.dup_line_frac": ("dup_line_frac", "<=", 0.3, PROSE),
@@ -38,9 +38,9 @@ EXPECTED = {
     "c4.curly_bracket": ("c4_curly_bracket", "==", 0, PROSE),
     "c4.min_sentences": ("c4_sentence_count", ">=", 5, PROSE),
     "c4.removed_line_frac": ("c4_removed_line_frac", "<=", 0.5, PROSE),
-    "fineweb.line_punct_ratio": ("line_punct_ratio", ">", 0.12, PROSE),
-    "fineweb.short_line_ratio": ("short_line_ratio", "<", 0.67, PROSE),
-    "fineweb.char_dup_ratio": ("char_dup_ratio", "<", 0.01, PROSE),
+    "fineweb.line_punct_ratio": ("line_punct_ratio", ">=", 0.12, PROSE),
+    "fineweb.short_line_ratio": ("short_line_ratio", "<=", 0.67, PROSE),
+    "fineweb.char_dup_ratio": ("char_dup_ratio", "<=", 0.01, PROSE),
     "fineweb.newline_to_word_ratio": ("newline_to_word_ratio", "<=", 0.3, PROSE),
     "code.max_line_length": ("code_max_line_length", "<=", 1000, ["code"]),
     "code.mean_line_length": ("code_mean_line_length", "<=", 100, ["code"]),
@@ -114,7 +114,7 @@ def test_null_signal_never_drops_and_disabled_rules_are_skipped():
 
 
 def test_verdict_rows_name_first_rule_value_and_bound():
-    docs = signal_frame([("a", "web", {"word_count": 49, "stop_word_count": 1})])
+    docs = signal_frame([("a", "web", {"word_count": 49, "distinct_stop_words": 1})])
     verdict = filter_documents(docs).verdicts.row(0, named=True)
     assert verdict["rule"] == "gopher_quality.min_words"
     assert verdict["value"] == 49
@@ -154,7 +154,7 @@ def _whatif_frame():
     return signal_frame([
         ("d45", "web", {"word_count": 45}, "d1"),
         ("d48", "web", {"word_count": 48}, "d1"),
-        ("d45b", "web", {"word_count": 45, "stop_word_count": 0}, "d1"),  # also breaks another rule
+        ("d45b", "web", {"word_count": 45, "distinct_stop_words": 0}, "d1"),  # also breaks another rule
         ("d55", "web", {"word_count": 55}, "d1"),
         ("d47", "web", {"word_count": 47}, "d2"),
         ("c30", "code", {"word_count": 30}, "d2"),  # prose rule does not apply to code

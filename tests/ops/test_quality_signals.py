@@ -8,18 +8,43 @@ import re
 import unicodedata
 from collections import Counter
 
-TOKEN_RE = re.compile(r"\w+(?:[-'’.,]\w+)*|\.\.\.|[^\w\s]")
+import regex
+
+from curation_platform.ops import quality_signals as _qs
+
+# The two regex passes of the word splitter, run per text with the ``regex`` module (Rust ``${n}`` -> ``\g<n>``).
+INFIX_RE = regex.compile(_qs._INFIX_RE)
+INFIX_REPLACEMENT = regex.sub(r"\$\{?(\d+)\}?", r"\\g<\1>", _qs._INFIX_REPLACEMENT)
+TOKEN_RE = regex.compile(_qs._TOKEN_RE)
+TERMINATOR_RE = regex.compile(r"[\p{Sentence_Terminal}\u17D6\u17D9\u17DA]")
+# DataTrove's PUNCTUATION_SET, written out: ASCII punctuation, C0/C1 controls but tab and newline, typographic
+# marks, sentence terminators.
+SYMBOL_CHARS = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~—”“„’´–…«»►〈〉《》「」【】、━，；∶．（）？！：％１～。") | {
+    chr(c) for c in [*range(0, 9), *range(11, 32), *range(127, 160)]
+}
 STOP_WORDS = {"the", "be", "to", "of", "and", "that", "have", "with"}
 CITATION_RE = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
 POLICY = ["terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies"]
 
 
 def _is_symbol_char(ch: str) -> bool:
-    return unicodedata.category(ch)[0] in "PSC" or ch.isspace()
+    return ch in SYMBOL_CHARS or bool(TERMINATOR_RE.fullmatch(ch))
 
 
 def tokens(text: str) -> list[str]:
-    return TOKEN_RE.findall(text)
+    spaced = INFIX_RE.sub(INFIX_REPLACEMENT, INFIX_RE.sub(INFIX_REPLACEMENT, text))
+    return TOKEN_RE.findall(spaced)
+
+
+def _sentences(line: str) -> int:
+    """spaCy sentencizer rule: a sentence starts at the first non-punctuation token after a terminator token."""
+    count, seen_terminator = 1, False
+    for token in tokens(line):
+        if len(token) == 1 and TERMINATOR_RE.fullmatch(token):
+            seen_terminator = True
+        elif not all(unicodedata.category(c).startswith("P") for c in token) and seen_terminator:
+            count, seen_terminator = count + 1, False
+    return count
 
 
 def _dups(items: list[str]) -> tuple[int, int]:
@@ -72,6 +97,7 @@ def reference_signals(text: str) -> dict[str, float | None]:
     out["ellipsis_line_frac"] = _div(sum(s.rstrip().endswith(("...", "…")) for s in lines), len(lines))
     out["alpha_word_frac"] = _div(sum(any(c.isalpha() for c in w) for w in words), len(words))
     out["stop_word_count"] = sum(w in STOP_WORDS for w in words)
+    out["distinct_stop_words"] = len(STOP_WORDS & set(words))
 
     paragraphs = re.split(r"\n{2,}", text.strip())
     d, c = _dups(paragraphs)
@@ -120,7 +146,7 @@ def reference_signals(text: str) -> dict[str, float | None]:
             removed += 1
             policy += 1
             continue
-        sentences += max(1, len(re.findall(r"[.!?]+['\"’”)\]]*(?:\s+|$)", line)))
+        sentences += _sentences(line)
     out["c4_no_terminal_punct_line_frac"] = _div(no_punct, len(lines))
     out["c4_too_few_words_line_frac"] = _div(few, len(lines))
     out["c4_javascript_line_count"] = js
@@ -130,8 +156,9 @@ def reference_signals(text: str) -> dict[str, float | None]:
     out["c4_curly_bracket"] = curly
     out["c4_sentence_count"] = sentences
 
-    fw_lines = text.split("\n")
-    out["line_punct_ratio"] = _div(sum(s.endswith((".", "'", '"', "!", "?")) for s in fw_lines), len(fw_lines))
+    fw_lines = [s for s in text.split("\n") if s.strip()]
+    out["line_punct_ratio"] = _div(sum(bool(s) and bool(TERMINATOR_RE.fullmatch(s[-1])) for s in fw_lines),
+                                   len(fw_lines))
     out["short_line_ratio"] = _div(sum(len(s) <= 30 for s in fw_lines), len(fw_lines))
     out["char_dup_ratio"] = _div(_dups([s for s in fw_lines if s.strip()])[1], len(text.replace("\n", "")))
     out["newline_to_word_ratio"] = _div(text.count("\n"), len(words))
@@ -203,8 +230,8 @@ def test_stop_words_are_case_sensitive_tokens():
 
 def test_symbol_only_tokens_are_not_words():
     s = signals_of("hello -- __ © world")
-    # Tokens: hello, -, -, __, ©, world: only hello and world are words.
-    assert s["word_count"] == 2
+    # DataTrove's tokens: hello, --, _, _, ©, world; '©' is not in its punctuation set, so it is a word.
+    assert s["word_count"] == 3
     assert s["word_and_symbol_count"] == 6
 
 
@@ -295,9 +322,9 @@ def test_c4_long_word_line_removed():
 def test_fineweb_ratios():
     text = "A sentence that ends with a period.\nshort\nshort\n"
     s = signals_of(text)
-    # split('\n') gives 4 lines (last is empty): 1 ends with punctuation; 3 are <= 30 chars.
-    assert s["line_punct_ratio"] == pytest.approx(1 / 4)
-    assert s["short_line_ratio"] == pytest.approx(3 / 4)
+    # split('\n') gives 3 non-blank lines (blank ones are not judged): 1 ends with punctuation; 2 are <= 30 chars.
+    assert s["line_punct_ratio"] == pytest.approx(1 / 3)
+    assert s["short_line_ratio"] == pytest.approx(2 / 3)
     # Non-empty lines: one repeat of 'short' (5 chars) over 48 - 3 newline characters.
     assert s["char_dup_ratio"] == pytest.approx(5 / 45)
     # Tokens: 7 words + '.' + 2 -> 10; 3 newlines.
