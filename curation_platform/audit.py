@@ -10,7 +10,7 @@ import polars as pl
 from curation_platform.config import CurationConfig
 from curation_platform.gates import GateResult, identity_expectations, max_value_expectation, validate
 from curation_platform.ledger import DECIDING, read_ledger
-from curation_platform.records import DROP, KEEP
+from curation_platform.records import DROP, KEEP, QUARANTINE
 from curation_platform.workspace import Workspace
 
 ID_COLUMNS = ["doc_id", "source", "drop", "source_id", "license", "kind"]
