@@ -60,3 +60,23 @@ def test_the_rule_drops_over_the_limit_with_its_stable_name_and_keeps_clean_text
     removals = flagged_word_removals(signals.filter(pl.col("doc_id") == "d1").select("flagged_words_matched"))
     assert removals == {"documents": 1, "per_list": {"ldnoobw_en": 1},
                         "per_entry": {"ldnoobw_en:fuck": 1, "ldnoobw_en:shit": 1}}
+
+
+def test_data_card_counts_removals_per_list_from_the_ledger_and_stored_signals(tmp_path):
+    from curation_platform.ops.flagged_words import card_markdown, card_removals
+    from curation_platform.workspace import Workspace, write_parquet_atomic
+
+    ws = Workspace(tmp_path)
+    signals = pl.DataFrame({"doc_id": ["a", "b", "c"],
+                            "flagged_words_matched": [["ldnoobw_en:twink"], ["ldnoobw_en:twink", "mine:foo"], []]})
+    write_parquet_atomic(signals, ws.stage_path("quality_signals", "d1"))
+    # "b" broke the flagged-word rule; "a" was dropped by another rule, so it does not count.
+    ledger = pl.DataFrame({"doc_id": ["a", "b", "c"], "rule": ["gopher_quality.min_words",
+                                                               "flagged_words.max_ratio", "filtered.kept"],
+                           "verdict": ["drop", "drop", "keep"]})
+    write_parquet_atomic(ledger, ws.ledger_path("filtered", "d1"))
+    removals = card_removals(ws, ["d1", "never-curated"])
+    assert removals == {"documents": 1, "per_list": {"ldnoobw_en": 1, "mine": 1},
+                        "per_entry": {"ldnoobw_en:twink": 1, "mine:foo": 1}}
+    lines = "\n".join(card_markdown(removals))
+    assert "| ldnoobw_en | 1 |" in lines and "| ldnoobw_en:twink | 1 |" in lines and "LGBTQ" in lines
