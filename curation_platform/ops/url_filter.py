@@ -121,7 +121,8 @@ def _url_key(url: pl.Expr) -> pl.Expr:
 
 
 def _host(url: pl.Expr) -> pl.Expr:
-    return (url.str.strip_chars().str.extract(r"^[a-zA-Z][a-zA-Z0-9+.-]*://(?:[^@/?#]*@)?([^:/?#]+)", 1)
+    # The scheme is optional: crawl metadata often stores ``example.com/page``.
+    return (url.str.strip_chars().str.extract(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*://)?(?:[^@/?#]*@)?([^:/?#]+)", 1)
             .str.to_lowercase().str.strip_suffix(".").str.strip_prefix("www."))
 
 

@@ -44,6 +44,7 @@ def test_each_check_drops_and_names_its_list_and_entry(tmp_path):
         "https://good.org/one/bad/page/two",  # a longer URL than the listed one: kept
         None,  # no URL: kept
         "",
+        "Bad-Site.com/without/scheme",  # crawl metadata without a scheme
     ])
     result = filter_urls(frame, cfg)
     got = {r["doc_id"]: (r["rule"], r["detail"]) for r in result.verdicts.to_dicts()}
@@ -55,9 +56,10 @@ def test_each_check_drops_and_names_its_list_and_entry(tmp_path):
         "d4": ("url.banned_word", "list my_words: matched 'casino'"),
         "d5": ("url.soft_banned_words", "list my_soft: matched 'hot, singles'"),
         "d7": ("url.banned_subword", "list my_sub: matched 'xxxvideo'"),
+        "d12": ("url.domain", "list my_domains: matched 'bad-site.com'"),
     }
     assert result.kept["doc_id"].to_list() == ["d6", "d8", "d9", "d10", "d11"]
-    assert result.metrics["dropped_per_list"] == {"my_domains": 3, "my_soft": 1, "my_sub": 1, "my_urls": 1,
+    assert result.metrics["dropped_per_list"] == {"my_domains": 4, "my_soft": 1, "my_sub": 1, "my_urls": 1,
                                                   "my_words": 1}
 
 
