@@ -2,9 +2,10 @@
 
 Every configured word list is matched with Aho-Corasick over the whole text column at once (Polars'
 ``str.extract_many``, the Rust ``aho-corasick`` crate: the same automaton pyahocorasick builds, without a Python
-loop per document). Words match whole: text and list entries are lowercased and every run of non-alphanumeric
-characters becomes one space, then each entry is looked for as `` entry `` in `` text ``, so ``ass`` does not fire
-inside ``class`` and multi-word entries (``2 girls 1 cup``) still match.
+loop per document). Words match whole: text and list entries are lowercased and every run of characters other
+than letters, digits and spaces becomes one space, then each entry is looked for as `` entry `` in `` text ``, so
+``ass`` does not fire inside ``class`` and multi-word entries (``2 girls 1 cup``) still match (not across a double
+space, which normalize has already collapsed).
 
 Columns added (by ``flagged_word_signals``, called at the end of ``quality_signals``; configured as
 ``signals.flagged_words``):
