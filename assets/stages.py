@@ -14,8 +14,10 @@ from curation_platform.reporting import markdown_table
 
 GROUPS = {
     "raw_documents": "ingest",
+    "url_filtered": "ingest",
     "normalized": "curate",
     "language": "curate",
+    "line_deduped": "curate",
     "quality_signals": "curate",
     "filtered": "curate",
     "scored": "curate",

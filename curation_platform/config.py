@@ -16,10 +16,12 @@ from curation_platform.ops.dedup_exact import ExactDedupConfig
 from curation_platform.ops.dedup_minhash import NearDedupConfig
 from curation_platform.ops.filters import FiltersConfig
 from curation_platform.ops.language import LanguageConfig
+from curation_platform.ops.line_dedup import LineDedupConfig
 from curation_platform.ops.normalize import NormalizeConfig
 from curation_platform.ops.pii import PiiConfig
 from curation_platform.ops.quality_signals import SignalsConfig
 from curation_platform.ops.score import ScoreConfig
+from curation_platform.ops.url_filter import UrlFilterConfig
 from curation_platform.readers import IngestConfig
 from curation_platform.workspace import check_name
 
@@ -35,8 +37,10 @@ class GatesConfig(_Strict):
     max_removal_rate: dict[str, float] = Field(
         default_factory=lambda: {
             "raw_documents": 0.5,
+            "url_filtered": 0.5,
             "normalized": 0.2,
             "language": 0.6,
+            "line_deduped": 0.2,
             "filtered": 0.8,
             "pii_redacted": 0.2,
             "exact_deduped": 0.9,
@@ -82,8 +86,10 @@ class VersioningConfig(_Strict):
 
 class CurationConfig(_Strict):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    url_filter: UrlFilterConfig = Field(default_factory=UrlFilterConfig)
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
     language: LanguageConfig = Field(default_factory=LanguageConfig)
+    line_dedup: LineDedupConfig = Field(default_factory=LineDedupConfig)
     signals: SignalsConfig = Field(default_factory=SignalsConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     pii: PiiConfig = Field(default_factory=PiiConfig)

@@ -33,7 +33,7 @@ PER_RECORD = "per-record"
 
 Kind = Literal["web", "code", "chat", "text", "synthetic"]
 # Formats a manifest may force; without one, each file's format is inferred from its extension.
-Format = Literal["jsonl", "parquet", "csv", "text", "markdown", "html", "code", "chat"]
+Format = Literal["jsonl", "parquet", "csv", "text", "markdown", "html", "code", "chat", "warc"]
 
 
 class Generator(BaseModel):
@@ -96,7 +96,7 @@ _FIELD_HELP = {
     "kind": "set `kind:` to one of web, code, chat, text, synthetic",
     "license": "add `license: <SPDX id>` (e.g. MIT, CC-BY-4.0) or `license: per-record` with `license_field`",
     "provenance": "add `provenance:` as a mapping with `url` or `description`, and `collected_at`",
-    "format": "set `format:` to one of jsonl, parquet, csv, text, markdown, html, code, chat, or remove it",
+    "format": "set `format:` to one of jsonl, parquet, csv, text, markdown, html, code, chat, warc, or remove it",
     "generator": "set `generator:` to a mapping with `model` and `terms` (terms from `licenses.generator_terms` in "
                  "curation.yaml)",
 }

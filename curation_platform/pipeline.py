@@ -21,10 +21,12 @@ from curation_platform.ops import dedup_exact, dedup_minhash
 from curation_platform.ops.decontaminate import benchmark_ngram_index, decontaminate, load_benchmarks
 from curation_platform.ops.filters import filter_documents
 from curation_platform.ops.language import identify_language
+from curation_platform.ops.line_dedup import line_dedup
 from curation_platform.ops.normalize import normalize
 from curation_platform.ops.pii import redact_pii
 from curation_platform.ops.quality_signals import quality_signals
 from curation_platform.ops.score import score_documents
+from curation_platform.ops.url_filter import filter_urls
 from curation_platform.readers import read_drop
 from curation_platform.records import QUARANTINE, StageResult, verdict_frame
 from curation_platform.takedown import read_takedowns
@@ -33,8 +35,10 @@ from curation_platform.workspace import Workspace, file_lock, write_parquet_atom
 # Scoring runs before dedup so the keep rule that picks each duplicate cluster's representative can use the score.
 STAGES: list[str] = [
     "raw_documents",
+    "url_filtered",
     "normalized",
     "language",
+    "line_deduped",
     "quality_signals",
     "filtered",
     "scored",
@@ -48,9 +52,11 @@ FINAL_STAGE = STAGES[-1]
 
 STAGE_DESCRIPTIONS: dict[str, str] = {
     "raw_documents": "Parse the drop's files into canonical records; quarantine unreadable records with file, line, reason.",
+    "url_filtered": "Domain and URL blocklists (UT1) and banned words in the URL (FineWeb); allow-lists per source.",
     "normalized": "ftfy Unicode repair, NFC, whitespace and control characters, HTML to main-content text.",
     "language": "fastText lid.176 language label and score; allowed languages and minimum score per source.",
-    "quality_signals": "Gopher, Gopher repetition, C4, FineWeb, code and chat signals as columns, computed once.",
+    "line_deduped": "Lines repeated across many documents of the corpus (boilerplate) removed; too-short leftovers dropped.",
+    "quality_signals": "Gopher, Gopher repetition, C4, FineWeb, code, chat and flagged-word signals as columns, computed once.",
     "filtered": "Threshold rules from curation.yaml applied per document kind; every drop names its rule.",
     "scored": "Quality score per document from the stored signals.",
     "pii_redacted": "Emails, phones, IPs, cards, IBANs, SSNs and secrets replaced by typed placeholders.",
@@ -158,10 +164,21 @@ def _dedup(ws: Workspace, cfg: CurationConfig, docs: pl.DataFrame, drop: str, in
     return result
 
 
+def _line_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: pl.DataFrame) -> StageResult:
+    order = ws.drop(drop).order
+    earlier = [ws.index_path("lines", d.name) for d in ws.drops() if d.order < order]
+    result, entries = line_dedup(docs, earlier, cfg.line_dedup)
+    with file_lock(ws.root / "registry" / ".lock"):
+        write_parquet_atomic(entries, ws.index_path("lines", drop))
+    return result
+
+
 # The operator behind each stage after ingest: (workspace, config, drop, documents) -> StageResult.
 _OPERATORS: dict[str, Callable[[Workspace, CurationConfig, str, pl.DataFrame], StageResult]] = {
+    "url_filtered": lambda ws, cfg, drop, docs: filter_urls(docs, cfg.url_filter),
     "normalized": lambda ws, cfg, drop, docs: normalize(docs, cfg.normalize),
     "language": lambda ws, cfg, drop, docs: identify_language(docs, cfg.language),
+    "line_deduped": _line_dedup,
     "quality_signals": lambda ws, cfg, drop, docs: quality_signals(docs, cfg.signals),
     "filtered": lambda ws, cfg, drop, docs: filter_documents(docs, cfg.filters),
     "scored": lambda ws, cfg, drop, docs: score_documents(docs, cfg.scoring),

@@ -22,13 +22,15 @@ from typing import Any
 
 import duckdb
 import polars as pl
+from fastwarc.warc import ArchiveIterator, WarcRecordType
 from pydantic import BaseModel, ConfigDict
+from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
 from curation_platform.errors import UnsafePathError
 from curation_platform.hashing import xxh128_hex
 from curation_platform.licenses import closest_license, normalize_license
 from curation_platform.manifest import MANIFEST_NAME, READY_MARKER, Manifest, load_manifest
-from curation_platform.records import MESSAGES_DTYPE, RECORD_SCHEMA
+from curation_platform.records import INGEST_SCHEMA, MESSAGES_DTYPE
 
 EXCERPT_CHARS = 200
 
@@ -86,6 +88,7 @@ CODE_LANGUAGES = {
     ".css": "css", ".scss": "scss", ".vue": "vue", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml",
     ".xml": "xml", ".proto": "protobuf", ".zig": "zig", ".nim": "nim", ".f90": "fortran", ".asm": "assembly",
 }
+_WARC_EXTENSIONS = {".warc": "warc", ".warc.gz": "warc", ".arc.gz": "warc"}
 _CODE_FILENAMES = {"Dockerfile": "dockerfile", "Makefile": "makefile", "CMakeLists.txt": "cmake"}
 _RECORD_FORMATS = {"jsonl", "parquet", "csv"}
 
@@ -104,12 +107,12 @@ def _file_format(rel: str, forced: str | None) -> tuple[str | None, str | None]:
     language = _CODE_FILENAMES.get(name) or CODE_LANGUAGES.get(ext)
     if forced == "code":
         return "code", language
-    if forced in _RECORD_FORMATS or forced in _DOCUMENT_EXTENSIONS.values():
+    if forced in _RECORD_FORMATS or forced in _DOCUMENT_EXTENSIONS.values() or forced == "warc":
         return forced, None
     # No forced container (or "chat", whose container still comes from the extension).
     if name in _CODE_FILENAMES:
         return "code", language
-    fmt = _RECORD_EXTENSIONS.get(ext) or _DOCUMENT_EXTENSIONS.get(ext)
+    fmt = _RECORD_EXTENSIONS.get(ext) or _DOCUMENT_EXTENSIONS.get(ext) or _WARC_EXTENSIONS.get(ext)
     if fmt:
         return fmt, None
     if language:
@@ -161,7 +164,13 @@ _CANDIDATE_SCHEMA: dict[str, pl.DataType] = {
     "excerpt": pl.String,  # set where raw and text are absent (bad bytes, oversized, corrupt files)
     "reason_code": pl.String,  # problems found while reading bytes
     "reason": pl.String,
+    # WARC response records: provenance of the fetch.
+    "url": pl.String,
+    "fetch_date": pl.String,  # WARC-Date, ISO 8601
+    "content_type": pl.String,  # HTTP Content-Type (MIME type only)
+    "warc_record_id": pl.String,
 }
+_HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 
 def _lossy(data: bytes) -> str:
@@ -255,7 +264,7 @@ def _line_candidates(rel: str, path: Path, cfg: IngestConfig) -> pl.DataFrame:
                             f"{corruption} at line {len(chunks) + 1}; the rest of the file could not be read "
                             f"({len(chunks)} lines before it were read); re-export or re-compress the file",
                             _lossy(partial or b""))
-        frame = pl.concat([frame, pl.DataFrame([tail], schema=_CANDIDATE_SCHEMA)])
+        frame = pl.concat([frame, pl.DataFrame([tail], schema=_CANDIDATE_SCHEMA)], how="diagonal")
     return frame
 
 
@@ -315,6 +324,59 @@ def _document_candidate(rel: str, path: Path, fmt: str, language: str | None, cf
             "excerpt": None, "reason_code": None, "reason": None}
 
 
+def _decode_html(payload: bytes, charset: str | None) -> str:
+    """The declared charset when it decodes the bytes, else the one resiliparse detects (then UTF-8, Latin-1)."""
+    if charset:
+        try:
+            return payload.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            pass
+    return bytes_to_str(payload, detect_encoding(payload))
+
+
+def _warc_candidates(rel: str, path: Path, cfg: IngestConfig) -> pl.DataFrame:
+    """WARC (plain or gzip), read with FastWARC: one candidate per response record, in file order (``line`` is
+    the record's number among the response records). HTML responses carry their decoded page as ``text`` (the
+    normalize stage extracts the main content); non-HTML, truncated (``WARC-Truncated`` or a failed block
+    digest), oversized and unreadable records are problem rows naming the WARC record id."""
+    rows: list[dict] = []
+    number = 0
+    try:
+        for record in ArchiveIterator(str(path), record_types=WarcRecordType.response, parse_http=False):
+            number += 1
+            record_id = record.record_id
+            # Digest first (it buffers the block), then the HTTP headers and the payload.
+            digest_ok = "WARC-Block-Digest" not in record.headers or record.verify_block_digest(consume=False)
+            record.parse_http()
+            payload = record.reader.read()
+            content_type = (record.http_content_type or "").lower() or None
+            row = {"file": rel, "line": number, "format": "html", "code_language": None, "raw": None, "text": None,
+                   "excerpt": None, "reason_code": None, "reason": None,
+                   "url": record.headers.get("WARC-Target-URI"), "fetch_date": record.headers.get("WARC-Date"),
+                   "content_type": content_type, "warc_record_id": record_id}
+            truncated = record.headers.get("WARC-Truncated")
+            if truncated or not digest_ok:
+                why = f"WARC-Truncated: {truncated}" if truncated else "block digest mismatch: the record is cut short"
+                row.update(reason_code="truncated_record", reason=f"truncated WARC record {record_id} ({why})",
+                           excerpt=_lossy(payload))
+            elif content_type not in _HTML_TYPES:
+                row.update(reason_code="non_html_record",
+                           reason=f"WARC record {record_id} is {content_type or 'without a content type'}, not HTML",
+                           excerpt=_lossy(payload))
+            elif len(payload) > cfg.max_record_bytes:
+                row.update(reason_code="too_large", excerpt=_lossy(payload),
+                           reason=f"WARC record {record_id} is {len(payload)} bytes, over max_record_bytes "
+                                  f"{cfg.max_record_bytes}")
+            else:
+                row["text"] = _decode_html(payload, record.http_charset)
+            rows.append(row)
+    except Exception as error:  # FastWARC raises plain exceptions on corrupt streams; keep what was read
+        rows.append(_problem_row(rel, number + 1, "warc", "corrupt_warc",
+                                 f"corrupt WARC file after record {number} ({type(error).__name__}: {error}); "
+                                 "the rest of the file could not be read", ""))
+    return pl.DataFrame(rows, schema=_CANDIDATE_SCHEMA)
+
+
 def _candidates(files: list[tuple[str, Path]], manifest: Manifest, cfg: IngestConfig) -> pl.DataFrame:
     """Every input record of the drop in sorted-file, file order; problems found in the bytes are marked."""
     forced = manifest.format
@@ -339,8 +401,11 @@ def _candidates(files: list[tuple[str, Path]], manifest: Manifest, cfg: IngestCo
                 documents.append(_problem_row(
                     rel, None, None, "unknown_format",
                     f"unknown file format (extension '{_extension(rel) or 'none'}'); convert it to JSONL, Parquet, "
-                    "CSV, text, Markdown, HTML or a source file, or set `format:` in the manifest",
+                    "CSV, text, Markdown, HTML, WARC or a source file, or set `format:` in the manifest",
                     _lossy(head)))
+            elif fmt == "warc":
+                flush_documents()
+                parts.append(_warc_candidates(rel, path, cfg))
             elif fmt in _RECORD_FORMATS:
                 flush_documents()
                 parts.append(_line_candidates(rel, path, cfg) if fmt == "jsonl" else _table_candidates(rel, path, fmt))
@@ -355,7 +420,11 @@ def _candidates(files: list[tuple[str, Path]], manifest: Manifest, cfg: IngestCo
     flush_documents()
     if not parts:
         return pl.DataFrame(schema=_CANDIDATE_SCHEMA)
-    return pl.concat([part.select(list(_CANDIDATE_SCHEMA)).cast(_CANDIDATE_SCHEMA) for part in parts])
+    return pl.concat([
+        part.with_columns(pl.lit(None, dtype).alias(name) for name, dtype in _CANDIDATE_SCHEMA.items()
+                          if name not in part.columns).select(list(_CANDIDATE_SCHEMA)).cast(_CANDIDATE_SCHEMA)
+        for part in parts
+    ])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -374,6 +443,7 @@ WITH parsed AS (
         json_extract_string(doc, $text_path) AS field_text,
         json_extract_string(doc, $id_path) AS record_id,
         json_extract_string(doc, $license_path) AS record_license,
+        CASE WHEN json_type(doc, '/url') = 'VARCHAR' THEN json_extract_string(doc, '/url') END AS record_url,
         json_type(doc, '/messages') AS messages_type,
         json_extract_string(doc, '/messages') AS messages_string,
         json_extract(doc, '/messages') AS messages_json,
@@ -398,7 +468,7 @@ WITH parsed AS (
             false) AS messages_ok
     FROM turns
 )
-SELECT json_ok, root_type, text_type, field_text, record_id, record_license,
+SELECT json_ok, root_type, text_type, field_text, record_id, record_license, record_url,
     CASE WHEN messages_ok
          THEN list_transform(items, lambda m: {'role': json_extract_string(m, '/role'),
                                                'content': json_extract_string(m, '/content')})
@@ -463,7 +533,9 @@ def _decide(candidates: pl.DataFrame, fields: pl.DataFrame, manifest: Manifest, 
         messages=pl.col("chat_messages") if chat else pl.lit(None, dtype=MESSAGES_DTYPE),
         format=pl.lit("chat") if chat else pl.col("format"),
         license_raw=(pl.col("record_license") if manifest.per_record_license else pl.lit(manifest.license)),
+        url=pl.coalesce("url", "record_url"),  # a WARC target URI, or a JSON record's top-level `url`
         source_id=pl.coalesce(
+            "warc_record_id",
             pl.when(pl.col("record_id").str.strip_chars() != "").then(pl.col("record_id")),
             pl.when(pl.col("line").is_not_null())
             .then(pl.format("{}:{}", pl.col("file"), pl.col("line")))
@@ -540,7 +612,8 @@ def read_drop(drop_dir: Path, cfg: IngestConfig, drop: str | None = None) -> Ing
     """Read every data file of a drop into canonical records and quarantine rows.
 
     ``drop_dir`` holds ``manifest.yaml`` and the data files; ``drop`` names the drop (default: the folder name).
-    Returns ``records`` with exactly the RECORD_SCHEMA columns in order, ``quarantine`` with QUARANTINE_SCHEMA
+    Returns ``records`` with exactly the INGEST_SCHEMA columns in order (RECORD_SCHEMA, then web provenance),
+    ``quarantine`` with QUARANTINE_SCHEMA
     (one row per rejected input record, naming file, line and reason), and ``read_count``, the number of input
     records seen, which always equals ``len(records) + len(quarantine)``. Files are read in sorted relative-path
     order and records in file order, so the same drop always gives identical frames.
@@ -563,7 +636,7 @@ def read_drop(drop_dir: Path, cfg: IngestConfig, drop: str | None = None) -> Ing
     }
     kept = decided.filter(pl.col("reason_code").is_null())
     records = kept.with_columns(_with_doc_ids(kept, manifest.source, drop), **constants).select(
-        pl.col(name).cast(dtype) for name, dtype in RECORD_SCHEMA.items()
+        pl.col(name).cast(dtype) for name, dtype in INGEST_SCHEMA.items()
     )
 
     rejected = decided.filter(pl.col("reason_code").is_not_null())

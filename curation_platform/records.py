@@ -33,6 +33,16 @@ RECORD_SCHEMA: dict[str, pl.DataType] = {
     "declared_language": pl.String,  # language the manifest declares, if any
 }
 
+# Web provenance, written by ingest after the RECORD_SCHEMA columns (null where a format has none). Operators
+# must not require them: documents built from RECORD_SCHEMA alone are valid input to every stage.
+WEB_PROVENANCE_SCHEMA: dict[str, pl.DataType] = {
+    "url": pl.String,  # the page's URL (WARC-Target-URI, or a JSON record's top-level `url`)
+    "fetch_date": pl.String,  # WARC-Date of the fetch (ISO 8601), WARC drops only
+    "content_type": pl.String,  # HTTP Content-Type of the fetch, WARC drops only
+    "warc_record_id": pl.String,  # WARC-Record-ID, WARC drops only
+}
+INGEST_SCHEMA: dict[str, pl.DataType] = {**RECORD_SCHEMA, **WEB_PROVENANCE_SCHEMA}
+
 # Verdict kinds. ``drop`` and ``quarantine`` remove a document; the others annotate a kept one.
 DROP, QUARANTINE, KEEP, REDACT, FLAG = "drop", "quarantine", "keep", "redact", "flag"
 

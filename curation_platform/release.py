@@ -18,6 +18,7 @@ from curation_platform import __version__
 from curation_platform.config import CurationConfig, ReleaseConfig
 from curation_platform.hashing import xxh128_hex
 from curation_platform.ledger import LEDGER_SCHEMA
+from curation_platform.ops import flagged_words
 from curation_platform.licenses import attribution_required, license_breakdown, release_license_verdicts
 from curation_platform.ops.dedup_exact import exact_representatives
 from curation_platform.ops.dedup_minhash import RULE_DUPLICATE as NEAR_PAIR_RULE
@@ -27,7 +28,7 @@ from curation_platform.workspace import Workspace, write_parquet_atomic, write_t
 
 SHARD_COLUMNS = [
     "doc_id", "source_id", "drop", "source", "license", "kind", "language", "text", "messages",
-    "token_count", "quality_score", "provenance",
+    "token_count", "quality_score", "provenance", "url", "fetch_date", "warc_record_id",
 ]
 
 
@@ -444,6 +445,7 @@ def card_markdown(card: dict[str, Any]) -> str:
     if card.get("contamination"):
         lines += ["", "## Benchmark decontamination", "", "| benchmark | documents removed |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in card["contamination"].items()]
+    lines += flagged_words.card_markdown(card.get("flagged_words", {}))
     return "\n".join(lines) + "\n"
 
 
@@ -469,7 +471,7 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
     excluded = [d.name for d in ws.drops() if d.name not in drops]
     card = build_card(name, cfg, selected, stage_counts, result.verdicts,
                       {"rules": rules, "contamination": contamination, "shards": [p.name for p in shards],
-                       "excluded_drops": excluded})
+                       "excluded_drops": excluded, "flagged_words": flagged_words.card_removals(ws, drops)})
     write_text_atomic(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n", staging / "data_card.json")
     write_text_atomic(card_markdown(card), staging / "data_card.md")
     write_parquet_atomic(shard_of, staging / "shard_index.parquet")

@@ -6,7 +6,7 @@ import dagster as dg
 from assets.definitions import defs
 from tests.conftest import REPO
 
-PER_DROP = ["raw_documents", "normalized", "language", "quality_signals", "filtered", "scored", "pii_redacted",
+PER_DROP = ["raw_documents", "url_filtered", "normalized", "language", "line_deduped", "quality_signals", "filtered", "scored", "pii_redacted",
             "exact_deduped", "near_deduped", "decontaminated"]
 
 

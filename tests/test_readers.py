@@ -17,7 +17,7 @@ from polars.testing import assert_frame_equal
 
 from curation_platform.errors import ManifestError, UnsafePathError
 from curation_platform.readers import QUARANTINE_SCHEMA, IngestConfig, read_drop
-from curation_platform.records import MESSAGES_DTYPE, RECORD_SCHEMA
+from curation_platform.records import INGEST_SCHEMA, MESSAGES_DTYPE, RECORD_SCHEMA
 
 MANIFEST = {
     "source": "example",
@@ -56,7 +56,7 @@ def quarantined(result, file: str) -> list[tuple]:
 
 
 def check_contract(result) -> None:
-    assert result.records.schema == pl.Schema(RECORD_SCHEMA)
+    assert result.records.schema == pl.Schema(INGEST_SCHEMA)
     assert result.quarantine.schema == pl.Schema(QUARANTINE_SCHEMA)
     assert result.read_count == len(result.records) + len(result.quarantine)
     ids = pl.concat([result.records["doc_id"], result.quarantine["doc_id"]])
@@ -90,6 +90,10 @@ def test_clean_jsonl_gives_canonical_records(tmp_path):
         "format": "jsonl",
         "code_language": None,
         "declared_language": "en",
+        "url": None,
+        "fetch_date": None,
+        "content_type": None,
+        "warc_record_id": None,
     }
     # Without an id the line is the record's id inside the drop.
     assert rows[1]["source_id"] == "part-0.jsonl:2"

@@ -28,6 +28,7 @@ _C4 = "Raffel et al. 2020 (C4); DataTrove C4QualityFilter"
 _FINEWEB = "Penedo et al. 2024 (FineWeb); DataTrove FineWebQualityFilter"
 _STARCODER = "Chen et al. 2021 (Codex) and Li et al. 2023 (StarCoder) file filters"
 _CHAT = "curation_platform chat hygiene (no published reference)"
+_FLAGGED = "C4 LDNOOBW page filter as a ratio (Raffel et al. 2020); BigScience ROOTS flagged-word ratio"
 
 
 def _rule(name: str, signal: str, keep_if: str, threshold: float, kinds: list[str], reference: str,
@@ -118,6 +119,12 @@ def _chat() -> list[Rule]:
     ]
 
 
+def _flagged_words() -> list[Rule]:
+    # flagged_word_limit_ratio is the flagged-word ratio over the limit for the document's source and language
+    # (the `flagged_words` section), so one rule carries per-source and per-language thresholds.
+    return [_rule("flagged_words.max_ratio", "flagged_word_limit_ratio", "<=", 1, PROSE_KINDS, _FLAGGED)]
+
+
 class FiltersConfig(BaseModel):
     """Rule sets with published default thresholds; edit thresholds, kinds or ``enabled`` per rule."""
 
@@ -129,6 +136,7 @@ class FiltersConfig(BaseModel):
     fineweb: list[Rule] = Field(default_factory=_fineweb)  # Penedo et al. 2024
     code: list[Rule] = Field(default_factory=_code)  # Codex / StarCoder
     chat: list[Rule] = Field(default_factory=_chat)  # ours
+    flagged_words: list[Rule] = Field(default_factory=_flagged_words)  # limits per source/language: `flagged_words`
     # Short-hand edits by stable rule name, so curation.yaml need not repeat whole rule lists:
     # ``thresholds: {gopher_quality.min_words: 100}``, ``disabled: [c4.curly_bracket]``, ``enabled: [...]``.
     thresholds: dict[str, float] = Field(default_factory=dict)
@@ -144,7 +152,8 @@ class FiltersConfig(BaseModel):
         return self
 
     def _all_rules(self) -> list[Rule]:
-        return [*self.gopher_quality, *self.gopher_repetition, *self.c4, *self.fineweb, *self.code, *self.chat]
+        return [*self.gopher_quality, *self.gopher_repetition, *self.c4, *self.fineweb, *self.code, *self.chat,
+                *self.flagged_words]
 
     def rules(self) -> list[Rule]:
         """All rules in a fixed order (gopher_quality, gopher_repetition, c4, fineweb, code, chat), with the

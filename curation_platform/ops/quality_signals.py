@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from curation_platform.ops.flagged_words import FlaggedWordsConfig, flagged_word_signals
 from curation_platform.records import StageResult
 
 # Gopher stop words, Rae et al. 2021 (matched case-sensitively, as DataTrove does).
@@ -103,6 +104,8 @@ class SignalsConfig(BaseModel):
     dup_ngram_sizes: list[int] = Field(default_factory=lambda: [5, 6, 7, 8, 9, 10])  # Gopher table A1
     bullet_markers: list[str] = Field(default_factory=lambda: ["•", "-"])  # DataTrove GopherQualityFilter
     short_line_length: int = 30  # FineWeb short_line_length, Penedo et al. 2024
+    # Word lists (LDNOOBW English by default) and flagged-word limits per source and language.
+    flagged_words: FlaggedWordsConfig = Field(default_factory=FlaggedWordsConfig)
     c4_min_words_per_line: int = 3  # C4 min_words_per_line, Raffel et al. 2020
     c4_max_word_length: int = 1000  # C4 max_word_length (tensorflow_datasets c4_utils)
     code_header_lines: int = 5  # StarCoder looks for auto-generation markers in the first 5 lines
@@ -717,6 +720,7 @@ def quality_signals(docs: pl.DataFrame, cfg: SignalsConfig | None = None) -> Sta
         out = out.join(part, on="_row", how="left", maintain_order="left")
     # Every kind keeps its length, not only prose (normalize set it; the prose part recomputes it identically).
     kept = out.drop("_row").with_columns(pl.col("text").str.len_chars().cast(pl.Int64).alias("text_chars"))
+    kept = flagged_word_signals(kept, cfg.flagged_words)
     metrics = {
         "documents": docs.height,
         "prose_documents": int(docs["kind"].is_in(cfg.prose_kinds).sum()),

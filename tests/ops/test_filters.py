@@ -6,10 +6,15 @@ import polars as pl
 import pytest
 
 from curation_platform.ops.filters import FiltersConfig, filter_documents, whatif
+from curation_platform.ops.flagged_words import SIGNAL_COLUMNS as FLAGGED_SIGNAL_COLUMNS
 from curation_platform.ops.quality_signals import SIGNAL_COLUMNS
+
+# The numeric flagged-word signals (computed at the end of quality_signals) beside the quality signals.
+NUMERIC_SIGNALS = [*SIGNAL_COLUMNS, *(c for c in FLAGGED_SIGNAL_COLUMNS if c != "flagged_words_matched")]
 
 # name -> (signal, keep_if, threshold, kinds): the published defaults, written out by hand.
 PROSE = ["web", "text", "synthetic"]
+
 EXPECTED = {
     "gopher_quality.min_words": ("word_count", ">=", 50, PROSE),
     "gopher_quality.max_words": ("word_count", "<=", 100_000, PROSE),
@@ -51,6 +56,7 @@ EXPECTED = {
     "chat.repeated_turns": ("chat_repeated_turns", "==", 0, ["chat"]),
     "chat.conflicting_response": ("chat_conflicting_response", "==", 0, ["chat"]),
     "chat.min_response_chars": ("chat_response_chars", ">=", 1, ["chat"]),
+    "flagged_words.max_ratio": ("flagged_word_limit_ratio", "<=", 1, ["web", "text", "synthetic"]),
 }
 DISABLED = {"c4.removed_line_frac", "chat.conflicting_response"}
 
@@ -59,10 +65,10 @@ def signal_frame(rows):
     """A stored-signals frame: each row is (doc_id, kind, {signal: value}); other signals are null."""
     data = {"doc_id": [r[0] for r in rows], "drop": [r[3] if len(r) > 3 else "d1" for r in rows],
             "kind": [r[1] for r in rows]}
-    for col in SIGNAL_COLUMNS:
+    for col in NUMERIC_SIGNALS:
         data[col] = [r[2].get(col) for r in rows]
     return pl.DataFrame(data, schema={"doc_id": pl.String, "drop": pl.String, "kind": pl.String,
-                                      **{c: pl.Float64 for c in SIGNAL_COLUMNS}})
+                                      **{c: pl.Float64 for c in NUMERIC_SIGNALS}})
 
 
 def test_defaults_are_the_published_thresholds_in_a_fixed_order():
@@ -73,7 +79,7 @@ def test_defaults_are_the_published_thresholds_in_a_fixed_order():
         assert (rule.signal, rule.keep_if, rule.threshold, rule.kinds) == (signal, keep_if, threshold, kinds)
         assert rule.enabled is (rule.name not in DISABLED)
         assert rule.reference
-        assert rule.signal in SIGNAL_COLUMNS
+        assert rule.signal in SIGNAL_COLUMNS or rule.signal in FLAGGED_SIGNAL_COLUMNS
 
 
 def _step(threshold):
