@@ -7,7 +7,7 @@ import yaml
 from curation_platform.audit import reconciliation_counts, release_gate, stage_gate
 from curation_platform.config import CurationConfig
 from curation_platform.gates import counts_expectations, identity_expectations, validate
-from curation_platform.pipeline import run_stage
+from curation_platform.pipeline import STAGES, UPSTREAM, run_stage
 from curation_platform.workspace import Workspace
 
 
@@ -48,7 +48,7 @@ def curated(tmp_path_factory):
     ws = Workspace(root / "ws")
     ws.register_drop("d1", drop)
     cfg = CurationConfig()
-    for stage in ("raw_documents", "normalized"):
+    for stage in STAGES[: STAGES.index("normalized") + 1]:
         run_stage(ws, cfg, stage, "d1")
     return ws, cfg
 
@@ -61,7 +61,7 @@ def _reconciliation(ws, cfg, stage, upstream):
 def test_untouched_ledger_reconciles(curated):
     ws, cfg = curated
     assert _reconciliation(ws, cfg, "raw_documents", None).passed
-    assert _reconciliation(ws, cfg, "normalized", "raw_documents").passed
+    assert _reconciliation(ws, cfg, "normalized", UPSTREAM["normalized"]).passed
     counts = reconciliation_counts(ws, "raw_documents", None, "d1").row(0, named=True)
     assert counts["input"] == 7 and counts["kept"] == 6 and counts["accounted"] == 7
 
@@ -90,7 +90,7 @@ def _duplicated_and_missing(ledger: pl.DataFrame) -> pl.DataFrame:
 
 
 @pytest.mark.parametrize("corrupt", [_missing, _duplicated, _extra, _swapped, _duplicated_and_missing])
-@pytest.mark.parametrize(("stage", "upstream"), [("normalized", "raw_documents"), ("raw_documents", None)])
+@pytest.mark.parametrize(("stage", "upstream"), [("normalized", UPSTREAM["normalized"]), ("raw_documents", None)])
 def test_corrupted_ledger_fails_the_reconciliation_gate(curated, corrupt, stage, upstream):
     ws, cfg = curated
     path = ws.ledger_path(stage, "d1")
