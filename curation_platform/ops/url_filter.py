@@ -165,6 +165,8 @@ def url_matches(docs: pl.DataFrame, cfg: UrlFilterConfig) -> pl.DataFrame:
     if "url" not in docs.columns:
         return pl.DataFrame(schema={"doc_id": pl.String, "rule": pl.String, "list": pl.String, "entry": pl.String})
     frame = docs.select("doc_id", "source", "url").filter(pl.col("url").str.strip_chars().fill_null("") != "")
+    if frame.is_empty():  # no URL to check: never pay for loading the lists (the UT1 domains take seconds)
+        return pl.DataFrame(schema={"doc_id": pl.String, "rule": pl.String, "list": pl.String, "entry": pl.String})
     frame = frame.with_columns(_host(pl.col("url")).alias("host"))
     domains = _domain_candidates(frame)
     if cfg.allow:
