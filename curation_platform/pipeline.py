@@ -166,7 +166,9 @@ def _dedup(ws: Workspace, cfg: CurationConfig, docs: pl.DataFrame, drop: str, in
 
 def _line_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: pl.DataFrame) -> StageResult:
     order = ws.drop(drop).order
-    earlier = [ws.index_path("lines", d.name) for d in ws.drops() if d.order < order]
+    # Only curated drops count: a stale drop, or one whose gate failed, removes no line from later drops.
+    earlier = [ws.index_path("lines", d.name) for d in ws.drops()
+               if d.order < order and drop_state(ws, cfg, d.name) == "current"]
     result, entries = line_dedup(docs, earlier, cfg.line_dedup)
     with file_lock(ws.root / "registry" / ".lock"):
         write_parquet_atomic(entries, ws.index_path("lines", drop))

@@ -11,7 +11,7 @@ from warcio.warcwriter import WARCWriter
 
 from curation_platform.config import CurationConfig
 from curation_platform.ops.url_filter import BlockList, UrlFilterConfig
-from curation_platform.pipeline import run_stage
+from curation_platform.pipeline import STAGES, run_stage
 from curation_platform.workspace import Workspace
 from tests.test_readers import make_drop
 
@@ -47,8 +47,9 @@ def test_warc_drop_through_url_and_line_dedup_stages(tmp_path):
     ws.register_drop("drop-a", first)
     ws.register_drop("drop-b", second)
     stages = ["raw_documents", "url_filtered", "normalized", "language", "line_deduped"]
-    for drop in ("drop-a", "drop-b"):
-        for stage in stages:
+    # drop-a is curated (every stage), so its line index counts for drop-b.
+    for drop, drop_stages in (("drop-a", STAGES), ("drop-b", stages)):
+        for stage in drop_stages:
             summary = run_stage(ws, cfg, stage, drop)
             assert summary.input == summary.kept + summary.dropped + summary.quarantined
     ledger = pl.read_parquet(ws.ledger_path("url_filtered", "drop-a")).filter(pl.col("verdict") == "drop")
@@ -62,3 +63,9 @@ def test_warc_drop_through_url_and_line_dedup_stages(tmp_path):
     assert int(kept["text"].str.contains(BANNER, literal=True).sum()) == 3
     later = ws.read_stage("line_deduped", "drop-b")
     assert later.height == 3 and int(later["text"].str.contains(BANNER, literal=True).sum()) == 0
+    # Once drop-a is stale (re-ingested, its later stages not re-run), its lines no longer count.
+    run_stage(ws, cfg, "raw_documents", "drop-a")
+    for stage in stages:
+        run_stage(ws, cfg, stage, "drop-b")
+    again = ws.read_stage("line_deduped", "drop-b")
+    assert int(again["text"].str.contains(BANNER, literal=True).sum()) == 3
