@@ -67,6 +67,26 @@ def _print_progress(stage: str, partition: str, summary: object) -> None:
                    + (f", DVC {summary.get('md5')} pushed to {summary.get('remote')}" if summary.get("md5") else ""))
 
 
+def _scan_settled(landing: Path, settle_seconds: float, now: float | None):
+    """Scan the landing area; without ``now``, wait (at most ``settle_seconds``) for drops written moments ago to
+    settle, so a half-copied drop is never read. Drops still changing after that are reported and left for later."""
+    import time
+
+    from curation_platform.landing import scan_landing
+
+    scan = scan_landing(landing, settle_seconds, now=now)
+    if scan.waiting and now is None and scan.settles_in is not None:
+        wait = min(settle_seconds, scan.settles_in + 0.5)
+        typer.echo(f"waiting {wait:.0f} s for {', '.join(scan.waiting)} to settle (ingest.settle_seconds "
+                   f"{settle_seconds:g}; a _READY file in the drop skips the wait)")
+        time.sleep(wait)
+        scan = scan_landing(landing, settle_seconds)
+    for name in scan.waiting:
+        typer.secho(f"not read: drop '{name}' is still being written (changed less than {settle_seconds:g} s ago); "
+                    "run again once the copy finished, or add a _READY file", fg=typer.colors.YELLOW, err=True)
+    return scan
+
+
 def _failures(result) -> list[str]:
     """Failed gates and failed steps of a finished in-process run, as readable lines."""
     lines = []
@@ -104,13 +124,14 @@ def run(
     profile: Optional[str] = typer.Option(None, "--profile", help="License profile (default from config)."),
     benchmark: list[str] = typer.Option([], "--benchmark", help="Extra benchmark NAME=PATH:FIELD[,FIELD]."),
     no_release: bool = typer.Option(False, "--no-release", help="Curate drops only; build no release."),
+    now: Optional[float] = typer.Option(None, "--now", help="Judge which drops have settled as of this Unix time "
+                                        "and do not wait for settling ones (for tests and scripts)."),
 ) -> None:
     """Register every ready drop, curate new ones through the Dagster graph, build and version the release."""
     from assets import progress
     from assets.definitions import build_definitions
     from assets.partitions import drops
     from assets.resources import CurationResource
-    from curation_platform.landing import scan_landing
     from curation_platform.workspace import Workspace
 
     cfg = _config(config)
@@ -120,9 +141,12 @@ def run(
     cfg = resource.cfg()
     if cfg.release.profile not in cfg.licenses.profiles:
         _fail(f"unknown license profile '{cfg.release.profile}'; profiles: {', '.join(cfg.licenses.profiles)}")
-    scan = scan_landing(landing, 0 if landing.is_dir() else cfg.ingest.settle_seconds)
+    scan = _scan_settled(landing, cfg.ingest.settle_seconds, now)
     for name, message in scan.rejected:
         typer.secho(f"rejected drop {name}: {message}", fg=typer.colors.YELLOW, err=True)
+    for name, message in scan.messages():
+        if name not in dict(scan.rejected):
+            typer.secho(f"not read: {message}", fg=typer.colors.YELLOW, err=True)
     changed = ws.changed_drops(scan.ready)
     ws.register_drops(scan.ready)
     registered = [d.name for d in ws.drops()]

@@ -196,3 +196,20 @@ def test_a_moved_landing_area_is_read_from_its_new_place(tmp_path):
     code, output = run_cli("run", "--landing", str(tmp_path / "moved"), *args)
     assert code == 0 and "1 to curate" in output, output
     assert pl.read_parquet(tmp_path / "data" / "stages" / "raw_documents" / "2026-01-web.parquet").height == 5
+
+
+def test_run_does_not_read_a_drop_that_is_still_being_written(tmp_path):
+    import time
+
+    drop = write_corpus_drop(tmp_path / "landing", "2026-01-web", _clean(4, 14), source="web")
+    (drop / "_READY").unlink()  # a copy in progress: files written just now, no marker
+    args = ["--landing", str(tmp_path / "landing"), "--workspace", str(tmp_path / "data"), "--config", CONFIG,
+            "--no-release"]
+    written = time.time()
+    code, output = run_cli("run", *args, "--now", str(written + 3))  # 3 s later; settle_seconds is 10
+    assert code == 0, output
+    assert "2026-01-web' is still being written" in output and "0 drop(s) registered" in output
+    assert not (tmp_path / "data" / "stages" / "raw_documents" / "2026-01-web.parquet").exists()
+    code, output = run_cli("run", *args, "--now", str(written + 60))  # settled
+    assert code == 0 and "1 to curate" in output, output
+    assert (tmp_path / "data" / "stages" / "raw_documents" / "2026-01-web.parquet").exists()
