@@ -239,13 +239,17 @@ def status(workspace: Path = WorkspaceOpt, config: Path = ConfigOpt) -> None:
 
 @app.command()
 def explain(doc_id: str, workspace: Path = WorkspaceOpt, config: Path = ConfigOpt) -> None:
-    """A document's journey: source, drop, license, each stage's verdict and reason, duplicate-of, its shard."""
-    from curation_platform.explain import document_journey
+    """A document's journey: source, drop, license, each stage's verdict and reason, duplicate-of, its shard.
+    DOC_ID may be a unique prefix (as `curate whatif` prints); an unknown id exits non-zero."""
+    from curation_platform.explain import document_journey, resolve_doc_id
     from curation_platform.workspace import Workspace
 
     ws = Workspace(workspace)
-    journey = document_journey(ws, doc_id)
-    typer.echo(journey)
+    try:
+        full_id = resolve_doc_id(ws, doc_id)
+    except CurationError as exc:
+        _fail(str(exc))
+    typer.echo(document_journey(ws, full_id))
 
 
 @ledger_app.command("export")

@@ -113,7 +113,18 @@ def test_user_benchmark_given_on_the_command_line_catches_a_leak(tmp_path):
 
 def test_explain_of_an_unknown_document_says_so(tmp_path):
     code, output = run_cli("explain", "nope", "--workspace", str(tmp_path), "--config", CONFIG)
-    assert code == 0 and "run `curate run` first" in output
+    assert code == 1 and "run `curate run` first" in output
+
+
+def test_explain_accepts_a_unique_prefix_and_fails_on_an_unknown_id(two_licenses):
+    root, _ = two_licenses
+    ws = ["--workspace", str(root / "data"), "--config", CONFIG]
+    doc_id = _shards(root, "latest")["doc_id"][0]
+    code, output = run_cli("explain", doc_id[:12], *ws)  # the prefix `curate whatif` prints
+    assert code == 0, output
+    assert f"document {doc_id}" in output and "released in latest/shards/" in output
+    code, output = run_cli("explain", "not-a-doc-id", *ws)
+    assert code == 1 and "not-a-doc-id is not in the ledger" in output
 
 
 def test_a_symlink_out_of_the_drop_stops_it_with_a_clear_message(tmp_path):
