@@ -90,13 +90,16 @@ def _scan_settled(landing: Path, settle_seconds: float, now: float | None):
 def _failures(result) -> list[str]:
     """Failed gates and failed steps of a finished in-process run, as readable lines."""
     lines = []
+    gates = set()
     for evaluation in result.get_asset_check_evaluations():
         if not evaluation.passed:
             where = evaluation.asset_key.to_user_string()
+            gates.add(f"{where}_{evaluation.check_name}")
             part = f" [{evaluation.partition}]" if getattr(evaluation, "partition", None) else ""
             lines.append(f"gate {where}{part} failed: {evaluation.description}")
     for event in result.all_events:
-        if event.event_type_value == "STEP_FAILURE":
+        # A blocking check's own step failure only repeats the gate failure reported above.
+        if event.event_type_value == "STEP_FAILURE" and event.step_key not in gates:
             error = event.step_failure_data.error
             cause = error
             while cause.cause is not None:
@@ -178,7 +181,8 @@ def run(
     if scan.rejected or problems:
         for line in problems:
             typer.secho(line, fg=typer.colors.RED, err=True)
-        _fail(f"{len(problems)} failure(s), {len(scan.rejected)} rejected drop(s); downstream stages did not run")
+        _fail(f"{len(problems)} failure(s), {len(scan.rejected)} rejected drop(s); the stages after a failure did "
+              "not run")
 
 
 def _summary_frame(ws, cfg) -> pl.DataFrame:

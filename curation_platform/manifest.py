@@ -59,6 +59,7 @@ class Manifest(BaseModel):
     language: str | None = None
     format: Format | None = None
     generator: Generator | None = None
+    filter_profile: str | None = None  # a rule set from curation.yaml `filters.profiles`, e.g. short-form
 
     @field_validator("source", "license", "text_field", "id_field")
     @classmethod
@@ -95,6 +96,7 @@ _FIELD_HELP = {
     "provenance": "add `provenance:` as a mapping with `url` or `description`, and `collected_at`",
     "format": "set `format:` to one of jsonl, parquet, csv, text, markdown, html, code, chat, or remove it",
     "generator": "set `generator:` to a mapping with `model` and `terms`",
+    "filter_profile": "set `filter_profile:` to a profile name from curation.yaml `filters.profiles`",
 }
 
 

@@ -224,3 +224,40 @@ def test_run_does_not_read_a_drop_that_is_still_being_written(tmp_path):
     code, output = run_cli("run", *args, "--now", str(written + 60))  # settled
     assert code == 0 and "1 to curate" in output, output
     assert (tmp_path / "data" / "stages" / "raw_documents" / "2026-01-web.parquet").exists()
+
+
+SHORT_NOTES = [
+    "The library opens at nine on weekdays and closes early on Sunday.",
+    "Our team shipped the billing fix after two weeks of careful testing.",
+    "Fresh bread is baked each morning in the small shop near the station.",
+    "The river flooded the lower fields twice during the wet spring this year.",
+    "She planted tomatoes along the fence where the afternoon sun is strongest.",
+    "The museum added a new wing for maps and old navigation instruments.",
+    "Our cat sleeps on the warm windowsill for most of the quiet afternoon.",
+    "The council voted to repair the old bridge before the winter storms.",
+    "He learned to sail on the lake during a long and windy summer.",
+    "The orchestra rehearsed the new symphony in the empty hall all week.",
+]
+
+
+def test_a_first_drop_of_short_documents_is_explained_and_a_profile_keeps_it(tmp_path):
+    docs = pl.DataFrame({"id": [f"note-{i}" for i in range(len(SHORT_NOTES))], "text": SHORT_NOTES})
+    drop = write_corpus_drop(tmp_path / "landing", "2026-01-notes", docs, source="team-notes", kind="text")
+    args = ["--landing", str(tmp_path / "landing"), "--workspace", str(tmp_path / "data"), "--config", CONFIG]
+    code, output = run_cli("run", *args)
+    assert code == 1
+    # In the user's words: which rule removed how many, the whatif that previews keeping them, the profile to use.
+    assert "the quality filters removed 10 of 10 documents of drop '2026-01-notes'" in output
+    assert "gopher_quality.min_words removed 10 (word_count < 50" in output
+    assert "curate whatif --set gopher_quality.min_words=" in output
+    assert "`filter_profile: short-form`" in output and "{team-notes: short-form}" in output
+    assert "expect_column_values_to_be_between" not in output and "blocking asset check" not in output
+    whatif = output.split("curate whatif ", 1)[1].splitlines()[0].split()
+    code, preview = run_cli("whatif", *whatif, "--workspace", str(tmp_path / "data"), "--config", CONFIG)
+    assert code == 0 and "2026-01-notes" in preview
+    assert next(l for l in preview.splitlines() if " * " in l).split()[2] == "10"  # all changes together keep all
+    with open(drop / "manifest.yaml", "a") as handle:
+        handle.write("filter_profile: short-form\n")
+    code, output = run_cli("run", *args)
+    assert code == 0, output
+    assert json.loads((tmp_path / "data" / "releases" / "latest" / "data_card.json").read_text())["documents"] == 10
