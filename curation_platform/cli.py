@@ -281,12 +281,17 @@ def ledger_export(
 
 @app.command()
 def whatif(
-    set_: list[str] = typer.Option(..., "--set", help="RULE=VALUE, e.g. gopher_quality.min_words=100"),
+    set_: list[str] = typer.Option(..., "--set", help="SETTING=VALUE: a filter rule (gopher_quality.min_words=100) "
+                                   "or a stage threshold (language.min_score, pii.max_hits_per_doc, "
+                                   "near_dedup.verify_threshold, scoring.min_score)."),
     workspace: Path = WorkspaceOpt,
     config: Path = ConfigOpt,
 ) -> None:
-    """How many documents per drop a threshold change would add back or remove, from the stored signals."""
+    """How many documents per drop a threshold change would add back or remove, from the stored signals and
+    ledger values (each drop with its filter profile)."""
     from curation_platform.ops.filters import whatif as whatif_counts
+    from curation_platform.pipeline import filter_profile
+    from curation_platform.whatif import NOT_PREVIEWABLE, PREVIEWABLE, SCHEMA, threshold_whatif
     from curation_platform.workspace import Workspace
 
     ws = Workspace(workspace)
@@ -297,19 +302,38 @@ def whatif(
         try:
             changes[rule] = float(value)
         except ValueError:
-            _fail(f"--set {item!r}: expected RULE=NUMBER")
-    frames = [pl.read_parquet(ws.stage_path("quality_signals", d.name)) for d in ws.drops()
-              if ws.stage_path("quality_signals", d.name).exists()]
-    if not frames:
-        _fail("no stored signals: run `curate run` first")
-    try:
-        table = whatif_counts(pl.concat(frames, how="diagonal_relaxed"), cfg.filters, changes)
-    except KeyError as exc:
-        _fail(str(exc.args[0]) if exc.args else str(exc))
+            _fail(f"--set {item!r}: expected SETTING=NUMBER")
+    rule_names = {r.name for r in cfg.filters.rules()}
+    filter_changes = {k: v for k, v in changes.items() if k in rule_names}
+    settings = {k: v for k, v in changes.items() if k not in rule_names}
+    unknown = sorted(set(settings) - set(PREVIEWABLE) - set(NOT_PREVIEWABLE))
+    if unknown:
+        _fail(f"unknown setting(s) {', '.join(unknown)}: give a filter rule name (see `filters` in curation.yaml, "
+              f"e.g. gopher_quality.min_words) or one of {', '.join(sorted(PREVIEWABLE))}")
+    tables = []
+    if filter_changes:
+        drops = [d.name for d in ws.drops() if ws.stage_path("quality_signals", d.name).exists()]
+        if not drops:
+            _fail("no stored signals: run `curate run` first")
+        try:
+            for name in drops:
+                tables.append(whatif_counts(pl.read_parquet(ws.stage_path("quality_signals", name)), cfg.filters,
+                                            filter_changes, filter_profile(ws, cfg, name)))
+        except KeyError as exc:
+            _fail(str(exc.args[0]) if exc.args else str(exc))
+    for setting, value in settings.items():
+        try:
+            tables.append(threshold_whatif(ws, cfg, setting, value))
+        except CurationError as exc:
+            _fail(str(exc))
+    table = pl.concat(tables).sort("drop", "rule") if tables else pl.DataFrame(schema=SCHEMA)
     typer.echo(f"{'drop':<28} {'rule':<40} {'added':>6} {'removed':>8}  examples")
     for r in table.iter_rows(named=True):
         examples = ", ".join([f"+{d[:12]}" for d in r["example_added"] or []] + [f"-{d[:12]}" for d in r["example_removed"] or []])
         typer.echo(f"{r['drop']:<28} {r['rule']:<40} {r['added']:>6} {r['removed']:>8}  {examples}")
+    if settings:
+        typer.echo("(stage thresholds are counted at their own stage; later stages may still remove documents; "
+                   "`curate explain ID` takes the example prefixes)")
 
 
 @app.command()

@@ -261,3 +261,20 @@ def test_a_first_drop_of_short_documents_is_explained_and_a_profile_keeps_it(tmp
     code, output = run_cli("run", *args)
     assert code == 0, output
     assert json.loads((tmp_path / "data" / "releases" / "latest" / "data_card.json").read_text())["documents"] == 10
+
+
+def test_whatif_previews_stage_thresholds_and_says_which_cannot_be_previewed(two_licenses):
+    root, _ = two_licenses
+    ws = ["--workspace", str(root / "data"), "--config", CONFIG]
+    scores = pl.read_parquet(root / "data" / "stages" / "language" / "2026-01-open.parquet")["language_score"]
+    threshold = float(scores.sort()[3])
+    expected = int((scores < threshold).sum())  # kept today, under the new minimum score
+    assert expected == 3
+    code, output = run_cli("whatif", "--set", f"language.min_score={threshold}", *ws)
+    assert code == 0, output
+    line = next(l for l in output.splitlines() if l.startswith("2026-01-open"))
+    assert line.split()[1:4] == ["language.min_score", "0", str(expected)]
+    code, output = run_cli("whatif", "--set", "pii.max_hits_per_doc=0", *ws)
+    assert code == 0 and "pii.max_hits_per_doc" in output  # clean corpus: nothing to remove
+    code, output = run_cli("whatif", "--set", "decontamination.ngram=8", *ws)
+    assert code == 1 and "cannot be previewed from stored data" in output
