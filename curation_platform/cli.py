@@ -185,25 +185,58 @@ def run(
               "not run")
 
 
+# Release removals in the user's words.
+_RELEASE_REASONS = {
+    "license.not_in_profile": "license not allowed by profile '{profile}'",
+    "license.generator_terms": "synthetic: the generator's terms forbid training (licenses.generators_forbidding_training)",
+    "release.over_budget": "over the token budget (release.token_budget)",
+}
+
+
+def _released_per_drop(ws, cfg) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(drop, released, tokens) from the release's shards, and (drop, rule, documents) of its removals."""
+    shards = ws.release_dir(cfg.release.name) / "shards"
+    files = sorted(shards.glob("*.parquet")) if shards.is_dir() else []
+    released = (
+        pl.concat([pl.read_parquet(f, columns=["drop", "token_count"]) for f in files])
+        .group_by("drop").agg(pl.len().cast(pl.Int64).alias("released"), pl.col("token_count").sum().cast(pl.Int64).alias("tokens"))
+        if files else pl.DataFrame(schema={"drop": pl.String, "released": pl.Int64, "tokens": pl.Int64})
+    )
+    ledger = ws.release_ledger_path(cfg.release.name)
+    removals = (
+        pl.read_parquet(ledger, columns=["drop", "rule"]).group_by("drop", "rule").len().sort("drop", "rule")
+        if ledger.exists() else pl.DataFrame(schema={"drop": pl.String, "rule": pl.String, "len": pl.UInt32})
+    )
+    return released, removals
+
+
 def _summary_frame(ws, cfg) -> pl.DataFrame:
     from curation_platform.ledger import stage_counts
     from curation_platform.pipeline import FINAL_STAGE, STAGES, drop_state
 
+    released, _ = _released_per_drop(ws, cfg)
+    released = {r["drop"]: r for r in released.iter_rows(named=True)}
     rows = []
     for drop in ws.drops():
         counts = stage_counts(ws, drop.name, STAGES)
+        shipped = released.get(drop.name, {})
         if counts.is_empty():
-            rows.append({"drop": drop.name, "read": 0, "kept": 0, "dropped": 0, "quarantined": 0, "status": "not run"})
+            rows.append({"drop": drop.name, "read": 0, "kept": 0, "released": 0, "tokens": 0, "dropped": 0,
+                         "quarantined": 0, "status": "not run"})
             continue
         final = counts.filter(pl.col("stage") == FINAL_STAGE)
         rows.append({
             "drop": drop.name,
             "read": int(counts["input"][0]),
             "kept": int(final["kept"][0]) if final.height else 0,
+            "released": int(shipped.get("released") or 0),
+            "tokens": int(shipped.get("tokens") or 0),
             "dropped": int(counts["dropped"].sum()),
             "quarantined": int(counts["quarantined"].sum()),
             "status": {"current": "curated", "new": "not run"}.get(
-                drop_state(ws, cfg, drop.name), f"incomplete (last ran: {counts['stage'][-1]})"),
+                drop_state(ws, cfg, drop.name),
+                "curated with another configuration: `curate run` curates it again"
+                if counts["stage"][-1] == FINAL_STAGE else f"incomplete (last ran: {counts['stage'][-1]})"),
         })
     return pl.DataFrame(rows)
 
@@ -214,25 +247,48 @@ def _print_summary(ws, cfg) -> None:
         typer.echo("no drops registered")
         return
     typer.echo("")
-    typer.echo(f"{'drop':<28} {'read':>7} {'kept':>7} {'dropped':>8} {'quarantined':>12}  status")
+    typer.echo(f"{'drop':<28} {'read':>7} {'kept':>7} {'released':>8} {'tokens':>9} {'dropped':>8} "
+               f"{'quarantined':>12}  status")
     for r in frame.iter_rows(named=True):
-        typer.echo(f"{r['drop']:<28} {r['read']:>7} {r['kept']:>7} {r['dropped']:>8} {r['quarantined']:>12}  {r['status']}")
+        typer.echo(f"{r['drop']:<28} {r['read']:>7} {r['kept']:>7} {r['released']:>8} {r['tokens']:>9} "
+                   f"{r['dropped']:>8} {r['quarantined']:>12}  {r['status']}")
     card_path = ws.release_dir(cfg.release.name) / "data_card.json"
     if card_path.exists():
         card = json.loads(card_path.read_text())
         typer.echo(f"\nrelease '{card['name']}' ({card['profile']}): {card['documents']} documents, "
                    f"{card['tokens']} tokens, {len(card.get('shards', []))} shard(s)")
         typer.echo(f"  {ws.release_dir(cfg.release.name)}  (data card: data_card.md)")
+        _, removals = _released_per_drop(ws, cfg)
+        kept = dict(zip(frame["drop"], frame["kept"]))
+        released = dict(zip(frame["drop"], frame["released"]))
+        for drop, rules in removals.group_by("drop", maintain_order=True):
+            name = drop[0]
+            why = "; ".join(f"{_RELEASE_REASONS.get(rule, rule).format(profile=card['profile'])}: {n}"
+                            for rule, n in rules.select("rule", "len").iter_rows())
+            head = (f"none of its {kept.get(name, 0)} kept documents released" if not released.get(name)
+                    else f"{int(rules['len'].sum())} kept document(s) left out")
+            typer.echo(f"  {name}: {head} ({why})")
 
 
 @app.command()
-def status(workspace: Path = WorkspaceOpt, config: Path = ConfigOpt) -> None:
-    """Registered drops with their counts, and the releases in the workspace."""
+def status(
+    workspace: Path = WorkspaceOpt,
+    config: Path = ConfigOpt,
+    landing: Path = typer.Option(Path("landing"), "--landing", help="Landing area whose unread drops to list."),
+) -> None:
+    """Registered drops with their counts (read, kept, released, tokens), drops in the landing area that are not
+    read and why, and the releases in the workspace."""
+    from curation_platform.landing import scan_landing
     from curation_platform.workspace import Workspace
 
     ws = Workspace(workspace)
     cfg = _config(config)
     _print_summary(ws, cfg)
+    scan = scan_landing(landing, cfg.ingest.settle_seconds)
+    for name, message in scan.messages():
+        typer.echo(f"not read: {message}" if name not in dict(scan.rejected) else f"rejected drop {name}: {message}")
+    for name in scan.waiting:
+        typer.echo(f"settling: drop '{name}' changed less than {cfg.ingest.settle_seconds:g} s ago")
     releases = ws.root / "releases"
     for card_path in sorted(releases.glob("*/data_card.json")) if releases.exists() else []:
         card = json.loads(card_path.read_text())

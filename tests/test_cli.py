@@ -278,3 +278,26 @@ def test_whatif_previews_stage_thresholds_and_says_which_cannot_be_previewed(two
     assert code == 0 and "pii.max_hits_per_doc" in output  # clean corpus: nothing to remove
     code, output = run_cli("whatif", "--set", "decontamination.ngram=8", *ws)
     assert code == 1 and "cannot be previewed from stored data" in output
+
+
+def test_status_shows_released_documents_and_tokens_and_why_a_drop_is_left_out(two_licenses):
+    root, args = two_licenses
+    shards = _shards(root, "latest")
+    open_tokens = int(shards.filter(pl.col("drop") == "2026-01-open")["token_count"].sum())
+    (root / "landing" / "2026-03-no-manifest").mkdir()
+    (root / "landing" / "2026-03-no-manifest" / "a.jsonl").write_text('{"text": "x"}\n')
+    (root / "landing" / "2026-03-no-manifest" / "_READY").write_text("")
+    code, output = run_cli("status", "--workspace", str(root / "data"), "--config", CONFIG,
+                           "--landing", str(root / "landing"))
+    assert code == 0, output
+    assert "released" in output and "tokens" in output
+    row = next(l for l in output.splitlines() if l.startswith("2026-01-open"))
+    assert row.split()[1:5] == ["12", "12", str(shards.filter(pl.col("drop") == "2026-01-open").height), str(open_tokens)]
+    nc = next(l for l in output.splitlines() if l.startswith("2026-02-nc"))
+    assert nc.split()[3:5] == ["0", "0"]
+    assert ("2026-02-nc: none of its 6 kept documents released (license not allowed by profile 'commercial': 6)"
+            in output)
+    assert "drop '2026-03-no-manifest': no manifest.yaml" in output
+    import shutil
+
+    shutil.rmtree(root / "landing" / "2026-03-no-manifest")
