@@ -48,7 +48,7 @@ def dagster_instance(workspace: Path):
     if repo_yaml.exists() and not (home / "dagster.yaml").exists():
         shutil.copy(repo_yaml, home / "dagster.yaml")
     elif not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
     return DagsterInstance.from_config(str(home))
 
 

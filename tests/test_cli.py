@@ -301,3 +301,10 @@ def test_status_shows_released_documents_and_tokens_and_why_a_drop_is_left_out(t
     import shutil
 
     shutil.rmtree(root / "landing" / "2026-03-no-manifest")
+
+
+def test_the_ui_instance_starts_without_the_community_dialog(tmp_path):
+    from curation_platform.cli import dagster_instance
+
+    instance = dagster_instance(tmp_path / "data")  # the DAGSTER_HOME `make ui` and `curate run` share
+    assert not instance.nux_enabled
