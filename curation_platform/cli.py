@@ -221,8 +221,9 @@ def _summary_frame(ws, cfg) -> pl.DataFrame:
         counts = stage_counts(ws, drop.name, STAGES)
         shipped = released.get(drop.name, {})
         if counts.is_empty():
+            ran = ws.ledger_path(STAGES[0], drop.name).exists()
             rows.append({"drop": drop.name, "read": 0, "kept": 0, "released": 0, "tokens": 0, "dropped": 0,
-                         "quarantined": 0, "status": "not run"})
+                         "quarantined": 0, "status": "empty: its files hold no record" if ran else "not run"})
             continue
         final = counts.filter(pl.col("stage") == FINAL_STAGE)
         rows.append({

@@ -29,13 +29,15 @@ class LandingScan:
         lines = [(name, message) for name, message in self.rejected]
         lines += [(name, f"drop '{name}': no {MANIFEST_NAME}; add one (source, kind, license, provenance) to have "
                          "it read") for name in self.no_manifest]
-        lines += [(name, f"drop '{name}' is empty: it has a {MANIFEST_NAME} but no data files") for name in self.empty]
+        lines += [(name, f"drop '{name}' is empty: it has a {MANIFEST_NAME} but no data (no file, or only empty files)")
+                  for name in self.empty]
         return sorted(lines)
 
 
 def _has_data_files(folder: Path) -> bool:
+    """True when the drop holds at least one non-empty data file (zero-byte files hold no record)."""
     return any(p.is_file() and not p.name.startswith(".") and p.name not in (MANIFEST_NAME, READY_MARKER)
-               for p in folder.rglob("*"))
+               and p.stat().st_size > 0 for p in folder.rglob("*"))
 
 
 def scan_landing(landing: Path, settle_seconds: float, now: float | None = None) -> LandingScan:

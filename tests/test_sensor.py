@@ -104,3 +104,6 @@ def test_an_empty_drop_is_reported_as_empty(tmp_path):
     with dg.instance_for_test() as instance:
         result = _evaluate(tmp_path, instance)
         assert not result.run_requests and "1 empty (2026-03-empty)" in str(result.skip_reason)
+    (folder / "docs.jsonl").write_text("")  # a zero-byte data file holds no record either
+    with dg.instance_for_test() as instance:
+        assert "1 empty (2026-03-empty)" in str(_evaluate(tmp_path, instance).skip_reason)
