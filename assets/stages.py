@@ -60,12 +60,15 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
 
 
 def check_result(results: list[GateResult], advice: str = "") -> dg.AssetCheckResult:
-    """The check result of a gate; a failed gate's description is ``advice`` (the failure in the user's words)
-    when there is one, and the raw expectation failures otherwise (they stay in the metadata either way)."""
+    """The check result of a gate. When the removal rate failed and ``advice`` says why in the user's words, the
+    description is the advice plus any other failure; otherwise the raw expectation failures (they stay in the
+    metadata either way)."""
     failures = [f"{r.name}: {f}" for r in results for f in r.failures]
     return dg.AssetCheckResult(
         passed=not failures,
-        description=(advice or "; ".join(failures)) if failures else f"{len(results)} suites passed",
+        description=(
+            "\n".join([advice, *[f for f in failures if "removal_rate" not in f]]) if advice
+            else "; ".join(failures)) if failures else f"{len(results)} suites passed",
         metadata={
             "suites": dg.MetadataValue.json({r.name: {"passed": r.passed, **r.checked} for r in results}),
             "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in failures) or "none"),
@@ -91,8 +94,9 @@ def _stage_gate(stage: str) -> dg.AssetChecksDefinition:
         results = stage_gate(ws, cfg, stage, upstream, drop, stage_residue(ws, cfg, stage, drop))
         if stage == "near_deduped":
             results.append(near_dedup_gate(ws, cfg, drop))
-        failed = any(not r.passed for r in results)
-        advice = filtered_gate_advice(ws, cfg, drop, filter_profile(ws, cfg, drop)) if failed and stage == "filtered" else ""
+        too_many_removed = any("removal_rate" in f for r in results for f in r.failures)
+        advice = (filtered_gate_advice(ws, cfg, drop, filter_profile(ws, cfg, drop))
+                  if too_many_removed and stage == "filtered" else "")
         return check_result(results, advice)
 
     return _check
