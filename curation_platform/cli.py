@@ -259,16 +259,25 @@ def _print_summary(ws, cfg) -> None:
         typer.echo(f"\nrelease '{card['name']}' ({card['profile']}): {card['documents']} documents, "
                    f"{card['tokens']} tokens, {len(card.get('shards', []))} shard(s)")
         typer.echo(f"  {ws.release_dir(cfg.release.name)}  (data card: data_card.md)")
-        _, removals = _released_per_drop(ws, cfg)
-        kept = dict(zip(frame["drop"], frame["kept"]))
-        released = dict(zip(frame["drop"], frame["released"]))
-        for drop, rules in removals.group_by("drop", maintain_order=True):
-            name = drop[0]
-            why = "; ".join(f"{_RELEASE_REASONS.get(rule, rule).format(profile=card['profile'])}: {n}"
-                            for rule, n in rules.select("rule", "len").iter_rows())
-            head = (f"none of its {kept.get(name, 0)} kept documents released" if not released.get(name)
-                    else f"{int(rules['len'].sum())} kept document(s) left out")
-            typer.echo(f"  {name}: {head} ({why})")
+        _print_left_out(_released_per_drop(ws, cfg)[1], frame, card["profile"])
+    staged = ws.staging_dir(cfg.release.name) / "release_verdicts.parquet"
+    if staged.exists():  # a candidate that was not published (its gate failed): say what it left out
+        typer.echo(f"\nrelease candidate '{cfg.release.name}' ({cfg.release.profile}), not published:")
+        removals = pl.read_parquet(staged, columns=["drop", "rule"]).group_by("drop", "rule").len().sort("drop", "rule")
+        _print_left_out(removals, frame.with_columns(pl.lit(0).alias("released")), cfg.release.profile)
+
+
+def _print_left_out(removals: pl.DataFrame, frame: pl.DataFrame, profile: str) -> None:
+    """One line per drop the release left documents of out, with the reasons in the user's words."""
+    kept = dict(zip(frame["drop"], frame["kept"]))
+    released = dict(zip(frame["drop"], frame["released"]))
+    for drop, rules in removals.group_by("drop", maintain_order=True):
+        name = drop[0]
+        why = "; ".join(f"{_RELEASE_REASONS.get(rule, rule).format(profile=profile)}: {n}"
+                        for rule, n in rules.select("rule", "len").iter_rows())
+        head = (f"none of its {kept.get(name, 0)} kept documents released" if not released.get(name)
+                else f"{int(rules['len'].sum())} kept document(s) left out")
+        typer.echo(f"  {name}: {head} ({why})")
 
 
 @app.command()

@@ -195,6 +195,9 @@ def test_an_empty_release_is_not_published(tmp_path):
                            "--config", CONFIG)
     assert code == 1 and "release_candidate" in output and "expect_table_row_count_to_be_between" in output
     assert not (tmp_path / "data" / "releases" / "latest").exists()
+    # The summary says why: the license profile left every document out.
+    assert ("2026-01-nc: none of its 4 kept documents released (license not allowed by profile 'commercial': 4)"
+            in output)
 
 
 def test_a_moved_landing_area_is_read_from_its_new_place(tmp_path):
