@@ -7,9 +7,10 @@ import dagster as dg
 from assets.partitions import drops
 from assets.progress import notify
 from assets.resources import CurationResource
+from curation_platform.advice import filtered_gate_advice
 from curation_platform.audit import near_dedup_gate, stage_gate, stage_residue
 from curation_platform.gates import GateResult
-from curation_platform.pipeline import STAGE_DESCRIPTIONS, STAGES, UPSTREAM, run_stage
+from curation_platform.pipeline import STAGE_DESCRIPTIONS, STAGES, UPSTREAM, filter_profile, run_stage
 from curation_platform.reporting import markdown_table
 
 GROUPS = {
@@ -60,11 +61,16 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
     return _asset
 
 
-def check_result(results: list[GateResult]) -> dg.AssetCheckResult:
+def check_result(results: list[GateResult], advice: str = "") -> dg.AssetCheckResult:
+    """The check result of a gate. When the removal rate failed and ``advice`` says why in the user's words, the
+    description is the advice plus any other failure; otherwise the raw expectation failures (they stay in the
+    metadata either way)."""
     failures = [f"{r.name}: {f}" for r in results for f in r.failures]
     return dg.AssetCheckResult(
         passed=not failures,
-        description="; ".join(failures) if failures else f"{len(results)} suites passed",
+        description=(
+            "\n".join([advice, *[f for f in failures if "removal_rate" not in f]]) if advice
+            else "; ".join(failures)) if failures else f"{len(results)} suites passed",
         metadata={
             "suites": dg.MetadataValue.json({r.name: {"passed": r.passed, **r.checked} for r in results}),
             "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in failures) or "none"),
@@ -90,7 +96,10 @@ def _stage_gate(stage: str) -> dg.AssetChecksDefinition:
         results = stage_gate(ws, cfg, stage, upstream, drop, stage_residue(ws, cfg, stage, drop))
         if stage == "near_deduped":
             results.append(near_dedup_gate(ws, cfg, drop))
-        return check_result(results)
+        too_many_removed = any("removal_rate" in f for r in results for f in r.failures)
+        advice = (filtered_gate_advice(ws, cfg, drop, filter_profile(ws, cfg, drop))
+                  if too_many_removed and stage == "filtered" else "")
+        return check_result(results, advice)
 
     return _check
 

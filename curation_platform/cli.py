@@ -48,7 +48,7 @@ def dagster_instance(workspace: Path):
     if repo_yaml.exists() and not (home / "dagster.yaml").exists():
         shutil.copy(repo_yaml, home / "dagster.yaml")
     elif not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
     return DagsterInstance.from_config(str(home))
 
 
@@ -67,16 +67,39 @@ def _print_progress(stage: str, partition: str, summary: object) -> None:
                    + (f", DVC {summary.get('md5')} pushed to {summary.get('remote')}" if summary.get("md5") else ""))
 
 
+def _scan_settled(landing: Path, settle_seconds: float, now: float | None, policy=None):
+    """Scan the landing area; without ``now``, wait (at most ``settle_seconds``) for drops written moments ago to
+    settle, so a half-copied drop is never read. Drops still changing after that are reported and left for later."""
+    import time
+
+    from curation_platform.landing import scan_landing
+
+    scan = scan_landing(landing, settle_seconds, policy, now=now)
+    if scan.waiting and now is None and scan.settles_in is not None:
+        wait = min(settle_seconds, scan.settles_in + 0.5)
+        typer.echo(f"waiting {wait:.0f} s for {', '.join(scan.waiting)} to settle (ingest.settle_seconds "
+                   f"{settle_seconds:g}; a _READY file in the drop skips the wait)")
+        time.sleep(wait)
+        scan = scan_landing(landing, settle_seconds, policy)
+    for name in scan.waiting:
+        typer.secho(f"not read: drop '{name}' is still being written (changed less than {settle_seconds:g} s ago); "
+                    "run again once the copy finished, or add a _READY file", fg=typer.colors.YELLOW, err=True)
+    return scan
+
+
 def _failures(result) -> list[str]:
     """Failed gates and failed steps of a finished in-process run, as readable lines."""
     lines = []
+    gates = set()
     for evaluation in result.get_asset_check_evaluations():
         if not evaluation.passed:
             where = evaluation.asset_key.to_user_string()
+            gates.add(f"{where}_{evaluation.check_name}")
             part = f" [{evaluation.partition}]" if getattr(evaluation, "partition", None) else ""
             lines.append(f"gate {where}{part} failed: {evaluation.description}")
     for event in result.all_events:
-        if event.event_type_value == "STEP_FAILURE":
+        # A blocking check's own step failure only repeats the gate failure reported above.
+        if event.event_type_value == "STEP_FAILURE" and event.step_key not in gates:
             error = event.step_failure_data.error
             cause = error
             while cause.cause is not None:
@@ -104,13 +127,14 @@ def run(
     profile: Optional[str] = typer.Option(None, "--profile", help="License profile (default from config)."),
     benchmark: list[str] = typer.Option([], "--benchmark", help="Extra benchmark NAME=PATH:FIELD[,FIELD]."),
     no_release: bool = typer.Option(False, "--no-release", help="Curate drops only; build no release."),
+    now: Optional[float] = typer.Option(None, "--now", help="Judge which drops have settled as of this Unix time "
+                                        "and do not wait for settling ones (for tests and scripts)."),
 ) -> None:
     """Register every ready drop, curate new ones through the Dagster graph, build and version the release."""
     from assets import progress
     from assets.definitions import build_definitions
     from assets.partitions import drops
     from assets.resources import CurationResource
-    from curation_platform.landing import scan_landing
     from curation_platform.workspace import Workspace
 
     cfg = _config(config)
@@ -120,9 +144,12 @@ def run(
     cfg = resource.cfg()
     if cfg.release.profile not in cfg.licenses.profiles:
         _fail(f"unknown license profile '{cfg.release.profile}'; profiles: {', '.join(cfg.licenses.profiles)}")
-    scan = scan_landing(landing, 0 if landing.is_dir() else cfg.ingest.settle_seconds, cfg.licenses)
+    scan = _scan_settled(landing, cfg.ingest.settle_seconds, now, cfg.licenses)
     for name, message in scan.rejected:
         typer.secho(f"rejected drop {name}: {message}", fg=typer.colors.YELLOW, err=True)
+    for name, message in scan.messages():
+        if name not in dict(scan.rejected):
+            typer.secho(f"not read: {message}", fg=typer.colors.YELLOW, err=True)
     changed = ws.changed_drops(scan.ready)
     ws.register_drops(scan.ready)
     registered = [d.name for d in ws.drops()]
@@ -154,28 +181,63 @@ def run(
     if scan.rejected or problems:
         for line in problems:
             typer.secho(line, fg=typer.colors.RED, err=True)
-        _fail(f"{len(problems)} failure(s), {len(scan.rejected)} rejected drop(s); downstream stages did not run")
+        _fail(f"{len(problems)} failure(s), {len(scan.rejected)} rejected drop(s); the stages after a failure did "
+              "not run")
+
+
+# Release removals in the user's words.
+_RELEASE_REASONS = {
+    "license.not_in_profile": "license not allowed by profile '{profile}'",
+    "license.generator_terms": "synthetic: the generator's terms forbid training (licenses.generators_forbidding_training)",
+    "release.over_budget": "over the token budget (release.token_budget)",
+}
+
+
+def _released_per_drop(ws, cfg) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(drop, released, tokens) from the release's shards, and (drop, rule, documents) of its removals."""
+    shards = ws.release_dir(cfg.release.name) / "shards"
+    files = sorted(shards.glob("*.parquet")) if shards.is_dir() else []
+    released = (
+        pl.concat([pl.read_parquet(f, columns=["drop", "token_count"]) for f in files])
+        .group_by("drop").agg(pl.len().cast(pl.Int64).alias("released"), pl.col("token_count").sum().cast(pl.Int64).alias("tokens"))
+        if files else pl.DataFrame(schema={"drop": pl.String, "released": pl.Int64, "tokens": pl.Int64})
+    )
+    ledger = ws.release_ledger_path(cfg.release.name)
+    removals = (
+        pl.read_parquet(ledger, columns=["drop", "rule"]).group_by("drop", "rule").len().sort("drop", "rule")
+        if ledger.exists() else pl.DataFrame(schema={"drop": pl.String, "rule": pl.String, "len": pl.UInt32})
+    )
+    return released, removals
 
 
 def _summary_frame(ws, cfg) -> pl.DataFrame:
     from curation_platform.ledger import stage_counts
     from curation_platform.pipeline import FINAL_STAGE, STAGES, drop_state
 
+    released, _ = _released_per_drop(ws, cfg)
+    released = {r["drop"]: r for r in released.iter_rows(named=True)}
     rows = []
     for drop in ws.drops():
         counts = stage_counts(ws, drop.name, STAGES)
+        shipped = released.get(drop.name, {})
         if counts.is_empty():
-            rows.append({"drop": drop.name, "read": 0, "kept": 0, "dropped": 0, "quarantined": 0, "status": "not run"})
+            ran = ws.ledger_path(STAGES[0], drop.name).exists()
+            rows.append({"drop": drop.name, "read": 0, "kept": 0, "released": 0, "tokens": 0, "dropped": 0,
+                         "quarantined": 0, "status": "empty: its files hold no record" if ran else "not run"})
             continue
         final = counts.filter(pl.col("stage") == FINAL_STAGE)
         rows.append({
             "drop": drop.name,
             "read": int(counts["input"][0]),
             "kept": int(final["kept"][0]) if final.height else 0,
+            "released": int(shipped.get("released") or 0),
+            "tokens": int(shipped.get("tokens") or 0),
             "dropped": int(counts["dropped"].sum()),
             "quarantined": int(counts["quarantined"].sum()),
             "status": {"current": "curated", "new": "not run"}.get(
-                drop_state(ws, cfg, drop.name), f"incomplete (last ran: {counts['stage'][-1]})"),
+                drop_state(ws, cfg, drop.name),
+                "curated with another configuration: `curate run` curates it again"
+                if counts["stage"][-1] == FINAL_STAGE else f"incomplete (last ran: {counts['stage'][-1]})"),
         })
     return pl.DataFrame(rows)
 
@@ -186,25 +248,57 @@ def _print_summary(ws, cfg) -> None:
         typer.echo("no drops registered")
         return
     typer.echo("")
-    typer.echo(f"{'drop':<28} {'read':>7} {'kept':>7} {'dropped':>8} {'quarantined':>12}  status")
+    typer.echo(f"{'drop':<28} {'read':>7} {'kept':>7} {'released':>8} {'tokens':>9} {'dropped':>8} "
+               f"{'quarantined':>12}  status")
     for r in frame.iter_rows(named=True):
-        typer.echo(f"{r['drop']:<28} {r['read']:>7} {r['kept']:>7} {r['dropped']:>8} {r['quarantined']:>12}  {r['status']}")
+        typer.echo(f"{r['drop']:<28} {r['read']:>7} {r['kept']:>7} {r['released']:>8} {r['tokens']:>9} "
+                   f"{r['dropped']:>8} {r['quarantined']:>12}  {r['status']}")
     card_path = ws.release_dir(cfg.release.name) / "data_card.json"
     if card_path.exists():
         card = json.loads(card_path.read_text())
         typer.echo(f"\nrelease '{card['name']}' ({card['profile']}): {card['documents']} documents, "
                    f"{card['tokens']} tokens, {len(card.get('shards', []))} shard(s)")
         typer.echo(f"  {ws.release_dir(cfg.release.name)}  (data card: data_card.md)")
+        _print_left_out(_released_per_drop(ws, cfg)[1], frame, card["profile"])
+    staged = ws.staging_dir(cfg.release.name) / "release_verdicts.parquet"
+    if staged.exists():  # a candidate that was not published (its gate failed): say what it left out
+        typer.echo(f"\nrelease candidate '{cfg.release.name}' ({cfg.release.profile}), not published:")
+        removals = pl.read_parquet(staged, columns=["drop", "rule"]).group_by("drop", "rule").len().sort("drop", "rule")
+        _print_left_out(removals, frame.with_columns(pl.lit(0).alias("released")), cfg.release.profile)
+
+
+def _print_left_out(removals: pl.DataFrame, frame: pl.DataFrame, profile: str) -> None:
+    """One line per drop the release left documents of out, with the reasons in the user's words."""
+    kept = dict(zip(frame["drop"], frame["kept"]))
+    released = dict(zip(frame["drop"], frame["released"]))
+    for drop, rules in removals.group_by("drop", maintain_order=True):
+        name = drop[0]
+        why = "; ".join(f"{_RELEASE_REASONS.get(rule, rule).format(profile=profile)}: {n}"
+                        for rule, n in rules.select("rule", "len").iter_rows())
+        head = (f"none of its {kept.get(name, 0)} kept documents released" if not released.get(name)
+                else f"{int(rules['len'].sum())} kept document(s) left out")
+        typer.echo(f"  {name}: {head} ({why})")
 
 
 @app.command()
-def status(workspace: Path = WorkspaceOpt, config: Path = ConfigOpt) -> None:
-    """Registered drops with their counts, and the releases in the workspace."""
+def status(
+    workspace: Path = WorkspaceOpt,
+    config: Path = ConfigOpt,
+    landing: Path = typer.Option(Path("landing"), "--landing", help="Landing area whose unread drops to list."),
+) -> None:
+    """Registered drops with their counts (read, kept, released, tokens), drops in the landing area that are not
+    read and why, and the releases in the workspace."""
+    from curation_platform.landing import scan_landing
     from curation_platform.workspace import Workspace
 
     ws = Workspace(workspace)
     cfg = _config(config)
     _print_summary(ws, cfg)
+    scan = scan_landing(landing, cfg.ingest.settle_seconds, cfg.licenses)
+    for name, message in scan.messages():
+        typer.echo(f"not read: {message}" if name not in dict(scan.rejected) else f"rejected drop {name}: {message}")
+    for name in scan.waiting:
+        typer.echo(f"settling: drop '{name}' changed less than {cfg.ingest.settle_seconds:g} s ago")
     releases = ws.root / "releases"
     for card_path in sorted(releases.glob("*/data_card.json")) if releases.exists() else []:
         card = json.loads(card_path.read_text())
@@ -215,13 +309,17 @@ def status(workspace: Path = WorkspaceOpt, config: Path = ConfigOpt) -> None:
 
 @app.command()
 def explain(doc_id: str, workspace: Path = WorkspaceOpt, config: Path = ConfigOpt) -> None:
-    """A document's journey: source, drop, license, each stage's verdict and reason, duplicate-of, its shard."""
-    from curation_platform.explain import document_journey
+    """A document's journey: source, drop, license, each stage's verdict and reason, duplicate-of, its shard.
+    DOC_ID may be a unique prefix (as `curate whatif` prints); an unknown id exits non-zero."""
+    from curation_platform.explain import document_journey, resolve_doc_id
     from curation_platform.workspace import Workspace
 
     ws = Workspace(workspace)
-    journey = document_journey(ws, doc_id)
-    typer.echo(journey)
+    try:
+        full_id = resolve_doc_id(ws, doc_id)
+    except CurationError as exc:
+        _fail(str(exc))
+    typer.echo(document_journey(ws, full_id))
 
 
 @ledger_app.command("export")
@@ -249,12 +347,17 @@ def ledger_export(
 
 @app.command()
 def whatif(
-    set_: list[str] = typer.Option(..., "--set", help="RULE=VALUE, e.g. gopher_quality.min_words=100"),
+    set_: list[str] = typer.Option(..., "--set", help="SETTING=VALUE: a filter rule (gopher_quality.min_words=100) "
+                                   "or a stage threshold (language.min_score, pii.max_hits_per_doc, "
+                                   "near_dedup.verify_threshold, scoring.min_score)."),
     workspace: Path = WorkspaceOpt,
     config: Path = ConfigOpt,
 ) -> None:
-    """How many documents per drop a threshold change would add back or remove, from the stored signals."""
+    """How many documents per drop a threshold change would add back or remove, from the stored signals and
+    ledger values (each drop with its filter profile)."""
     from curation_platform.ops.filters import whatif as whatif_counts
+    from curation_platform.pipeline import filter_profile
+    from curation_platform.whatif import NOT_PREVIEWABLE, PREVIEWABLE, SCHEMA, threshold_whatif
     from curation_platform.workspace import Workspace
 
     ws = Workspace(workspace)
@@ -265,19 +368,38 @@ def whatif(
         try:
             changes[rule] = float(value)
         except ValueError:
-            _fail(f"--set {item!r}: expected RULE=NUMBER")
-    frames = [pl.read_parquet(ws.stage_path("quality_signals", d.name)) for d in ws.drops()
-              if ws.stage_path("quality_signals", d.name).exists()]
-    if not frames:
-        _fail("no stored signals: run `curate run` first")
-    try:
-        table = whatif_counts(pl.concat(frames, how="diagonal_relaxed"), cfg.filters, changes)
-    except KeyError as exc:
-        _fail(str(exc.args[0]) if exc.args else str(exc))
+            _fail(f"--set {item!r}: expected SETTING=NUMBER")
+    rule_names = {r.name for r in cfg.filters.rules()}
+    filter_changes = {k: v for k, v in changes.items() if k in rule_names}
+    settings = {k: v for k, v in changes.items() if k not in rule_names}
+    unknown = sorted(set(settings) - set(PREVIEWABLE) - set(NOT_PREVIEWABLE))
+    if unknown:
+        _fail(f"unknown setting(s) {', '.join(unknown)}: give a filter rule name (see `filters` in curation.yaml, "
+              f"e.g. gopher_quality.min_words) or one of {', '.join(sorted(PREVIEWABLE))}")
+    tables = []
+    if filter_changes:
+        drops = [d.name for d in ws.drops() if ws.stage_path("quality_signals", d.name).exists()]
+        if not drops:
+            _fail("no stored signals: run `curate run` first")
+        try:
+            for name in drops:
+                tables.append(whatif_counts(pl.read_parquet(ws.stage_path("quality_signals", name)), cfg.filters,
+                                            filter_changes, filter_profile(ws, cfg, name)))
+        except KeyError as exc:
+            _fail(str(exc.args[0]) if exc.args else str(exc))
+    for setting, value in settings.items():
+        try:
+            tables.append(threshold_whatif(ws, cfg, setting, value))
+        except CurationError as exc:
+            _fail(str(exc))
+    table = pl.concat(tables).sort("drop", "rule") if tables else pl.DataFrame(schema=SCHEMA)
     typer.echo(f"{'drop':<28} {'rule':<40} {'added':>6} {'removed':>8}  examples")
     for r in table.iter_rows(named=True):
         examples = ", ".join([f"+{d[:12]}" for d in r["example_added"] or []] + [f"-{d[:12]}" for d in r["example_removed"] or []])
         typer.echo(f"{r['drop']:<28} {r['rule']:<40} {r['added']:>6} {r['removed']:>8}  {examples}")
+    if settings:
+        typer.echo("(stage thresholds are counted at their own stage; later stages may still remove documents; "
+                   "`curate explain ID` takes the example prefixes)")
 
 
 @app.command()

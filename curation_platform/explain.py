@@ -6,6 +6,7 @@ import json
 
 import polars as pl
 
+from curation_platform.errors import CurationError
 from curation_platform.ledger import document_status
 from curation_platform.pipeline import STAGES
 from curation_platform.workspace import Workspace
@@ -78,6 +79,27 @@ def _represented(ws: Workspace, doc_id: str) -> list[str]:
     return lines
 
 
+def resolve_doc_id(ws: Workspace, doc_id: str) -> str:
+    """The full doc_id that ``doc_id`` names: itself, or the one ledger id it is a unique prefix of (the short ids
+    ``curate whatif`` prints). Raises CurationError when there is no ledger, no match, or several matches."""
+    ledger_files = sorted((ws.root / "ledger").glob("*/*.parquet"))
+    if not ledger_files:
+        raise CurationError(f"no ledger in {ws.root}: run `curate run` first")
+    matches = (
+        pl.scan_parquet([str(f) for f in ledger_files], missing_columns="insert", extra_columns="ignore")
+        .select("doc_id").filter(pl.col("doc_id").str.starts_with(doc_id)).unique().sort("doc_id")
+        .collect()["doc_id"].to_list()
+    )
+    if doc_id in matches:
+        return doc_id
+    if not matches:
+        raise CurationError(f"document {doc_id} is not in the ledger of {ws.root} (no doc_id starts with it)")
+    if len(matches) > 1:
+        raise CurationError(f"{doc_id} is the start of {len(matches)} doc_ids ({', '.join(matches[:5])}"
+                            f"{', ...' if len(matches) > 5 else ''}); give more characters")
+    return matches[0]
+
+
 def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame | None = None) -> str:
     """Readable account of one document: identity, every stage's verdict with rule, value and threshold,
     what it duplicates, and which release shards hold it."""
@@ -124,19 +146,21 @@ def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame | None = N
             text += f" value={row['value']:g}"
         if row["threshold"]:
             text += f" ({row['threshold']})"
+        detail = row["detail"] if row["detail"] and row["verdict"] != "keep" else ""
+        # Name the original once, and the cluster only when it is not the original itself.
         if row["duplicate_of"]:
             text += f" duplicate of {row['duplicate_of']}"
-        if row.get("cluster_id"):
+        if row.get("cluster_id") and row["cluster_id"] not in text:
             text += f" (cluster {row['cluster_id']})"
-        if row["detail"] and row["verdict"] != "keep":
-            text += f" - {row['detail']}"
-        lines.append(text)
+        if detail:
+            text += f" - {detail}"
+        lines.append(text.rstrip())
     originals = [d for d in rows["duplicate_of"].drop_nulls().unique().to_list()]
     if originals:
         known = _records(ws).filter(pl.col("doc_id").is_in(pl.Series(originals, dtype=pl.String).implode()))
         for r in known.iter_rows(named=True):
-            lines.append(f"  duplicate of {r['doc_id']}: {r['source']} / {r['drop']} / {r['source_id']} "
-                         f"({r['license']})")
+            lines.append(f"  original    {r['source']} / {r['drop']} / {r['source_id']} ({r['license']})"
+                         + (f" [{r['doc_id']}]" if len(originals) > 1 else ""))
     lines += _represented(ws, doc_id)
     shards = all_release_shards(ws) if shards is None else shards
     held = shards.filter(pl.col("doc_id") == doc_id)["release_shard"].to_list()

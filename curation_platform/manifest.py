@@ -62,6 +62,7 @@ class Manifest(BaseModel):
     language: str | None = None
     format: Format | None = None
     generator: Generator | None = None
+    filter_profile: str | None = None  # a rule set from curation.yaml `filters.profiles`, e.g. short-form
 
     @field_validator("source", "license", "text_field", "id_field")
     @classmethod
@@ -99,6 +100,7 @@ _FIELD_HELP = {
     "format": "set `format:` to one of jsonl, parquet, csv, text, markdown, html, code, chat, warc, or remove it",
     "generator": "set `generator:` to a mapping with `model` and `terms` (terms from `licenses.generator_terms` in "
                  "curation.yaml)",
+    "filter_profile": "set `filter_profile:` to a profile name from curation.yaml `filters.profiles`",
 }
 
 
@@ -177,9 +179,14 @@ def drop_is_ready(drop_dir: Path, settle_seconds: float, now: float | None = Non
     if (drop_dir / READY_MARKER).exists():
         return True
     now = time.time() if now is None else now
-    mtimes = [stat.st_mtime for _, stat in _all_entries(drop_dir)]
-    mtimes.append(drop_dir.stat().st_mtime)  # a file just created or deleted changes the folder's mtime
-    return now - max(mtimes) >= settle_seconds
+    return now - last_change(drop_dir) >= settle_seconds
+
+
+def last_change(drop_dir: Path) -> float:
+    """Unix time of the latest change to anything in the drop folder (hidden temporary files included)."""
+    mtimes = [stat.st_mtime for _, stat in _all_entries(Path(drop_dir))]
+    mtimes.append(Path(drop_dir).stat().st_mtime)  # a file just created or deleted changes the folder's mtime
+    return max(mtimes)
 
 
 def manifest_fingerprint(drop_dir: Path) -> str:

@@ -173,6 +173,18 @@ def _line_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: pl.DataFram
     with file_lock(ws.root / "registry" / ".lock"):
         write_parquet_atomic(entries, ws.index_path("lines", drop))
     return result
+def filter_profile(ws: Workspace, cfg: CurationConfig, drop: str) -> str | None:
+    """The filter profile of a drop: its manifest's ``filter_profile``, else ``filters.sources`` for its source."""
+    from curation_platform.errors import CurationError
+
+    drop_dir = Path(ws.drop(drop).path)
+    manifest = load_manifest(drop_dir) if (drop_dir / "manifest.yaml").exists() else None
+    source = manifest.source if manifest else ""
+    try:
+        return cfg.filters.profile_for(source, manifest.filter_profile if manifest else None)
+    except KeyError as exc:
+        raise CurationError(f"drop '{drop}': {exc.args[0]}; fix filter_profile in {drop_dir / 'manifest.yaml'}"
+                            ) from None
 
 
 # The operator behind each stage after ingest: (workspace, config, drop, documents) -> StageResult.
@@ -182,7 +194,7 @@ _OPERATORS: dict[str, Callable[[Workspace, CurationConfig, str, pl.DataFrame], S
     "language": lambda ws, cfg, drop, docs: identify_language(docs, cfg.language),
     "line_deduped": _line_dedup,
     "quality_signals": lambda ws, cfg, drop, docs: quality_signals(docs, cfg.signals),
-    "filtered": lambda ws, cfg, drop, docs: filter_documents(docs, cfg.filters),
+    "filtered": lambda ws, cfg, drop, docs: filter_documents(docs, cfg.filters, filter_profile(ws, cfg, drop)),
     "scored": lambda ws, cfg, drop, docs: score_documents(docs, cfg.scoring),
     "pii_redacted": lambda ws, cfg, drop, docs: redact_pii(docs, cfg.pii),
     "exact_deduped": lambda ws, cfg, drop, docs: _dedup(ws, cfg, docs, drop, "exact"),

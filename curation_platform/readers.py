@@ -128,27 +128,32 @@ def _data_files(drop_dir: Path) -> list[tuple[str, Path]]:
     """(relative posix path, absolute path) of every data file, sorted; raises UnsafePathError on escapes."""
     root = drop_dir.resolve()
     found: list[tuple[str, Path]] = []
+    escapes: list[str] = []  # every escaping path, so one run reports them all
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in dirnames:
-            _check_inside(root, here / name, drop_dir)
+            escapes += _escape(root, here / name)
         for name in filenames:
             if name.startswith(".") or name in (MANIFEST_NAME, READY_MARKER):
                 continue
             path = here / name
-            _check_inside(root, path, drop_dir)
+            escapes += _escape(root, path)
             found.append((path.relative_to(root).as_posix(), path))
+    if escapes:
+        raise UnsafePathError(
+            f"drop '{drop_dir.name}': {'; '.join(sorted(escapes))}; copy the data into the drop instead of "
+            "linking to it."
+        )
     return sorted(found)
 
 
-def _check_inside(root: Path, path: Path, drop_dir: Path) -> None:
+def _escape(root: Path, path: Path) -> list[str]:
+    """``["<rel> points outside the drop (to <target>)"]`` when ``path`` escapes ``root``, else ``[]``."""
     rel = path.relative_to(root)
     if ".." in rel.parts or not path.resolve().is_relative_to(root):
-        raise UnsafePathError(
-            f"drop '{drop_dir.name}': {rel.as_posix()} points outside the drop (to {path.resolve()}); "
-            "copy the data into the drop instead of linking to it."
-        )
+        return [f"{rel.as_posix()} points outside the drop (to {path.resolve()})"]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------------------------

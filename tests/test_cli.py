@@ -114,7 +114,18 @@ def test_user_benchmark_given_on_the_command_line_catches_a_leak(tmp_path):
 
 def test_explain_of_an_unknown_document_says_so(tmp_path):
     code, output = run_cli("explain", "nope", "--workspace", str(tmp_path), "--config", CONFIG)
-    assert code == 0 and "run `curate run` first" in output
+    assert code == 1 and "run `curate run` first" in output
+
+
+def test_explain_accepts_a_unique_prefix_and_fails_on_an_unknown_id(two_licenses):
+    root, _ = two_licenses
+    ws = ["--workspace", str(root / "data"), "--config", CONFIG]
+    doc_id = _shards(root, "latest")["doc_id"][0]
+    code, output = run_cli("explain", doc_id[:12], *ws)  # the prefix `curate whatif` prints
+    assert code == 0, output
+    assert f"document {doc_id}" in output and "released in latest/shards/" in output
+    code, output = run_cli("explain", "not-a-doc-id", *ws)
+    assert code == 1 and "not-a-doc-id is not in the ledger" in output
 
 
 def test_a_symlink_out_of_the_drop_stops_it_with_a_clear_message(tmp_path):
@@ -185,6 +196,9 @@ def test_an_empty_release_is_not_published(tmp_path):
                            "--config", CONFIG)
     assert code == 1 and "release_candidate" in output and "expect_table_row_count_to_be_between" in output
     assert not (tmp_path / "data" / "releases" / "latest").exists()
+    # The summary says why: the license profile left every document out.
+    assert ("2026-01-nc: none of its 4 kept documents released (license not allowed by profile 'commercial': 4)"
+            in output)
 
 
 def test_a_moved_landing_area_is_read_from_its_new_place(tmp_path):
@@ -197,3 +211,104 @@ def test_a_moved_landing_area_is_read_from_its_new_place(tmp_path):
     code, output = run_cli("run", "--landing", str(tmp_path / "moved"), *args)
     assert code == 0 and "1 to curate" in output, output
     assert pl.read_parquet(tmp_path / "data" / "stages" / "raw_documents" / "2026-01-web.parquet").height == 5
+
+
+def test_run_does_not_read_a_drop_that_is_still_being_written(tmp_path):
+    import time
+
+    drop = write_corpus_drop(tmp_path / "landing", "2026-01-web", _clean(4, 14), source="web")
+    (drop / "_READY").unlink()  # a copy in progress: files written just now, no marker
+    args = ["--landing", str(tmp_path / "landing"), "--workspace", str(tmp_path / "data"), "--config", CONFIG,
+            "--no-release"]
+    written = time.time()
+    code, output = run_cli("run", *args, "--now", str(written + 3))  # 3 s later; settle_seconds is 10
+    assert code == 0, output
+    assert "2026-01-web' is still being written" in output and "0 drop(s) registered" in output
+    assert not (tmp_path / "data" / "stages" / "raw_documents" / "2026-01-web.parquet").exists()
+    code, output = run_cli("run", *args, "--now", str(written + 60))  # settled
+    assert code == 0 and "1 to curate" in output, output
+    assert (tmp_path / "data" / "stages" / "raw_documents" / "2026-01-web.parquet").exists()
+
+
+SHORT_NOTES = [
+    "The library opens at nine on weekdays and closes early on Sunday.",
+    "Our team shipped the billing fix after two weeks of careful testing.",
+    "Fresh bread is baked each morning in the small shop near the station.",
+    "The river flooded the lower fields twice during the wet spring this year.",
+    "She planted tomatoes along the fence where the afternoon sun is strongest.",
+    "The museum added a new wing for maps and old navigation instruments.",
+    "Our cat sleeps on the warm windowsill for most of the quiet afternoon.",
+    "The council voted to repair the old bridge before the winter storms.",
+    "He learned to sail on the lake during a long and windy summer.",
+    "The orchestra rehearsed the new symphony in the empty hall all week.",
+]
+
+
+def test_a_first_drop_of_short_documents_is_explained_and_a_profile_keeps_it(tmp_path):
+    docs = pl.DataFrame({"id": [f"note-{i}" for i in range(len(SHORT_NOTES))], "text": SHORT_NOTES})
+    drop = write_corpus_drop(tmp_path / "landing", "2026-01-notes", docs, source="team-notes", kind="text")
+    args = ["--landing", str(tmp_path / "landing"), "--workspace", str(tmp_path / "data"), "--config", CONFIG]
+    code, output = run_cli("run", *args)
+    assert code == 1
+    # In the user's words: which rule removed how many, the whatif that previews keeping them, the profile to use.
+    assert "the quality filters removed 10 of 10 documents of drop '2026-01-notes'" in output
+    assert "gopher_quality.min_words removed 10 (word_count < 50" in output
+    assert "curate whatif --set gopher_quality.min_words=" in output
+    assert "`filter_profile: short-form`" in output and "{team-notes: short-form}" in output
+    assert "expect_column_values_to_be_between" not in output and "blocking asset check" not in output
+    whatif = output.split("curate whatif ", 1)[1].splitlines()[0].split()
+    code, preview = run_cli("whatif", *whatif, "--workspace", str(tmp_path / "data"), "--config", CONFIG)
+    assert code == 0 and "2026-01-notes" in preview
+    assert next(l for l in preview.splitlines() if " * " in l).split()[2] == "10"  # all changes together keep all
+    with open(drop / "manifest.yaml", "a") as handle:
+        handle.write("filter_profile: short-form\n")
+    code, output = run_cli("run", *args)
+    assert code == 0, output
+    assert json.loads((tmp_path / "data" / "releases" / "latest" / "data_card.json").read_text())["documents"] == 10
+
+
+def test_whatif_previews_stage_thresholds_and_says_which_cannot_be_previewed(two_licenses):
+    root, _ = two_licenses
+    ws = ["--workspace", str(root / "data"), "--config", CONFIG]
+    scores = pl.read_parquet(root / "data" / "stages" / "language" / "2026-01-open.parquet")["language_score"]
+    threshold = float(scores.sort()[3])
+    expected = int((scores < threshold).sum())  # kept today, under the new minimum score
+    assert expected == 3
+    code, output = run_cli("whatif", "--set", f"language.min_score={threshold}", *ws)
+    assert code == 0, output
+    line = next(l for l in output.splitlines() if l.startswith("2026-01-open"))
+    assert line.split()[1:4] == ["language.min_score", "0", str(expected)]
+    code, output = run_cli("whatif", "--set", "pii.max_hits_per_doc=0", *ws)
+    assert code == 0 and "pii.max_hits_per_doc" in output  # clean corpus: nothing to remove
+    code, output = run_cli("whatif", "--set", "decontamination.ngram=8", *ws)
+    assert code == 1 and "cannot be previewed from stored data" in output
+
+
+def test_status_shows_released_documents_and_tokens_and_why_a_drop_is_left_out(two_licenses):
+    root, args = two_licenses
+    shards = _shards(root, "latest")
+    open_tokens = int(shards.filter(pl.col("drop") == "2026-01-open")["token_count"].sum())
+    (root / "landing" / "2026-03-no-manifest").mkdir()
+    (root / "landing" / "2026-03-no-manifest" / "a.jsonl").write_text('{"text": "x"}\n')
+    (root / "landing" / "2026-03-no-manifest" / "_READY").write_text("")
+    code, output = run_cli("status", "--workspace", str(root / "data"), "--config", CONFIG,
+                           "--landing", str(root / "landing"))
+    assert code == 0, output
+    assert "released" in output and "tokens" in output
+    row = next(l for l in output.splitlines() if l.startswith("2026-01-open"))
+    assert row.split()[1:5] == ["12", "12", str(shards.filter(pl.col("drop") == "2026-01-open").height), str(open_tokens)]
+    nc = next(l for l in output.splitlines() if l.startswith("2026-02-nc"))
+    assert nc.split()[3:5] == ["0", "0"]
+    assert ("2026-02-nc: none of its 6 kept documents released (license not allowed by profile 'commercial': 6)"
+            in output)
+    assert "drop '2026-03-no-manifest': no manifest.yaml" in output
+    import shutil
+
+    shutil.rmtree(root / "landing" / "2026-03-no-manifest")
+
+
+def test_the_ui_instance_starts_without_the_community_dialog(tmp_path):
+    from curation_platform.cli import dagster_instance
+
+    instance = dagster_instance(tmp_path / "data")  # the DAGSTER_HOME `make ui` and `curate run` share
+    assert not instance.nux_enabled

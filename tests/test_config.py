@@ -34,3 +34,17 @@ def test_release_settings_do_not_make_curated_drops_stale():
     stricter = CurationConfig.model_validate({"near_dedup": {"verify_threshold": 0.9}})
     assert research.drop_stages_hash == base.drop_stages_hash and research.hash != base.hash
     assert stricter.drop_stages_hash != base.drop_stages_hash
+
+
+def test_filter_profiles_edit_the_default_rules_and_sources_must_name_one(tmp_path):
+    cfg = load_config(REPO / "curation.yaml")
+    default = {r.name: r for r in cfg.filters.rules()}
+    short = {r.name: r for r in cfg.filters.rules("short-form")}
+    assert default["gopher_quality.min_words"].threshold == 50 and short["gopher_quality.min_words"].threshold == 3
+    assert default["fineweb.short_line_ratio"].enabled and not short["fineweb.short_line_ratio"].enabled
+    assert cfg.filters.profile_for("team-notes", "short-form") == "short-form"
+    assert cfg.filters.profile_for("team-notes") is None
+    bad = tmp_path / "c.yaml"
+    bad.write_text("filters:\n  sources: {team-notes: tiny}\n")
+    with pytest.raises(ConfigError, match="unknown profile"):
+        load_config(bad)

@@ -491,6 +491,18 @@ def test_symlink_to_outside_the_drop_is_refused(tmp_path):
         read_drop(drop, CFG)
 
 
+def test_every_escaping_link_is_reported_at_once(tmp_path):
+    outside = tmp_path / "secret.jsonl"
+    outside.write_text(jsonl({"text": "not yours"}))
+    drop = make_drop(tmp_path, {"a.jsonl": jsonl({"text": "ok"})})
+    (drop / "link1.jsonl").symlink_to(outside)
+    (drop / "sub").mkdir()
+    (drop / "sub" / "link2.jsonl").symlink_to(outside)
+    with pytest.raises(UnsafePathError) as error:
+        read_drop(drop, CFG)
+    assert "link1.jsonl points outside" in str(error.value) and "sub/link2.jsonl points outside" in str(error.value)
+
+
 def test_symlinked_folder_to_outside_is_refused(tmp_path):
     outside = tmp_path / "elsewhere"
     outside.mkdir()

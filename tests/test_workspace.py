@@ -1,4 +1,8 @@
+import os
+import stat
+
 import polars as pl
+import pytest
 
 from curation_platform.workspace import Workspace, write_parquet_atomic
 
@@ -28,3 +32,18 @@ def test_atomic_parquet_write_is_byte_identical_and_leaves_no_temp_files(tmp_pat
     second = write_parquet_atomic(frame, tmp_path / "a.parquet").read_bytes()
     assert first == second
     assert [p.name for p in tmp_path.iterdir()] == ["a.parquet"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
+    # mkstemp alone creates 0600: other users of the machine could not read a release.
+    from curation_platform.workspace import write_parquet_atomic, write_text_atomic
+
+    old = os.umask(umask)
+    try:
+        parquet = write_parquet_atomic(pl.DataFrame({"a": [1]}), tmp_path / "shards" / "shard-00000.parquet")
+        text = write_text_atomic("# card\n", tmp_path / "data_card.md")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(parquet.stat().st_mode) == mode
+    assert stat.S_IMODE(text.stat().st_mode) == mode

@@ -123,6 +123,28 @@ def _flagged_words() -> list[Rule]:
     # flagged_word_limit_ratio is the flagged-word ratio over the limit for the document's source and language
     # (the `flagged_words` section), so one rule carries per-source and per-language thresholds.
     return [_rule("flagged_words.max_ratio", "flagged_word_limit_ratio", "<=", 1, PROSE_KINDS, _FLAGGED)]
+class FilterProfile(BaseModel):
+    """A named rule set for sources whose documents the default rules do not fit (short posts, docs pages):
+    the same edits as ``filters`` itself, applied on top of them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    disabled: list[str] = Field(default_factory=list)
+    enabled: list[str] = Field(default_factory=list)
+    description: str = ""
+
+
+def _default_profiles() -> dict[str, FilterProfile]:
+    # Short documents (notes, posts, Q&A, captions): keep the content rules, drop the rules that assume a web
+    # page (Gopher's 50 words and two stop words, C4's 5 sentences, FineWeb's short-line ratio, and the top n-gram
+    # share, which any n-gram of a 20-word text exceeds).
+    return {"short-form": FilterProfile(
+        thresholds={"gopher_quality.min_words": 3, "gopher_quality.min_stop_words": 1, "c4.min_sentences": 1},
+        disabled=["fineweb.short_line_ratio", "gopher_repetition.top_2gram_char_frac",
+                  "gopher_repetition.top_3gram_char_frac", "gopher_repetition.top_4gram_char_frac"],
+        description="short documents of one or a few sentences",
+    )}
 
 
 class FiltersConfig(BaseModel):
@@ -142,36 +164,57 @@ class FiltersConfig(BaseModel):
     thresholds: dict[str, float] = Field(default_factory=dict)
     disabled: list[str] = Field(default_factory=list)
     enabled: list[str] = Field(default_factory=list)
+    # Per-source rule sets: ``profiles: {short-form: {thresholds: {...}, disabled: [...]}}`` and which sources use
+    # them, ``sources: {my-notes: short-form}`` (a drop's manifest may also say ``filter_profile: short-form``).
+    profiles: dict[str, FilterProfile] = Field(default_factory=_default_profiles)
+    sources: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known_rule_names(self) -> "FiltersConfig":
         names = {r.name for r in self._all_rules()}
-        unknown = sorted((set(self.thresholds) | set(self.disabled) | set(self.enabled)) - names)
+        edits = [self, *self.profiles.values()]
+        used = set().union(*(set(e.thresholds) | set(e.disabled) | set(e.enabled) for e in edits))
+        unknown = sorted(used - names)
         if unknown:
             raise ValueError(f"unknown rule name(s) {', '.join(unknown)}; rules are {', '.join(sorted(names))}")
+        missing = sorted(set(self.sources.values()) - set(self.profiles))
+        if missing:
+            raise ValueError(f"sources name unknown profile(s) {', '.join(missing)}; profiles are "
+                             f"{', '.join(sorted(self.profiles)) or 'none'}")
         return self
+
+    def profile_for(self, source: str, manifest_profile: str | None = None) -> str | None:
+        """The profile a source's documents are filtered with: the drop manifest's ``filter_profile``, else
+        ``sources[source]``, else None (the default rules). Raises KeyError for a profile not defined here."""
+        name = manifest_profile or self.sources.get(source)
+        if name is not None and name not in self.profiles:
+            raise KeyError(f"filter profile '{name}' is not defined; filters.profiles has "
+                           f"{', '.join(sorted(self.profiles)) or 'none'}")
+        return name
 
     def _all_rules(self) -> list[Rule]:
         return [*self.gopher_quality, *self.gopher_repetition, *self.c4, *self.fineweb, *self.code, *self.chat,
                 *self.flagged_words]
 
-    def rules(self) -> list[Rule]:
+    def rules(self, profile: str | None = None) -> list[Rule]:
         """All rules in a fixed order (gopher_quality, gopher_repetition, c4, fineweb, code, chat), with the
-        ``thresholds``, ``disabled`` and ``enabled`` edits applied."""
+        ``thresholds``, ``disabled`` and ``enabled`` edits applied, then those of ``profile`` when given."""
+        edits = [self] + ([self.profiles[profile]] if profile is not None else [])
         edited = []
         for rule in self._all_rules():
             update: dict = {}
-            if rule.name in self.thresholds:
-                update["threshold"] = self.thresholds[rule.name]
-            if rule.name in self.disabled:
-                update["enabled"] = False
-            elif rule.name in self.enabled:
-                update["enabled"] = True
+            for edit in edits:
+                if rule.name in edit.thresholds:
+                    update["threshold"] = edit.thresholds[rule.name]
+                if rule.name in edit.disabled:
+                    update["enabled"] = False
+                elif rule.name in edit.enabled:
+                    update["enabled"] = True
             edited.append(rule.model_copy(update=update) if update else rule)
         return edited
 
 
-def filter_documents(docs: pl.DataFrame, cfg: FiltersConfig | None = None) -> StageResult:
+def filter_documents(docs: pl.DataFrame, cfg: FiltersConfig | None = None, profile: str | None = None) -> StageResult:
     """Drop every document that breaks an enabled rule.
 
     In: the output of ``quality_signals`` (documents plus signal columns). Out: ``StageResult`` with the kept
@@ -179,7 +222,7 @@ def filter_documents(docs: pl.DataFrame, cfg: FiltersConfig | None = None) -> St
     lists all of them), and metrics: per-rule counts, documents in/kept/dropped, drops per kind.
     """
     cfg = cfg or FiltersConfig()
-    result = apply_rules(docs, cfg.rules(), {"documents_in": docs.height})
+    result = apply_rules(docs, cfg.rules(profile), {"documents_in": docs.height, "profile": profile or "default"})
     dropped = docs.join(result.verdicts.select("doc_id"), on="doc_id", how="semi")
     per_kind = dropped.group_by("kind").len().sort("kind")
     result.metrics.update({
@@ -201,16 +244,18 @@ def _with_threshold(rule: Rule, threshold: float) -> Rule:
     return rule.model_copy(update={"threshold": float(threshold)})
 
 
-def whatif(signals: pl.DataFrame, cfg: FiltersConfig, changes: dict[str, float]) -> pl.DataFrame:
+def whatif(signals: pl.DataFrame, cfg: FiltersConfig, changes: dict[str, float],
+           profile: str | None = None) -> pl.DataFrame:
     """How many documents threshold changes would add back or newly remove, per drop, from stored signals.
 
     In: ``signals`` (``quality_signals`` output, text not needed: doc_id, drop, kind and the signal columns),
-    the current ``cfg`` and ``changes`` mapping rule names to new thresholds. Out: one row per drop and changed
+    the current ``cfg`` (with the drops' filter ``profile``) and ``changes`` mapping rule names to new thresholds.
+    Out: one row per drop and changed
     rule (that change alone), plus rule ``"*"`` for all changes together when there are several: columns
     ``drop, rule, added, removed, example_added, example_removed`` (examples: up to 3 doc_ids, sorted).
     A document is "added" when it is dropped now and kept after the change, "removed" the other way round.
     """
-    rules = cfg.rules()
+    rules = cfg.rules(profile)
     names = {r.name for r in rules}
     unknown = sorted(set(changes) - names)
     if unknown:
