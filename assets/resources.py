@@ -1,12 +1,16 @@
-"""The one resource every asset uses: where the workspace, configuration and landing area are."""
+"""The resources the assets use: where the workspace, configuration and landing area are (``curation``), and the
+DuckDB engine for the SQL the assets run (``duckdb``: dagster-duckdb's ``DuckDBResource``), which keeps the
+workspace catalog (``<workspace>/catalog.duckdb``) current."""
 
 
 import os
 from pathlib import Path
 
 import dagster as dg
-
+from dagster_duckdb import DuckDBResource
 from pydantic import ValidationError
+
+from curation_platform.catalog import refresh_catalog
 
 from curation_platform.config import CurationConfig, describe_validation_error, load_config
 from curation_platform.errors import ConfigError
@@ -60,3 +64,18 @@ def resource_from_env() -> CurationResource:
         config_path=os.environ.get("CURATION_CONFIG", "curation.yaml"),
         landing=os.environ.get("CURATION_LANDING", "landing"),
     )
+
+
+def duckdb_resource() -> DuckDBResource:
+    """The DuckDB connection the assets run their SQL on. In memory: the catalog file is built through it into a
+    fresh file and renamed into place (``curation_platform.catalog``), so a DuckDB UI or `curate sql` session
+    holding the catalog never blocks a run."""
+    return DuckDBResource(database=":memory:")
+
+
+def refresh_workspace_catalog(duckdb: DuckDBResource, ws: Workspace) -> list[str]:
+    """Rebuild the views of ``<workspace>/catalog.duckdb`` through the DuckDB resource."""
+    from curation_platform.pipeline import STAGES
+
+    with duckdb.get_connection() as conn:
+        return refresh_catalog(conn, ws, STAGES)

@@ -3,10 +3,11 @@
 
 
 import dagster as dg
+from dagster_duckdb import DuckDBResource
 
 from assets.partitions import drops
 from assets.progress import notify
-from assets.resources import CurationResource
+from assets.resources import CurationResource, refresh_workspace_catalog
 from curation_platform.audit import near_dedup_gate, stage_gate, stage_residue
 from curation_platform.gates import GateResult
 from curation_platform.pipeline import STAGE_DESCRIPTIONS, STAGES, UPSTREAM, run_stage
@@ -38,8 +39,10 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
         description=STAGE_DESCRIPTIONS[stage],
         kinds={"polars", "parquet"},
     )
-    def _asset(context: dg.AssetExecutionContext, curation: CurationResource) -> dg.MaterializeResult:
+    def _asset(context: dg.AssetExecutionContext, curation: CurationResource,
+               duckdb: DuckDBResource) -> dg.MaterializeResult:
         summary = run_stage(curation.ws(), curation.cfg(), stage, context.partition_key, context.run_id)
+        refresh_workspace_catalog(duckdb, curation.ws())
         notify(stage, context.partition_key, summary)
         return dg.MaterializeResult(
             metadata={

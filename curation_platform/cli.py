@@ -303,6 +303,44 @@ def takedown(
 
 
 @app.command()
+def sql(
+    statement: str = typer.Argument(..., help='One SQL statement, e.g. "SELECT stage, count(*) FROM ledger GROUP BY ALL".'),
+    workspace: Path = WorkspaceOpt,
+    format_: str = typer.Option("table", "--format", help="table, csv or json (one object per line)."),
+    refresh: bool = typer.Option(False, "--refresh", help="Rebuild the catalog's views first."),
+) -> None:
+    """Query the workspace catalog (data/catalog.duckdb: views over stages, ledger, quarantine, indexes, releases)."""
+    from curation_platform.catalog import CatalogError, query, refresh_catalog
+    from curation_platform.workspace import Workspace
+
+    if format_ not in ("table", "csv", "json"):
+        _fail(f"--format {format_!r}: expected table, csv or json")
+    ws = Workspace(workspace)
+    if refresh:
+        import duckdb
+
+        with duckdb.connect() as scratch:
+            refresh_catalog(scratch, ws)
+    try:
+        frame = query(ws, statement)
+    except CatalogError as exc:
+        _fail(str(exc))
+    if format_ == "csv":
+        typer.echo(frame.write_csv(), nl=False)
+    elif format_ == "json":
+        typer.echo(frame.write_ndjson(), nl=False)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*frame.columns, show_lines=False)
+        for row in frame.iter_rows():
+            table.add_row(*["" if v is None else str(v) for v in row])
+        Console(width=max(120, shutil.get_terminal_size().columns)).print(table)
+        typer.echo(f"{frame.height} row(s)")
+
+
+@app.command()
 def samples(
     landing: Path = typer.Option(Path("landing"), "--landing", help="Where to write the bundled sample drops."),
     force: bool = typer.Option(False, "--force", help="Rewrite sample drops that already exist."),
