@@ -78,6 +78,8 @@ def _failures(result) -> list[str]:
     for event in result.all_events:
         if event.event_type_value == "STEP_FAILURE":
             error = event.step_failure_data.error
+            if error.cls_name == "DagsterAssetCheckFailedError":  # a gate in the asset's step: reported above
+                continue
             cause = error
             while cause.cause is not None:
                 cause = cause.cause
@@ -146,9 +148,19 @@ def run(
             partition_key=name, instance=instance, raise_on_error=False, run_config=quiet)
         problems += _failures(result)
     if not problems and not no_release:
-        result = defs.resolve_job_def("build_release").execute_in_process(
-            instance=instance, raise_on_error=False, run_config=quiet)
-        problems += _failures(result)
+        from curation_platform.pipeline import FINAL_STAGE
+        from curation_platform.release import code_version
+        from curation_platform.versioning import record_release_inputs, release_inputs, release_is_current
+
+        inputs = release_inputs(ws, cfg, FINAL_STAGE, code_version())
+        if release_is_current(ws, cfg.release.name, inputs, cfg.versioning.enabled):
+            typer.echo(f"  release {cfg.release.name}: unchanged (same drops, ledger and configuration); not rebuilt")
+        else:
+            result = defs.resolve_job_def("build_release").execute_in_process(
+                instance=instance, raise_on_error=False, run_config=quiet)
+            problems += _failures(result)
+            if result.success and not _failures(result):
+                record_release_inputs(ws, cfg.release.name, inputs, cfg.versioning.enabled)
     progress.clear()
     _print_summary(ws, cfg)
     if scan.rejected or problems:
