@@ -332,7 +332,7 @@ def sql(
         import duckdb
 
         with duckdb.connect() as scratch:
-            refresh_catalog(scratch, ws)
+            refresh_catalog(scratch, ws, rebuild="always")
     try:
         frame = query(ws, statement)
     except CatalogError as exc:
