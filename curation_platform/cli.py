@@ -318,6 +318,7 @@ def takedown(
 def sql(
     statement: str = typer.Argument(..., help='One SQL statement, e.g. "SELECT stage, count(*) FROM ledger GROUP BY ALL".'),
     workspace: Path = WorkspaceOpt,
+    config: Path = ConfigOpt,
     format_: str = typer.Option("table", "--format", help="table, csv or json (one object per line)."),
     refresh: bool = typer.Option(False, "--refresh", help="Rebuild the catalog's views first."),
 ) -> None:
