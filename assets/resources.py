@@ -11,7 +11,6 @@ from dagster_duckdb import DuckDBResource
 from pydantic import ValidationError
 
 from curation_platform.catalog import refresh_catalog
-
 from curation_platform.config import CurationConfig, describe_validation_error, load_config
 from curation_platform.errors import ConfigError
 from curation_platform.ops.decontaminate import BenchmarkSpec

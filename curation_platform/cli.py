@@ -158,8 +158,9 @@ def run(
         else:
             result = defs.resolve_job_def("build_release").execute_in_process(
                 instance=instance, raise_on_error=False, run_config=quiet)
-            problems += _failures(result)
-            if result.success and not _failures(result):
+            failures = _failures(result)
+            problems += failures
+            if result.success and not failures:
                 record_release_inputs(ws, cfg.release.name, inputs, cfg.versioning.enabled)
     progress.clear()
     _print_summary(ws, cfg)
