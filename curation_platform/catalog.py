@@ -37,7 +37,7 @@ from pathlib import Path
 
 from curation_platform.errors import CurationError
 from curation_platform.ledger import LEDGER_SCHEMA
-from curation_platform.workspace import Workspace, file_lock
+from curation_platform.workspace import Workspace, file_lock, write_text_atomic
 
 CATALOG_FILE = "catalog.duckdb"
 _ATTACHED = "curation_catalog_new"
@@ -203,10 +203,23 @@ def refresh_catalog(conn, ws: Workspace, stages: Iterable[str] = (), rebuild: st
             finally:
                 conn.execute(f"DETACH {_ATTACHED}")
             os.replace(tmp, target)
+            write_text_atomic(layout, _layout_record(ws))
         finally:
             tmp.unlink(missing_ok=True)
             tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
     return [v.name for v in views]
+
+
+def _layout_record(ws: Workspace) -> Path:
+    return ws.root / ".catalog.layout"
+
+
+def catalog_is_current(ws: Workspace, stages: Iterable[str] = ()) -> bool:
+    """True when the catalog exists and its views are the ones ``refresh_catalog`` would write now; decided from
+    a listing of the workspace and a small record beside the catalog, without opening DuckDB."""
+    record = _layout_record(ws)
+    return (catalog_path(ws).exists() and record.exists()
+            and record.read_text(encoding="utf-8") == _layout(ws, _views(ws, stages)))
 
 
 @contextlib.contextmanager

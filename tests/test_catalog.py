@@ -10,7 +10,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from curation_platform.catalog import catalog_path, query, refresh_catalog
+from curation_platform.catalog import catalog_is_current, catalog_path, query, refresh_catalog
 from curation_platform.ledger import LEDGER_SCHEMA
 from curation_platform.pipeline import STAGES
 from curation_platform.samples import write_sample_landing
@@ -75,8 +75,11 @@ def test_refresh_rebuilds_when_a_folder_fills_and_is_a_no_op_otherwise(tmp_path)
         assert catalog_path(ws).stat().st_ino == built
         assert query(ws, "SELECT count(*) AS n FROM ledger")["n"].item() == 2
         # The first takedown fills an empty view: the catalog is rebuilt with the file in it.
+        assert catalog_is_current(ws, STAGES)
         write_parquet_atomic(pl.DataFrame({"doc_id": ["x"], "reason": ["request"]}), ws.takedowns_path)
+        assert not catalog_is_current(ws, STAGES)
         refresh_catalog(conn, ws, STAGES)
+        assert catalog_is_current(ws, STAGES)
         assert catalog_path(ws).stat().st_ino != built
     assert query(ws, "SELECT doc_id, reason FROM takedowns").rows() == [("x", "request")]
 
