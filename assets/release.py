@@ -2,9 +2,10 @@
 
 
 import dagster as dg
+from dagster_duckdb import DuckDBResource
 
 from assets.progress import notify
-from assets.resources import CurationResource
+from assets.resources import CurationResource, refresh_workspace_catalog
 from assets.stages import check_result
 from curation_platform.audit import release_gate, release_residue
 from curation_platform.ledger import all_stage_counts, rule_counts
@@ -55,7 +56,8 @@ def release_candidate_gate(curation: CurationResource) -> dg.AssetCheckResult:
     description="Publish step: move the audited candidate into the releases folder under its name and version it with DVC.",
     kinds={"dvc"},
 )
-def release(context: dg.AssetExecutionContext, curation: CurationResource) -> dg.MaterializeResult:
+def release(context: dg.AssetExecutionContext, curation: CurationResource,
+            duckdb: DuckDBResource) -> dg.MaterializeResult:
     ws, cfg = curation.ws(), curation.cfg()
     target = publish_release(ws, cfg.release.name, context.run_id, cfg.hash)
     card = (target / "data_card.md").read_text(encoding="utf-8")
@@ -76,6 +78,7 @@ def release(context: dg.AssetExecutionContext, curation: CurationResource) -> dg
                         for s in card_json["sources"]],
         }
         version = version_release(target, meta, cfg.versioning, ws.root)
+    refresh_workspace_catalog(duckdb, ws)
     notify("release", cfg.release.name, {"path": str(target), **version})
     return dg.MaterializeResult(
         metadata={

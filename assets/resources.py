@@ -1,13 +1,17 @@
-"""The one resource every asset uses: where the workspace, configuration and landing area are."""
+"""The resources the assets use: where the workspace, configuration and landing area are (``curation``), and the
+DuckDB engine for the SQL the assets run (``duckdb``: dagster-duckdb's ``DuckDBResource``), which keeps the
+workspace catalog (``<workspace>/catalog.duckdb``) current."""
 
 
+import functools
 import os
 from pathlib import Path
 
 import dagster as dg
-
+from dagster_duckdb import DuckDBResource
 from pydantic import ValidationError
 
+from curation_platform.catalog import catalog_is_current, refresh_catalog
 from curation_platform.config import CurationConfig, describe_validation_error, load_config
 from curation_platform.errors import ConfigError
 from curation_platform.ops.decontaminate import BenchmarkSpec
@@ -30,16 +34,26 @@ class CurationResource(dg.ConfigurableResource):
 
     def cfg(self) -> CurationConfig:
         """curation.yaml with this run's overrides, validated like the file itself."""
-        cfg = load_config(self.config_path if Path(self.config_path).exists() else None)
-        data = cfg.model_dump(mode="json")
-        data["release"].update({k: v for k, v in {"name": self.release_name, "profile": self.profile}.items() if v})
-        data["decontamination"]["benchmarks"] += [
-            parse_benchmark_option(b).model_dump(mode="json") for b in self.benchmarks
-        ]
-        try:
-            return CurationConfig.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(f"invalid run options: {describe_validation_error(exc)}") from None
+        path = Path(self.config_path)
+        stat = path.stat() if path.exists() else None
+        # Parsed once per process and file version: every asset asks, and YAML parsing is slow in pure Python.
+        return _effective_config(self.config_path if stat else None, stat and (stat.st_mtime_ns, stat.st_size),
+                                 self.release_name, self.profile, tuple(self.benchmarks))
+
+
+@functools.lru_cache(maxsize=8)
+def _effective_config(config_path: str | None, version: tuple | None, release_name: str | None, profile: str | None,
+                      benchmarks: tuple[str, ...]) -> CurationConfig:
+    cfg = load_config(config_path)
+    data = cfg.model_dump(mode="json")
+    data["release"].update({k: v for k, v in {"name": release_name, "profile": profile}.items() if v})
+    data["decontamination"]["benchmarks"] += [
+        parse_benchmark_option(b).model_dump(mode="json") for b in benchmarks
+    ]
+    try:
+        return CurationConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid run options: {describe_validation_error(exc)}") from None
 
 
 def parse_benchmark_option(option: str) -> BenchmarkSpec:
@@ -60,3 +74,21 @@ def resource_from_env() -> CurationResource:
         config_path=os.environ.get("CURATION_CONFIG", "curation.yaml"),
         landing=os.environ.get("CURATION_LANDING", "landing"),
     )
+
+
+def duckdb_resource() -> DuckDBResource:
+    """The DuckDB connection the assets run their SQL on. In memory: the catalog file is built through it into a
+    fresh file and renamed into place (``curation_platform.catalog``), so a DuckDB UI or `curate sql` session
+    holding the catalog never blocks a run."""
+    return DuckDBResource(database=":memory:")
+
+
+def refresh_workspace_catalog(duckdb: DuckDBResource, ws: Workspace) -> None:
+    """Rebuild the views of ``<workspace>/catalog.duckdb`` through the DuckDB resource when they would change
+    (a folder appeared or got its first file); most stages of most drops change nothing and open no connection."""
+    from curation_platform.pipeline import STAGES
+
+    if catalog_is_current(ws, STAGES):
+        return
+    with duckdb.get_connection() as conn:
+        refresh_catalog(conn, ws, STAGES)

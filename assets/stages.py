@@ -2,11 +2,14 @@
 
 
 
+import warnings
+
 import dagster as dg
+from dagster_duckdb import DuckDBResource
 
 from assets.partitions import drops
 from assets.progress import notify
-from assets.resources import CurationResource
+from assets.resources import CurationResource, refresh_workspace_catalog
 from curation_platform.advice import filtered_gate_advice
 from curation_platform.audit import near_dedup_gate, stage_gate, stage_residue
 from curation_platform.gates import GateResult
@@ -30,9 +33,37 @@ GROUPS = {
 }
 
 
+def _gate_spec(stage: str) -> dg.AssetCheckSpec:
+    with warnings.catch_warnings():
+        # A per-partition check spec is a Dagster preview feature; the notice is for us, not for `curate` users.
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.AssetCheckSpec(
+            name="gate",
+            asset=stage,
+            blocking=True,
+            partitions_def=drops,
+            description="Great Expectations: schema and ids, reconciliation, removal rate"
+            + {"pii_redacted": ", residual PII rate and re-scan", "decontaminated": ", zero benchmark overlap",
+               "near_deduped": ", duplicate-cluster size"}.get(stage, ""),
+        )
+
+
+def _gate(ws, cfg, stage: str, drop: str) -> dg.AssetCheckResult:
+    results = stage_gate(ws, cfg, stage, UPSTREAM.get(stage), drop, stage_residue(ws, cfg, stage, drop))
+    if stage == "near_deduped":
+        results.append(near_dedup_gate(ws, cfg, drop))
+    # A first drop that the filters empty gets advice in the user's words (rules, whatif, profile).
+    too_many_removed = any("removal_rate" in f for r in results for f in r.failures)
+    advice = (filtered_gate_advice(ws, cfg, drop, filter_profile(ws, cfg, drop))
+              if too_many_removed and stage == "filtered" else "")
+    return check_result(results, advice)
+
+
 def _stage_asset(stage: str) -> dg.AssetsDefinition:
     upstream = UPSTREAM.get(stage)
 
+    # The gate runs in the asset's own step (a blocking check spec): one Dagster step per stage instead of two
+    # halves the per-drop orchestration cost, and a failed gate still stops every asset below it.
     @dg.asset(
         name=stage,
         partitions_def=drops,
@@ -40,10 +71,15 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
         group_name=GROUPS[stage],
         description=STAGE_DESCRIPTIONS[stage],
         kinds={"polars", "parquet"},
+        check_specs=[_gate_spec(stage)],
     )
-    def _asset(context: dg.AssetExecutionContext, curation: CurationResource) -> dg.MaterializeResult:
-        summary = run_stage(curation.ws(), curation.cfg(), stage, context.partition_key, context.run_id)
-        notify(stage, context.partition_key, summary)
+    def _asset(context: dg.AssetExecutionContext, curation: CurationResource,
+               duckdb: DuckDBResource) -> dg.MaterializeResult:
+        ws, cfg, drop = curation.ws(), curation.cfg(), context.partition_key
+        summary = run_stage(ws, cfg, stage, drop, context.run_id)
+        gate = _gate(ws, cfg, stage, drop)
+        refresh_workspace_catalog(duckdb, ws)
+        notify(stage, drop, summary)
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": summary.kept,
@@ -54,8 +90,9 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
                 "removed_per_rule": dg.MetadataValue.json(summary.per_rule),
                 "stage_metrics": dg.MetadataValue.json(summary.metrics),
                 "preview": dg.MetadataValue.md(markdown_table(summary.preview)),
-                "path": dg.MetadataValue.path(str(curation.ws().stage_path(stage, context.partition_key))),
-            }
+                "path": dg.MetadataValue.path(str(ws.stage_path(stage, drop))),
+            },
+            check_results=[gate],
         )
 
     return _asset
@@ -78,31 +115,4 @@ def check_result(results: list[GateResult], advice: str = "") -> dg.AssetCheckRe
     )
 
 
-def _stage_gate(stage: str) -> dg.AssetChecksDefinition:
-    upstream = UPSTREAM.get(stage)
-
-    @dg.asset_check(
-        asset=stage,
-        name="gate",
-        blocking=True,
-        partitions_def=drops,
-        description="Great Expectations: schema and ids, reconciliation, removal rate"
-        + {"pii_redacted": ", residual PII rate and re-scan", "decontaminated": ", zero benchmark overlap",
-           "near_deduped": ", duplicate-cluster size"}.get(stage, ""),
-    )
-    def _check(context: dg.AssetCheckExecutionContext, curation: CurationResource) -> dg.AssetCheckResult:
-        drop = context.partition_key
-        ws, cfg = curation.ws(), curation.cfg()
-        results = stage_gate(ws, cfg, stage, upstream, drop, stage_residue(ws, cfg, stage, drop))
-        if stage == "near_deduped":
-            results.append(near_dedup_gate(ws, cfg, drop))
-        too_many_removed = any("removal_rate" in f for r in results for f in r.failures)
-        advice = (filtered_gate_advice(ws, cfg, drop, filter_profile(ws, cfg, drop))
-                  if too_many_removed and stage == "filtered" else "")
-        return check_result(results, advice)
-
-    return _check
-
-
 stage_assets = [_stage_asset(stage) for stage in STAGES]
-stage_checks = [_stage_gate(stage) for stage in STAGES]

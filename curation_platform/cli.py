@@ -101,6 +101,8 @@ def _failures(result) -> list[str]:
         # A blocking check's own step failure only repeats the gate failure reported above.
         if event.event_type_value == "STEP_FAILURE" and event.step_key not in gates:
             error = event.step_failure_data.error
+            if error.cls_name == "DagsterAssetCheckFailedError":  # a gate in the asset's step: reported above
+                continue
             cause = error
             while cause.cause is not None:
                 cause = cause.cause
@@ -173,9 +175,20 @@ def run(
             partition_key=name, instance=instance, raise_on_error=False, run_config=quiet)
         problems += _failures(result)
     if not problems and not no_release:
-        result = defs.resolve_job_def("build_release").execute_in_process(
-            instance=instance, raise_on_error=False, run_config=quiet)
-        problems += _failures(result)
+        from curation_platform.pipeline import FINAL_STAGE
+        from curation_platform.release import code_version
+        from curation_platform.versioning import record_release_inputs, release_inputs, release_is_current
+
+        inputs = release_inputs(ws, cfg, FINAL_STAGE, code_version())
+        if release_is_current(ws, cfg.release.name, inputs, cfg.versioning.enabled):
+            typer.echo(f"  release {cfg.release.name}: unchanged (same drops, ledger and configuration); not rebuilt")
+        else:
+            result = defs.resolve_job_def("build_release").execute_in_process(
+                instance=instance, raise_on_error=False, run_config=quiet)
+            failures = _failures(result)
+            problems += failures
+            if result.success and not failures:
+                record_release_inputs(ws, cfg.release.name, inputs, cfg.versioning.enabled)
     progress.clear()
     _print_summary(ws, cfg)
     if scan.rejected or problems:
@@ -422,6 +435,45 @@ def takedown(
         _fail("name a DROP or give --doc-id / --ids-file")
     count = take_down(Workspace(workspace), drop=drop, doc_ids=ids, reason=reason)
     typer.echo(f"took down {count} document(s); run `curate run` to rebuild the release without them")
+
+
+@app.command()
+def sql(
+    statement: str = typer.Argument(..., help='One SQL statement, e.g. "SELECT stage, count(*) FROM ledger GROUP BY ALL".'),
+    workspace: Path = WorkspaceOpt,
+    config: Path = ConfigOpt,
+    format_: str = typer.Option("table", "--format", help="table, csv or json (one object per line)."),
+    refresh: bool = typer.Option(False, "--refresh", help="Rebuild the catalog's views first."),
+) -> None:
+    """Query the workspace catalog (data/catalog.duckdb: views over stages, ledger, quarantine, indexes, releases)."""
+    from curation_platform.catalog import CatalogError, query, refresh_catalog
+    from curation_platform.workspace import Workspace
+
+    if format_ not in ("table", "csv", "json"):
+        _fail(f"--format {format_!r}: expected table, csv or json")
+    ws = Workspace(workspace)
+    if refresh:
+        import duckdb
+
+        with duckdb.connect() as scratch:
+            refresh_catalog(scratch, ws, rebuild="always")
+    try:
+        frame = query(ws, statement)
+    except CatalogError as exc:
+        _fail(str(exc))
+    if format_ == "csv":
+        typer.echo(frame.write_csv(), nl=False)
+    elif format_ == "json":
+        typer.echo(frame.write_ndjson(), nl=False)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*frame.columns, show_lines=False)
+        for row in frame.iter_rows():
+            table.add_row(*["" if v is None else str(v) for v in row])
+        Console(width=max(120, shutil.get_terminal_size().columns)).print(table)
+        typer.echo(f"{frame.height} row(s)")
 
 
 @app.command()

@@ -146,6 +146,7 @@ def test_a_failing_gate_stops_the_graph_with_a_clear_message(tmp_path):
                            "--config", str(config))
     assert code != 0
     assert "gate" in output and "removal_rate" in output
+    assert "blocking asset check" not in output  # the gate's own line says it; no second line for its step
     assert not (tmp_path / "data" / "releases" / "latest").exists()
 
 

@@ -150,3 +150,14 @@ def test_release_license_audit_does_not_reuse_the_selection_function(tmp_path, m
     result = _license_gate(CurationConfig(), staging, residual)
     assert not result.passed
     assert "CC-BY-NC-4.0" in result.description and "non-commercial" in result.description
+def test_identity_gate_fails_on_a_missing_column_and_gates_do_not_leak_into_each_other():
+    from curation_platform.gates import _context
+
+    full = pl.DataFrame({"doc_id": ["a", "b"], "source": ["s", "s"], "license": ["MIT", "MIT"]})
+    missing = full.drop("source").with_columns(pl.lit("s").alias("other"))
+    assert validate("full", full, identity_expectations(["doc_id", "source", "license"])).passed
+    result = validate("missing", missing, identity_expectations(["doc_id", "license", "source"]))
+    assert not result.passed and any("source" in f for f in result.failures)
+    # The same process validates the next frame on its own data (one cached GX asset, frames as batch parameters).
+    assert validate("full again", full, identity_expectations(["doc_id", "source", "license"])).passed
+    assert len(_context()[1].assets) == 1

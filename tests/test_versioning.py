@@ -23,3 +23,42 @@ def test_release_is_dvc_added_with_meta_and_pushed_to_a_local_remote(tmp_path):
     assert len(remote_files) == 3  # two files plus the directory manifest
     # Versioning the same content again is stable.
     assert version_release(release, meta, VersioningConfig(), tmp_path / "ws")["md5"] == out["md5"]
+
+
+def test_a_release_is_current_only_for_the_inputs_it_was_published_from(tmp_path):
+    import os
+
+    import polars as pl
+
+    from curation_platform.config import CurationConfig
+    from curation_platform.versioning import record_release_inputs, release_inputs, release_is_current
+    from curation_platform.workspace import Workspace, write_parquet_atomic
+
+    ws = Workspace(tmp_path / "ws")
+    cfg = CurationConfig()
+    write_parquet_atomic(pl.DataFrame({"doc_id": ["a"]}), ws.stage_path("final", "d1"))
+    write_parquet_atomic(pl.DataFrame({"doc_id": ["a"]}), ws.ledger_path("final", "d1"))
+    inputs = release_inputs(ws, cfg, "final", "1.0")
+    assert not release_is_current(ws, "latest", inputs, versioned=False)  # never published
+    card = ws.release_dir("latest") / "data_card.json"
+    card.parent.mkdir(parents=True)
+    card.write_text("{}")
+    record_release_inputs(ws, "latest", inputs, versioned=False)
+    assert release_is_current(ws, "latest", release_inputs(ws, cfg, "final", "1.0"), versioned=False)
+    # Without its DVC pointer a versioned release is not current.
+    assert not release_is_current(ws, "latest", inputs, versioned=True)
+    # Another configuration, another code version, a re-curated drop or a takedown each change the inputs.
+    other = CurationConfig.model_validate({"release": {"profile": "research"}})
+    assert release_inputs(ws, other, "final", "1.0") != inputs
+    assert release_inputs(ws, cfg, "final", "1.1") != inputs
+    ledger = ws.ledger_path("final", "d1")
+    os.utime(ledger, ns=(ledger.stat().st_atime_ns, ledger.stat().st_mtime_ns + 1))
+    assert release_inputs(ws, cfg, "final", "1.0") != inputs
+    inputs = release_inputs(ws, cfg, "final", "1.0")
+    record_release_inputs(ws, "latest", inputs, versioned=False)
+    write_parquet_atomic(pl.DataFrame({"doc_id": ["a"]}), ws.takedowns_path)
+    assert not release_is_current(ws, "latest", release_inputs(ws, cfg, "final", "1.0"), versioned=False)
+    # A release rebuilt by other means (the UI's build_release job) is not the one recorded.
+    card.write_text('{"rebuilt": true}')
+    os.utime(card, ns=(card.stat().st_atime_ns, card.stat().st_mtime_ns + 1))
+    assert not release_is_current(ws, "latest", inputs, versioned=False)
