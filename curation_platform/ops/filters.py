@@ -122,7 +122,13 @@ def _chat() -> list[Rule]:
 def _flagged_words() -> list[Rule]:
     # flagged_word_limit_ratio is the flagged-word ratio over the limit for the document's source and language
     # (the `flagged_words` section), so one rule carries per-source and per-language thresholds.
-    return [_rule("flagged_words.max_ratio", "flagged_word_limit_ratio", "<=", 1, PROSE_KINDS, _FLAGGED)]
+    return [
+        _rule("flagged_words.max_ratio", "flagged_word_limit_ratio", "<=", 1, PROSE_KINDS, _FLAGGED),
+        # Needs `signals.flagged_words.classifier: true`; off by default (the classifier, like the lists, flags
+        # LGBTQ self-references: audit its removals before relying on it).
+        _rule("flagged_words.max_offensive_score", "offensive_score", "<=", 0.9, PROSE_KINDS,
+              "alt-profanity-check offensive-language classifier (linear SVM on TF-IDF)", enabled=False),
+    ]
 class FilterProfile(BaseModel):
     """A named rule set for sources whose documents the default rules do not fit (short posts, docs pages):
     the same edits as ``filters`` itself, applied on top of them."""

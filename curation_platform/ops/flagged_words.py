@@ -32,7 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 LDNOOBW_EN = "pkg://curation_platform/resources/wordlists/ldnoobw_en.txt"
 RULE_NAME = "flagged_words.max_ratio"
-SIGNAL_COLUMNS = ["flagged_word_count", "flagged_word_ratio", "flagged_word_limit_ratio", "flagged_words_matched"]
+SIGNAL_COLUMNS = ["flagged_word_count", "flagged_word_ratio", "flagged_word_limit_ratio", "flagged_words_matched",
+                  "offensive_score"]
+CLASSIFIER_RULE = "flagged_words.max_offensive_score"
 
 
 class _Strict(BaseModel):
@@ -56,6 +58,10 @@ class FlaggedWordsConfig(_Strict):
     max_ratio: float = Field(default=0.01, ge=0)  # flagged words per word above which a document is dropped
     per_language: dict[str, float] = Field(default_factory=dict)  # e.g. {en: 0.02}
     per_source: dict[str, float] = Field(default_factory=dict)  # wins over per_language, e.g. {health-forum: 0.05}
+    # Second signal: alt-profanity-check's offline linear classifier (TF-IDF + linear SVM trained on ~200k
+    # human-labelled offensive and clean comments, shipped in its wheel), applied per line; the document scores its
+    # worst line. Off by default; rule `flagged_words.max_offensive_score` (disabled by default) uses it.
+    classifier: bool = False
 
 
 def _resolve(path: str) -> Path:
@@ -88,6 +94,23 @@ def load_word_list(path: str) -> tuple[str, ...]:
     normalized = pl.DataFrame({"e": entries}).select(
         _normalized(pl.col("e")).str.replace_all(" +", " ").str.strip_chars().alias("e"))["e"]
     return tuple(e for e in normalized.unique(maintain_order=True).to_list() if e)
+
+
+def offensive_scores(texts: pl.Series) -> pl.Series:
+    """Per text, the highest offensive-language probability of its non-blank lines (0 for a text without any),
+    from alt-profanity-check's bundled model. All lines of all texts go through the model in one call.
+
+    ``["Have a nice day.", "Nice.\nYou are a f*cking idiot."]`` -> about ``[0.06, 1.0]``.
+    """
+    from profanity_check import predict_prob
+
+    lines = (pl.DataFrame({"text": texts.fill_null("")}).with_row_index("_doc")
+             .select("_doc", pl.col("text").str.split("\n").alias("line")).explode("line")
+             .filter(pl.col("line").str.strip_chars() != ""))
+    probs = predict_prob(lines["line"].to_list()) if lines.height else []
+    worst = (lines.select("_doc", pl.Series("p", probs, dtype=pl.Float64)).group_by("_doc").agg(pl.col("p").max()))
+    return (pl.DataFrame({"_doc": pl.int_range(len(texts), eager=True, dtype=pl.UInt32)})
+            .join(worst, on="_doc", how="left").sort("_doc")["p"].fill_null(0.0).alias("offensive_score"))
 
 
 def flagged_word_signals(docs: pl.DataFrame, cfg: FlaggedWordsConfig) -> pl.DataFrame:
@@ -129,6 +152,9 @@ def flagged_word_signals(docs: pl.DataFrame, cfg: FlaggedWordsConfig) -> pl.Data
         pl.when(pl.col("_limit") > 0).then(pl.col("flagged_word_ratio") / pl.col("_limit"))
         .when(pl.col("flagged_word_count") > 0).then(pl.lit(float("inf")))
         .otherwise(pl.lit(0.0)).alias("flagged_word_limit_ratio")
+    ).with_columns(
+        # Null (a missing signal, which no rule acts on) unless the classifier is switched on.
+        offensive_scores(docs["text"]) if cfg.classifier else pl.lit(None, pl.Float64).alias("offensive_score")
     ).select(SIGNAL_COLUMNS)
     return pl.concat([docs.drop(SIGNAL_COLUMNS, strict=False), signals], how="horizontal")
 

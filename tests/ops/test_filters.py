@@ -57,8 +57,9 @@ EXPECTED = {
     "chat.conflicting_response": ("chat_conflicting_response", "==", 0, ["chat"]),
     "chat.min_response_chars": ("chat_response_chars", ">=", 1, ["chat"]),
     "flagged_words.max_ratio": ("flagged_word_limit_ratio", "<=", 1, ["web", "text", "synthetic"]),
+    "flagged_words.max_offensive_score": ("offensive_score", "<=", 0.9, ["web", "text", "synthetic"]),
 }
-DISABLED = {"c4.removed_line_frac", "chat.conflicting_response"}
+DISABLED = {"c4.removed_line_frac", "chat.conflicting_response", "flagged_words.max_offensive_score"}
 
 
 def signal_frame(rows):

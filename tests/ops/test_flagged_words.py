@@ -80,3 +80,30 @@ def test_data_card_counts_removals_per_list_from_the_ledger_and_stored_signals(t
                         "per_entry": {"ldnoobw_en:twink": 1, "mine:foo": 1}}
     lines = "\n".join(card_markdown(removals))
     assert "| ldnoobw_en | 1 |" in lines and "| ldnoobw_en:twink | 1 |" in lines and "LGBTQ" in lines
+
+
+# An insult no word list entry matches (no LDNOOBW word), inside otherwise clean text.
+INSULT = "You are a worthless pathetic moron and everyone here hates you, idiot."
+
+
+def test_classifier_scores_the_worst_line_and_is_off_by_default():
+    texts = [CLEAN, CLEAN + "\n" + INSULT, "", None]
+    off = flagged_word_signals(docs(texts), FlaggedWordsConfig())
+    assert off["offensive_score"].is_null().all()
+    on = flagged_word_signals(docs(texts), FlaggedWordsConfig(classifier=True))["offensive_score"].to_list()
+    assert on[0] < 0.5 and on[1] > 0.9 and on[2] == 0.0 and on[3] == 0.0
+    assert flagged_word_signals(docs(texts), FlaggedWordsConfig(classifier=True))["flagged_word_count"][1] == 0
+
+
+def test_classifier_rule_drops_what_the_word_list_misses_only_when_enabled():
+    from curation_platform.ops.quality_signals import SignalsConfig
+
+    cfg = SignalsConfig(flagged_words=FlaggedWordsConfig(classifier=True))
+    signals = quality_signals(docs([CLEAN, CLEAN + "\n" + INSULT]), cfg).kept
+    others = [r.name for r in FiltersConfig().rules() if not r.name.startswith("flagged_words.")]
+    assert filter_documents(signals, FiltersConfig(disabled=others)).verdicts.filter(
+        pl.col("verdict") == "drop").is_empty()  # the word list finds nothing, and the rule is off by default
+    enabled = filter_documents(signals, FiltersConfig(disabled=others, enabled=["flagged_words.max_offensive_score"]))
+    assert enabled.kept["doc_id"].to_list() == ["d0"]
+    (row,) = enabled.verdicts.filter(pl.col("verdict") == "drop").to_dicts()
+    assert row["rule"] == "flagged_words.max_offensive_score" and row["value"] > 0.9
