@@ -201,7 +201,7 @@ def run(
 # Release removals in the user's words.
 _RELEASE_REASONS = {
     "license.not_in_profile": "license not allowed by profile '{profile}'",
-    "license.generator_terms": "synthetic: the generator's terms forbid training (licenses.generators_forbidding_training)",
+    "license.generator_terms": "synthetic: the generator's terms forbid training (forbids_training in licenses.generator_terms)",
     "release.over_budget": "over the token budget (release.token_budget)",
 }
 

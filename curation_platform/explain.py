@@ -148,9 +148,9 @@ def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame | None = N
             text += f" ({row['threshold']})"
         detail = row["detail"] if row["detail"] and row["verdict"] != "keep" else ""
         # Name the original once, and the cluster only when it is not the original itself.
-        if row["duplicate_of"]:
+        if row["duplicate_of"] and row["duplicate_of"] not in detail:
             text += f" duplicate of {row['duplicate_of']}"
-        if row.get("cluster_id") and row["cluster_id"] not in text:
+        if row.get("cluster_id") and row["cluster_id"] not in text + detail:
             text += f" (cluster {row['cluster_id']})"
         if detail:
             text += f" - {detail}"

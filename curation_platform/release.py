@@ -146,8 +146,9 @@ def near_pairs(ws: Workspace, drops: list[str]) -> pl.DataFrame:
 
 def _why(rep: str, profile: str, keep_rule: list[str]) -> pl.Expr:
     return pl.format(
-        "{} represents the cluster in release {}: the best copy profile {} allows (license {}), by keep rule {}",
-        pl.col("duplicate_of"), pl.lit(rep), pl.lit(profile), pl.col("_rep_license").fill_null("unknown"),
+        "that copy represents the cluster in release {}: the best copy profile {} allows (license {}), by keep "
+        "rule {}",
+        pl.lit(rep), pl.lit(profile), pl.col("_rep_license").fill_null("unknown"),
         pl.lit(", ".join(keep_rule)),
     )
 
@@ -203,8 +204,10 @@ def dedup_verdicts(
         pl.lit(RULE_NEAR).alias("rule"),
         "value",
         pl.lit(f">= {cfg.near_dedup.verify_threshold:g}").alias("threshold"),
-        pl.format("near-duplicate (exact Jaccard {}) of {} (drop {}) in cluster {}; ", pl.col("value").round(4),
-                  "duplicate_of", "_rep_drop", "cluster_id")
+        pl.format("near-duplicate (exact Jaccard {}) of {} (drop {}){}; ", pl.col("value").round(4),
+                  "duplicate_of", "_rep_drop",
+                  pl.when(pl.col("cluster_id") != pl.col("duplicate_of"))
+                  .then(pl.format(" in cluster {}", "cluster_id")).otherwise(pl.lit("")))
         .add(_why(name, profile, cfg.near_dedup.keep_rule)).alias("detail"),
         "duplicate_of",
         "cluster_id",

@@ -684,13 +684,15 @@ def near_duplicates(
         pl.lit(FLAG).alias("verdict"),
         pl.lit(RULE_DUPLICATE).alias("rule"),
         pl.format(
-            "near-duplicate of {}{} (exact Jaccard {} on word {}-gram shingles) in cluster {}; each release ships the "
+            "near-duplicate of {}{} (exact Jaccard {} on word {}-gram shingles){}; each release ships the "
             "best copy its license profile allows",
             "duplicate_of",
             pl.when("cross_drop").then(pl.format(" in drop {}", "other_drop")).otherwise(pl.lit("")),
             pl.col("value").round(4),
             pl.lit(cfg.ngram),
-            "cluster_id",
+            # The cluster is named only when it is not the copy already named.
+            pl.when(pl.col("cluster_id") != pl.col("duplicate_of"))
+            .then(pl.format(" in cluster {}", "cluster_id")).otherwise(pl.lit("")),
         ).alias("detail"),
     )
     verdicts = pl.concat([verdict_frame(blocked_verdicts), verdict_frame(flags)]).sort("doc_id", "duplicate_of")
