@@ -18,7 +18,9 @@ from tests.conftest import REPO, run_cli
 CONFIG = str(REPO / "curation.yaml")
 
 
-@pytest.fixture(scope="module")
+# Session scope: tests/test_sample_outcomes.py asserts on the same run (one sample run saves a minute of the suite).
+# Tests here that rerun or interrupt it leave the release byte-identical, which they assert.
+@pytest.fixture(scope="session")
 def project(tmp_path_factory):
     import subprocess
 
