@@ -101,12 +101,10 @@ def keep_order(frame: pl.DataFrame, cfg: _HasKeepRule) -> list[pl.Expr]:
             quality = pl.col("quality_score").cast(pl.Float64) if "quality_score" in columns else pl.lit(None)
             keys.append(-quality.cast(pl.Float64))
         elif key == "license":
-            licenses = frame["license"].cast(pl.String) if "license" in columns else pl.Series([None], dtype=pl.String)
-            distinct = licenses.unique()
-            mapping = dict(zip(distinct.to_list(), license_rank(distinct).to_list()))
-            source = pl.col("license").cast(pl.String) if "license" in columns else pl.lit(None, dtype=pl.String)
-            last = license_rank(pl.Series([None], dtype=pl.String)).item()  # unknown or null ranks last
-            keys.append(source.replace_strict(mapping, default=last, return_dtype=pl.Int32).fill_null(last))
+            # Ranked once per distinct value by the release's own classifier; no column ranks every row last.
+            licenses = (frame["license"].cast(pl.String) if "license" in columns
+                        else pl.Series([None] * frame.height, dtype=pl.String))
+            keys.append(pl.lit(license_rank(licenses)))
         else:
             keys.append(pl.col("doc_id"))
     return [k.alias(f"_keep_key_{i}") for i, k in enumerate(keys)]
