@@ -53,9 +53,8 @@ def _gate(ws, cfg, stage: str, drop: str) -> dg.AssetCheckResult:
     if stage == "near_deduped":
         results.append(near_dedup_gate(ws, cfg, drop))
     # A first drop that the filters empty gets advice in the user's words (rules, whatif, profile).
-    too_many_removed = any("removal_rate" in f for r in results for f in r.failures)
-    advice = (filtered_gate_advice(ws, cfg, drop, filter_profile(ws, cfg, drop))
-              if too_many_removed and stage == "filtered" else "")
+    too_many_removed = stage == "filtered" and any("removal_rate" in f for r in results for f in r.failures)
+    advice = filtered_gate_advice(ws, cfg, drop, filter_profile(ws, cfg, drop)) if too_many_removed else ""
     return check_result(results, advice)
 
 

@@ -25,7 +25,7 @@ def _keeping_threshold(rule: Rule, values: pl.Series) -> float | None:
 def filtered_gate_advice(ws: Workspace, cfg: CurationConfig, drop: str, profile: str | None) -> str:
     """Why the ``filtered`` stage removed so much of ``drop``, per deciding rule, with the ``curate whatif``
     command that previews keeping those documents and how to give the source its own rule set."""
-    ledger = read_ledger(ws, drop).filter(pl.col("stage") == "filtered")
+    ledger = read_ledger(ws, drop, stage="filtered")
     total = ledger.filter(pl.col("verdict").is_in(["keep", "drop"])).height
     deciding = ledger.filter(pl.col("verdict") == "drop").group_by("rule").len().sort(["len", "rule"],
                                                                                        descending=[True, False])
@@ -40,13 +40,14 @@ def filtered_gate_advice(ws: Workspace, cfg: CurationConfig, drop: str, profile:
              f"({removed / max(total, 1):.0%}; at most {bound:.0%} may go, gates.max_removal_rate.filtered)"
              + (f" with filter profile '{profile}'" if profile else "") + ":"]
     settings, disable = [], []
+    by_rule = {name: group["value"] for (name,), group in broken.group_by("rule", maintain_order=True)}
     for name, count in deciding.iter_rows():
         rule = rules[name]
-        values = broken.filter(pl.col("rule") == name)["value"]
+        values = by_rule[name]
         spread = f"{values.min():g}" + (f" to {values.max():g}" if values.max() != values.min() else "")
         lines.append(f"  {name} removed {count} ({rule.signal} {rule.broken_bound}; theirs: {spread})")
-    for name in broken["rule"].unique(maintain_order=True).to_list():
-        threshold = _keeping_threshold(rules[name], broken.filter(pl.col("rule") == name)["value"])
+    for name, values in by_rule.items():
+        threshold = _keeping_threshold(rules[name], values)
         if threshold is None:
             disable.append(name)
         else:

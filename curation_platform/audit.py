@@ -10,7 +10,7 @@ import polars as pl
 from curation_platform.config import CurationConfig
 from curation_platform.gates import GateResult, identity_expectations, max_value_expectation, validate
 from curation_platform.ledger import DECIDING, read_ledger
-from curation_platform.records import DROP, KEEP, QUARANTINE
+from curation_platform.records import KEEP
 from curation_platform.workspace import Workspace
 
 ID_COLUMNS = ["doc_id", "source", "drop", "source_id", "license", "kind"]
@@ -23,7 +23,8 @@ def _deciding_rows(path) -> pl.DataFrame:
     return pl.read_parquet(path, columns=["doc_id", "verdict"]).filter(pl.col("verdict").is_in(DECIDING))
 
 
-def reconciliation_counts(ws: Workspace, stage: str, upstream: str | None, drop: str) -> pl.DataFrame:
+def reconciliation_counts(ws: Workspace, stage: str, upstream: str | None, drop: str,
+                         output_ids: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row of counts proving, from the LEDGER rows (never the operator's own counters), that every document
     entering ``stage`` has exactly one deciding row there and that nothing appeared from elsewhere.
 
@@ -36,7 +37,8 @@ def reconciliation_counts(ws: Workspace, stage: str, upstream: str | None, drop:
     unexpected = 0, kept = output_rows and output_mismatch = 0.
     """
     here = _deciding_rows(ws.ledger_path(stage, drop))
-    output_ids = pl.read_parquet(ws.stage_path(stage, drop), columns=["doc_id"])
+    if output_ids is None:
+        output_ids = pl.read_parquet(ws.stage_path(stage, drop), columns=["doc_id"])
     if upstream is None:
         quarantined = (pl.read_parquet(ws.quarantine_path(drop), columns=["doc_id"])
                        if ws.quarantine_path(drop).exists() else output_ids.clear())
@@ -85,7 +87,7 @@ def stage_gate(ws: Workspace, cfg: CurationConfig, stage: str, upstream: str | N
     output = pl.read_parquet(ws.stage_path(stage, drop), columns=ID_COLUMNS)
     results = [validate(f"{stage}.identity", output, identity_expectations(ID_COLUMNS))]
     bound = cfg.gates.max_removal_rate.get(stage, 1.0)
-    counts = reconciliation_counts(ws, stage, upstream, drop)
+    counts = reconciliation_counts(ws, stage, upstream, drop, output.select("doc_id"))
     results.append(validate(f"{stage}.reconciliation", counts, _reconciliation_expectations(bound)))
     if residual is not None:
         results.append(validate(f"{stage}.residual", residual,
@@ -239,10 +241,11 @@ def stage_residue(ws: Workspace, cfg: CurationConfig, stage: str, drop: str) -> 
     path = ws.stage_path(stage, drop)
     frame = residue(pl.read_parquet(path, columns=_text_columns(path)), cfg, checks)
     if stage == "pii_redacted":
-        frame = frame.with_columns(residual_rate_above_bound=pl.lit(_residual_pii_excess(ws, cfg, drop)))
+        excess = _residual_pii_excess(ws, cfg, drop)
+        frame = frame.with_columns(residual_rate_above_bound=pl.lit(excess))
         if frame.is_empty():  # every document dropped: the rate still has to be checked
-            frame = pl.DataFrame({"doc_id": ["-"], "residual_pii": [0], "residual_rate_above_bound": [
-                _residual_pii_excess(ws, cfg, drop)]}, schema=frame.schema)
+            frame = pl.DataFrame({"doc_id": ["-"], "residual_pii": [0], "residual_rate_above_bound": [excess]},
+                                 schema=frame.schema)
     return frame
 
 
@@ -250,7 +253,7 @@ def _residual_pii_excess(ws: Workspace, cfg: CurationConfig, drop: str) -> float
     from curation_platform.ops.pii import RESIDUAL_RULE
 
     rows = pl.read_parquet(ws.ledger_path("pii_redacted", drop), columns=["verdict", "rule"])
-    decided = rows.filter(pl.col("verdict").is_in([KEEP, DROP, QUARANTINE]))
+    decided = rows.filter(pl.col("verdict").is_in(DECIDING))
     residual = int((decided["rule"] == RESIDUAL_RULE).sum())
     rate = residual / decided.height if decided.height else 0.0
     return round(max(0.0, rate - cfg.gates.max_residual_pii_rate), 6)

@@ -223,11 +223,10 @@ def _released_per_drop(ws, cfg) -> tuple[pl.DataFrame, pl.DataFrame]:
     return released, removals
 
 
-def _summary_frame(ws, cfg) -> pl.DataFrame:
+def _summary_frame(ws, cfg, released: pl.DataFrame) -> pl.DataFrame:
     from curation_platform.ledger import stage_counts
     from curation_platform.pipeline import FINAL_STAGE, STAGES, drop_state
 
-    released, _ = _released_per_drop(ws, cfg)
     released = {r["drop"]: r for r in released.iter_rows(named=True)}
     rows = []
     for drop in ws.drops():
@@ -256,7 +255,8 @@ def _summary_frame(ws, cfg) -> pl.DataFrame:
 
 
 def _print_summary(ws, cfg) -> None:
-    frame = _summary_frame(ws, cfg)
+    released, removals = _released_per_drop(ws, cfg)
+    frame = _summary_frame(ws, cfg, released)
     if frame.is_empty():
         typer.echo("no drops registered")
         return
@@ -272,7 +272,7 @@ def _print_summary(ws, cfg) -> None:
         typer.echo(f"\nrelease '{card['name']}' ({card['profile']}): {card['documents']} documents, "
                    f"{card['tokens']} tokens, {len(card.get('shards', []))} shard(s)")
         typer.echo(f"  {ws.release_dir(cfg.release.name)}  (data card: data_card.md)")
-        _print_left_out(_released_per_drop(ws, cfg)[1], frame, card["profile"])
+        _print_left_out(removals, frame, card["profile"])
     staged = ws.staging_dir(cfg.release.name) / "release_verdicts.parquet"
     if staged.exists():  # a candidate that was not published (its gate failed): say what it left out
         typer.echo(f"\nrelease candidate '{cfg.release.name}' ({cfg.release.profile}), not published:")

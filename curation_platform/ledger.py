@@ -46,10 +46,12 @@ def ledger_rows(
     ).select(list(LEDGER_SCHEMA))
 
 
-def read_ledger(ws: Workspace, drop: str | None = None, release: str | None = None) -> pl.DataFrame:
-    """Ledger rows of the per-drop stages (of one drop, or all drops), plus one release's verdicts if named."""
+def read_ledger(ws: Workspace, drop: str | None = None, release: str | None = None,
+                stage: str | None = None) -> pl.DataFrame:
+    """Ledger rows of the per-drop stages (or one ``stage``) of one drop or all drops, plus one release's verdicts
+    if named."""
     files = sorted(
-        f for f in (ws.root / "ledger").glob(f"*/{drop or '*'}.parquet") if f.parent.name != "release"
+        f for f in (ws.root / "ledger").glob(f"{stage or '*'}/{drop or '*'}.parquet") if f.parent.name != "release"
     )
     if release is not None and ws.release_ledger_path(release).exists():
         files.append(ws.release_ledger_path(release))

@@ -49,7 +49,7 @@ def _stage_column(ws: Workspace, stage: str, columns: list[str]) -> pl.DataFrame
 def _documents(ws: Workspace, cfg: CurationConfig, setting: str) -> pl.DataFrame:
     """(doc_id, drop, value, kept_now, applies) for every document that reached the setting's stage."""
     stage = PREVIEWABLE[setting][0]
-    ledger = read_ledger(ws).filter(pl.col("stage") == stage)
+    ledger = read_ledger(ws, stage=stage)
     decided = ledger.filter(pl.col("verdict").is_in(["keep", "drop"])).select(
         "doc_id", "drop", (pl.col("verdict") == "keep").alias("kept_now"), "rule", "value")
     applies = pl.lit(True)

@@ -77,11 +77,9 @@ def empty_exact_index() -> pl.DataFrame:
     return pl.DataFrame(schema=EXACT_INDEX_SCHEMA)
 
 
-def license_rank(licenses: pl.Series) -> pl.Series:
-    """Permissiveness rank of each SPDX id or expression, lower is more permissive: the category order of
-    :func:`~curation_platform.licenses.license_restrictiveness`, the one classifier the release policy uses too
-    (``A OR B`` ranks as its laxer side, ``A AND B`` as its stricter side; unknown or null ranks last)."""
-    return license_restrictiveness(licenses)
+# Permissiveness rank of each SPDX id or expression, lower is more permissive: the release policy's own
+# classifier (``A OR B`` ranks as its laxer side, ``A AND B`` as its stricter side; unknown or null ranks last).
+license_rank = license_restrictiveness
 
 
 def keep_order(frame: pl.DataFrame, cfg: _HasKeepRule) -> list[pl.Expr]:

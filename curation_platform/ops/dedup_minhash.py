@@ -301,18 +301,20 @@ def _estimated_jaccard(sig: np.ndarray, left: np.ndarray, right: np.ndarray, chu
 # ---------------------------------------------------------------------------------------------------- graph steps
 
 
-def _resolve_keep(n_nodes: int, kept_first: int, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, int]:
+def _strings(values: np.ndarray) -> np.ndarray:
+    """An object array of ids as a string array (empty arrays keep a string dtype)."""
+    return values.astype(str) if len(values) else np.array([], dtype=str)
+
+
+def _resolve_keep(n_nodes: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Greedy keep rule over verified edges (src before dst in keep order): a node is removed iff it has an edge
-    from a kept node. Nodes ``< kept_first`` (index documents) are kept. Resolved in rounds; each round settles
-    every node whose earlier neighbours are all settled. Returns (status per node, rounds)."""
+    from a kept node. Resolved in rounds; each round settles every node whose earlier neighbours are all settled.
+    Returns the status per node."""
     status = np.full(n_nodes, _UNKNOWN, dtype=np.int8)
-    status[:kept_first] = _KEPT
     has_incoming = np.zeros(n_nodes, dtype=bool)
     has_incoming[dst] = True
     status[(~has_incoming) & (status == _UNKNOWN)] = _KEPT
-    rounds = 0
     while (status == _UNKNOWN).any():
-        rounds += 1
         live = status[dst] == _UNKNOWN
         src, dst = src[live], dst[live]
         src_status = status[src]
@@ -323,7 +325,7 @@ def _resolve_keep(n_nodes: int, kept_first: int, src: np.ndarray, dst: np.ndarra
         unknown = status == _UNKNOWN
         status[unknown & kept_in] = _REMOVED
         status[unknown & ~kept_in & ~unknown_in] = _KEPT
-    return status, rounds
+    return status
 
 
 def _components(n_nodes: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -648,9 +650,6 @@ def near_duplicates(
     ]).astype(object)
     cluster_of = np.where(in_edge, node_doc[label], None)
 
-    def _strings(values: np.ndarray) -> np.ndarray:
-        return values.astype(str) if len(values) else np.array([], dtype=str)
-
     # One row per verified pair, on the pair's document of this drop (dst: src comes first in node order).
     threshold = f">= {cfg.verify_threshold:g}" if cfg.verify else f"LSH {bands}x{rows} band match"
     pairs = pl.DataFrame(
@@ -757,7 +756,7 @@ def near_representatives(docs: pl.DataFrame, pairs: pl.DataFrame, cfg: NearDedup
     nodes = np.unique(np.concatenate([src_rank, dst_rank]))  # ranks in keep order
     src, dst = np.searchsorted(nodes, src_rank), np.searchsorted(nodes, dst_rank)
     value = edges["value"].to_numpy()
-    status, _ = _resolve_keep(len(nodes), 0, src, dst)
+    status = _resolve_keep(len(nodes), src, dst)
     label = _components(len(nodes), src, dst)
     doc_of_rank = ranked["doc_id"].to_numpy().astype(object)
     node_doc = doc_of_rank[nodes]
@@ -769,10 +768,10 @@ def near_representatives(docs: pl.DataFrame, pairs: pl.DataFrame, cfg: NearDedup
     e_src, e_dst, e_val = e_src[unique_dst], e_dst[unique_dst], e_val[unique_dst]
     return pl.DataFrame(
         {
-            "doc_id": node_doc[e_dst].astype(str) if len(e_dst) else np.array([], dtype=str),
-            "duplicate_of": node_doc[e_src].astype(str) if len(e_src) else np.array([], dtype=str),
+            "doc_id": _strings(node_doc[e_dst]),
+            "duplicate_of": _strings(node_doc[e_src]),
             "value": e_val,
-            "cluster_id": node_doc[label[e_dst]].astype(str) if len(e_dst) else np.array([], dtype=str),
+            "cluster_id": _strings(node_doc[label[e_dst]]),
         },
         schema=out_schema,
     ).sort("doc_id")

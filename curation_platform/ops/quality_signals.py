@@ -230,11 +230,6 @@ def _tokens_expr(text: pl.Expr) -> pl.Expr:
     return spaced.str.extract_all(_TOKEN_RE)
 
 
-def tokenize(texts: pl.Series) -> pl.Series:
-    """Word tokens of each text as a list column (the tokens every Gopher word signal counts)."""
-    return pl.DataFrame({"t": texts}).select(_tokens_expr(pl.col("t")))["t"]
-
-
 def _token_signals(texts: pl.Series, text_chars: np.ndarray,
                    cfg: SignalsConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Word-level Gopher signals and the n-gram repetition signals, from one flat token table; plus the

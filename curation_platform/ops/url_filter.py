@@ -159,14 +159,17 @@ def _first_match(candidates: pl.DataFrame, entries: pl.DataFrame) -> pl.DataFram
     )
 
 
+_MATCH_SCHEMA = {"doc_id": pl.String, "rule": pl.String, "list": pl.String, "entry": pl.String}
+
+
 def url_matches(docs: pl.DataFrame, cfg: UrlFilterConfig) -> pl.DataFrame:
     """One row per document a list matches: ``doc_id, rule, list, entry`` (the first matching check in FineWeb
     order, then list order). Documents without a URL, or allowed for their source, never appear."""
     if "url" not in docs.columns:
-        return pl.DataFrame(schema={"doc_id": pl.String, "rule": pl.String, "list": pl.String, "entry": pl.String})
+        return pl.DataFrame(schema=_MATCH_SCHEMA)
     frame = docs.select("doc_id", "source", "url").filter(pl.col("url").str.strip_chars().fill_null("") != "")
     if frame.is_empty():  # no URL to check: never pay for loading the lists (the UT1 domains take seconds)
-        return pl.DataFrame(schema={"doc_id": pl.String, "rule": pl.String, "list": pl.String, "entry": pl.String})
+        return pl.DataFrame(schema=_MATCH_SCHEMA)
     frame = frame.with_columns(_host(pl.col("url")).alias("host"))
     domains = _domain_candidates(frame)
     if cfg.allow:
@@ -207,7 +210,7 @@ def url_matches(docs: pl.DataFrame, cfg: UrlFilterConfig) -> pl.DataFrame:
         found.append(hits.select("doc_id", pl.lit(rule).alias("rule"), pl.lit(bl.name).alias("list"),
                                  pl.col("entry").cast(pl.String), pl.lit(order[bl.kind] * 1000 + rank).alias("_rank")))
     if not found:
-        return pl.DataFrame(schema={"doc_id": pl.String, "rule": pl.String, "list": pl.String, "entry": pl.String})
+        return pl.DataFrame(schema=_MATCH_SCHEMA)
     return (pl.concat(found).sort("_rank", maintain_order=True).group_by("doc_id", maintain_order=True).first()
             .drop("_rank").join(docs.select("doc_id").with_row_index("_i"), on="doc_id").sort("_i").drop("_i"))
 
