@@ -30,18 +30,31 @@ def read_takedowns(ws: Workspace) -> pl.DataFrame:
     """The takedown list with TAKEDOWN_SCHEMA (lists written before a column existed read it as null)."""
     if not ws.takedowns_path.exists():
         return pl.DataFrame(schema=TAKEDOWN_SCHEMA)
-    frame = pl.read_parquet(ws.takedowns_path)
+    return _conform(pl.read_parquet(ws.takedowns_path))
+
+
+def _conform(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with exactly TAKEDOWN_SCHEMA's columns (missing ones null)."""
     return frame.select([(pl.col(c) if c in frame.columns else pl.lit(None)).cast(t).alias(c)
                          for c, t in TAKEDOWN_SCHEMA.items()])
 
 
-def _index_rows(ws: Workspace, index: str, doc_ids: pl.DataFrame) -> pl.DataFrame:
-    files = sorted((ws.root / "index" / index).glob("*.parquet"))
-    if not files:
-        return pl.DataFrame()
-    rows = pl.concat([pl.read_parquet(f).join(doc_ids, on="doc_id", how="semi") for f in files],
-                     how="diagonal_relaxed")
-    return rows.unique("doc_id", keep="first", maintain_order=True)
+def _split_indexes(ws: Workspace, doc_ids: pl.DataFrame) -> tuple[dict[str, pl.DataFrame], list]:
+    """One pass over every index file: per index, the rows of ``doc_ids`` (first per doc_id); and the files that
+    hold any of them, with the rows to keep (written only after the takedown list)."""
+    hits: dict[str, pl.DataFrame] = {}
+    rewrites = []
+    for index in INDEXES:
+        found = []
+        for path in sorted((ws.root / "index" / index).glob("*.parquet")):
+            frame = pl.read_parquet(path)
+            hit = frame.join(doc_ids, on="doc_id", how="semi")
+            if hit.height:
+                found.append(hit)
+                rewrites.append((path, frame.join(doc_ids, on="doc_id", how="anti")))
+        hits[index] = (pl.concat(found, how="diagonal_relaxed").unique("doc_id", keep="first", maintain_order=True)
+                       if found else pl.DataFrame())
+    return hits, rewrites
 
 
 def _known_documents(ws: Workspace) -> pl.DataFrame:
@@ -67,23 +80,18 @@ def takedown(ws: Workspace, *, drop: str | None = None, doc_ids: list[str] | Non
     now = time.time()
     entries = selected.with_columns(pl.lit(reason).alias("reason"), pl.lit(now).alias("taken_down_at"))
     with file_lock(ws.root / "registry" / ".lock"):
-        ids = selected.select("doc_id")
-        exact, near = _index_rows(ws, "exact", ids), _index_rows(ws, "near", ids)
+        hits, rewrites = _split_indexes(ws, selected.select("doc_id"))
+        exact, near = hits["exact"], hits["near"]
         if not exact.is_empty():
             entries = entries.join(exact.select("doc_id", "content_hash"), on="doc_id", how="left")
         if not near.is_empty():
             entries = entries.join(near.select("doc_id", "drop_order", "band_keys", "signature", "params"),
                                    on="doc_id", how="left")
-        entries = entries.select([(pl.col(c) if c in entries.columns else pl.lit(None)).cast(t).alias(c)
-                                  for c, t in TAKEDOWN_SCHEMA.items()])
+        entries = _conform(entries)
         merged = pl.concat([read_takedowns(ws), entries]).unique("doc_id", keep="first", maintain_order=True)
         write_parquet_atomic(merged, ws.takedowns_path)
-        for index in INDEXES:
-            for path in sorted((ws.root / "index" / index).glob("*.parquet")):
-                frame = pl.read_parquet(path)
-                kept = frame.join(selected.select("doc_id"), on="doc_id", how="anti")
-                if kept.height != frame.height:
-                    write_parquet_atomic(kept, path)
+        for path, kept in rewrites:
+            write_parquet_atomic(kept, path)
         for (drop_name,), group in entries.group_by("drop"):
             path = ws.ledger_path("takedown", drop_name)
             old = pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=LEDGER_SCHEMA)
