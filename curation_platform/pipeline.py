@@ -137,31 +137,39 @@ def _index_content(ws: Workspace, rows: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(frames, how="diagonal_relaxed")
 
 
-def _dedup(ws: Workspace, cfg: CurationConfig, docs: pl.DataFrame, drop: str, index_name: str) -> StageResult:
-    """Record the drop's duplicate clusters against every other drop's index entries (whatever their state: the
-    release only acts on pairs whose documents are both curated, so each pair is recorded by whichever of its
-    drops ran later) and block the content of taken-down documents."""
-    order = ws.drop(drop).order
+# Both dedup stages record the drop's duplicate clusters against every other drop's index entries (whatever their
+# state: the release only acts on pairs whose documents are both curated, so each pair is recorded by whichever of
+# its drops ran later) and block the content of taken-down documents.
+
+
+def _exact_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: pl.DataFrame) -> StageResult:
+    index = ws.read_index("exact", exclude=drop, schema=dedup_exact.EXACT_INDEX_SCHEMA)
+    blocked = read_takedowns(ws).select("doc_id", "content_hash")
+    result, entries = dedup_exact.exact_duplicates(
+        _with_drop_order(docs, ws.drop(drop).order), index, cfg.exact_dedup, blocked=blocked)
+    _write_index(ws, "exact", drop, entries)
+    return result
+
+
+def _near_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: pl.DataFrame) -> StageResult:
+    index = ws.read_index("near", exclude=drop, schema=dedup_minhash.NEAR_INDEX_SCHEMA)
     takedowns = read_takedowns(ws)
-    docs = _with_drop_order(docs, order)
-    if index_name == "exact":
-        index = ws.read_index("exact", exclude=drop, schema=dedup_exact.EXACT_INDEX_SCHEMA)
-        result, entries = dedup_exact.exact_duplicates(
-            docs, index, cfg.exact_dedup, blocked=takedowns.select("doc_id", "content_hash"))
-    else:
-        index = ws.read_index("near", exclude=drop, schema=dedup_minhash.NEAR_INDEX_SCHEMA)
-        # Taken-down documents stay comparable through their entries kept in the takedown list.
-        removed = takedowns.filter(pl.col("signature").is_not_null()).select(list(dedup_minhash.NEAR_INDEX_SCHEMA))
-        result, entries = dedup_minhash.near_duplicates(
-            docs, pl.concat([index, removed], how="vertical_relaxed"), cfg.near_dedup,
-            index_content=lambda rows: _index_content(ws, rows), blocked_ids=takedowns["doc_id"])
+    # Taken-down documents stay comparable through their entries kept in the takedown list.
+    removed = takedowns.filter(pl.col("signature").is_not_null()).select(list(dedup_minhash.NEAR_INDEX_SCHEMA))
+    result, entries = dedup_minhash.near_duplicates(
+        _with_drop_order(docs, ws.drop(drop).order), pl.concat([index, removed], how="vertical_relaxed"),
+        cfg.near_dedup, index_content=lambda rows: _index_content(ws, rows), blocked_ids=takedowns["doc_id"])
+    _write_index(ws, "near", drop, entries)
+    return result
+
+
+def _write_index(ws: Workspace, index_name: str, drop: str, entries: pl.DataFrame) -> None:
     # Under the registry lock, so a takedown running now cannot be undone by this write.
     with file_lock(ws.root / "registry" / ".lock"):
         if ws.takedowns_path.exists():  # taken-down documents never re-enter the index
             entries = entries.join(pl.read_parquet(ws.takedowns_path, columns=["doc_id"]), on="doc_id", how="anti")
         # Re-materializing a drop replaces its own entries (idempotent).
         write_parquet_atomic(entries, ws.index_path(index_name, drop))
-    return result
 
 
 def _line_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: pl.DataFrame) -> StageResult:
@@ -197,8 +205,8 @@ _OPERATORS: dict[str, Callable[[Workspace, CurationConfig, str, pl.DataFrame], S
     "filtered": lambda ws, cfg, drop, docs: filter_documents(docs, cfg.filters, filter_profile(ws, cfg, drop)),
     "scored": lambda ws, cfg, drop, docs: score_documents(docs, cfg.scoring),
     "pii_redacted": lambda ws, cfg, drop, docs: redact_pii(docs, cfg.pii),
-    "exact_deduped": lambda ws, cfg, drop, docs: _dedup(ws, cfg, docs, drop, "exact"),
-    "near_deduped": lambda ws, cfg, drop, docs: _dedup(ws, cfg, docs, drop, "near"),
+    "exact_deduped": _exact_dedup,
+    "near_deduped": _near_dedup,
     "decontaminated": lambda ws, cfg, drop, docs: decontaminate(docs, benchmark_index(cfg), cfg.decontamination),
 }
 

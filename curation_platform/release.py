@@ -132,16 +132,12 @@ def _budget_verdicts(docs: pl.DataFrame, cfg: ReleaseConfig) -> pl.DataFrame:
 def near_pairs(ws: Workspace, drops: list[str]) -> pl.DataFrame:
     """Verified near-duplicate pairs (doc_id, duplicate_of, exact Jaccard) that the near-dedup stage recorded for
     the given (curated) drops. A pair with a document outside the release's documents is ignored later."""
-    frames = []
-    for drop in drops:
-        path = ws.ledger_path("near_deduped", drop)
-        if path.exists():
-            frames.append(
-                pl.scan_parquet(path)
-                .filter((pl.col("rule") == NEAR_PAIR_RULE) & (pl.col("verdict") == FLAG))
-                .select(list(PAIR_SCHEMA)).collect()
-            )
-    return pl.concat(frames) if frames else pl.DataFrame(schema=PAIR_SCHEMA)
+    paths = [p for drop in drops if (p := ws.ledger_path("near_deduped", drop)).exists()]
+    if not paths:
+        return pl.DataFrame(schema=PAIR_SCHEMA)
+    return (pl.scan_parquet(paths, missing_columns="insert", extra_columns="ignore")
+            .filter((pl.col("rule") == NEAR_PAIR_RULE) & (pl.col("verdict") == FLAG))
+            .select(list(PAIR_SCHEMA)).collect())
 
 
 def _why(rep: str, profile: str, keep_rule: list[str]) -> pl.Expr:
