@@ -4,7 +4,6 @@ shards, and write the data card. Publishing (rename + DVC) lives in ``versioning
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import shutil
 from dataclasses import dataclass
@@ -18,13 +17,13 @@ from curation_platform import __version__
 from curation_platform.config import CurationConfig, ReleaseConfig
 from curation_platform.hashing import xxh128_hex
 from curation_platform.ledger import LEDGER_SCHEMA
-from curation_platform.ops import flagged_words
 from curation_platform.licenses import attribution_required, license_breakdown, release_license_verdicts
+from curation_platform.ops import flagged_words
 from curation_platform.ops.dedup_exact import exact_representatives
 from curation_platform.ops.dedup_minhash import RULE_DUPLICATE as NEAR_PAIR_RULE
 from curation_platform.ops.dedup_minhash import near_representatives
 from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts, verdict_frame
-from curation_platform.workspace import Workspace, write_parquet_atomic, write_text_atomic
+from curation_platform.workspace import Workspace, resolve_resource, write_parquet_atomic, write_text_atomic
 
 SHARD_COLUMNS = [
     "doc_id", "source_id", "drop", "source", "license", "kind", "language", "text", "messages",
@@ -41,17 +40,9 @@ def code_version() -> str:
     return f"{__version__}+g{proc.stdout.strip()}" if proc.returncode == 0 and proc.stdout.strip() else __version__
 
 
-def resolve_resource(path: str) -> Path:
-    """``pkg://package/inner/path`` to a file path inside an installed package; other strings are paths."""
-    if path.startswith("pkg://"):
-        package, _, inner = path[len("pkg://"):].partition("/")
-        return Path(str(importlib.resources.files(package).joinpath(inner)))
-    return Path(path)
-
-
 def count_tokens(texts: pl.Series, tokenizer_path: str) -> pl.Series:
     """Token count per text with the configured tokenizer (Rust, batched, parallel)."""
-    tokenizer = Tokenizer.from_file(str(resolve_resource(tokenizer_path)))
+    tokenizer = Tokenizer.from_file(str(resolve_resource(tokenizer_path, "release.tokenizer")))
     encodings = tokenizer.encode_batch_fast(texts.fill_null("").to_list())
     return pl.Series("token_count", [len(e.ids) for e in encodings], dtype=pl.Int64)
 

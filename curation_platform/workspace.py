@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.resources
 import json
 import os
 import re
@@ -29,7 +30,20 @@ from typing import Iterator
 
 import polars as pl
 
-from curation_platform.errors import CurationError
+from curation_platform.errors import ConfigError, CurationError
+
+
+def resolve_resource(path: str, what: str = "resource") -> Path:
+    """``pkg://package/inner/path`` to a file inside an installed package; other strings are paths (``~``
+    expanded). A package that is not installed raises ConfigError naming ``what``."""
+    if not path.startswith("pkg://"):
+        return Path(path).expanduser()
+    package, _, inner = path.removeprefix("pkg://").partition("/")
+    try:
+        root = importlib.resources.files(package)
+    except ModuleNotFoundError:
+        raise ConfigError(f"{what}: package {package!r} in path {path!r} is not installed") from None
+    return Path(str(root.joinpath(inner)))
 
 
 @contextlib.contextmanager

@@ -19,7 +19,6 @@ shorter items are skipped because a handful of words matches ordinary text by ch
 from __future__ import annotations
 
 import gzip
-import importlib.resources
 import io
 from pathlib import Path
 from typing import Literal
@@ -30,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curation_platform.errors import ConfigError
 from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts
+from curation_platform.workspace import resolve_resource
 
 # Every run of characters that are not letters, digits or underscore separates words, so reformatting
 # (indentation, line breaks, punctuation, brackets) cannot hide a leak.
@@ -108,17 +108,7 @@ class DecontaminationConfig(BaseModel):
 
 
 def _resolve_path(spec: BenchmarkSpec) -> Path:
-    if spec.path.startswith("pkg://"):
-        package, _, inner = spec.path.removeprefix("pkg://").partition("/")
-        try:
-            root = importlib.resources.files(package)
-        except ModuleNotFoundError as exc:
-            raise ConfigError(
-                f"benchmark {spec.name!r}: package {package!r} in path {spec.path!r} is not installed"
-            ) from exc
-        path = Path(str(root.joinpath(inner)))
-    else:
-        path = Path(spec.path).expanduser()
+    path = resolve_resource(spec.path, f"benchmark {spec.name!r}")
     if not path.is_file():
         raise ConfigError(f"benchmark {spec.name!r}: file {spec.path!r} does not exist; fix its path in curation.yaml")
     return path

@@ -24,11 +24,12 @@ list and entry so that effect can be audited; relax a source's limit with ``per_
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
+
+from curation_platform.workspace import resolve_resource
 
 LDNOOBW_EN = "pkg://curation_platform/resources/wordlists/ldnoobw_en.txt"
 RULE_NAME = "flagged_words.max_ratio"
@@ -64,15 +65,6 @@ class FlaggedWordsConfig(_Strict):
     classifier: bool = False
 
 
-def _resolve(path: str) -> Path:
-    if path.startswith("pkg://"):
-        import importlib.resources
-
-        package, _, inner = path[len("pkg://"):].partition("/")
-        return Path(str(importlib.resources.files(package).joinpath(inner)))
-    return Path(path)
-
-
 def _normalized(text: pl.Expr) -> pl.Expr:
     """Lowercase, every run of characters other than letters, digits and spaces to one space, padded with spaces
     so entries match whole words. Spaces themselves are left alone: replacing every one is 3x slower."""
@@ -82,7 +74,7 @@ def _normalized(text: pl.Expr) -> pl.Expr:
 @functools.lru_cache(maxsize=16)
 def load_word_list(path: str) -> tuple[str, ...]:
     """The list's entries, normalized like the text (``g-spot`` -> ``g spot``), unique, in file order."""
-    resolved = _resolve(path)
+    resolved = resolve_resource(path, "flagged_words: word list")
     try:
         lines = resolved.read_text(encoding="utf-8").splitlines()
     except OSError as error:

@@ -16,10 +16,8 @@ before the banned-word join (DataTrove compares them case-sensitively against lo
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import io
 import tarfile
-from pathlib import Path
 from typing import Literal
 
 import polars as pl
@@ -27,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curation_platform.errors import ConfigError
 from curation_platform.records import DROP, StageResult, split_by_verdicts
+from curation_platform.workspace import resolve_resource
 
 ListKind = Literal["domain", "url", "word", "soft_word", "subword"]
 _DATATROVE_ASSETS = "pkg://datatrove/assets/"
@@ -71,14 +70,7 @@ class UrlFilterConfig(_Strict):
 
 def _open_bytes(path: str) -> bytes:
     location, _, member = path.partition("#")
-    if location.startswith("pkg://"):
-        package, _, inner = location[len("pkg://"):].partition("/")
-        try:
-            resolved = Path(str(importlib.resources.files(package).joinpath(inner)))
-        except ModuleNotFoundError:
-            raise ConfigError(f"url_filter: list {path}: package '{package}' is not installed") from None
-    else:
-        resolved = Path(location)
+    resolved = resolve_resource(location, f"url_filter: list {path}")
     try:
         if not member:
             return resolved.read_bytes()
