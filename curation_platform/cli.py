@@ -149,8 +149,9 @@ def run(
     scan = _scan_settled(landing, cfg.ingest.settle_seconds, now, cfg.licenses)
     for name, message in scan.rejected:
         typer.secho(f"rejected drop {name}: {message}", fg=typer.colors.YELLOW, err=True)
+    rejected = dict(scan.rejected)
     for name, message in scan.messages():
-        if name not in dict(scan.rejected):
+        if name not in rejected:
             typer.secho(f"not read: {message}", fg=typer.colors.YELLOW, err=True)
     changed = ws.changed_drops(scan.ready)
     ws.register_drops(scan.ready)
@@ -308,8 +309,9 @@ def status(
     cfg = _config(config)
     _print_summary(ws, cfg)
     scan = scan_landing(landing, cfg.ingest.settle_seconds, cfg.licenses)
+    rejected = dict(scan.rejected)
     for name, message in scan.messages():
-        typer.echo(f"not read: {message}" if name not in dict(scan.rejected) else f"rejected drop {name}: {message}")
+        typer.echo(f"not read: {message}" if name not in rejected else f"rejected drop {name}: {message}")
     for name in scan.waiting:
         typer.echo(f"settling: drop '{name}' changed less than {cfg.ingest.settle_seconds:g} s ago")
     releases = ws.root / "releases"

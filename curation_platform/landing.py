@@ -56,9 +56,10 @@ def scan_landing(landing: Path, settle_seconds: float, policy: LicensePolicy | N
     now = time.time() if now is None else now
     for folder in sorted(p for p in landing.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
         marked = (folder / READY_MARKER).exists()
-        if not marked and now - last_change(folder) < settle_seconds:
+        age = None if marked else now - last_change(folder)
+        if age is not None and age < settle_seconds:
             scan.waiting.append(folder.name)  # still being copied
-            wait = settle_seconds - (now - last_change(folder))
+            wait = settle_seconds - age
             scan.settles_in = wait if scan.settles_in is None else min(scan.settles_in, wait)
             continue
         if not (folder / MANIFEST_NAME).exists():

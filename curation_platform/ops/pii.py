@@ -607,7 +607,7 @@ def _redact_texts(texts: pl.Series, cfg: PiiConfig, regions: pl.Series | None = 
         if det.by_region:  # one pass per distinct region set (a handful per drop)
             for key in regions.unique(maintain_order=True).to_list():
                 rows = (regions == key).fill_null(False)
-                regions_of_key = tuple(filter(None, (key or "").split(",")))
+                regions_of_key = _regions_of(key)
                 with_regions = replace(
                     det, validate=_phone_validator(regions_of_key), rewrite=_phone_rewriter(regions_of_key)
                 )
@@ -710,6 +710,11 @@ def _region_keys(docs: pl.DataFrame, cfg: PiiConfig) -> pl.DataFrame:
     languages = docs["language"].cast(pl.String)
     table = {lang: ",".join(policy.phone_regions(lang, cfg.phone_regions)) for lang in languages.unique().to_list()}
     return pl.DataFrame({"_regions": languages.replace_strict(table, return_dtype=pl.String)})
+
+
+def _regions_of(key: str | None) -> tuple[str, ...]:
+    """The phone regions a ``_regions`` key names (the inverse of :func:`_region_keys`)."""
+    return tuple(filter(None, (key or "").split(",")))
 
 
 def _verdicts(docs: pl.DataFrame, residual: pl.DataFrame, cfg: PiiConfig) -> tuple[pl.DataFrame, dict[str, Any]]:
@@ -895,13 +900,9 @@ def _scan_phones(texts: pl.Series, region_keys: pl.Series) -> pl.DataFrame:
     found = found.filter(~pl.col("m").str.contains(f"^{labels}"))
     found = found.join(pl.DataFrame({"regions": region_keys}).with_row_index("row"), on="row", how="left")
     pairs = found.select("m", "regions").unique()
-    hits = {
-        (window, key): _scan_phone_matches(window, tuple(filter(None, (key or "").split(","))))
-        for window, key in pairs.iter_rows()
-    }
-    counted = pairs.with_columns(
-        n=pl.Series([hits[(w, k)] for w, k in pairs.iter_rows()], dtype=pl.Int64)
-    )
+    # One phonenumbers call per distinct (window, regions) pair: the candidates are few.
+    counted = pairs.with_columns(n=pl.Series(
+        [_scan_phone_matches(window, _regions_of(key)) for window, key in pairs.iter_rows()], dtype=pl.Int64))
     found = found.join(counted, on=["m", "regions"], how="left", nulls_equal=True).filter(pl.col("n") > 0)
     return found.select("row", pl.col("n").repeat_by("n")).explode("n").select("row")
 
