@@ -108,6 +108,11 @@ def keep_order(frame: pl.DataFrame, cfg: _HasKeepRule) -> list[pl.Expr]:
     return [k.alias(f"_keep_key_{i}") for i, k in enumerate(keys)]
 
 
+def keep_columns(frame: pl.DataFrame, *extra: str) -> list[str]:
+    """The columns the keep rule reads (plus ``extra``) that ``frame`` has: sorting never needs the text."""
+    return [c for c in ("doc_id", *extra, "drop_order", "quality_score", "license") if c in frame.columns]
+
+
 def sort_by_keep_rule(frame: pl.DataFrame, cfg: _HasKeepRule) -> pl.DataFrame:
     """``frame`` sorted best-first by the keep rule (stable, nulls last)."""
     keys = keep_order(frame, cfg)
@@ -202,10 +207,8 @@ def exact_duplicates(
     live = hashed.join(blocked_verdicts.select("doc_id"), on="doc_id", how="anti", maintain_order="left")
 
     # Every copy of each content, this drop's and other drops', best first by the keep rule.
-    keep_columns = [c for c in ("doc_id", "drop", "drop_order", "content_hash", "quality_score", "license")
-                    if c in live.columns]
     pool = sort_by_keep_rule(
-        pl.concat([live.select(keep_columns).with_columns(pl.lit(True).alias("_here")),
+        pl.concat([live.select(keep_columns(live, "drop", "content_hash")).with_columns(pl.lit(True).alias("_here")),
                    index.with_columns(pl.lit(False).alias("_here"))], how="diagonal_relaxed"),
         cfg,
     ).with_columns(
@@ -257,8 +260,7 @@ def exact_representatives(docs: pl.DataFrame, cfg: _HasKeepRule) -> pl.DataFrame
     represents the cluster. ``docs`` holds only copies the release may ship (license already checked), with
     ``doc_id``, ``content_hash`` and the keep-rule columns. Returns one row per other copy:
     (``doc_id``, ``duplicate_of`` = the representative, ``cluster_id`` = the content hash, ``copies``)."""
-    ranked = sort_by_keep_rule(docs.select([c for c in ("doc_id", "content_hash", "drop_order", "quality_score",
-                                                        "license") if c in docs.columns]), cfg)
+    ranked = sort_by_keep_rule(docs.select(keep_columns(docs, "content_hash")), cfg)
     return ranked.select(
         "doc_id",
         pl.col("doc_id").first().over("content_hash").alias("duplicate_of"),

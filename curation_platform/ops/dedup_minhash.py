@@ -47,6 +47,7 @@ from curation_platform.ops.dedup_exact import (
     KeepRule,
     content_expr,
     default_keep_rule,
+    keep_columns,
     sort_by_keep_rule,
 )
 from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts, verdict_frame
@@ -574,8 +575,7 @@ def near_duplicates(
 
     # Node ids follow the keep rule: current documents by rank; index documents get negative ids, all earlier.
     # Only the keep-rule columns are sorted, never the text.
-    keep_columns = [c for c in ("doc_id", "drop_order", "quality_score", "license") if c in docs.columns]
-    ranked = sort_by_keep_rule(docs.select(keep_columns).with_row_index("_row"), cfg)
+    ranked = sort_by_keep_rule(docs.select(keep_columns(docs)).with_row_index("_row"), cfg)
     order = ranked["_row"].to_numpy().astype(np.int64)
     texts = docs.select(content_expr(docs.columns))["_content"]
     signatures, counts = _signatures_in_batches(texts, cfg)
@@ -737,8 +737,7 @@ def near_representatives(docs: pl.DataFrame, pairs: pl.DataFrame, cfg: NearDedup
     ``cluster_id`` = the doc_id of the first document of its connected component).
     """
     out_schema = {"doc_id": pl.String, "duplicate_of": pl.String, "value": pl.Float64, "cluster_id": pl.String}
-    keep_columns = [c for c in ("doc_id", "drop_order", "quality_score", "license") if c in docs.columns]
-    ranked = sort_by_keep_rule(docs.select(keep_columns), cfg).select(
+    ranked = sort_by_keep_rule(docs.select(keep_columns(docs)), cfg).select(
         "doc_id", pl.int_range(pl.len(), dtype=pl.Int64).alias("_rank")
     )
     edges = (
