@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -84,7 +85,18 @@ class VersioningConfig(_Strict):
     push: bool = True
 
 
+class EngineConfig(_Strict):
+    """How a drop is computed (never what: ``engine`` is not part of ``drop_stages_hash``, and outputs are the same
+    for any value)."""
+
+    batch_rows: int = Field(default=20_000, ge=1)  # documents per batch in every streaming stage
+    # What `curate run` does after a successful release: `keep` every stage output, or `gc` the intermediate
+    # outputs of the drops it released (as `curate gc` does).
+    retention: Literal["keep", "gc"] = "keep"
+
+
 class CurationConfig(_Strict):
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     url_filter: UrlFilterConfig = Field(default_factory=UrlFilterConfig)
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
@@ -104,14 +116,17 @@ class CurationConfig(_Strict):
 
     @property
     def hash(self) -> str:
-        """Stable hash of the effective configuration (defaults included), recorded in ledger rows and releases."""
-        return _digest(self.model_dump(mode="json"))
+        """Stable hash of the effective configuration (defaults included, ``engine`` left out: it changes how, not
+        what, is computed), recorded in ledger rows and releases."""
+        return _digest(self.model_dump(mode="json", exclude={"engine"}))
 
     @property
     def drop_stages_hash(self) -> str:
         """Hash of the sections the per-drop stages read: when it changes, curated drops are stale. Release,
-        license-profile, gate and versioning settings only affect the release, so they are left out."""
-        return _digest(self.model_dump(mode="json", exclude={"release", "licenses", "gates", "versioning"}))
+        license-profile, gate and versioning settings only affect the release, and engine settings change how, not
+        what, a drop is computed, so they are left out."""
+        return _digest(self.model_dump(mode="json", exclude={"release", "licenses", "gates", "versioning",
+                                                                   "engine"}))
 
 
 def _digest(data: dict) -> str:

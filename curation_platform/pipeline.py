@@ -1,16 +1,26 @@
-"""The per-drop pipeline: load a stage's input, call its operator, write its output, index and ledger.
+"""The per-drop pipeline: stream a stage's input, call its operator, write its output, index and ledger.
 
 This is the one place that knows the stage order and where each stage's data lives. The Dagster assets call
 ``run_stage`` and nothing else, so the whole pipeline also runs (and is tested) without Dagster.
+
+Streaming: a per-document stage reads its input in batches of ``engine.batch_rows`` documents
+(``Workspace.iter_stage``), calls its operator once per batch and appends the kept rows and ledger rows to
+streaming Parquet writers, so peak memory is set by the batch size, not by the drop. A drop-global stage (line,
+exact and near dedup) gets a ``DropInput`` over its input instead. Outputs do not depend on the batching: files are
+written in fixed row groups, and ledger rows are in input order (each document's verdict rows, then its ``keep``).
+Batch metrics are merged with ``merge_metrics``: counts are summed, per-document statistics (means, medians,
+quantiles, rates) become the mean over batches weighted by batch size (exact for means and rates, an approximation
+for medians and quantiles), and anything else keeps its first value.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import polars as pl
 
@@ -28,9 +38,10 @@ from curation_platform.ops.quality_signals import quality_signals
 from curation_platform.ops.score import score_documents
 from curation_platform.ops.url_filter import filter_urls
 from curation_platform.readers import read_drop
-from curation_platform.records import QUARANTINE, StageResult, verdict_frame
+from curation_platform.records import DROP, KEEP, QUARANTINE, DropInput, StageResult, verdict_frame
 from curation_platform.takedown import read_takedowns
-from curation_platform.workspace import Workspace, file_lock, write_parquet_atomic
+from curation_platform.workspace import (DECIDES_ON_KEY, ParquetStreamWriter, Workspace, file_lock,
+                                         write_parquet_atomic)
 
 # Scoring runs before dedup so the keep rule that picks each duplicate cluster's representative can use the score.
 STAGES: list[str] = [
@@ -49,6 +60,16 @@ STAGES: list[str] = [
 ]
 UPSTREAM: dict[str, str] = {stage: STAGES[i - 1] for i, stage in enumerate(STAGES) if i > 0}
 FINAL_STAGE = STAGES[-1]
+# Stages that change text store full rows; every other stage stores doc_id plus the columns it adds (decontaminated
+# too, unless its mode is `cut`). Readers compose full rows with Workspace.scan_stage.
+TEXT_STAGES = frozenset({"raw_documents", "normalized", "line_deduped", "pii_redacted"})
+# Stages that need the whole drop (a global view): they get a DropInput, not batches.
+DROP_GLOBAL_STAGES = frozenset({"line_deduped", "exact_deduped", "near_deduped"})
+
+
+def stores_rows(stage: str, cfg: CurationConfig) -> bool:
+    """True when ``stage`` writes full rows (it changes text), False when it writes only its decisions."""
+    return stage in TEXT_STAGES or (stage == "decontaminated" and cfg.decontamination.mode == "cut")
 
 STAGE_DESCRIPTIONS: dict[str, str] = {
     "raw_documents": "Parse the drop's files into canonical records; quarantine unreadable records with file, line, reason.",
@@ -125,16 +146,47 @@ def _index_content(ws: Workspace, rows: pl.DataFrame) -> pl.DataFrame:
     documents no longer there (their drop was re-curated or removed) are simply absent."""
     frames = []
     for (drop,), group in rows.group_by("drop"):
-        path = ws.stage_path(UPSTREAM["exact_deduped"], drop) if drop else None
-        if path is None or not path.exists():
+        stage = UPSTREAM["exact_deduped"]
+        if not drop or not ws.has_stage(stage, drop):
             continue
-        columns = [c for c in ("doc_id", "text", "messages") if c in pl.read_parquet_schema(path)]
-        # Prefiltered: the doc_id column is scanned first, text is decoded only for the few matching rows.
-        frames.append(pl.scan_parquet(path, parallel="prefiltered").select(columns)
-                      .filter(pl.col("doc_id").is_in(group["doc_id"].implode())).collect())
+        view = ws.scan_stage(stage, drop)
+        columns = [c for c in ("doc_id", "text", "messages") if c in view.collect_schema()]
+        frames.append(view.select(columns).filter(pl.col("doc_id").is_in(group["doc_id"].implode())).collect())
     if not frames:
         return pl.DataFrame(schema={"doc_id": pl.String, "text": pl.String})
     return pl.concat(frames, how="diagonal_relaxed")
+
+
+@dataclass
+class StageInput:
+    """The ``DropInput`` of a drop-global stage: the upstream stage's kept documents of one drop."""
+
+    ws: Workspace
+    stage: str  # the stage whose output this is (the consuming stage's upstream)
+    drop: str
+    batch_rows: int
+
+    def batches(self, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+        for batch in self.ws.iter_stage(self.stage, self.drop, self.batch_rows, columns):
+            if batch.height:
+                yield batch
+
+    def take(self, doc_ids: pl.Series, columns: list[str] | None = None) -> pl.DataFrame:
+        view = self.scan()
+        return (view.select(columns) if columns else view).filter(pl.col("doc_id").is_in(doc_ids.implode())).collect()
+
+    def scan(self) -> pl.LazyFrame:
+        return self.ws.scan_stage(self.stage, self.drop)
+
+    def schema(self) -> pl.Schema:
+        return self.scan().collect_schema()
+
+
+def _whole(source: DropInput) -> pl.DataFrame:
+    """Adapter for today's in-memory dedup operators: the whole drop as one frame (to be replaced by out-of-core
+    operators that consume ``source.batches``/``take``)."""
+    batches = list(source.batches())
+    return pl.concat(batches, how="vertical_relaxed") if batches else source.scan().limit(0).collect()
 
 
 # Both dedup stages record the drop's duplicate clusters against every other drop's index entries (whatever their
@@ -142,7 +194,8 @@ def _index_content(ws: Workspace, rows: pl.DataFrame) -> pl.DataFrame:
 # its drops ran later) and block the content of taken-down documents.
 
 
-def _exact_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: pl.DataFrame) -> StageResult:
+def _exact_dedup(ws: Workspace, cfg: CurationConfig, drop: str, source: DropInput) -> StageResult:
+    docs = _whole(source)
     index = ws.read_index("exact", exclude=drop, schema=dedup_exact.EXACT_INDEX_SCHEMA)
     blocked = read_takedowns(ws).select("doc_id", "content_hash")
     result, entries = dedup_exact.exact_duplicates(
@@ -151,7 +204,8 @@ def _exact_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: pl.DataFra
     return result
 
 
-def _near_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: pl.DataFrame) -> StageResult:
+def _near_dedup(ws: Workspace, cfg: CurationConfig, drop: str, source: DropInput) -> StageResult:
+    docs = _whole(source)
     index = ws.read_index("near", exclude=drop, schema=dedup_minhash.NEAR_INDEX_SCHEMA)
     takedowns = read_takedowns(ws)
     # Taken-down documents stay comparable through their entries kept in the takedown list.
@@ -172,7 +226,8 @@ def _write_index(ws: Workspace, index_name: str, drop: str, entries: pl.DataFram
         write_parquet_atomic(entries, ws.index_path(index_name, drop))
 
 
-def _line_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: pl.DataFrame) -> StageResult:
+def _line_dedup(ws: Workspace, cfg: CurationConfig, drop: str, source: DropInput) -> StageResult:
+    docs = _whole(source)
     order = ws.drop(drop).order
     # Only curated drops count: a stale drop, or one whose gate failed, removes no line from later drops.
     earlier = [ws.index_path("lines", d.name) for d in ws.drops()
@@ -195,55 +250,170 @@ def filter_profile(ws: Workspace, cfg: CurationConfig, drop: str) -> str | None:
                             ) from None
 
 
-# The operator behind each stage after ingest: (workspace, config, drop, documents) -> StageResult.
+# The operator behind each per-document stage: (workspace, config, drop, a batch of documents) -> StageResult.
 _OPERATORS: dict[str, Callable[[Workspace, CurationConfig, str, pl.DataFrame], StageResult]] = {
     "url_filtered": lambda ws, cfg, drop, docs: filter_urls(docs, cfg.url_filter),
     "normalized": lambda ws, cfg, drop, docs: normalize(docs, cfg.normalize),
     "language": lambda ws, cfg, drop, docs: identify_language(docs, cfg.language),
-    "line_deduped": _line_dedup,
     "quality_signals": lambda ws, cfg, drop, docs: quality_signals(docs, cfg.signals),
     "filtered": lambda ws, cfg, drop, docs: filter_documents(docs, cfg.filters, filter_profile(ws, cfg, drop)),
     "scored": lambda ws, cfg, drop, docs: score_documents(docs, cfg.scoring),
     "pii_redacted": lambda ws, cfg, drop, docs: redact_pii(docs, cfg.pii),
-    "exact_deduped": _exact_dedup,
-    "near_deduped": _near_dedup,
     "decontaminated": lambda ws, cfg, drop, docs: decontaminate(docs, benchmark_index(cfg), cfg.decontamination),
 }
+# The operator behind each drop-global stage: (workspace, config, drop, the drop's input) -> StageResult.
+_DROP_OPERATORS: dict[str, Callable[[Workspace, CurationConfig, str, DropInput], StageResult]] = {
+    "line_deduped": _line_dedup,
+    "exact_deduped": _exact_dedup,
+    "near_deduped": _near_dedup,
+}
+
+_AVERAGED = ("mean", "median", "quantile", "rate", "ratio", "frac", "share", "avg")
+
+
+def merge_metrics(total: dict[str, Any], batch: dict[str, Any], total_rows: int, batch_rows: int) -> dict[str, Any]:
+    """Merge one batch's metrics into the running ``total`` (of ``total_rows`` documents so far): integer counts
+    are summed; numbers whose name says they are per-document statistics (mean, median, quantile, rate, ratio,
+    frac, share) become the batch-size-weighted mean; dicts merge key by key; anything else keeps its first
+    non-null value."""
+    merged = dict(total)
+    weight = total_rows + batch_rows
+    for key, value in batch.items():
+        if key not in merged or merged[key] is None:
+            merged[key] = value
+            continue
+        old = merged[key]
+        averaged = any(word in key.lower() for word in _AVERAGED)
+        if isinstance(old, dict) and isinstance(value, dict):
+            merged[key] = merge_metrics(old, value, total_rows, batch_rows)
+        elif value is None or isinstance(value, bool) or isinstance(old, bool):
+            continue
+        elif isinstance(old, (int, float)) and isinstance(value, (int, float)):
+            if averaged and weight:
+                merged[key] = (old * total_rows + value * batch_rows) / weight
+            else:
+                merged[key] = old + value
+        elif (isinstance(old, list) and isinstance(value, list) and len(old) == len(value) and averaged and weight
+              and all(isinstance(v, (int, float)) for v in [*old, *value])):
+            merged[key] = [(a * total_rows + b * batch_rows) / weight for a, b in zip(old, value)]
+    return merged
+
+
+def _frames(value: pl.DataFrame | Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    return iter([value]) if isinstance(value, pl.DataFrame) else iter(value)
+
+
+def _ordered_ledger(ids: pl.Series, verdicts: pl.DataFrame, stage: str, drop: str, run_id: str,
+                    config_hash: str) -> pl.DataFrame:
+    """Ledger rows of a batch in input order: each document's verdict rows (in operator order), then its keep row,
+    so the ledger file does not depend on how the drop was batched."""
+    rows = ledger_rows(stage=stage, drop=drop, input_ids=ids, verdicts=verdicts, run_id=run_id,
+                       config_hash=config_hash)
+    position = pl.DataFrame({"doc_id": ids}).with_row_index("_position")
+    return (rows.with_row_index("_row").join(position, on="doc_id", how="left")
+            .sort("_position", "_row", nulls_last=True).drop("_position", "_row"))
+
+
+def _batches(ws: Workspace, cfg: CurationConfig, stage: str, drop: str
+             ) -> Iterator[tuple[pl.Series, pl.DataFrame, StageResult]]:
+    """(input doc_ids, input columns as a 0-row frame, result) per batch of the stage's input."""
+    batch_rows = cfg.engine.batch_rows
+    if stage == "raw_documents":
+        input_ids, result, _ = _ingest(ws, cfg, drop)
+        records = result.kept
+        removed = result.verdicts
+        # Ingest reads the drop whole (readers are not streamed yet); its output is written in batches.
+        yield input_ids["doc_id"], records.clear(), StageResult(kept=records, verdicts=removed,
+                                                               metrics=result.metrics)
+        return
+    upstream = UPSTREAM[stage]
+    if stage in _DROP_OPERATORS:
+        source = StageInput(ws, upstream, drop, batch_rows)
+        result = _DROP_OPERATORS[stage](ws, cfg, drop, source)
+        ids = pl.concat([b["doc_id"] for b in source.batches(["doc_id"])] or [pl.Series("doc_id", [], pl.String)])
+        yield ids, source.scan().limit(0).collect(), result
+        return
+    operator = _OPERATORS[stage]
+    seen = False
+    for batch in ws.iter_stage(upstream, drop, batch_rows):
+        if batch.height or not seen:
+            seen = True
+            yield batch["doc_id"], batch.clear(), operator(ws, cfg, drop, batch)
+    if not seen:  # an empty drop still gives an output file with the stage's columns
+        empty = ws.scan_stage(upstream, drop).limit(0).collect()
+        yield empty["doc_id"], empty, operator(ws, cfg, drop, empty)
 
 
 def run_stage(ws: Workspace, cfg: CurationConfig, stage: str, drop: str, run_id: str = "local") -> StageSummary:
-    """Materialize one stage for one drop: read its input, run the operator, write output and ledger atomically."""
-    if stage == "raw_documents":
-        input_ids, result, _ = _ingest(ws, cfg, drop)
-        input_ids = input_ids["doc_id"]
-    else:
-        docs = ws.read_stage(UPSTREAM[stage], drop)
-        input_ids = docs["doc_id"]
-        if stage not in _OPERATORS:
-            raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-        result = _OPERATORS[stage](ws, cfg, drop, docs)
-    kept = result.kept.drop("drop_order", strict=False)
-    ledger = ledger_rows(
-        stage=stage, drop=drop, input_ids=input_ids, verdicts=result.verdicts, run_id=run_id,
-        config_hash=cfg.drop_stages_hash,
-    )
-    write_parquet_atomic(kept, ws.stage_path(stage, drop))
-    write_parquet_atomic(ledger, ws.ledger_path(stage, drop))
-    deciding = ledger.filter(pl.col("verdict").is_in(["keep", "drop", "quarantine"]))
-    per_rule = (
-        deciding.filter(pl.col("verdict") != "keep").group_by("rule").len().sort("rule")
-    )
+    """Materialize one stage for one drop: stream its input through the operator, write output and ledger
+    atomically (see the module docstring for batching and storage)."""
+    if stage not in STAGES:
+        raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    rows = stores_rows(stage, cfg)
+    metadata = {} if rows else {DECIDES_ON_KEY: UPSTREAM[stage].encode()}
+    counts = {KEEP: 0, DROP: 0, QUARANTINE: 0}
+    per_rule: dict[str, int] = {}
+    metrics: dict[str, Any] = {}
+    seen_rows = 0
+    preview: pl.DataFrame | None = None
+    with ParquetStreamWriter(ws.stage_path(stage, drop), metadata) as out, \
+            ParquetStreamWriter(ws.ledger_path(stage, drop)) as ledger_out:
+        for ids, input_frame, result in _batches(ws, cfg, stage, drop):
+            added = None if rows else ["doc_id", *[c for c in _first_schema(result) if c not in input_frame.columns
+                                                   and c != "drop_order"]]
+            verdicts = pl.concat(list(_frames(result.verdicts)), how="vertical_relaxed")
+            kept_rows = 0
+            for kept in _frames(result.kept):
+                kept = kept.drop("drop_order", strict=False)
+                if preview is None or preview.height < 5:
+                    preview = kept.head(5) if preview is None else pl.concat([preview, kept.head(5 - preview.height)],
+                                                                           how="diagonal_relaxed")
+                kept_rows += kept.height
+                out.write(kept if rows else kept.select(added))
+            for ledger_ids in _slices(ids, cfg.engine.batch_rows):
+                ledger = _ordered_ledger(ledger_ids, verdicts.filter(pl.col("doc_id").is_in(ledger_ids.implode())),
+                                         stage, drop, run_id, cfg.drop_stages_hash)
+                ledger_out.write(ledger)
+                deciding = ledger.filter(pl.col("verdict").is_in([KEEP, DROP, QUARANTINE]))
+                for verdict, n in deciding.group_by("verdict").len().iter_rows():
+                    counts[verdict] += n
+                for rule, n in deciding.filter(pl.col("verdict") != KEEP).group_by("rule").len().iter_rows():
+                    per_rule[rule] = per_rule.get(rule, 0) + n
+            stray = verdicts.join(pl.DataFrame({"doc_id": ids}), on="doc_id", how="anti")
+            if stray.height:  # a verdict on a document that was not in the input: keep it, never lose a row
+                ledger_out.write(_ordered_ledger(ids.clear(), stray, stage, drop, run_id, cfg.drop_stages_hash))
+            metrics = merge_metrics(metrics, result.metrics, seen_rows, len(ids))
+            seen_rows += len(ids)
     return StageSummary(
         stage=stage,
         drop=drop,
-        input=deciding.height,
-        kept=kept.height,
-        dropped=int((deciding["verdict"] == "drop").sum()),
-        quarantined=int((deciding["verdict"] == "quarantine").sum()),
-        per_rule=dict(zip(per_rule["rule"].to_list(), per_rule["len"].to_list())),
-        metrics=json.loads(json.dumps(result.metrics, default=str)),
-        preview=kept.head(5),
+        input=sum(counts.values()),
+        kept=out.rows,
+        dropped=counts[DROP],
+        quarantined=counts[QUARANTINE],
+        per_rule=dict(sorted(per_rule.items())),
+        metrics=json.loads(json.dumps(metrics, default=str)),
+        preview=preview,
     )
+
+
+def _first_schema(result: StageResult) -> list[str]:
+    """Column names of the stage's kept frames (peeking at the first one of an iterator without consuming it)."""
+    if isinstance(result.kept, pl.DataFrame):
+        return result.kept.columns
+    first = next(iter(result.kept), None)
+    if first is None:
+        result.kept = iter(())
+        return []
+    result.kept = itertools.chain([first], result.kept)
+    return first.columns
+
+
+def _slices(ids: pl.Series, size: int) -> Iterator[pl.Series]:
+    if len(ids) == 0:
+        yield ids
+    for start in range(0, len(ids), size):
+        yield ids.slice(start, size)
 
 
 def drop_state(ws: Workspace, cfg: CurationConfig, drop: str) -> str:

@@ -9,7 +9,7 @@ stage dropped (and optional annotation rows such as ``redact`` or ``flag``). The
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Iterator, Protocol
 
 import polars as pl
 
@@ -74,16 +74,42 @@ def verdict_frame(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+class DropInput(Protocol):
+    """A drop-global stage's input (line, exact and near dedup): the upstream stage's kept documents of one drop,
+    streamed or fetched by id, never the whole drop in memory unless the operator asks for it."""
+
+    drop: str
+
+    def batches(self, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+        """Frames of at most ``engine.batch_rows`` rows, in row order."""
+        ...
+
+    def take(self, doc_ids: pl.Series, columns: list[str] | None = None) -> pl.DataFrame:
+        """Random access to a few rows by ``doc_id``."""
+        ...
+
+    def scan(self) -> pl.LazyFrame:
+        """A lazy view; never ``.collect()`` the text column of a whole drop."""
+        ...
+
+
+Frames = pl.DataFrame | Iterable[pl.DataFrame]
+
+
 @dataclass
 class StageResult:
-    """What a stage returns: documents that go on, verdict rows, and numbers for the asset metadata."""
+    """What a stage returns: documents that go on, verdict rows, and numbers for the asset metadata. A drop-global
+    stage may return ``kept`` and ``verdicts`` as iterators of frames (written in order as they come)."""
 
-    kept: pl.DataFrame
-    verdicts: pl.DataFrame = field(default_factory=empty_verdicts)
+    kept: Frames
+    verdicts: Frames = field(default_factory=empty_verdicts)
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.verdicts = verdict_frame(self.verdicts)
+        if isinstance(self.verdicts, pl.DataFrame):
+            self.verdicts = verdict_frame(self.verdicts)
+        else:
+            self.verdicts = map(verdict_frame, self.verdicts)
 
     @property
     def removed_ids(self) -> pl.Series:

@@ -3,7 +3,9 @@
 Layout under the workspace directory::
 
     registry/drops.json               registered drops, in order (registration time, then name)
-    stages/<stage>/<drop>.parquet     each stage's kept documents for one drop
+    stages/<stage>/<drop>.parquet     each stage's kept documents for one drop: full rows where the stage
+                                      changes text, else ``doc_id`` plus the columns the stage adds (read them
+                                      through ``Workspace.scan_stage``, which composes the full rows)
     ledger/<stage>/<drop>.parquet     every verdict of that stage on that drop
     quarantine/<drop>.parquet         records that could not be read, with file, line and reason
     index/<name>/<drop>.parquet       persistent dedup indexes, one file set per drop
@@ -26,7 +28,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import polars as pl
 
@@ -93,6 +95,130 @@ def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+# Rows per Parquet row group of stage and ledger files. Fixed (not ``engine.batch_rows``) so a file's bytes do not
+# depend on how the drop was batched; a reader decodes one row group at a time, so it also bounds read memory.
+ROW_GROUP_ROWS = 8192
+
+# Parquet key-value metadata of a stage file that stores only decisions: the stage its rows compose on.
+DECIDES_ON_KEY = b"curation_platform.decides_on"
+
+
+class ParquetStreamWriter:
+    """Write a Parquet file from a stream of frames, atomically: rows go to a temporary file beside ``path`` in
+    row groups of exactly ``ROW_GROUP_ROWS`` (the last one shorter), which is renamed into place on ``close``, so
+    the same rows give byte-identical files however they were split into frames. ``metadata`` goes into the
+    file's key-value metadata. Use as a context manager: an exception removes the temporary file.
+
+    Example::
+
+        with ParquetStreamWriter(path) as out:
+            for batch in batches:
+                out.write(batch)
+    """
+
+    def __init__(self, path: Path, metadata: dict[bytes, bytes] | None = None):
+        self.path = Path(path)
+        self.metadata = metadata or {}
+        self.rows = 0
+        self.bytes = 0
+        self._pending: list[pl.DataFrame] = []
+        self._pending_rows = 0
+        self._schema: pl.Schema | None = None
+        self._writer = None
+        self._tmp: str | None = None
+
+    def __enter__(self) -> "ParquetStreamWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, frame: pl.DataFrame) -> None:
+        """Append ``frame``'s rows (an empty frame only fixes the schema when nothing else was written)."""
+        if self._schema is None or (self.rows == 0 and self._pending_rows == 0 and frame.height):
+            self._schema = frame.schema
+        if not frame.height:
+            return
+        self._pending.append(frame)
+        self._pending_rows += frame.height
+        while self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush(ROW_GROUP_ROWS)
+
+    def _flush(self, rows: int) -> None:
+        pending = pl.concat(self._pending, how="vertical_relaxed", rechunk=True) if len(self._pending) > 1 \
+            else self._pending[0].rechunk()
+        head, rest = pending.slice(0, rows), pending.slice(rows)
+        self._pending, self._pending_rows = ([rest] if rest.height else []), rest.height
+        self._write_table(head)
+
+    def _write_table(self, frame: pl.DataFrame) -> None:
+        import pyarrow.parquet as pq
+
+        table = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, self._tmp = _temp_file(self.path)
+            os.close(fd)
+            schema = table.schema.with_metadata({**(table.schema.metadata or {}), **self.metadata})
+            # Fixed compression and statistics so the same rows give byte-identical files.
+            self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd", compression_level=3,
+                                            write_statistics=True)
+            self._arrow_schema = schema
+        self._writer.write_table(table.cast(self._arrow_schema), row_group_size=ROW_GROUP_ROWS)
+        self.rows += frame.height
+
+    def close(self) -> Path:
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+        if self._writer is None:  # no rows: a file with the schema only
+            self._write_table(pl.DataFrame(schema=self._schema or {"doc_id": pl.String}))
+        self._writer.close()
+        self.bytes = Path(self._tmp).stat().st_size
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._tmp:
+            Path(self._tmp).unlink(missing_ok=True)
+
+
+def iter_parquet(path: Path, batch_rows: int, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+    """Frames of at most ``batch_rows`` rows of a Parquet file, in row order; memory is one row group plus one
+    batch, never the whole file."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as handle:
+        for batch in handle.iter_batches(batch_size=batch_rows, columns=columns, use_threads=True):
+            yield pl.from_arrow(batch)
+
+
+class _Cursor:
+    """Reads a decision file's rows alongside the batches of the stage it decides on (both in row order, its rows
+    a subsequence of the base rows): ``take(ids)`` returns its next rows whose ``doc_id`` is in ``ids``."""
+
+    def __init__(self, batches: Iterator[pl.DataFrame]):
+        self._batches = batches
+        self._buffer: pl.DataFrame | None = None
+
+    def take(self, ids: pl.Series) -> pl.DataFrame:
+        while self._buffer is None or self._buffer.height < len(ids):
+            nxt = next(self._batches, None)
+            if nxt is None:
+                break
+            self._buffer = nxt if self._buffer is None else pl.concat([self._buffer, nxt], how="vertical_relaxed")
+        if self._buffer is None:
+            raise StopIteration
+        inside = self._buffer["doc_id"].is_in(ids.implode())
+        count = len(inside) if inside.all() else int(inside.arg_min())
+        taken, self._buffer = self._buffer.slice(0, count), self._buffer.slice(count)
+        return taken
 
 
 def write_text_atomic(text: str, path: Path) -> Path:
@@ -172,13 +298,76 @@ class Workspace:
         return str(self.root / kind / stage / "*.parquet")
 
     # Reading stage data --------------------------------------------------------------------------------------
-    def read_stage(self, stage: str, drop: str) -> pl.DataFrame:
+    # Decide-only stages store ``doc_id`` plus the columns they add, with the stage they decide on in the file's
+    # metadata; the functions below compose the full rows (the stage's kept documents, in their original order):
+    # the latest full-row stage at or before ``stage``, joined with every decision file on the way.
+    def has_stage(self, stage: str, drop: str) -> bool:
+        return self.stage_path(stage, drop).exists()
+
+    def _stage_file(self, stage: str, drop: str) -> Path:
         path = self.stage_path(stage, drop)
         if not path.exists():
             raise CurationError(
                 f"stage '{stage}' has no output for drop '{drop}' yet ({path}); materialize it first"
             )
-        return pl.read_parquet(path)
+        return path
+
+    def decides_on(self, stage: str, drop: str) -> str | None:
+        """The stage whose rows ``stage``'s file for ``drop`` composes on, or None when it stores full rows."""
+        import pyarrow.parquet as pq
+
+        metadata = pq.read_schema(self._stage_file(stage, drop)).metadata or {}
+        value = metadata.get(DECIDES_ON_KEY)
+        return value.decode() if value else None
+
+    def stored_columns(self, stage: str, drop: str) -> list[str]:
+        """Columns the stage file itself stores (for a decide-only stage: ``doc_id`` and what the stage adds)."""
+        return list(pl.read_parquet_schema(self._stage_file(stage, drop)))
+
+    def scan_stage(self, stage: str, drop: str) -> pl.LazyFrame:
+        """The stage's kept documents for ``drop`` with every column, lazily: select columns before collecting
+        and only those are read (text is not decoded for a query on scores)."""
+        path = self._stage_file(stage, drop)
+        frame = pl.scan_parquet(path)
+        base_stage = self.decides_on(stage, drop)
+        if base_stage is None:
+            return frame
+        added = [c for c in self.stored_columns(stage, drop) if c != "doc_id"]
+        base = self.scan_stage(base_stage, drop)
+        return base.drop(added, strict=False).join(frame, on="doc_id", how="inner", maintain_order="left")
+
+    def read_stage(self, stage: str, drop: str, columns: list[str] | None = None) -> pl.DataFrame:
+        """``scan_stage`` collected (only ``columns`` when given)."""
+        frame = self.scan_stage(stage, drop)
+        return (frame.select(columns) if columns else frame).collect()
+
+    def iter_stage(self, stage: str, drop: str, batch_rows: int,
+                   columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+        """``scan_stage`` as frames of at most ``batch_rows`` rows, in row order, streamed: memory holds one batch
+        of each file on the chain, never the drop. Empty frames may occur (a batch whose documents were all
+        removed); ``columns`` restricts the output (``doc_id`` first is kept when listed)."""
+        path = self._stage_file(stage, drop)
+        base_stage = self.decides_on(stage, drop)
+        if base_stage is None:
+            yield from iter_parquet(path, batch_rows, columns)
+            return
+        stored = self.stored_columns(stage, drop)
+        added = [c for c in stored if c != "doc_id"]
+        wanted_added = added if columns is None else [c for c in added if c in columns]
+        base_columns = None if columns is None else ["doc_id", *[c for c in columns if c not in added and c != "doc_id"]]
+        decisions = _Cursor(iter_parquet(path, batch_rows, ["doc_id", *wanted_added]))
+        for base in self.iter_stage(base_stage, drop, batch_rows, base_columns):
+            try:
+                chosen = decisions.take(base["doc_id"])
+            except StopIteration:  # an empty decision file
+                chosen = pl.DataFrame(schema={c: t for c, t in pl.read_parquet_schema(path).items()
+                                              if c == "doc_id" or c in wanted_added})
+            joined = base.drop(wanted_added, strict=False).join(chosen, on="doc_id", how="inner",
+                                                                maintain_order="left")
+            yield joined.select(columns) if columns else joined
+
+    def stage_schema(self, stage: str, drop: str) -> pl.Schema:
+        return self.scan_stage(stage, drop).collect_schema()
 
     def read_index(self, index: str, schema: dict, exclude: str | None = None) -> pl.DataFrame:
         """Index entries of every registered drop except ``exclude``, in drop order. Dedup records pairs with
