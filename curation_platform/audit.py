@@ -38,7 +38,7 @@ def reconciliation_counts(ws: Workspace, stage: str, upstream: str | None, drop:
     """
     here = _deciding_rows(ws.ledger_path(stage, drop))
     if output_ids is None:
-        output_ids = pl.read_parquet(ws.stage_path(stage, drop), columns=["doc_id"])
+        output_ids = ws.read_stage(stage, drop, columns=["doc_id"])
     if upstream is None:
         quarantined = (pl.read_parquet(ws.quarantine_path(drop), columns=["doc_id"])
                        if ws.quarantine_path(drop).exists() else output_ids.clear())
@@ -84,7 +84,7 @@ def stage_gate(ws: Workspace, cfg: CurationConfig, stage: str, upstream: str | N
                residual: pl.DataFrame | None = None) -> list[GateResult]:
     """Schema and ids of the stage output, reconciliation from the ledger and removal rate, plus the stage's own
     checks on ``residual`` (a per-document frame with the columns the stage-specific expectation names)."""
-    output = pl.read_parquet(ws.stage_path(stage, drop), columns=ID_COLUMNS)
+    output = ws.read_stage(stage, drop, columns=ID_COLUMNS)
     results = [validate(f"{stage}.identity", output, identity_expectations(ID_COLUMNS))]
     bound = cfg.gates.max_removal_rate.get(stage, 1.0)
     counts = reconciliation_counts(ws, stage, upstream, drop, output.select("doc_id"))
@@ -225,9 +225,11 @@ def residue(docs: pl.DataFrame, cfg: CurationConfig, checks: tuple[str, ...]) ->
     return pl.DataFrame(columns, schema={"doc_id": pl.String, **{c: pl.Int64 for c in checks}})
 
 
-def _text_columns(path) -> list[str]:
-    """``doc_id``, ``text`` and, when the file has it, ``language`` (it chooses the phone regions of the scan)."""
-    return ["doc_id", "text", *(["language"] if "language" in pl.read_parquet_schema(path) else [])]
+def _text_columns(path_or_schema) -> list[str]:
+    """``doc_id``, ``text`` and, when the file (or schema) has it, ``language`` (it chooses the phone regions of the
+    scan)."""
+    schema = path_or_schema if isinstance(path_or_schema, pl.Schema) else pl.read_parquet_schema(path_or_schema)
+    return ["doc_id", "text", *(["language"] if "language" in schema else [])]
 
 
 def stage_residue(ws: Workspace, cfg: CurationConfig, stage: str, drop: str) -> pl.DataFrame | None:
@@ -238,8 +240,8 @@ def stage_residue(ws: Workspace, cfg: CurationConfig, stage: str, drop: str) -> 
     checks = _RESIDUE_BY_STAGE.get(stage)
     if checks is None:
         return None
-    path = ws.stage_path(stage, drop)
-    frame = residue(pl.read_parquet(path, columns=_text_columns(path)), cfg, checks)
+    view = ws.scan_stage(stage, drop)
+    frame = residue(view.select(_text_columns(view.collect_schema())).collect(), cfg, checks)
     if stage == "pii_redacted":
         excess = _residual_pii_excess(ws, cfg, drop)
         frame = frame.with_columns(residual_rate_above_bound=pl.lit(excess))

@@ -4,7 +4,8 @@ users answer questions in SQL (``curate sql``, the DuckDB CLI or UI) without cod
 Views (all glob-based and schema-agnostic: ``read_parquet(glob, union_by_name=true)``, so a column another stage
 adds shows up without a catalog change):
 
-- ``stage_<name>``: every drop's output of one stage (``stages/<name>/*.parquet``)
+- ``stage_<name>``: every drop's output of one stage (``stages/<name>/*.parquet``) with full rows: a stage that
+  stores only its decisions (``doc_id`` plus the columns it adds) is joined in SQL with the stage it decides on
 - ``ledger``: every verdict of every per-drop stage, plus takedown tombstones (``ledger/*/*.parquet`` but
   ``release``); ``release_ledger``: release verdicts with the ``release`` name
 - ``documents``: one row per input record (``doc_id``, ``drop``, ``source``, ``license``, ``kind``), read or
@@ -136,6 +137,38 @@ def _views(ws: Workspace, stages: Iterable[str]) -> list[_View]:
     return views
 
 
+def _decides_on(globs: tuple[str, ...]) -> str | None:
+    """The stage a decide-only stage's files compose on (from the first file's Parquet metadata), or None."""
+    import pyarrow.parquet as pq
+
+    from curation_platform.workspace import DECIDES_ON_KEY
+
+    files = sorted(Path("/").glob(globs[0].lstrip("/"))) if globs else []
+    if not files:
+        return None
+    value = (pq.read_schema(files[0]).metadata or {}).get(DECIDES_ON_KEY)
+    return value.decode() if value else None
+
+
+def _stage_view_sql(conn, ws: Workspace, view: _View, views: dict[str, _View]) -> str:
+    """A stage view with full rows: a decide-only stage's files joined (on drop and doc_id) with the full-row view
+    of the stage it decides on, its own columns winning where both have one."""
+    plain = _view_sql(conn, view)
+    base_name = _decides_on(view.globs)
+    base = views.get(f"stage_{base_name}") if base_name else None
+    if base is None or not base.globs:
+        return plain
+    base_sql = _stage_view_sql(conn, ws, base, views)
+    mine = [row[0] for row in conn.execute(f"DESCRIBE {plain}").fetchall() if row[0] not in ("doc_id", "drop")]
+    theirs = [row[0] for row in conn.execute(f"DESCRIBE {base_sql}").fetchall()]
+    both = [c for c in mine if c in theirs]
+    base_columns = ", ".join(f"coalesce(d.{_ident(c)}, u.{_ident(c)}) AS {_ident(c)}" if c in both
+                             else f"u.{_ident(c)}" for c in theirs)
+    own = "".join(f", d.{_ident(c)}" for c in mine if c not in both)
+    return (f"SELECT {base_columns}{own} FROM ({base_sql}) u "
+            f"JOIN ({plain}) d ON u.doc_id = d.doc_id AND u.\"drop\" = d.\"drop\"")
+
+
 def _view_sql(conn, view: _View) -> str:
     """The SELECT behind ``view``: over its files, or an empty typed SELECT when there are none yet (DuckDB
     cannot read an empty glob)."""
@@ -195,8 +228,11 @@ def refresh_catalog(conn, ws: Workspace, stages: Iterable[str] = (), rebuild: st
         try:
             conn.execute(f"ATTACH {_quote(str(tmp))} AS {_ATTACHED}")
             try:
+                by_name = {view.name: view for view in views}
                 for view in views:
-                    conn.execute(f"CREATE VIEW {_ATTACHED}.main.{_ident(view.name)} AS {_view_sql(conn, view)}")
+                    sql = (_stage_view_sql(conn, ws, view, by_name) if view.name.startswith("stage_")
+                           else _view_sql(conn, view))
+                    conn.execute(f"CREATE VIEW {_ATTACHED}.main.{_ident(view.name)} AS {sql}")
                 conn.execute(f"CREATE TABLE {_ATTACHED}.main.catalog_info AS SELECT {_quote(str(ws.root))} AS "
                              f"workspace, {_quote(layout)} AS layout, now() AS refreshed_at")
                 conn.execute(f"CHECKPOINT {_ATTACHED}")

@@ -393,12 +393,12 @@ def whatif(
               f"e.g. gopher_quality.min_words) or one of {', '.join(sorted(PREVIEWABLE))}")
     tables = []
     if filter_changes:
-        drops = [d.name for d in ws.drops() if ws.stage_path("quality_signals", d.name).exists()]
+        drops = [d.name for d in ws.drops() if ws.has_stage("quality_signals", d.name)]
         if not drops:
             _fail("no stored signals: run `curate run` first")
         try:
             for name in drops:
-                tables.append(whatif_counts(pl.read_parquet(ws.stage_path("quality_signals", name)), cfg.filters,
+                tables.append(whatif_counts(ws.read_stage("quality_signals", name), cfg.filters,
                                             filter_changes, filter_profile(ws, cfg, name)))
         except KeyError as exc:
             _fail(str(exc.args[0]) if exc.args else str(exc))

@@ -15,15 +15,13 @@ _RECORD_COLUMNS = ["doc_id", "source_id", "drop", "source", "license", "kind", "
 
 
 def _stage_columns(ws: Workspace, stage: str, columns: list[str]) -> pl.DataFrame:
-    files = sorted((ws.root / "stages" / stage).glob("*.parquet"))
-    if not files:
-        return pl.DataFrame(schema={c: pl.String if c == "doc_id" else pl.Float64 for c in columns})
-    return pl.concat([pl.read_parquet(f, columns=columns) for f in files], how="vertical_relaxed")
+    return ws.read_stage_columns(stage, columns,
+                                 empty={c: pl.String if c == "doc_id" else pl.Float64 for c in columns})
 
 
 def _records(ws: Workspace) -> pl.DataFrame:
     """Identity columns of every input record, read or quarantined."""
-    parts = [_stage_columns(ws, "raw_documents", _RECORD_COLUMNS)] if (ws.root / "stages" / "raw_documents").exists() else []
+    parts = [_stage_columns(ws, "raw_documents", _RECORD_COLUMNS)] if ws.stage_drops("raw_documents") else []
     quarantine = sorted((ws.root / "quarantine").glob("*.parquet"))
     if quarantine:
         q = pl.concat([pl.read_parquet(f) for f in quarantine], how="vertical_relaxed")

@@ -62,7 +62,7 @@ def _token_counts(ws: Workspace, final_stage: str, drop: str, tokenizer: str) ->
         cached = pl.read_parquet(cache)
         if cached.height == 0 or cached["tokenizer"][0] == tokenizer:
             return cached.drop("tokenizer")
-    texts = pl.read_parquet(source, columns=["doc_id", "text"])
+    texts = ws.read_stage(final_stage, drop, columns=["doc_id", "text"])
     counts = texts.select("doc_id", count_tokens(texts["text"], tokenizer), pl.lit(tokenizer).alias("tokenizer"))
     write_parquet_atomic(counts, cache)
     return counts.drop("tokenizer")
@@ -75,10 +75,10 @@ def curated_metadata(ws: Workspace, final_stage: str, drops: list[str], tokenize
     for entry in ws.drops():
         if entry.name not in drops:
             continue
-        path = ws.stage_path(final_stage, entry.name)
-        columns = [c for c in META_COLUMNS if c in pl.read_parquet_schema(path)]
+        view = ws.scan_stage(final_stage, entry.name)
+        columns = [c for c in META_COLUMNS if c in view.collect_schema()]
         frames.append(
-            pl.read_parquet(path, columns=columns)
+            view.select(columns).collect()
             .join(_token_counts(ws, final_stage, entry.name, tokenizer), on="doc_id", how="left")
             .with_columns(pl.lit(entry.order, dtype=pl.Int64).alias("drop_order"))
         )
@@ -322,9 +322,9 @@ def _write_shards(ws: Workspace, final_stage: str, selected: pl.DataFrame, cfg: 
     keep = selected.select("doc_id", "token_count")
     paths: list[Path] = []
     for drop in selected.select("drop", "drop_order").unique().sort("drop_order")["drop"]:
-        path = ws.stage_path(final_stage, drop)
-        columns = [c for c in SHARD_COLUMNS if c in pl.read_parquet_schema(path) and c != "token_count"]
-        docs = pl.read_parquet(path, columns=columns).join(keep, on="doc_id", how="inner")
+        view = ws.scan_stage(final_stage, drop)
+        columns = [c for c in SHARD_COLUMNS if c in view.collect_schema() and c != "token_count"]
+        docs = view.select(columns).collect().join(keep, on="doc_id", how="inner")
         for shard in shard_documents(docs, cfg):
             if shard.height:
                 paths.append(write_parquet_atomic(shard, staging / "shards" / f"shard-{len(paths):05d}.parquet"))

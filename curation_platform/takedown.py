@@ -58,10 +58,7 @@ def _split_indexes(ws: Workspace, doc_ids: pl.DataFrame) -> tuple[dict[str, pl.D
 
 
 def _known_documents(ws: Workspace) -> pl.DataFrame:
-    files = sorted((ws.root / "stages" / "raw_documents").glob("*.parquet"))
-    if not files:
-        return pl.DataFrame(schema={"doc_id": pl.String, "drop": pl.String})
-    return pl.concat([pl.read_parquet(f, columns=["doc_id", "drop"]) for f in files])
+    return ws.read_stage_columns("raw_documents", ["doc_id", "drop"])
 
 
 def takedown(ws: Workspace, *, drop: str | None = None, doc_ids: list[str] | None = None, reason: str) -> int:

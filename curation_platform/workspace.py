@@ -369,6 +369,24 @@ class Workspace:
     def stage_schema(self, stage: str, drop: str) -> pl.Schema:
         return self.scan_stage(stage, drop).collect_schema()
 
+    def stage_drops(self, stage: str) -> list[str]:
+        """Drops with an output of ``stage``, sorted by name."""
+        folder = self.root / "stages" / stage
+        return sorted(p.name.removesuffix(".parquet") for p in folder.glob("*.parquet")) if folder.is_dir() else []
+
+    def read_stage_columns(self, stage: str, columns: list[str], drops: Iterable[str] | None = None,
+                           empty: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
+        """The listed columns (those that exist) of ``stage``'s kept documents of every drop (or ``drops``), one
+        drop after the other; ``empty`` is the schema when no drop has an output yet (default: strings)."""
+        frames = []
+        for drop in (self.stage_drops(stage) if drops is None else drops):
+            view = self.scan_stage(stage, drop)
+            have = view.collect_schema()
+            frames.append(view.select([c for c in columns if c in have]).collect())
+        if not frames:
+            return pl.DataFrame(schema=empty or {c: pl.String for c in columns})
+        return pl.concat(frames, how="diagonal_relaxed")
+
     def read_index(self, index: str, schema: dict, exclude: str | None = None) -> pl.DataFrame:
         """Index entries of every registered drop except ``exclude``, in drop order. Dedup records pairs with
         every other drop; which copy ships is decided per release from the curated drops only."""

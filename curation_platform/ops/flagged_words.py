@@ -176,14 +176,15 @@ def card_removals(ws: Any, drops: list[str]) -> dict[str, Any]:
     with their matches read from the stored ``quality_signals`` output."""
     frames = []
     for drop in drops:
-        ledger, signals = ws.ledger_path("filtered", drop), ws.stage_path("quality_signals", drop)
-        if not (ledger.exists() and signals.exists()):
+        ledger = ws.ledger_path("filtered", drop)
+        if not (ledger.exists() and ws.has_stage("quality_signals", drop)):
             continue
-        if "flagged_words_matched" not in pl.read_parquet_schema(signals):
+        signals = ws.scan_stage("quality_signals", drop)
+        if "flagged_words_matched" not in signals.collect_schema():
             continue
         ids = pl.read_parquet(ledger, columns=["doc_id", "rule", "verdict"]).filter(
             (pl.col("rule") == RULE_NAME) & (pl.col("verdict") == "drop")).select("doc_id")
-        frames.append(pl.read_parquet(signals, columns=["doc_id", "flagged_words_matched"])
+        frames.append(signals.select("doc_id", "flagged_words_matched").collect()
                       .join(ids, on="doc_id", how="semi"))
     dropped = pl.concat(frames) if frames else pl.DataFrame(schema={"flagged_words_matched": pl.List(pl.String)})
     return flagged_word_removals(dropped.select("flagged_words_matched"))
