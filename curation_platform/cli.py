@@ -190,6 +190,13 @@ def run(
             problems += failures
             if result.success and not failures:
                 record_release_inputs(ws, cfg.release.name, inputs, cfg.versioning.enabled)
+        if cfg.engine.retention == "gc" and not problems:
+            from curation_platform.gc import collect_garbage
+
+            freed = collect_garbage(ws, cfg)
+            if freed.drops:
+                typer.echo(f"  gc: freed {freed.freed_bytes / 1e6:.1f} MB of intermediate text of "
+                           f"{len(freed.drops)} drop(s) (engine.retention: gc)")
     progress.clear()
     _print_summary(ws, cfg)
     if scan.rejected or problems:
@@ -335,6 +342,26 @@ def explain(doc_id: str, workspace: Path = WorkspaceOpt, config: Path = ConfigOp
     except CurationError as exc:
         _fail(str(exc))
     typer.echo(document_journey(ws, full_id))
+
+
+@app.command()
+def gc(
+    workspace: Path = WorkspaceOpt,
+    config: Path = ConfigOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only report what would be removed and the bytes freed."),
+) -> None:
+    """Remove the intermediate text (raw, normalized and line-deduped stages) of drops that are current and
+    released; releases, explain, the ledger, takedowns and later drops' dedup keep working."""
+    from curation_platform.gc import collect_garbage
+    from curation_platform.workspace import Workspace
+
+    ws = Workspace(workspace)
+    if not ws.root.is_dir():
+        _fail(f"workspace {ws.root} does not exist; run `curate run` first")
+    result = collect_garbage(ws, _config(config), dry_run=dry_run)
+    verb = "would free" if dry_run else "freed"
+    typer.echo(f"gc: {verb} {result.freed_bytes / 1e6:.1f} MB in {result.files} files of {len(result.drops)} drops"
+               + (f" ({', '.join(result.drops)})" if result.drops else ""))
 
 
 @ledger_app.command("export")

@@ -327,6 +327,11 @@ def _batches(ws: Workspace, cfg: CurationConfig, stage: str, drop: str
                                                                metrics=result.metrics)
         return
     upstream = UPSTREAM[stage]
+    if ws.text_removed(upstream, drop):
+        from curation_platform.errors import CurationError
+
+        raise CurationError(f"drop '{drop}': `curate gc` removed the text stage '{stage}' reads; re-curate the drop "
+                            "from raw_documents (it is read again from its landing folder)")
     if stage in _DROP_OPERATORS:
         source = StageInput(ws, upstream, drop, batch_rows)
         result = _DROP_OPERATORS[stage](ws, cfg, drop, source)

@@ -103,6 +103,9 @@ ROW_GROUP_ROWS = 8192
 
 # Parquet key-value metadata of a stage file that stores only decisions: the stage its rows compose on.
 DECIDES_ON_KEY = b"curation_platform.decides_on"
+# Metadata of a full-row stage file whose text columns `curate gc` removed (the columns it removed).
+TEXT_REMOVED_KEY = b"curation_platform.text_removed"
+TEXT_COLUMNS = ("text", "messages")
 
 
 class ParquetStreamWriter:
@@ -368,6 +371,44 @@ class Workspace:
 
     def stage_schema(self, stage: str, drop: str) -> pl.Schema:
         return self.scan_stage(stage, drop).collect_schema()
+
+    def text_removed(self, stage: str, drop: str) -> bool:
+        """True when the full-row file under ``stage``'s view had its text removed by ``curate gc``."""
+        import pyarrow.parquet as pq
+
+        base = self.decides_on(stage, drop)
+        if base is not None:
+            return self.text_removed(base, drop)
+        return TEXT_REMOVED_KEY in (pq.read_schema(self._stage_file(stage, drop)).metadata or {})
+
+    def remove_text(self, stage: str, drop: str, batch_rows: int, dry_run: bool = False) -> int:
+        """Rewrite a full-row stage file without its text columns (keeping ids, provenance and every other column,
+        its metadata and modification time), streamed in batches. Returns the bytes freed (estimated from the
+        columns' compressed sizes on ``dry_run``)."""
+        import pyarrow.parquet as pq
+
+        path = self._stage_file(stage, drop)
+        schema = pq.read_schema(path)
+        metadata = dict(schema.metadata or {})
+        removed = [c for c in TEXT_COLUMNS if c in schema.names]
+        if self.decides_on(stage, drop) is not None or TEXT_REMOVED_KEY in metadata or not removed:
+            return 0
+        before = path.stat().st_size
+        if dry_run:
+            meta = pq.read_metadata(path)
+            return sum(meta.row_group(g).column(i).total_compressed_size for g in range(meta.num_row_groups)
+                       for i in range(meta.num_columns)
+                       if meta.row_group(g).column(i).path_in_schema.split(".")[0] in removed)
+        kept = [c for c in schema.names if c not in removed]
+        stat = path.stat()
+        metadata.pop(b"ARROW:schema", None)
+        with ParquetStreamWriter(path, {**metadata, TEXT_REMOVED_KEY: ",".join(removed).encode()}) as out:
+            for batch in iter_parquet(path, batch_rows, kept):
+                out.write(batch)
+            if out.rows == 0:
+                out.write(pl.read_parquet(path, columns=kept, n_rows=0))
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        return before - path.stat().st_size
 
     def stage_drops(self, stage: str) -> list[str]:
         """Drops with an output of ``stage``, sorted by name."""

@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 
 from curation_platform.samples import synthetic_corpus, write_corpus_drop
+from curation_platform.workspace import Workspace
 from tests.conftest import REPO, run_cli
 
 CONFIG = str(REPO / "curation.yaml")
@@ -48,10 +49,10 @@ def test_non_commercial_drop_reaches_research_but_not_commercial(two_licenses):
 
 def test_whatif_counts_documents_a_threshold_change_would_remove(two_licenses):
     root, args = two_licenses
-    words = pl.read_parquet(root / "data" / "stages" / "quality_signals" / "2026-01-open.parquet")["word_count"]
+    words = Workspace(root / "data").read_stage("quality_signals", "2026-01-open")["word_count"]
     threshold = float(words.sort()[3])
     # Newly removed: documents the filters keep today whose word count is below the new minimum.
-    kept = pl.read_parquet(root / "data" / "stages" / "filtered" / "2026-01-open.parquet")
+    kept = Workspace(root / "data").read_stage("filtered", "2026-01-open")
     expected = int((kept["word_count"] < threshold).sum())
     assert expected > 0
     code, output = run_cli("whatif", "--set", f"gopher_quality.min_words={threshold}",
@@ -150,7 +151,7 @@ def test_a_drop_whose_files_change_is_curated_again(tmp_path):
         handle.write(more.select("id", "text").write_ndjson())
     code, output = run_cli("run", *args)
     assert code == 0 and "1 to curate" in output
-    assert pl.read_parquet(tmp_path / "data" / "stages" / "raw_documents" / "2026-01-web.parquet").height == 6
+    assert Workspace(tmp_path / "data").read_stage("raw_documents", "2026-01-web").height == 6
 
 
 def test_unsafe_release_and_drop_names_are_refused(tmp_path):
@@ -210,7 +211,7 @@ def test_a_moved_landing_area_is_read_from_its_new_place(tmp_path):
         handle.write(_clean(5, 13).tail(1).with_columns(pl.lit("new").alias("id")).select("id", "text").write_ndjson())
     code, output = run_cli("run", "--landing", str(tmp_path / "moved"), *args)
     assert code == 0 and "1 to curate" in output, output
-    assert pl.read_parquet(tmp_path / "data" / "stages" / "raw_documents" / "2026-01-web.parquet").height == 5
+    assert Workspace(tmp_path / "data").read_stage("raw_documents", "2026-01-web").height == 5
 
 
 def test_run_does_not_read_a_drop_that_is_still_being_written(tmp_path):
@@ -270,7 +271,7 @@ def test_a_first_drop_of_short_documents_is_explained_and_a_profile_keeps_it(tmp
 def test_whatif_previews_stage_thresholds_and_says_which_cannot_be_previewed(two_licenses):
     root, _ = two_licenses
     ws = ["--workspace", str(root / "data"), "--config", CONFIG]
-    scores = pl.read_parquet(root / "data" / "stages" / "language" / "2026-01-open.parquet")["language_score"]
+    scores = Workspace(root / "data").read_stage("language", "2026-01-open")["language_score"]
     threshold = float(scores.sort()[3])
     expected = int((scores < threshold).sum())  # kept today, under the new minimum score
     assert expected == 3

@@ -68,7 +68,7 @@ class Lake:
         return pl.read_parquet(self.ws.release_ledger_path(name))
 
     def doc_id(self, drop: str, source_id: str) -> str:
-        raw = pl.read_parquet(self.ws.stage_path("raw_documents", drop))
+        raw = self.ws.read_stage("raw_documents", drop)
         return raw.filter(pl.col("source_id") == source_id)["doc_id"].item()
 
 
@@ -95,8 +95,8 @@ def test_commercial_release_ships_the_mit_copy_of_an_earlier_nc_document(lake, k
     # Dedup stages keep both copies and record the pair instead of dropping the later copy.
     for drop in ("2026-01-nc", "2026-02-mit"):
         assert reconcile(lake.ws, drop, STAGES) == []
-    assert {nc, mit} <= set(pl.read_parquet(lake.ws.stage_path(FINAL_STAGE, "2026-02-mit"))["doc_id"]) | set(
-        pl.read_parquet(lake.ws.stage_path(FINAL_STAGE, "2026-01-nc"))["doc_id"])
+    assert {nc, mit} <= set(lake.ws.read_stage(FINAL_STAGE, "2026-02-mit")["doc_id"]) | set(
+        lake.ws.read_stage(FINAL_STAGE, "2026-01-nc")["doc_id"])
 
     commercial = lake.release("commercial", "latest")
     assert mit in commercial["doc_id"].to_list() and nc not in commercial["doc_id"].to_list()
