@@ -37,7 +37,7 @@ from curation_platform.ops.pii import redact_pii
 from curation_platform.ops.quality_signals import quality_signals
 from curation_platform.ops.score import score_documents
 from curation_platform.ops.url_filter import filter_urls
-from curation_platform.readers import read_drop
+from curation_platform.readers import read_drop_batches
 from curation_platform.records import DROP, KEEP, QUARANTINE, DropInput, StageResult, verdict_frame
 from curation_platform.takedown import read_takedowns
 from curation_platform.workspace import (DECIDES_ON_KEY, ParquetStreamWriter, Workspace, file_lock,
@@ -116,25 +116,27 @@ def benchmark_index(cfg: CurationConfig) -> pl.DataFrame:
     return _benchmark_index(cfg.model_dump_json())
 
 
-def _ingest(ws: Workspace, cfg: CurationConfig, drop: str) -> tuple[pl.DataFrame, StageResult, int]:
+def _ingest(ws: Workspace, cfg: CurationConfig, drop: str) -> Iterator[tuple[pl.Series, StageResult]]:
+    """The drop's records in batches of ``engine.batch_rows`` input records: (input doc_ids in input order, result
+    with the records kept and a quarantine verdict per rejected record); the quarantine file is streamed too."""
     entry = ws.drop(drop)
     drop_dir = Path(entry.path)
     load_manifest(drop_dir, cfg.licenses)  # reject the whole drop early with one clear message
-    ingested = read_drop(drop_dir, cfg.ingest, drop=drop)
-    quarantine = ingested.quarantine
-    write_parquet_atomic(quarantine, ws.quarantine_path(drop))
-    verdicts = verdict_frame(
-        quarantine.select(
-            "doc_id",
-            pl.lit(QUARANTINE).alias("verdict"),
-            pl.lit("ingest.quarantined").alias("rule"),
-            pl.format("{} line {}: {}", pl.col("file"), pl.col("line").cast(pl.String).fill_null("-"),
-                      pl.col("reason")).alias("detail"),
-        )
-    )
-    all_ids = pl.concat([ingested.records["doc_id"], quarantine["doc_id"]])
-    result = StageResult(kept=ingested.records, verdicts=verdicts, metrics={"read": ingested.read_count})
-    return pl.DataFrame({"doc_id": all_ids}), result, ingested.read_count
+    with ParquetStreamWriter(ws.quarantine_path(drop)) as quarantine_out:
+        for batch in read_drop_batches(drop_dir, cfg.ingest, drop=drop, batch_rows=cfg.engine.batch_rows):
+            quarantine = batch.quarantine
+            quarantine_out.write(quarantine)
+            verdicts = verdict_frame(
+                quarantine.select(
+                    "doc_id",
+                    pl.lit(QUARANTINE).alias("verdict"),
+                    pl.lit("ingest.quarantined").alias("rule"),
+                    pl.format("{} line {}: {}", pl.col("file"), pl.col("line").cast(pl.String).fill_null("-"),
+                              pl.col("reason")).alias("detail"),
+                )
+            )
+            yield batch.input_ids, StageResult(kept=batch.records, verdicts=verdicts,
+                                               metrics={"read": batch.read_count})
 
 
 def _with_drop_order(docs: pl.DataFrame, order: int) -> pl.DataFrame:
@@ -319,12 +321,8 @@ def _batches(ws: Workspace, cfg: CurationConfig, stage: str, drop: str
     """(input doc_ids, input columns as a 0-row frame, result) per batch of the stage's input."""
     batch_rows = cfg.engine.batch_rows
     if stage == "raw_documents":
-        input_ids, result, _ = _ingest(ws, cfg, drop)
-        records = result.kept
-        removed = result.verdicts
-        # Ingest reads the drop whole (readers are not streamed yet); its output is written in batches.
-        yield input_ids["doc_id"], records.clear(), StageResult(kept=records, verdicts=removed,
-                                                               metrics=result.metrics)
+        for input_ids, result in _ingest(ws, cfg, drop):
+            yield input_ids, result.kept.clear(), result
         return
     upstream = UPSTREAM[stage]
     if ws.text_removed(upstream, drop):

@@ -5,6 +5,11 @@ len(quarantine)`` for every drop. Bad input never raises: a malformed line, a co
 becomes a quarantine row naming the file, the line and the reason. Only a bad manifest (ManifestError) or a path
 that escapes the drop (UnsafePathError) stops the read, because then nothing in the drop can be trusted.
 
+Streaming: ``read_drop_batches`` yields the drop in batches of at most ``batch_rows`` candidates; JSON Lines files
+(plain or gzip) are read line by line, so a multi-GB file is never in memory whole (Parquet, CSV and WARC files are
+still read one whole file at a time, then batched). Only the doc-id hashes seen so far are kept across batches
+(to number repeated records), about 50 bytes per document. ``read_drop`` concatenates the batches.
+
 How it works: each data file becomes candidate rows ``(file, line, raw JSON object | text, format)``; problems
 found while reading bytes (invalid UTF-8, oversized lines, corrupt gzip) are marked there. One DuckDB query then
 pulls the text, id, license and chat turns out of every JSON record at once, and Polars expressions decide each
@@ -13,12 +18,13 @@ row's fate. Parquet and CSV rows are encoded as JSON objects so all record forma
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import duckdb
 import polars as pl
@@ -187,42 +193,90 @@ def _problem_row(rel: str, line: int | None, fmt: str | None, code: str, reason:
             "excerpt": excerpt, "reason_code": code, "reason": reason}
 
 
-def _gunzip(path: Path) -> tuple[bytes, str | None]:
-    """Decompress as far as the data allows: (bytes read, error message or None). Handles multi-member files."""
-    pieces: list[bytes] = []
-    decoder = zlib.decompressobj(wbits=31)
+class _Gunzip:
+    """Streaming gzip decompression as far as the data allows (multi-member files): iterate for the decompressed
+    pieces; ``error`` is then the corruption message or None. On damage, the failing chunk is replayed in small
+    steps to keep what decompresses before it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.error: str | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        decoder = zlib.decompressobj(wbits=31)
+        produced = False
+        with self.path.open("rb") as handle:
+            while chunk := handle.read(1 << 16):
+                while chunk:
+                    if decoder.eof:  # a new gzip member starts
+                        decoder = zlib.decompressobj(wbits=31)
+                    saved = decoder.copy()
+                    try:
+                        piece = decoder.decompress(chunk)
+                    except zlib.error as error:
+                        for start in range(0, len(chunk), 256):
+                            try:
+                                piece = saved.decompress(chunk[start : start + 256])
+                            except zlib.error:
+                                break
+                            produced |= bool(piece)
+                            yield piece
+                        self.error = f"corrupt gzip ({error})"
+                        return
+                    produced |= bool(piece)
+                    yield piece
+                    chunk = decoder.unused_data if decoder.eof else b""
+        if not decoder.eof and (produced or self.path.stat().st_size):
+            self.error = "corrupt gzip (file is truncated: the compressed stream ends early)"
+
+
+def _line_chunks(rel: str, path: Path, batch_rows: int) -> Iterator[tuple[int, list[bytes], str | None, bytes | None]]:
+    """(first line number, lines without their newline, corruption message, partial last line) per run of at
+    most ``batch_rows`` lines; corruption and partial come with the last run only."""
+    gz = rel.lower().endswith(".gz")
+    number, first = 1, True
+    if gz:
+        stream = _Gunzip(path)
+        pending: list[bytes] = []
+        rest = b""
+        for piece in stream:
+            lines = (rest + piece).split(b"\n")
+            rest = lines.pop()
+            pending.extend(lines)
+            while len(pending) >= batch_rows:
+                run, pending = pending[:batch_rows], pending[batch_rows:]
+                if first:
+                    run[0], first = run[0].removeprefix(b"\xef\xbb\xbf"), False
+                yield number, run, None, None
+                number += len(run)
+        if stream.error is None:
+            pending.append(rest)  # the last line (empty after a final newline)
+        if first and pending:
+            pending[0] = pending[0].removeprefix(b"\xef\xbb\xbf")
+        yield number, pending, stream.error, (rest if stream.error else None)
+        return
     with path.open("rb") as handle:
-        while chunk := handle.read(1 << 16):
-            while chunk:
-                if decoder.eof:  # a new gzip member starts
-                    decoder = zlib.decompressobj(wbits=31)
-                saved = decoder.copy()
-                try:
-                    pieces.append(decoder.decompress(chunk))
-                except zlib.error as error:
-                    # Replay the failing chunk in small steps to keep what decompresses before the damage.
-                    for start in range(0, len(chunk), 256):
-                        try:
-                            pieces.append(saved.decompress(chunk[start : start + 256]))
-                        except zlib.error:
-                            break
-                    return b"".join(pieces), f"corrupt gzip ({error})"
-                chunk = decoder.unused_data if decoder.eof else b""
-    if not decoder.eof and (pieces or path.stat().st_size):
-        return b"".join(pieces), "corrupt gzip (file is truncated: the compressed stream ends early)"
-    return b"".join(pieces), None
+        last = b""
+        while run := list(itertools.islice(handle, batch_rows)):
+            last = run[-1]
+            run = [line[:-1] if line.endswith(b"\n") else line for line in run]
+            if first:
+                run[0], first = run[0].removeprefix(b"\xef\xbb\xbf"), False
+            yield number, run, None, None
+            number += len(run)
+        if first or last.endswith(b"\n"):  # like bytes.split: an empty last line after a final newline
+            yield number, [b""], None, None
 
 
-def _line_candidates(rel: str, path: Path, cfg: IngestConfig) -> pl.DataFrame:
-    """JSON Lines (plain or gzip): one candidate per non-blank line; bad bytes are marked, not parsed."""
-    if rel.lower().endswith(".gz"):
-        data, corruption = _gunzip(path)
-    else:
-        data, corruption = path.read_bytes(), None
-    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark is not part of the first record
-    chunks = data.split(b"\n")
-    # After corruption the last piece is a partial line: it goes into the corruption row, not the records.
-    partial = chunks.pop() if corruption else None
+def _line_candidates(rel: str, path: Path, cfg: IngestConfig, batch_rows: int = 1 << 62) -> Iterator[pl.DataFrame]:
+    """JSON Lines (plain or gzip), streamed: one candidate per non-blank line; bad bytes are marked, not parsed."""
+    for first_line, chunks, corruption, partial in _line_chunks(rel, path, batch_rows):
+        yield _line_frame(rel, first_line, chunks, corruption, partial, cfg)
+
+
+def _line_frame(rel: str, first_line: int, chunks: list[bytes], corruption: str | None, partial: bytes | None,
+                cfg: IngestConfig) -> pl.DataFrame:
+    data = b"\n".join(chunks)
     try:
         lines: list[str | None] = data.decode("utf-8").split("\n")[: len(chunks)]
         bad_utf8: list[bool] = [False] * len(chunks)
@@ -242,7 +296,7 @@ def _line_candidates(rel: str, path: Path, cfg: IngestConfig) -> pl.DataFrame:
             {"raw": lines, "excerpt": excerpts, "bad_utf8": bad_utf8},
             schema={"raw": pl.String, "excerpt": pl.String, "bad_utf8": pl.Boolean},
         )
-        .with_row_index("line", offset=1)
+        .with_row_index("line", offset=first_line)
         .with_columns(pl.col("line").cast(pl.Int64), pl.col("raw").str.strip_suffix("\r"))
         # Lines of only JSON whitespace are not records (trailing newlines, spacing between records).
         .filter(pl.col("bad_utf8") | (pl.col("raw").str.strip_chars(" \t\r") != ""))
@@ -265,9 +319,10 @@ def _line_candidates(rel: str, path: Path, cfg: IngestConfig) -> pl.DataFrame:
         .alias("reason"),
     )
     if corruption:
-        tail = _problem_row(rel, len(chunks) + 1, "jsonl", "corrupt_gzip",
-                            f"{corruption} at line {len(chunks) + 1}; the rest of the file could not be read "
-                            f"({len(chunks)} lines before it were read); re-export or re-compress the file",
+        read = first_line - 1 + len(chunks)
+        tail = _problem_row(rel, read + 1, "jsonl", "corrupt_gzip",
+                            f"{corruption} at line {read + 1}; the rest of the file could not be read "
+                            f"({read} lines before it were read); re-export or re-compress the file",
                             _lossy(partial or b""))
         frame = pl.concat([frame, pl.DataFrame([tail], schema=_CANDIDATE_SCHEMA)], how="diagonal")
     return frame
@@ -382,16 +437,26 @@ def _warc_candidates(rel: str, path: Path, cfg: IngestConfig) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=_CANDIDATE_SCHEMA)
 
 
-def _candidates(files: list[tuple[str, Path]], manifest: Manifest, cfg: IngestConfig) -> pl.DataFrame:
-    """Every input record of the drop in sorted-file, file order; problems found in the bytes are marked."""
+def _candidates(files: list[tuple[str, Path]], manifest: Manifest, cfg: IngestConfig,
+                batch_rows: int = 1 << 62) -> Iterator[pl.DataFrame]:
+    """Every input record of the drop in sorted-file, file order, as frames of at most ``batch_rows`` candidates;
+    problems found in the bytes are marked."""
     forced = manifest.format
-    parts: list[pl.DataFrame] = []
     documents: list[dict] = []  # one-document-per-file rows, batched into one frame per run of such files
 
-    def flush_documents() -> None:
+    def typed(part: pl.DataFrame) -> pl.DataFrame:
+        return part.with_columns(pl.lit(None, dtype).alias(name) for name, dtype in _CANDIDATE_SCHEMA.items()
+                                 if name not in part.columns).select(list(_CANDIDATE_SCHEMA)).cast(_CANDIDATE_SCHEMA)
+
+    def sliced(part: pl.DataFrame) -> Iterator[pl.DataFrame]:
+        for start in range(0, part.height, batch_rows):
+            yield typed(part.slice(start, batch_rows))
+
+    def flush_documents() -> Iterator[pl.DataFrame]:
         if documents:
-            parts.append(pl.DataFrame(documents, schema=_CANDIDATE_SCHEMA))
+            frame = pl.DataFrame(documents, schema=_CANDIDATE_SCHEMA)
             documents.clear()
+            yield from sliced(frame)
 
     for rel, path in files:
         fmt, language = _file_format(rel, forced)
@@ -409,27 +474,26 @@ def _candidates(files: list[tuple[str, Path]], manifest: Manifest, cfg: IngestCo
                     "CSV, text, Markdown, HTML, WARC or a source file, or set `format:` in the manifest",
                     _lossy(head)))
             elif fmt == "warc":
-                flush_documents()
-                parts.append(_warc_candidates(rel, path, cfg))
+                yield from flush_documents()
+                yield from sliced(_warc_candidates(rel, path, cfg))
+            elif fmt == "jsonl":
+                yield from flush_documents()
+                for part in _line_candidates(rel, path, cfg, batch_rows):
+                    yield from sliced(part)
             elif fmt in _RECORD_FORMATS:
-                flush_documents()
-                parts.append(_line_candidates(rel, path, cfg) if fmt == "jsonl" else _table_candidates(rel, path, fmt))
+                yield from flush_documents()
+                yield from sliced(_table_candidates(rel, path, fmt))
             else:
                 documents.append(_document_candidate(rel, path, fmt, language, cfg))
+                if len(documents) >= batch_rows:
+                    yield from flush_documents()
         except OSError as error:  # unreadable file (permissions, dangling symlink): quarantined, never raised
-            flush_documents()
-            parts.append(pl.DataFrame(
+            yield from flush_documents()
+            yield typed(pl.DataFrame(
                 [_problem_row(rel, None, fmt, "unreadable_file",
                               f"file could not be read ({error.strerror or error}); check its permissions", "")],
                 schema=_CANDIDATE_SCHEMA))
-    flush_documents()
-    if not parts:
-        return pl.DataFrame(schema=_CANDIDATE_SCHEMA)
-    return pl.concat([
-        part.with_columns(pl.lit(None, dtype).alias(name) for name, dtype in _CANDIDATE_SCHEMA.items()
-                          if name not in part.columns).select(list(_CANDIDATE_SCHEMA)).cast(_CANDIDATE_SCHEMA)
-        for part in parts
-    ])
+    yield from flush_documents()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -596,21 +660,91 @@ def _decide(candidates: pl.DataFrame, fields: pl.DataFrame, manifest: Manifest, 
     return frame.with_columns(code.alias("reason_code"), reason.alias("reason"))
 
 
-def _with_doc_ids(kept: pl.DataFrame, source: str, drop: str) -> pl.Series:
+def _with_doc_ids(kept: pl.DataFrame, source: str, drop: str, seen: pl.DataFrame) -> tuple[pl.Series, pl.DataFrame]:
     """xxh128 of ``source \x1f drop \x1f source_id \x1f text``; the n-th repeat (n >= 2) of a (source_id, text)
     pair in the drop gets ``\x1f<n>`` appended so every input record keeps its own id. The drop is part of the key
     because a record republished in a later drop is a second record (an exact duplicate of the first), and
-    fallback source ids such as ``part-0000.jsonl:1`` repeat across drops."""
+    fallback source ids such as ``part-0000.jsonl:1`` repeat across drops. ``seen`` counts the base hashes of the
+    earlier batches (``h``, ``n``); returns the ids and the updated counts."""
     key = pl.concat_str([pl.lit(source), pl.lit(drop), pl.col("source_id"), pl.col("text")], separator="\x1f")
     keys = kept.select(key.alias("key"))["key"]
     base = xxh128_hex(keys)
-    occurrence = pl.DataFrame({"h": base}).select(pl.int_range(pl.len()).over("h") + 1).to_series()
-    if int(occurrence.max() or 1) == 1:
-        return base.alias("doc_id")
+    hashes = pl.DataFrame({"h": base})
+    earlier = hashes.join(seen, on="h", how="left", maintain_order="left")["n"].fill_null(0)
+    occurrence = hashes.select(pl.int_range(pl.len()).over("h") + 1).to_series() + earlier
+    seen = pl.concat([seen, hashes.group_by("h").agg(pl.len().cast(pl.Int64).alias("n"))]).group_by("h").agg(
+        pl.col("n").sum())
+    if len(occurrence) == 0 or int(occurrence.max() or 1) == 1:
+        return base.alias("doc_id"), seen
     suffixed = pl.DataFrame({"k": keys, "n": occurrence}).select(
         pl.when(pl.col("n") > 1).then(pl.format("{}\x1f{}", "k", "n")).otherwise("k")
     ).to_series()
-    return xxh128_hex(suffixed).alias("doc_id")
+    return xxh128_hex(suffixed).alias("doc_id"), seen
+
+
+@dataclass
+class IngestBatch(IngestResult):
+    """One batch of ``read_drop_batches``: its records and quarantine rows, and ``input_ids``: the doc_ids of every
+    input record of the batch (read or quarantined) in input order."""
+
+    input_ids: pl.Series = field(default_factory=lambda: pl.Series("doc_id", [], pl.String))
+
+
+def read_drop_batches(drop_dir: Path, cfg: IngestConfig, drop: str | None = None,
+                      batch_rows: int = 1 << 62) -> Iterator[IngestBatch]:
+    """``read_drop`` as batches of at most ``batch_rows`` input records, in input order (see the module docstring).
+    Their records and quarantine rows concatenated are exactly ``read_drop``'s."""
+    drop_dir = Path(drop_dir)
+    manifest = load_manifest(drop_dir)
+    drop = drop or drop_dir.name
+    files = _data_files(drop_dir)
+    constants = {
+        "source": pl.lit(manifest.source),
+        "drop": pl.lit(drop),
+        "kind": pl.lit(manifest.kind),
+        "provenance": pl.lit(_provenance_json(manifest)),
+        "declared_language": pl.lit(manifest.language, dtype=pl.String),
+    }
+    seen = pl.DataFrame(schema={"h": pl.String, "n": pl.Int64})
+    first = True
+    for candidates in itertools.chain(_candidates(files, manifest, cfg, batch_rows), [None]):
+        if candidates is None:
+            if not first:
+                return
+            candidates = pl.DataFrame(schema=_CANDIDATE_SCHEMA)  # an empty drop is one empty batch
+        decided = _decide(candidates, _extract_fields(candidates, manifest), manifest, cfg).with_row_index("_row")
+        kept = decided.filter(pl.col("reason_code").is_null())
+        doc_ids, seen = _with_doc_ids(kept, manifest.source, drop, seen)
+        records = kept.with_columns(doc_ids, **constants)
+        rejected = decided.filter(pl.col("reason_code").is_not_null())
+        quarantine_key = pl.concat_str(
+            [pl.lit(manifest.source), pl.lit(drop), pl.col("file"), pl.col("line").cast(pl.String).fill_null("")],
+            separator="\x1f",
+        )
+        quarantine = rejected.with_columns(
+            doc_id=xxh128_hex(rejected.select(quarantine_key.alias("k"))["k"]),
+            excerpt=pl.coalesce("excerpt", "raw", "text").str.slice(0, EXCERPT_CHARS).fill_null(""),
+            license=pl.col("license_raw"),
+            **{name: constants[name] for name in ("source", "drop")},
+        )
+        input_ids = pl.concat([records.select("_row", "doc_id"), quarantine.select("_row", "doc_id")]).sort(
+            "_row")["doc_id"]
+        records = records.select(pl.col(name).cast(dtype) for name, dtype in INGEST_SCHEMA.items())
+        quarantine = quarantine.select(pl.col(name).cast(dtype) for name, dtype in QUARANTINE_SCHEMA.items())
+        reasons = rejected.group_by("reason_code").len().sort("reason_code")
+        formats = records.group_by("format").len().sort("format")
+        metrics = {
+            "read_count": len(candidates),
+            "records": len(records),
+            "quarantined": len(quarantine),
+            **({"files": len(files)} if first else {}),
+            "records_per_format": dict(zip(formats["format"].to_list(), formats["len"].to_list())),
+            "quarantined_per_reason": dict(zip(reasons["reason_code"].to_list(), reasons["len"].to_list())),
+            "text_bytes": int(records["text"].str.len_bytes().sum() or 0),
+        }
+        first = False
+        yield IngestBatch(records=records, quarantine=quarantine, read_count=len(candidates), metrics=metrics,
+                          input_ids=input_ids)
 
 
 def read_drop(drop_dir: Path, cfg: IngestConfig, drop: str | None = None) -> IngestResult:
@@ -625,46 +759,18 @@ def read_drop(drop_dir: Path, cfg: IngestConfig, drop: str | None = None) -> Ing
 
     Raises ManifestError for a missing or invalid manifest and UnsafePathError when a path escapes the drop.
     """
-    drop_dir = Path(drop_dir)
-    manifest = load_manifest(drop_dir)
-    drop = drop or drop_dir.name
-    files = _data_files(drop_dir)
-    candidates = _candidates(files, manifest, cfg)
-    decided = _decide(candidates, _extract_fields(candidates, manifest), manifest, cfg)
-
-    constants = {
-        "source": pl.lit(manifest.source),
-        "drop": pl.lit(drop),
-        "kind": pl.lit(manifest.kind),
-        "provenance": pl.lit(_provenance_json(manifest)),
-        "declared_language": pl.lit(manifest.language, dtype=pl.String),
-    }
-    kept = decided.filter(pl.col("reason_code").is_null())
-    records = kept.with_columns(_with_doc_ids(kept, manifest.source, drop), **constants).select(
-        pl.col(name).cast(dtype) for name, dtype in INGEST_SCHEMA.items()
-    )
-
-    rejected = decided.filter(pl.col("reason_code").is_not_null())
-    quarantine_key = pl.concat_str(
-        [pl.lit(manifest.source), pl.lit(drop), pl.col("file"), pl.col("line").cast(pl.String).fill_null("")],
-        separator="\x1f",
-    )
-    quarantine = rejected.with_columns(
-        doc_id=xxh128_hex(rejected.select(quarantine_key.alias("k"))["k"]),
-        excerpt=pl.coalesce("excerpt", "raw", "text").str.slice(0, EXCERPT_CHARS).fill_null(""),
-        license=pl.col("license_raw"),
-        **{name: constants[name] for name in ("source", "drop")},
-    ).select(pl.col(name).cast(dtype) for name, dtype in QUARANTINE_SCHEMA.items())
-
-    reasons = rejected.group_by("reason_code").len().sort("reason_code")
-    formats = records.group_by("format").len().sort("format")
-    metrics = {
-        "read_count": len(candidates),
-        "records": len(records),
-        "quarantined": len(quarantine),
-        "files": len(files),
-        "records_per_format": dict(zip(formats["format"].to_list(), formats["len"].to_list())),
-        "quarantined_per_reason": dict(zip(reasons["reason_code"].to_list(), reasons["len"].to_list())),
-        "text_bytes": int(records["text"].str.len_bytes().sum() or 0),
-    }
-    return IngestResult(records=records, quarantine=quarantine, read_count=len(candidates), metrics=metrics)
+    batches = list(read_drop_batches(drop_dir, cfg, drop))
+    metrics: dict[str, Any] = {}
+    for batch in batches:
+        for key, value in batch.metrics.items():
+            if isinstance(value, dict):
+                merged = metrics.setdefault(key, {})
+                for k, v in value.items():
+                    merged[k] = merged.get(k, 0) + v
+            else:
+                metrics[key] = metrics.get(key, 0) + value
+    for key in ("records_per_format", "quarantined_per_reason"):
+        metrics[key] = dict(sorted(metrics.get(key, {}).items()))
+    return IngestResult(records=pl.concat([b.records for b in batches]),
+                        quarantine=pl.concat([b.quarantine for b in batches]),
+                        read_count=sum(b.read_count for b in batches), metrics=metrics)

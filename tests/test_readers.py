@@ -580,3 +580,30 @@ def test_the_same_record_in_two_drops_gets_two_doc_ids(tmp_path):
     second = read_drop(make_drop(tmp_path, {"a.jsonl": jsonl(record)}, name="2024-02"), CFG).records
     assert first["doc_id"][0] != second["doc_id"][0]
     assert first["doc_id"][0] == doc_id("example", "2024-01", "1", record["text"])
+
+
+def test_batches_read_files_incrementally_and_concatenate_to_the_whole_read(tmp_path):
+    from curation_platform.readers import read_drop_batches
+
+    rng = random.Random(3)
+    lines = [{"id": i, "text": " ".join(f"{rng.random():.12f}" for _ in range(40))} for i in range(60)]
+    data = gzip.compress(jsonl(*lines).encode())
+    plain = (b'\xef\xbb\xbf{"text": "first"}\r\n\r\n{"text": "first"}\n{"text": broken\n'
+             + jsonl(*[{"text": "same"}] * 3).encode())  # repeated records keep distinct ids across batches
+    drop = make_drop(tmp_path, {"a.jsonl": plain, "b.jsonl.gz": data[: len(data) // 2], "c.txt": "A page.",
+                                "d.md": "# Notes", "e.parquet": b""})
+    pl.DataFrame({"text": ["row one", "row two", "row three"]}).write_parquet(drop / "e.parquet")
+    whole = read_drop(drop, CFG)
+    check_contract(whole)
+    assert whole.quarantine["reason"].str.starts_with("corrupt gzip").sum() == 1
+    for batch_rows in (1, 2, 5):
+        batches = list(read_drop_batches(drop, CFG, batch_rows=batch_rows))
+        # Each batch holds at most batch_rows input records: no file is read whole into one batch.
+        assert max(b.read_count for b in batches) <= batch_rows and len(batches) >= whole.read_count / batch_rows
+        assert pl.concat([b.records for b in batches]).equals(whole.records)
+        assert pl.concat([b.quarantine for b in batches]).equals(whole.quarantine)
+        # Input order: the ledger lists records and quarantined inputs as they appear in the files.
+        order = pl.concat([b.input_ids for b in batches])
+        expected = pl.concat([whole.records.select("doc_id", "file", "line"),
+                              whole.quarantine.select("doc_id", "file", "line")]).sort("file", "line")["doc_id"]
+        assert order.to_list() == expected.to_list()
