@@ -168,9 +168,12 @@ class ParquetStreamWriter:
             fd, self._tmp = _temp_file(self.path)
             os.close(fd)
             schema = table.schema.with_metadata({**(table.schema.metadata or {}), **self.metadata})
-            # Fixed compression and statistics so the same rows give byte-identical files.
+            # Fixed compression and statistics so the same rows give byte-identical files. Text columns get
+            # neither dictionary nor min/max statistics: both cost bytes (a page's min and max are two whole
+            # documents) and no query prunes on text.
+            small = [c for c in schema.names if c not in TEXT_COLUMNS]
             self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd", compression_level=3,
-                                            write_statistics=True)
+                                            use_dictionary=small, write_statistics=small)
             self._arrow_schema = schema
         self._writer.write_table(table.cast(self._arrow_schema), row_group_size=ROW_GROUP_ROWS)
         self.rows += frame.height
