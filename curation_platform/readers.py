@@ -558,6 +558,7 @@ def _extract_fields(candidates: pl.DataFrame, manifest: Manifest) -> pl.DataFram
     """Columns pulled from each candidate's JSON record (null where the candidate has no record)."""
     table = candidates.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row_nr"), "raw").to_arrow()
     with duckdb.connect() as con:
+        con.execute("SET enable_progress_bar = false")  # a long batch would print a progress bar to stdout
         con.register("candidates", table)
         extracted = con.sql(
             _EXTRACT_SQL,
