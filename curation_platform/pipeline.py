@@ -365,13 +365,11 @@ def run_stage(ws: Workspace, cfg: CurationConfig, stage: str, drop: str, run_id:
             added = None if rows else ["doc_id", *[c for c in _first_schema(result) if c not in input_frame.columns
                                                    and c != "drop_order"]]
             verdicts = pl.concat(list(_frames(result.verdicts)), how="vertical_relaxed")
-            kept_rows = 0
             for kept in _frames(result.kept):
                 kept = kept.drop("drop_order", strict=False)
                 if preview is None or preview.height < 5:
                     preview = kept.head(5) if preview is None else pl.concat([preview, kept.head(5 - preview.height)],
                                                                            how="diagonal_relaxed")
-                kept_rows += kept.height
                 out.write(kept if rows else kept.select(added))
             for ledger_ids in _slices(ids, cfg.engine.batch_rows):
                 ledger = _ordered_ledger(ledger_ids, verdicts.filter(pl.col("doc_id").is_in(ledger_ids.implode())),
