@@ -170,8 +170,9 @@ def profile_drop(docs: pl.DataFrame, ledger: pl.DataFrame, stages: list[str], dr
 def _profile_plots(docs: pl.DataFrame, data: dict[str, Any]) -> dict[str, bytes]:
     from curation_platform import plots
 
-    by_kind = lambda column: {k: g[column].to_list() for (k,), g in docs.sort("kind").group_by("kind",  # noqa: E731
-                                                                                              maintain_order=True)}
+    def by_kind(column: str) -> dict[str, list]:
+        return {k: g[column].to_list() for (k,), g in docs.sort("kind").group_by("kind", maintain_order=True)}
+
     stages = data["stages"]
     return {
         "characters": plots.histogram(by_kind("characters"), "Characters per document", "characters (log scale)",
@@ -204,8 +205,8 @@ def profile_markdown(data: dict[str, Any], images: dict[str, str]) -> str:
     names beside profile.json)."""
     d = data["distributions"]
     lines = [f"# Profile of drop {data['drop']}", "",
-             f"**{data['documents']:,}** documents kept of {data['input']:,} read, {data['tokens']:,} tokens, "
-             f"{data['characters']:,} characters.", ""]
+             (f"**{data['documents']:,}** documents kept of {data['input']:,} read, {data['tokens']:,} tokens, "
+              f"{data['characters']:,} characters."), ""]
     lines += _table([{"measure": k, **v} for k, v in d.items()] + [{"measure": k, **v} for k, v in
                                                                     data["signals"].items()],
                     ["measure", "min", "p10", "p50", "p90", "max", "mean"])
