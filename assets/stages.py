@@ -113,8 +113,9 @@ def _profile_metadata(ws, cfg, drop: str) -> dict[str, object]:
         "mean_quality_score": dist["quality_score"].get("mean"),
         "chat_conflicting_prompts": data["chat_conflicts"]["prompts"],
     }
+    images = {name: data_uri(png) for name, png in profile.plots.items()}
     return {
-        "profile": dg.MetadataValue.md(profile_markdown(data, {n: data_uri(png) for n, png in profile.plots.items()})),
+        "profile": dg.MetadataValue.md(profile_markdown(data, images)),
         **{k: v for k, v in numbers.items() if v is not None},
         "profile_path": dg.MetadataValue.path(str(profile_dir(ws, drop))),
     }

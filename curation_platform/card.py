@@ -88,7 +88,7 @@ def hf_header(card: dict[str, Any]) -> dict[str, Any]:
     tags = sorted({"curation_platform", *kinds, *(["synthetic"] if card.get("generators") else [])})
     header: dict[str, Any] = {
         "pretty_name": card.get("pretty_name") or f"{card['name']} ({card['profile']} profile)",
-        "license": licenses[0] if len(licenses) == 1 else licenses,
+        "license": licenses,  # always a list (the Hub accepts one or more), so every card has one shape
         "language": languages,
         "task_categories": ["text-generation"],
         "size_categories": [_size_category(card["documents"])],

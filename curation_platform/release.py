@@ -486,8 +486,8 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
                       {"rules": rules, "contamination": contamination, "shards": [p.name for p in shards],
                        "excluded_drops": excluded, "flagged_words": flagged_words.card_removals(ws, drops),
                        "per_drop": card_parts.per_drop(docs, selected, result.verdicts)})
-    card["plots"] = [write_bytes_atomic(png, staging / "plots" / f"{name}.png").relative_to(staging).as_posix()
-                     for name, png in card_parts.card_plots(card, selected).items()]
+    card["plots"] = [write_bytes_atomic(png, staging / "plots" / f"{plot}.png").relative_to(staging).as_posix()
+                     for plot, png in card_parts.card_plots(card, selected).items()]
     write_text_atomic(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n", staging / "data_card.json")
     write_text_atomic(card_markdown(card), staging / "data_card.md")
     write_text_atomic(card_markdown(card), staging / "README.md")  # the dataset card when pushed to the Hub
