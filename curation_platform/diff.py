@@ -88,7 +88,8 @@ def _fetch_version(ws: Workspace, name: str, rev: str, tmp: Path) -> Path:
 
 
 def _columns(conn: duckdb.DuckDBPyConnection, files: str) -> set[str]:
-    return {row[0] for row in conn.execute(f"DESCRIBE SELECT * FROM read_parquet({files}, union_by_name=true)").fetchall()}
+    described = conn.execute(f"DESCRIBE SELECT * FROM read_parquet({files}, union_by_name=true)").fetchall()
+    return {row[0] for row in described}
 
 
 def _sql_list(paths: list[Path]) -> str:

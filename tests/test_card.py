@@ -26,7 +26,8 @@ from curation_platform.records import verdict_frame
 from curation_platform.release import card_markdown, publish_release, stage_release
 from curation_platform.workspace import Workspace, write_parquet_atomic
 
-WORDS = ["river", "stone", "harbor", "lantern", "meadow", "orchard", "violin", "compass", "thunder", "saffron", "glacier", "pepper"]
+WORDS = ["river", "stone", "harbor", "lantern", "meadow", "orchard", "violin", "compass", "thunder", "saffron",
+         "glacier", "pepper"]
 
 
 def _text(seed: int, words: int) -> str:
