@@ -18,11 +18,13 @@ _SIZE = (6.0, 2.8)  # inches; at 80 dpi a plot is 480x224 pixels, readable in th
 _DPI = 80
 
 
-def _figure():
+def _figure(left: float = 0.1):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=_SIZE, dpi=_DPI, layout="constrained")
+    figure = Figure(figsize=_SIZE, dpi=_DPI)
+    # Fixed margins: a constrained layout would measure every text first and double the drawing time.
+    figure.subplots_adjust(left=left, right=0.98, top=0.9, bottom=0.19)
     FigureCanvasAgg(figure)
     return figure
 
@@ -47,13 +49,20 @@ def histogram(series: dict[str, Sequence[float]], title: str, xlabel: str, bins:
     else:
         low, high = float(everything.min()), float(everything.max())
         if log_x and low > 0 and high > low:
+            from matplotlib.ticker import FuncFormatter, NullFormatter
+
             edges = np.geomspace(low, high, bins + 1)
             axes.set_xscale("log")
+            # Plain tick labels (1000, not 10^3): mathtext rendering would cost more than the plot.
+            axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            axes.xaxis.set_minor_formatter(NullFormatter())
         else:
             edges = np.linspace(low, high if high > low else low + 1.0, bins + 1)
         for name, values in arrays.items():
             if values.size:
-                axes.hist(values, bins=edges, alpha=0.6 if len(arrays) > 1 else 0.9, label=f"{name} ({values.size:,})")
+                # One filled outline per series instead of a rectangle per bin: a fraction of the drawing cost.
+                axes.hist(values, bins=edges, histtype="stepfilled", alpha=0.55 if len(arrays) > 1 else 0.9,
+                          label=f"{name} ({values.size:,})")
         if len(arrays) > 1:
             axes.legend(fontsize="small")
     axes.set_title(title, fontsize="medium")
@@ -65,9 +74,10 @@ def histogram(series: dict[str, Sequence[float]], title: str, xlabel: str, bins:
 def bars(labels: Sequence[str], series: dict[str, Sequence[float]], title: str, xlabel: str) -> bytes:
     """Horizontal bars: one group per label, one bar per named series (e.g. documents and tokens per language
     share, or dropped and quarantined per stage)."""
-    figure = _figure()
-    axes = figure.add_subplot()
     labels = [str(label) for label in labels]
+    # Room for the longest label (stage names, sources) left of the bars.
+    figure = _figure(left=min(0.45, 0.05 + 0.0125 * max((len(label) for label in labels), default=0)))
+    axes = figure.add_subplot()
     if not labels:
         axes.text(0.5, 0.5, "nothing to show", ha="center", va="center", transform=axes.transAxes)
     else:
