@@ -52,3 +52,14 @@ def test_diff_cli_prints_the_table_and_refuses_an_unknown_release(two_releases):
     code, output = run_cli("diff", "a", "nope", "--workspace", workspace)
     assert code == 1 and "unknown release 'nope'" in output and "releases: a, b" in output
     assert "Traceback" not in output
+
+
+def test_diff_of_a_version_names_the_missing_revision(two_releases):
+    workspace = str(two_releases.ws.root)
+    code, output = run_cli("diff", "a@HEAD", "b", "--workspace", workspace)
+    assert code == 1 and "is not in a git repository" in output
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(two_releases.ws.root.parent)], check=True)
+    code, output = run_cli("diff", "a@v9", "b", "--workspace", workspace)
+    assert code == 1 and "git revision 'v9' not found" in output and "Traceback" not in output
