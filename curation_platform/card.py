@@ -104,10 +104,29 @@ def front_matter(header: dict[str, Any]) -> str:
     return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n"
 
 
+def selection_per_domain(selection: Any) -> list[dict[str, Any]]:
+    """(domain, available, selected) token numbers from the selection report's per-domain table
+    (``domains`` or ``per_domain``: an object of objects or a list of objects), taking the first numeric field
+    whose name contains ``available`` and ``selected``; empty when the report has no such table."""
+    table = (selection.get("domains") or selection.get("per_domain")) if isinstance(selection, dict) else None
+    if isinstance(table, dict):
+        rows = [{"domain": k, **v} for k, v in table.items() if isinstance(v, dict)]
+    else:
+        rows = [r for r in table or [] if isinstance(r, dict)]
+
+    def pick(row: dict[str, Any], word: str) -> float | None:
+        return next((v for k, v in row.items() if word in k and isinstance(v, (int, float))), None)
+
+    found = [{"domain": str(r.get("domain", r.get("name", ""))), "available": pick(r, "available"),
+              "selected": pick(r, "selected")} for r in rows]
+    return [r for r in found if r["available"] is not None and r["selected"] is not None]
+
+
 def card_plots(card: dict[str, Any], selected: pl.DataFrame) -> dict[str, bytes]:
     """PNG plots of a release: token lengths and quality scores of the released documents (per kind), documents
-    removed per stage (the release's own rules as one bar), and the mixture (token share per domain, or per kind
-    when documents have no domain)."""
+    removed per stage (the release's own rules as one bar), the mixture (token share per domain, or per kind
+    when documents have no domain) and, when the selection report has them, tokens available and selected per
+    domain."""
     from curation_platform import plots
 
     def per_kind(column: str) -> dict[str, list]:
@@ -120,6 +139,11 @@ def card_plots(card: dict[str, Any], selected: pl.DataFrame) -> dict[str, bytes]
     mixture = card.get("domains") or card.get("kinds", [])
     mix_label = "domain" if card.get("domains") else "kind"
     total = sum(r["tokens"] for r in mixture) or 1
+    per_domain = selection_per_domain(card.get("selection"))
+    extra = {"selection": plots.bars([r["domain"] for r in per_domain],
+                                     {"available": [r["available"] for r in per_domain],
+                                      "selected": [r["selected"] for r in per_domain]},
+                                     "Selection per domain", "tokens")} if per_domain else {}
     return {
         "lengths": plots.histogram(per_kind("token_count"), "Tokens per released document", "tokens (log scale)",
                                    log_x=True),
@@ -131,6 +155,7 @@ def card_plots(card: dict[str, Any], selected: pl.DataFrame) -> dict[str, bytes]
                               {"token share": [r["tokens"] / total for r in mixture],
                                "document share": [r["documents"] / max(card["documents"], 1) for r in mixture]},
                               f"Mixture by {mix_label}", "share of the release"),
+        **extra,
     }
 
 

@@ -203,3 +203,11 @@ def test_optional_sections_render_when_present_and_are_skipped_when_absent(relea
     assert "## Selection and mixture" in markdown and "| news | 900 | 0 | 700 |" in markdown
     assert "- heldout_auc: 0.91" in markdown and "- failed: 1" in markdown
     assert "## Formatting" not in markdown  # absent key, no empty section
+    from curation_platform.card import card_plots, selection_per_domain
+
+    assert selection_per_domain(extra["selection"]) == [{"domain": "news", "available": 900, "selected": 700}]
+    assert selection_per_domain({"domains": [{"domain": "web", "tokens_available": 5, "tokens_selected": 4}]}) == [
+        {"domain": "web", "available": 5, "selected": 4}]
+    assert selection_per_domain(None) == [] and selection_per_domain({"split": {}}) == []
+    plot = card_plots({**card, **extra}, pl.DataFrame())["selection"]
+    assert plot[:8] == PNG_SIGNATURE and len(plot) > 2000
