@@ -1,5 +1,6 @@
 """The release: stage a candidate, audit it with a blocking gate, then publish and version it with DVC."""
 
+from pathlib import Path
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
@@ -10,7 +11,7 @@ from assets.stages import check_result
 from curation_platform.audit import release_gate, release_residue
 from curation_platform.ledger import all_stage_counts, rule_counts
 from curation_platform.pipeline import FINAL_STAGE, STAGES, drop_state
-from curation_platform.release import publish_release, stage_release
+from curation_platform.release import card_markdown, publish_release, stage_release
 from curation_platform.versioning import version_release
 
 
@@ -60,10 +61,14 @@ def release(context: dg.AssetExecutionContext, curation: CurationResource,
             duckdb: DuckDBResource) -> dg.MaterializeResult:
     ws, cfg = curation.ws(), curation.cfg()
     target = publish_release(ws, cfg.release.name, context.run_id, cfg.hash)
-    card = (target / "data_card.md").read_text(encoding="utf-8")
     import json
 
+    from curation_platform.plots import data_uri
+
     card_json = json.loads((target / "data_card.json").read_text(encoding="utf-8"))
+    # The UI shows the card with its plots embedded (no file to serve) and without the Hugging Face YAML header.
+    plots = {Path(p).stem: data_uri((target / p).read_bytes()) for p in card_json.get("plots", [])}
+    card = card_markdown(card_json, plots, front_matter=False)
     version = {}
     if cfg.versioning.enabled:
         meta = {
@@ -86,6 +91,9 @@ def release(context: dg.AssetExecutionContext, curation: CurationResource,
             "tokens": card_json["tokens"],
             "path": dg.MetadataValue.path(str(target)),
             "data_card": dg.MetadataValue.md(card),
+            "data_card_json": dg.MetadataValue.json(card_json),
+            "sources": len({s["source"] for s in card_json["sources"]}),
+            "drops_released": sum(1 for d in card_json.get("per_drop", []) if d["released"]),
             "dvc": dg.MetadataValue.json(version),
         }
     )

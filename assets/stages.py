@@ -13,7 +13,7 @@ from assets.resources import CurationResource, refresh_workspace_catalog
 from curation_platform.advice import filtered_gate_advice
 from curation_platform.audit import near_dedup_gate, stage_gate, stage_residue
 from curation_platform.gates import GateResult
-from curation_platform.pipeline import STAGE_DESCRIPTIONS, STAGES, UPSTREAM, filter_profile, run_stage
+from curation_platform.pipeline import FINAL_STAGE, STAGE_DESCRIPTIONS, STAGES, UPSTREAM, filter_profile, run_stage
 from curation_platform.reporting import markdown_table
 
 GROUPS = {
@@ -90,11 +90,35 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
                 "stage_metrics": dg.MetadataValue.json(summary.metrics),
                 "preview": dg.MetadataValue.md(markdown_table(summary.preview)),
                 "path": dg.MetadataValue.path(str(ws.stage_path(stage, drop))),
+                **(_profile_metadata(ws, cfg, drop) if stage == FINAL_STAGE else {}),
             },
             check_results=[gate],
         )
 
     return _asset
+
+
+def _profile_metadata(ws, cfg, drop: str) -> dict[str, object]:
+    """The drop's profile on its final asset: Markdown with the plots embedded, and the headline numbers."""
+    from curation_platform.plots import data_uri
+    from curation_platform.profile import profile_dir, profile_markdown, write_drop_profile
+
+    profile = write_drop_profile(ws, FINAL_STAGE, STAGES, drop, cfg.release.tokenizer)
+    data, dist = profile.data, profile.data["distributions"]
+    numbers = {
+        "tokens": data["tokens"],
+        "characters": data["characters"],
+        "median_characters": dist["characters"].get("p50"),
+        "median_tokens": dist["tokens"].get("p50"),
+        "mean_quality_score": dist["quality_score"].get("mean"),
+        "chat_conflicting_prompts": data["chat_conflicts"]["prompts"],
+    }
+    images = {name: data_uri(png) for name, png in profile.plots.items()}
+    return {
+        "profile": dg.MetadataValue.md(profile_markdown(data, images)),
+        **{k: v for k, v in numbers.items() if v is not None},
+        "profile_path": dg.MetadataValue.path(str(profile_dir(ws, drop))),
+    }
 
 
 def check_result(results: list[GateResult], advice: str = "") -> dg.AssetCheckResult:

@@ -506,6 +506,33 @@ def sql(
 
 
 @app.command()
+def diff(
+    release_a: str = typer.Argument(..., help="The earlier release: its name under releases/, or NAME@REV for the "
+                                    "version DVC recorded at git revision REV."),
+    release_b: str = typer.Argument(..., help="The later release (same forms)."),
+    workspace: Path = WorkspaceOpt,
+    config: Path = ConfigOpt,
+    format_: str = typer.Option("table", "--format", help="table, csv or json (one object per line)."),
+) -> None:
+    """Documents and tokens added and removed from RELEASE_A to RELEASE_B, per source, domain and reason."""
+    from curation_platform.diff import diff_text, release_diff
+    from curation_platform.workspace import Workspace
+
+    if format_ not in ("table", "csv", "json"):
+        _fail(f"--format {format_!r}: expected table, csv or json")
+    try:
+        result = release_diff(Workspace(workspace), release_a, release_b)
+    except CurationError as exc:
+        _fail(str(exc))
+    if format_ == "csv":
+        typer.echo(result.rows.write_csv(), nl=False)
+    elif format_ == "json":
+        typer.echo(result.rows.write_ndjson(), nl=False)
+    else:
+        typer.echo(diff_text(result))
+
+
+@app.command()
 def samples(
     landing: Path = typer.Option(Path("landing"), "--landing", help="Where to write the bundled sample drops."),
     force: bool = typer.Option(False, "--force", help="Rewrite sample drops that already exist."),

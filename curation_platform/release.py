@@ -14,6 +14,7 @@ import polars as pl
 from tokenizers import Tokenizer
 
 from curation_platform import __version__
+from curation_platform import card as card_parts
 from curation_platform.config import CurationConfig, ReleaseConfig
 from curation_platform.hashing import xxh128_hex
 from curation_platform.ledger import LEDGER_SCHEMA
@@ -23,7 +24,8 @@ from curation_platform.ops.dedup_exact import exact_representatives
 from curation_platform.ops.dedup_minhash import RULE_DUPLICATE as NEAR_PAIR_RULE
 from curation_platform.ops.dedup_minhash import near_representatives
 from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts, verdict_frame
-from curation_platform.workspace import Workspace, resolve_resource, write_parquet_atomic, write_text_atomic
+from curation_platform.workspace import (Workspace, resolve_resource, write_bytes_atomic, write_parquet_atomic,
+                                        write_text_atomic)
 
 SHARD_COLUMNS = [
     "doc_id", "source_id", "drop", "source", "license", "kind", "language", "text", "messages",
@@ -379,7 +381,7 @@ def build_card(
         json.dumps(json.loads(p).get("generator"), sort_keys=True)
         for p in selected["provenance"].unique().to_list() if p and json.loads(p).get("generator")
     }) if selected.height else []
-    return {
+    card = {
         "name": name,
         "profile": cfg.release.profile,
         "documents": selected.height,
@@ -394,12 +396,22 @@ def build_card(
         "sources": _source_table(selected),
         "stages": stage_counts,
         "release_removals": dict(per_rule.iter_rows()) if per_rule is not None else {},
+        # Documents and tokens per language, kind and (when the selection assigns one) domain.
+        "languages": card_parts.breakdown(selected, "language"),
+        "kinds": card_parts.breakdown(selected, "kind"),
+        "domains": card_parts.breakdown(selected, "domain"),
         **extra,
     }
+    card["huggingface"] = card_parts.hf_header(card)
+    return card
 
 
-def card_markdown(card: dict[str, Any]) -> str:
+def card_markdown(card: dict[str, Any], images: dict[str, str] | None = None, front_matter: bool = True) -> str:
+    """The card as Markdown: the Hugging Face YAML header (unless ``front_matter`` is false, as in the Dagster UI),
+    then the sections. ``images`` maps plot names to URLs; by default the PNG files beside the card."""
+    images = images if images is not None else {Path(p).stem: p for p in card.get("plots", [])}
     lines = [
+        *([card_parts.front_matter(card["huggingface"])] if front_matter and card.get("huggingface") else []),
         f"# Data card: {card['name']}",
         "",
         f"- Documents: **{card['documents']:,}**, tokens: **{card['tokens']:,}** ({card['tokenizer']})",
@@ -418,6 +430,16 @@ def card_markdown(card: dict[str, Any]) -> str:
     for l in card["licenses"]:
         lines.append(f"| {l['license']} | {l.get('category', '')} | {l['documents']} | {l['tokens']} | "
                      f"{'required' if l.get('attribution_required') else 'no'} |")
+    if images:
+        lines += ["", "## Plots", "", *[f"![{name}]({url})" for name, url in images.items()]]
+    for key, title in (("languages", "Languages"), ("kinds", "Kinds"), ("domains", "Domains")):
+        if card.get(key):
+            lines += ["", f"## {title}", "", *card_parts.table(card[key], first=key[:-1])]
+    if card.get("per_drop"):
+        lines += ["", "## Released per drop", "", "| drop | curated | released | tokens | left out by the release |",
+                  "|---|---:|---:|---:|---|"]
+        lines += [f"| {d['drop']} | {d['curated']} | {d['released']} | {d['released_tokens']} | "
+                  + ", ".join(f"{rule} {n}" for rule, n in d["left_out"].items()) + " |" for d in card["per_drop"]]
     if card.get("excluded_drops"):
         lines += ["", "## Drops left out", "", "Not fully curated with this configuration when the release was built: "
                   + ", ".join(card["excluded_drops"])]
@@ -436,6 +458,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         lines += ["", "## Benchmark decontamination", "", "| benchmark | documents removed |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in card["contamination"].items()]
     lines += flagged_words.card_markdown(card.get("flagged_words", {}))
+    lines += card_parts.optional_sections(card)
     return "\n".join(lines) + "\n"
 
 
@@ -461,9 +484,13 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
     excluded = [d.name for d in ws.drops() if d.name not in drops]
     card = build_card(name, cfg, selected, stage_counts, result.verdicts,
                       {"rules": rules, "contamination": contamination, "shards": [p.name for p in shards],
-                       "excluded_drops": excluded, "flagged_words": flagged_words.card_removals(ws, drops)})
+                       "excluded_drops": excluded, "flagged_words": flagged_words.card_removals(ws, drops),
+                       "per_drop": card_parts.per_drop(docs, selected, result.verdicts)})
+    card["plots"] = [write_bytes_atomic(png, staging / "plots" / f"{plot}.png").relative_to(staging).as_posix()
+                     for plot, png in card_parts.card_plots(card, selected).items()]
     write_text_atomic(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n", staging / "data_card.json")
     write_text_atomic(card_markdown(card), staging / "data_card.md")
+    write_text_atomic(card_markdown(card), staging / "README.md")  # the dataset card when pushed to the Hub
     write_parquet_atomic(shard_of, staging / "shard_index.parquet")
     # The release's own verdicts (license policy, duplicates, budget), with each document's drop, for the ledger;
     # plus the cascade: documents whose duplicate verdict changed since the previous build of this release.

@@ -236,6 +236,15 @@ def write_text_atomic(text: str, path: Path) -> Path:
     return path
 
 
+def write_bytes_atomic(data: bytes, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _temp_file(path)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+    return path
+
+
 # Drop and release names become file names and glob patterns: keep them to a safe, portable alphabet.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

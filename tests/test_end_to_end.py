@@ -107,6 +107,17 @@ def test_release_has_shards_data_card_and_dvc_version(project):
     assert any(p.name.endswith(".dir") for p in remote.rglob("*"))
 
 
+def test_card_and_profiles_of_the_sample_run_reconcile_with_the_ledger(project):
+    from tests.test_card import assert_card_reconciles
+
+    root, _, _ = project
+    ws = Workspace(root / "data")
+    assert_card_reconciles(ws, root / "data" / "releases" / "latest")
+    for drop in ws.drops():  # every curated drop has its profile, with the kept count of its final stage
+        profile = json.loads((root / "data" / "profiles" / drop.name / "profile.json").read_text())
+        assert profile["documents"] == stage_counts(ws, drop.name, STAGES)["kept"][-1]
+
+
 def test_second_run_is_incremental_and_byte_identical(project):
     root, _, _ = project
     release = root / "data" / "releases" / "latest" / "shards"
