@@ -26,6 +26,7 @@ from curation_platform.ops.normalize import normalize
 from curation_platform.ops.pii import redact_pii
 from curation_platform.ops.quality_signals import quality_signals
 from curation_platform.ops.score import score_documents
+from curation_platform.selection import domain_expr
 from curation_platform.ops.url_filter import filter_urls
 from curation_platform.readers import read_drop
 from curation_platform.records import QUARANTINE, StageResult, verdict_frame
@@ -203,7 +204,7 @@ _OPERATORS: dict[str, Callable[[Workspace, CurationConfig, str, pl.DataFrame], S
     "line_deduped": _line_dedup,
     "quality_signals": lambda ws, cfg, drop, docs: quality_signals(docs, cfg.signals),
     "filtered": lambda ws, cfg, drop, docs: filter_documents(docs, cfg.filters, filter_profile(ws, cfg, drop)),
-    "scored": lambda ws, cfg, drop, docs: score_documents(docs, cfg.scoring),
+    "scored": lambda ws, cfg, drop, docs: score_documents(docs, cfg.scoring, domain_expr(cfg)),
     "pii_redacted": lambda ws, cfg, drop, docs: redact_pii(docs, cfg.pii),
     "exact_deduped": _exact_dedup,
     "near_deduped": _near_dedup,

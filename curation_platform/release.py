@@ -394,8 +394,16 @@ def build_card(
         "sources": _source_table(selected),
         "stages": stage_counts,
         "release_removals": dict(per_rule.iter_rows()) if per_rule is not None else {},
+        **({"quality_model": _quality_model_card(cfg)} if cfg.scoring.model else {}),
         **extra,
     }
+
+
+def _quality_model_card(cfg: CurationConfig) -> dict[str, Any]:
+    from curation_platform.quality_model import model_summary
+
+    return {**model_summary(cfg.scoring.model), "model_kinds": cfg.scoring.model_kinds,
+            "min_score": cfg.scoring.min_score, "top_fraction": cfg.scoring.top_fraction}
 
 
 def card_markdown(card: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ def test_features_apply_to_their_kinds_and_min_score_drops():
     result = score_documents(docs, cfg)
     assert result.kept["doc_id"].to_list() == ["c1", "w"]  # web has no applicable feature: neutral 0.5
     dropped = result.verdicts.row(0, named=True)
-    assert dropped["doc_id"] == "c2" and dropped["rule"] == "score.min_quality"
+    assert dropped["doc_id"] == "c2" and dropped["rule"] == "scoring.min_score"
     assert abs(dropped["value"] - 0.1) < 1e-9
 
 
