@@ -36,7 +36,10 @@ SEED = 20261130
 _NAV = ("Home|About us|Contact|Login|Sign up|Register|Privacy policy|Terms of use|Cookie settings|Subscribe|"
         "Newsletter|Careers|Press|Blog|Shop|Cart|Checkout|My account|Help center|FAQ|Sitemap|Accessibility|"
         "Follow us|Share on Facebook|Tweet this|Pin it|Back to top|Next page|Previous page|Skip to content|"
-        "Menu|Search|Categories|Archives|Recent posts|Popular|Trending|Deals|Gift cards|Store locator").split("|")
+        "Menu|Search|Categories|Archives|Recent posts|Popular|Trending|Deals|Gift cards|Store locator|"
+        "Track your order|Delivery and returns|Latest news|Contact customer service|Download our app|Gift ideas|"
+        "Store hours|Meet the team|Our history|Job openings|Events calendar|Photo gallery|Member login|"
+        "Terms and conditions|Shipping information|Write a review|Customer reviews|Special offers").split("|")
 _BANNERS = [
     "We use cookies to improve your experience. By continuing to browse you agree to our use of cookies.",
     "This site uses cookies. Accept all cookies or manage your preferences in the cookie settings.",
@@ -90,12 +93,15 @@ def negatives(n: int, positive_texts: list[str], rng: np.random.Generator) -> tu
     def pick(items, k):
         return [items[i] for i in rng.integers(0, len(items), k)]
 
+    separators = ["\n", "\n- ", "\n* ", " | ", " · ", " / "]
+
     def nav():
-        return "\n".join(pick(_NAV, int(rng.integers(40, 120))))
+        separator = pick(separators, 1)[0]
+        return separator.lstrip("\n") + separator.join(pick(_NAV, int(rng.integers(20, 100))))
 
     def banners():
         lines = pick(_BANNERS, int(rng.integers(6, 20))) + pick(_NAV, int(rng.integers(5, 20)))
-        return "\n".join(lines[i] for i in rng.permutation(len(lines)))
+        return pick(separators[:3], 1)[0].join(lines[i] for i in rng.permutation(len(lines)))
 
     def spam():
         words = []
@@ -104,7 +110,8 @@ def negatives(n: int, positive_texts: list[str], rng: np.random.Generator) -> tu
         return " ".join(words)
 
     def tags():
-        return "Tags: " + ", ".join(pick(_PRODUCTS + _NAV, int(rng.integers(40, 140))))
+        return pick(["Tags: ", "Related: ", "Popular searches: ", ""], 1)[0] + pick([", ", " | ", "\n- "], 1)[0].join(
+            pick(_PRODUCTS + _NAV, int(rng.integers(40, 140))))
 
     def lorem():
         return " ".join(pick(_LOREM, int(rng.integers(60, 300))))

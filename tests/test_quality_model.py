@@ -122,3 +122,22 @@ def test_shipped_default_model_is_what_its_script_builds():
     proba = model.predict_proba([t for t, h in zip(texts, heldout) if h])
     assert roc_auc_score(labels[heldout], proba) == pytest.approx(card["heldout"]["roc_auc"], abs=1e-6)
     assert card["training_data"]["positive"]["license"] == "PSF-2.0"
+
+
+def test_release_card_names_the_model_its_training_data_and_auc():
+    from curation_platform.config import CurationConfig
+    from curation_platform.records import VERDICT_SCHEMA
+    from curation_platform.release import build_card
+
+    cfg = CurationConfig.model_validate({"scoring": {"model": DEFAULT_MODEL}})
+    selected = pl.DataFrame(schema={"doc_id": pl.String, "license": pl.String, "token_count": pl.Int64,
+                                    "provenance": pl.String, "kind": pl.String, "language": pl.String,
+                                    "source": pl.String, "drop": pl.String})
+    card = build_card("latest", cfg, selected, [], pl.DataFrame(schema=VERDICT_SCHEMA), {})["quality_model"]
+    shipped = json.loads((REPO / "curation_platform" / "resources" / "quality" / "model_card.json").read_text())
+    assert card["sha256"] == hashlib.sha256(
+        (REPO / "curation_platform" / "resources" / "quality" / "model.npz").read_bytes()).hexdigest()
+    assert card["heldout"]["roc_auc"] == shipped["heldout"]["roc_auc"]
+    assert card["training_data"]["negative"]["license"] == "Apache-2.0"
+    assert "quality_model" not in build_card("latest", CurationConfig(), selected, [],
+                                             pl.DataFrame(schema=VERDICT_SCHEMA), {})
