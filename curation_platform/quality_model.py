@@ -280,6 +280,16 @@ def load_model(spec: str) -> QualityModel:
     return _load_cached(str(directory.resolve()), _file_sha256(path))
 
 
+def model_fingerprint(spec: str) -> str | None:
+    """SHA-256 of the model file ``spec`` names (None when there is none yet: scoring will say why)."""
+    try:
+        directory = model_directory(spec)
+        card = json.loads((directory / CARD_NAME).read_text())
+        return _file_sha256(directory / MODEL_FILES[card["backend"]])
+    except (ConfigError, OSError, KeyError, ValueError):
+        return None
+
+
 def model_summary(spec: str) -> dict[str, Any]:
     """What the release card says about the model (name, hash, training data and licences, held-out metrics)."""
     card = json.loads((model_directory(spec) / CARD_NAME).read_text())

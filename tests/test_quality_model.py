@@ -141,3 +141,16 @@ def test_release_card_names_the_model_its_training_data_and_auc():
     assert card["training_data"]["negative"]["license"] == "Apache-2.0"
     assert "quality_model" not in build_card("latest", CurationConfig(), selected, [],
                                              pl.DataFrame(schema=VERDICT_SCHEMA), {})
+
+
+def test_retraining_the_model_at_the_same_path_makes_curated_drops_stale(tmp_path):
+    from curation_platform.config import CurationConfig
+
+    positives, negatives = _corpus(80)
+    cfg = CurationConfig.model_validate({"scoring": {"model": str(tmp_path / "m")}})
+    train_model(positives, negatives, tmp_path / "m", TrainParams(seed=1))
+    first = cfg.drop_stages_hash
+    assert cfg.drop_stages_hash == first  # stable while the model is unchanged
+    train_model(positives, negatives, tmp_path / "m", TrainParams(seed=2))
+    assert cfg.drop_stages_hash != first
+    assert CurationConfig().drop_stages_hash == CurationConfig().drop_stages_hash
