@@ -427,7 +427,6 @@ def quality_train(
     negative: list[str] = typer.Option(..., "--negative", help="Low-quality examples, as --positive. Repeatable."),
     out: Optional[Path] = typer.Option(None, "--out", help="Model directory (default <workspace>/models/quality)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the held-out split and the training."),
-    backend: str = typer.Option("hashed-linear", "--backend", help="hashed-linear or fasttext."),
     holdout: float = typer.Option(0.2, "--holdout", help="Share of documents held out for evaluation."),
     keep_fraction: Optional[float] = typer.Option(None, "--keep-fraction", help="Share a selection keeps, for the "
                                                   "reported precision (default scoring.top_fraction if below 1, "
@@ -446,7 +445,7 @@ def quality_train(
     if keep_fraction is None and cfg.scoring.top_fraction < 1:
         keep_fraction = cfg.scoring.top_fraction
     try:
-        params = TrainParams(backend=backend, seed=seed, holdout_fraction=holdout)
+        params = TrainParams(seed=seed, holdout_fraction=holdout)
     except ValueError as exc:
         _fail(f"invalid option: {str(exc).splitlines()[-1].strip()}")
     try:

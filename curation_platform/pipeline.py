@@ -59,7 +59,8 @@ STAGE_DESCRIPTIONS: dict[str, str] = {
     "line_deduped": "Lines repeated across many documents of the corpus (boilerplate) removed; too-short leftovers dropped.",
     "quality_signals": "Gopher, Gopher repetition, C4, FineWeb, code, chat and flagged-word signals as columns, computed once.",
     "filtered": "Threshold rules from curation.yaml applied per document kind; every drop names its rule.",
-    "scored": "Quality score per document from the stored signals.",
+    "scored": "Quality score per document (a trained classifier when scoring.model is set, else the heuristic blend); "
+              "selection by min_score or top fraction per drop, source or domain.",
     "pii_redacted": "Emails, phones, IPs, cards, IBANs, SSNs and secrets replaced by typed placeholders.",
     "exact_deduped": "XXH3-128 of normalized content: exact-duplicate clusters against the index of every other drop.",
     "near_deduped": "MinHash LSH over word 5-grams against the index of every other drop; pairs verified by exact "

