@@ -8,7 +8,8 @@ non-zero weights (``.npz``), no pickle. DCLM's fastText bigram classifier was me
 language stage refuse to run under NumPy 2.
 
 The text is normalized first: lowercased, punctuation split from words, whitespace collapsed (a Polars expression
-over the column). A model is a directory: ``model.npz`` plus ``model_card.json`` (training data, sizes, parameters, held-out metrics, seed, file hash).
+over the column). A model is a directory: ``model.npz`` plus ``model_card.json`` (training data, sizes,
+parameters, held-out metrics, seed, file hash).
 
 The held-out split is deterministic and independent of input order: a text is held out when the first 8 hex digits
 of XXH3-128 of ``"{seed}\\0{text}"``, as an integer, modulo 10,000 are below ``holdout_fraction * 10,000``.
@@ -35,6 +36,8 @@ from curation_platform.hashing import xxh128_hex
 from curation_platform.workspace import resolve_resource
 
 CARD_NAME = "model_card.json"
+# Documents featurized at once when scoring: bounds the sparse matrix (about 16 bytes per word of the batch).
+BATCH_DOCUMENTS = 20_000
 MODEL_FILES = {"hashed-linear": "model.npz"}
 # The last per-drop stage: a drop's curated text.
 CURATED_STAGE = "decontaminated"
@@ -49,7 +52,7 @@ class TrainParams(BaseModel):
     seed: int = 0
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
     n_features: int = Field(default=2**18, ge=2**10, le=2**24)
-    # Inverse regularization strength; 16 measured best of 1, 4 and 16 on the default model's held-out split.
+    # Inverse regularization strength: of 1, 4 and 16, 16 gave the best held-out AUC on the default model's data.
     C: float = Field(default=16.0, gt=0)
 
 
@@ -156,8 +159,9 @@ class QualityModel:
         if lines.is_empty():
             return np.zeros(0, dtype=np.float64)
         n_features, weights, intercept = self._model
-        proba = 1.0 / (1.0 + np.exp(-(hashed_features(lines, n_features) @ weights + intercept)))
-        return np.clip(np.round(proba, 6), 0.0, 1.0)
+        logits = np.concatenate([hashed_features(lines.slice(start, BATCH_DOCUMENTS), n_features) @ weights
+                                 for start in range(0, len(lines), BATCH_DOCUMENTS)])
+        return np.clip(np.round(1.0 / (1.0 + np.exp(-(logits + intercept))), 6), 0.0, 1.0)
 
 
 def hashed_features(lines: pl.Series, n_features: int):
@@ -184,9 +188,9 @@ def hashed_features(lines: pl.Series, n_features: int):
 
 def _fit(train: pl.DataFrame, params: TrainParams, directory: Path) -> Path:
     """Fit on ``train`` (``line``, ``label`` 1/0) and write the model file; returns its path."""
-    path = directory / MODEL_FILES[params.backend]
     from sklearn.linear_model import LogisticRegression
 
+    path = directory / MODEL_FILES[params.backend]
     features = hashed_features(train["line"], params.n_features)
     regression = LogisticRegression(C=params.C, solver="liblinear", random_state=params.seed, max_iter=1000)
     regression.fit(features, train["label"].to_numpy())

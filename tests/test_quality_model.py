@@ -61,7 +61,7 @@ def test_classifier_reaches_the_reported_auc_on_its_heldout_split(tmp_path):
     assert card["sha256"] == hashlib.sha256((tmp_path / "m" / card["model_file"]).read_bytes()).hexdigest()
 
 
-def test_scoring_with_the_model_is_deterministic_batched_and_keeps_the_heuristic(tmp_path):
+def test_scoring_with_the_model_is_deterministic_batched_and_keeps_the_heuristic(tmp_path, monkeypatch):
     positives, negatives = _corpus(120)
     train_model(positives, negatives, tmp_path / "m", TrainParams(seed=1))
     texts = positives["text"].head(3).to_list() + negatives["text"].head(3).to_list() + ["def f():\n    return 1"]
@@ -73,6 +73,8 @@ def test_scoring_with_the_model_is_deterministic_batched_and_keeps_the_heuristic
     model = load_model(str(tmp_path / "m"))
     one_by_one = [float(model.predict_proba([t])[0]) for t in texts[:6]]
     assert first["quality_score"].head(6).to_list() == one_by_one
+    monkeypatch.setattr("curation_platform.quality_model.BATCH_DOCUMENTS", 2)  # batches of two give the same
+    assert score_documents(docs, cfg).kept["quality_score"].to_list() == first["quality_score"].to_list()
     assert min(one_by_one[:3]) > max(one_by_one[3:])  # held-in prose over spam and salad
     # Code is not a model kind: it keeps the heuristic score, which stays a column for every document.
     assert first["quality_score"][6] == first["heuristic_score"][6]
