@@ -284,6 +284,8 @@ def train_model(positives: pl.DataFrame, negatives: pl.DataFrame, out: Path, par
 
     ``keep_fraction`` is the share a selection would keep (default: the held-out positive share); the card reports
     precision among the held-out documents ranked in that top share."""
+    if keep_fraction is not None and not 0 < keep_fraction <= 1:
+        raise TrainingError(f"keep fraction {keep_fraction:g} must be in (0, 1]")
     if positives.is_empty() or negatives.is_empty():
         raise TrainingError(f"training needs documents of both classes (got {positives.height} positive, "
                             f"{negatives.height} negative)")

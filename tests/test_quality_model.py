@@ -110,6 +110,16 @@ def test_bad_training_input_is_one_line_naming_file_and_line(tmp_path):
         read_texts("no-such-drop", tmp_path / "data")
 
 
+def test_a_drop_name_reads_its_curated_text(tmp_path):
+    from curation_platform.workspace import Workspace, write_parquet_atomic
+
+    ws = Workspace(tmp_path / "data")
+    write_parquet_atomic(pl.DataFrame({"doc_id": ["a", "b", "c"], "text": ["one text", "", "two text"]}),
+                         ws.stage_path("decontaminated", "2026-01-docs"))
+    frame = read_texts("2026-01-docs", ws.root)
+    assert frame["text"].to_list() == ["one text", "two text"] and set(frame["origin"]) == {"2026-01-docs"}
+
+
 def test_shipped_default_model_is_what_its_script_builds():
     spec = importlib.util.spec_from_file_location("quality_default_model", REPO / "bench" / "quality_default_model.py")
     builder = importlib.util.module_from_spec(spec)
