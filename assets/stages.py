@@ -44,7 +44,7 @@ def _gate_spec(stage: str) -> dg.AssetCheckSpec:
             partitions_def=drops,
             description="Great Expectations: schema and ids, reconciliation, removal rate"
             + {"pii_redacted": ", residual PII rate and re-scan", "decontaminated": ", zero benchmark overlap",
-               "near_deduped": ", duplicate-cluster size"}.get(stage, ""),
+               "near_deduped": ", duplicate-cluster size", "scored": ", scores in [0, 1] above min_score"}.get(stage, ""),
         )
 
 

@@ -237,6 +237,8 @@ def stage_residue(ws: Workspace, cfg: CurationConfig, stage: str, drop: str) -> 
 
     For ``pii_redacted`` it also carries ``residual_rate_above_bound``: how far the share of the drop dropped as
     ``pii.residual`` exceeds ``gates.max_residual_pii_rate`` (0 when within the bound)."""
+    if stage == "scored":
+        return score_residue(ws.stage_path(stage, drop), cfg)
     checks = _RESIDUE_BY_STAGE.get(stage)
     if checks is None:
         return None
@@ -248,6 +250,27 @@ def stage_residue(ws: Workspace, cfg: CurationConfig, stage: str, drop: str) -> 
         if frame.is_empty():  # every document dropped: the rate still has to be checked
             frame = pl.DataFrame({"doc_id": ["-"], "residual_pii": [0], "residual_rate_above_bound": [excess]},
                                  schema=frame.schema)
+    return frame
+
+
+def score_residue(path, cfg: CurationConfig) -> pl.DataFrame:
+    """Per kept document of ``scored``, read back with DuckDB (not the scorer): ``score_out_of_range`` (1 when
+    ``quality_score`` is null, NaN or outside [0, 1]) and ``kept_below_min_score`` (1 when it is under the lowest
+    ``min_score`` configured at any level, which no kept document can be, whatever its source or domain)."""
+    import duckdb
+
+    scoring = cfg.scoring
+    floor = min([scoring.min_score, *(v.min_score for v in [*scoring.per_source.values(),
+                                                           *scoring.per_domain.values()] if v.min_score is not None)])
+    with duckdb.connect() as con:
+        frame = pl.from_arrow(con.sql(
+            "SELECT doc_id, (quality_score IS NULL OR isnan(quality_score) OR quality_score < 0 "
+            "OR quality_score > 1)::BIGINT AS score_out_of_range, "
+            "coalesce(quality_score < ?, false)::BIGINT AS kept_below_min_score "
+            "FROM read_parquet(?) ORDER BY doc_id", params=[floor, str(path)]).to_arrow_table())
+    if frame.is_empty():  # an expectation needs a row
+        frame = pl.DataFrame({"doc_id": ["-"], "score_out_of_range": [0], "kept_below_min_score": [0]},
+                             schema=frame.schema)
     return frame
 
 

@@ -22,6 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate data 
                   "LLM training releases.")
 ledger_app = typer.Typer(no_args_is_help=True, help="Query the ledger of every verdict.")
 app.add_typer(ledger_app, name="ledger")
+quality_app = typer.Typer(no_args_is_help=True, help="Train the learned quality classifier.")
+app.add_typer(quality_app, name="quality")
 
 WorkspaceOpt = typer.Option(Path("data"), "--workspace", help="Workspace directory (stage data, ledger, releases).")
 ConfigOpt = typer.Option(Path("curation.yaml"), "--config", help="Configuration file.")
@@ -391,7 +393,8 @@ def ledger_export(
 def whatif(
     set_: list[str] = typer.Option(..., "--set", help="SETTING=VALUE: a filter rule (gopher_quality.min_words=100) "
                                    "or a stage threshold (language.min_score, pii.max_hits_per_doc, "
-                                   "near_dedup.verify_threshold, scoring.min_score)."),
+                                   "near_dedup.verify_threshold, scoring.min_score, scoring.top_fraction, "
+                                   "scoring.per_source.NAME.min_score, ...)."),
     workspace: Path = WorkspaceOpt,
     config: Path = ConfigOpt,
 ) -> None:
@@ -399,7 +402,7 @@ def whatif(
     ledger values (each drop with its filter profile)."""
     from curation_platform.ops.filters import whatif as whatif_counts
     from curation_platform.pipeline import filter_profile
-    from curation_platform.whatif import NOT_PREVIEWABLE, PREVIEWABLE, SCHEMA, threshold_whatif
+    from curation_platform.whatif import NOT_PREVIEWABLE, PREVIEWABLE, SCHEMA, SCORE_SETTING, threshold_whatif
     from curation_platform.workspace import Workspace
 
     ws = Workspace(workspace)
@@ -414,7 +417,7 @@ def whatif(
     rule_names = {r.name for r in cfg.filters.rules()}
     filter_changes = {k: v for k, v in changes.items() if k in rule_names}
     settings = {k: v for k, v in changes.items() if k not in rule_names}
-    unknown = sorted(set(settings) - set(PREVIEWABLE) - set(NOT_PREVIEWABLE))
+    unknown = sorted(s for s in set(settings) - set(PREVIEWABLE) - set(NOT_PREVIEWABLE) if not SCORE_SETTING.match(s))
     if unknown:
         _fail(f"unknown setting(s) {', '.join(unknown)}: give a filter rule name (see `filters` in curation.yaml, "
               f"e.g. gopher_quality.min_words) or one of {', '.join(sorted(PREVIEWABLE))}")
@@ -442,6 +445,52 @@ def whatif(
     if settings:
         typer.echo("(stage thresholds are counted at their own stage; later stages may still remove documents; "
                    "`curate explain ID` takes the example prefixes)")
+
+
+@quality_app.command("train")
+def quality_train(
+    positive: list[str] = typer.Option(..., "--positive", help="High-quality examples: a JSONL/Parquet/text file, "
+                                       "a directory of them, or a drop name (its curated text). Repeatable."),
+    negative: list[str] = typer.Option(..., "--negative", help="Low-quality examples, as --positive. Repeatable."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Model directory (default <workspace>/models/quality)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the held-out split and the training."),
+    holdout: float = typer.Option(0.2, "--holdout", help="Share of documents held out for evaluation."),
+    keep_fraction: Optional[float] = typer.Option(None, "--keep-fraction", help="Share a selection keeps, for the "
+                                                  "reported precision (default scoring.top_fraction if below 1, "
+                                                  "else the held-out positive share)."),
+    text_field: str = typer.Option("text", "--text-field", help="Text field of JSONL and Parquet inputs."),
+    no_version: bool = typer.Option(False, "--no-version", help="Do not track the model with DVC."),
+    workspace: Path = WorkspaceOpt,
+    config: Path = ConfigOpt,
+) -> None:
+    """Train a quality classifier offline, report held-out ROC-AUC and precision at the kept fraction, write the
+    model and its card, and version it with DVC beside the workspace."""
+    from curation_platform.quality_model import TrainParams, train_from_specs, version_model
+
+    cfg = _config(config)
+    out = out or workspace / "models" / "quality"
+    if keep_fraction is None and cfg.scoring.top_fraction < 1:
+        keep_fraction = cfg.scoring.top_fraction
+    try:
+        params = TrainParams(seed=seed, holdout_fraction=holdout)
+    except ValueError as exc:
+        _fail(f"invalid option: {str(exc).splitlines()[-1].strip()}")
+    try:
+        card = train_from_specs(positive, negative, out, params, workspace, keep_fraction, text_field)
+        dvc = None if no_version or not cfg.versioning.enabled else version_model(out, card, cfg.versioning,
+                                                                                     workspace)
+    except CurationError as exc:
+        _fail(str(exc))
+    heldout = card["heldout"]
+    typer.echo(f"trained {card['backend']} on {card['documents']['positive']} positive and "
+               f"{card['documents']['negative']} negative documents ({card['documents']['train']} train, "
+               f"{card['documents']['heldout']} held out, seed {seed})")
+    typer.echo(f"held-out ROC-AUC {heldout['roc_auc']:.4f}; precision {heldout['precision_at_keep_fraction']:.4f} "
+               f"at keep fraction {heldout['keep_fraction']:.3f} ({heldout['kept']} of {heldout['documents']})")
+    typer.echo(f"wrote {out / card['model_file']} ({card['size_bytes']:,} bytes) and {out / 'model_card.json'}")
+    if dvc:
+        typer.echo(f"DVC: {dvc['dvc_file']} md5 {dvc['md5']}" + (f", pushed to {dvc['remote']}" if dvc["pushed"] else ""))
+    typer.echo(f"use it: scoring.model: {out}")
 
 
 @app.command()

@@ -125,8 +125,12 @@ class CurationConfig(_Strict):
         """Hash of the sections the per-drop stages read: when it changes, curated drops are stale. Release,
         license-profile, gate and versioning settings only affect the release, and engine settings change how, not
         what, a drop is computed, so they are left out."""
-        return _digest(self.model_dump(mode="json", exclude={"release", "licenses", "gates", "versioning",
-                                                                   "engine"}))
+        data = self.model_dump(mode="json", exclude={"release", "licenses", "gates", "versioning", "engine"})
+        if self.scoring.model:  # a model retrained at the same path must re-score the drops too
+            from curation_platform.quality_model import model_fingerprint
+
+            data["scoring"]["model_sha256"] = model_fingerprint(self.scoring.model)
+        return _digest(data)
 
 
 def _digest(data: dict) -> str:

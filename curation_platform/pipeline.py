@@ -36,6 +36,7 @@ from curation_platform.ops.normalize import normalize
 from curation_platform.ops.pii import redact_pii
 from curation_platform.ops.quality_signals import quality_signals
 from curation_platform.ops.score import score_documents
+from curation_platform.selection import domain_expr
 from curation_platform.ops.url_filter import filter_urls
 from curation_platform.readers import read_drop_batches
 from curation_platform.records import DROP, KEEP, QUARANTINE, DropInput, StageResult, verdict_frame
@@ -79,7 +80,8 @@ STAGE_DESCRIPTIONS: dict[str, str] = {
     "line_deduped": "Lines repeated across many documents of the corpus (boilerplate) removed; too-short leftovers dropped.",
     "quality_signals": "Gopher, Gopher repetition, C4, FineWeb, code, chat and flagged-word signals as columns, computed once.",
     "filtered": "Threshold rules from curation.yaml applied per document kind; every drop names its rule.",
-    "scored": "Quality score per document from the stored signals.",
+    "scored": "Quality score per document (a trained classifier when scoring.model is set, else the heuristic blend); "
+              "selection by min_score or top fraction per drop, source or domain.",
     "pii_redacted": "Emails, phones, IPs, cards, IBANs, SSNs and secrets replaced by typed placeholders.",
     "exact_deduped": "XXH3-128 of normalized content: exact-duplicate clusters against the index of every other drop.",
     "near_deduped": "MinHash LSH over word 5-grams against the index of every other drop; pairs verified by exact "
@@ -259,7 +261,7 @@ _OPERATORS: dict[str, Callable[[Workspace, CurationConfig, str, pl.DataFrame], S
     "language": lambda ws, cfg, drop, docs: identify_language(docs, cfg.language),
     "quality_signals": lambda ws, cfg, drop, docs: quality_signals(docs, cfg.signals),
     "filtered": lambda ws, cfg, drop, docs: filter_documents(docs, cfg.filters, filter_profile(ws, cfg, drop)),
-    "scored": lambda ws, cfg, drop, docs: score_documents(docs, cfg.scoring),
+    "scored": lambda ws, cfg, drop, docs: score_documents(docs, cfg.scoring, domain_expr(cfg)),
     "pii_redacted": lambda ws, cfg, drop, docs: redact_pii(docs, cfg.pii),
     "decontaminated": lambda ws, cfg, drop, docs: decontaminate(docs, benchmark_index(cfg), cfg.decontamination),
 }

@@ -400,10 +400,18 @@ def build_card(
         "languages": card_parts.breakdown(selected, "language"),
         "kinds": card_parts.breakdown(selected, "kind"),
         "domains": card_parts.breakdown(selected, "domain"),
+        **({"quality_model": _quality_model_card(cfg)} if cfg.scoring.model else {}),
         **extra,
     }
     card["huggingface"] = card_parts.hf_header(card)
     return card
+
+
+def _quality_model_card(cfg: CurationConfig) -> dict[str, Any]:
+    from curation_platform.quality_model import model_summary
+
+    return {**model_summary(cfg.scoring.model), "model_kinds": cfg.scoring.model_kinds,
+            "min_score": cfg.scoring.min_score, "top_fraction": cfg.scoring.top_fraction}
 
 
 def card_markdown(card: dict[str, Any], images: dict[str, str] | None = None, front_matter: bool = True) -> str:

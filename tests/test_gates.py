@@ -161,3 +161,27 @@ def test_identity_gate_fails_on_a_missing_column_and_gates_do_not_leak_into_each
     # The same process validates the next frame on its own data (one cached GX asset, frames as batch parameters).
     assert validate("full again", full, identity_expectations(["doc_id", "source", "license"])).passed
     assert len(_context()[1].assets) == 1
+
+
+def test_scored_gate_fails_on_a_score_out_of_range_or_a_kept_document_under_min_score(tmp_path):
+    from curation_platform.audit import stage_residue
+    from curation_platform.workspace import write_parquet_atomic
+
+    ws = Workspace(tmp_path / "data")
+    cfg = CurationConfig.model_validate({"scoring": {"min_score": 0.3, "per_source": {"b": {"min_score": 0.2}}}})
+    ids = {"doc_id": ["a", "b", "c"], "source": "s", "drop": "d", "source_id": ["1", "2", "3"], "license": "MIT",
+           "kind": "web"}
+    write_parquet_atomic(pl.DataFrame({**ids, "quality_score": [0.9, 0.25, 0.5]}), ws.stage_path("scored", "d"))
+    residue = stage_residue(ws, cfg, "scored", "d")
+    assert residue["score_out_of_range"].sum() == 0 and residue["kept_below_min_score"].sum() == 0
+    from curation_platform.gates import max_value_expectation
+
+    checks = [max_value_expectation(c, 0) for c in ("score_out_of_range", "kept_below_min_score")]
+    assert validate("scored.residual", residue, checks).passed
+    # A score of 1.5 and a kept document at 0.1, under every configured minimum: both fail the gate.
+    write_parquet_atomic(pl.DataFrame({**ids, "quality_score": [1.5, 0.1, None]}), ws.stage_path("scored", "d"))
+    residue = stage_residue(ws, cfg, "scored", "d")
+    assert residue.sort("doc_id")["score_out_of_range"].to_list() == [1, 0, 1]
+    assert residue.sort("doc_id")["kept_below_min_score"].to_list() == [0, 1, 0]
+    gate = validate("scored.residual", residue, checks)
+    assert not gate.passed and any("score_out_of_range" in f for f in gate.failures)

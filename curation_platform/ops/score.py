@@ -1,8 +1,17 @@
-"""Quality score per document: a transparent weighted blend of stored signals, in [0, 1].
+"""Quality score per document in [0, 1], and selection by score (drop verdicts of the ``scored`` stage).
 
-Each feature maps one signal linearly onto [0, 1] between ``bad`` and ``good`` (either order, so a signal where
-lower is better works too) and the score is the weighted mean over the features a document has. The score orders
-documents for dedup keep rules and budgeted selection; ``min_score`` can also drop documents outright.
+``quality_score`` is the configured classifier's probability of the positive (high-quality) class for the kinds in
+``model_kinds`` when ``scoring.model`` names one (``curation_platform.quality_model``), else the heuristic blend;
+the blend is always kept as ``heuristic_score`` beside the signal columns it is made of. The blend maps each
+feature's signal linearly onto [0, 1] between ``bad`` and ``good`` (either order) and takes the weighted mean over
+the features a document has.
+
+Selection: ``min_score`` drops documents under a threshold (rule ``scoring.min_score``) and ``top_fraction``
+keeps the best-scored ``ceil(top_fraction * n)`` documents of a group (rule ``scoring.top_fraction``; ties by
+``doc_id``). Both are per drop, like every verdict of this stage (streaming-friendly: a new drop never changes an
+earlier drop's verdicts), and can be set per source (``per_source``) or per domain (``per_domain``), the source
+setting winning; a group for ``top_fraction`` is the documents of the drop that share the setting's source, or
+domain, or the whole drop for the global setting.
 """
 
 from __future__ import annotations
@@ -10,8 +19,7 @@ from __future__ import annotations
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from curation_platform.records import StageResult
-from curation_platform.rules import Rule, apply_rules
+from curation_platform.records import DROP, StageResult, split_by_verdicts, verdict_frame
 
 
 class ScoreFeature(BaseModel):
@@ -52,8 +60,29 @@ class ScoreConfig(BaseModel):
             ScoreFeature(signal="code_max_line_length", bad=1000, good=100, kinds=["code"]),
         ]
     )
-    # Documents scoring below this are dropped with rule ``score.min_quality`` (0 keeps everything).
-    min_score: float = 0.0
+    # A quality model directory (``curate quality train``), a path or pkg://; None scores with the blend above.
+    # The shipped default: pkg://curation_platform/resources/quality (see the README before enabling it).
+    model: str | None = None
+    # Kinds the model scores; other kinds keep the heuristic score (the default model knows prose, not code).
+    model_kinds: list[str] = Field(default_factory=lambda: ["web", "text", "synthetic"])
+    # Documents scoring below this are dropped with rule ``scoring.min_score`` (0 keeps everything).
+    min_score: float = Field(default=0.0, ge=0, le=1)
+    # Keep the best-scored fraction of each drop's documents (rule ``scoring.top_fraction``; 1 keeps everything).
+    top_fraction: float = Field(default=1.0, gt=0, le=1)
+    per_source: dict[str, "ScoreSelection"] = Field(default_factory=dict)
+    per_domain: dict[str, "ScoreSelection"] = Field(default_factory=dict)
+
+
+class ScoreSelection(BaseModel):
+    """Selection settings for one source or domain; an unset field falls back to the next level."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_score: float | None = Field(default=None, ge=0, le=1)
+    top_fraction: float | None = Field(default=None, gt=0, le=1)
+
+
+ScoreConfig.model_rebuild()
 
 
 def _feature_expr(feature: ScoreFeature) -> tuple[pl.Expr, pl.Expr]:
@@ -80,16 +109,78 @@ def quality_score_expr(cfg: ScoreConfig, columns: list[str]) -> pl.Expr:
     return pl.when(denominator > 0).then(numerator / denominator).otherwise(0.5).round(6).alias("quality_score")
 
 
-def score_documents(docs: pl.DataFrame, cfg: ScoreConfig) -> StageResult:
-    """Add ``quality_score`` and drop documents under ``min_score``."""
-    scored = docs.with_columns(quality_score_expr(cfg, docs.columns))
-    rule = Rule(name="score.min_quality", signal="quality_score", keep_if=">=", threshold=cfg.min_score)
-    result = apply_rules(scored, [rule])
+def _setting(cfg: ScoreConfig, key: str) -> tuple[pl.Expr, pl.Expr]:
+    """(effective value, group key) of ``min_score`` or ``top_fraction`` per document: per source, else per
+    domain, else global."""
+    by_source = {s: getattr(v, key) for s, v in cfg.per_source.items() if getattr(v, key) is not None}
+    by_domain = {d: getattr(v, key) for d, v in cfg.per_domain.items() if getattr(v, key) is not None}
+    source_value = pl.col("source").replace_strict(by_source, default=None, return_dtype=pl.Float64)
+    domain_value = pl.col("domain").replace_strict(by_domain, default=None, return_dtype=pl.Float64)
+    value = pl.coalesce(source_value, domain_value, pl.lit(float(getattr(cfg, key))))
+    group = (pl.when(source_value.is_not_null()).then(pl.lit("source:") + pl.col("source"))
+             .when(domain_value.is_not_null()).then(pl.lit("domain:") + pl.col("domain"))
+             .otherwise(pl.lit("drop")))
+    return value, group
+
+
+def selection_verdicts(scored: pl.DataFrame, cfg: ScoreConfig) -> pl.DataFrame:
+    """Drop verdicts of score selection for documents with ``doc_id``, ``source``, ``domain``, ``quality_score``:
+    ``scoring.min_score`` first, then ``scoring.top_fraction`` (value: the score; threshold: the bound, for a top
+    fraction the lowest score it keeps)."""
+    min_score, _ = _setting(cfg, "min_score")
+    fraction, group = _setting(cfg, "top_fraction")
+    ranked = scored.select("doc_id", "quality_score", min_score.alias("min_score"), fraction.alias("fraction"),
+                           group.alias("group")).sort(["quality_score", "doc_id"], descending=[True, False])
+    ranked = ranked.with_columns(position=pl.int_range(pl.len()).over("group"), size=pl.len().over("group"))
+    in_top = pl.col("position") < (pl.col("fraction") * pl.col("size") - 1e-9).ceil()
+    ranked = ranked.with_columns(cutoff=pl.col("quality_score").filter(in_top).min().over("group"))
+    failed = (
+        ranked.filter((pl.col("quality_score") < pl.col("min_score")) | ~in_top)
+        .select(
+            "doc_id",
+            verdict=pl.lit(DROP),
+            rule=pl.when(pl.col("quality_score") < pl.col("min_score")).then(pl.lit("scoring.min_score"))
+            .otherwise(pl.lit("scoring.top_fraction")),
+            value=pl.col("quality_score"),
+            threshold=pl.when(pl.col("quality_score") < pl.col("min_score"))
+            .then(pl.format("< {}", pl.col("min_score")))
+            .otherwise(pl.format("< {} (top {} of {} in {})", pl.col("cutoff"), pl.col("fraction"),
+                                 pl.col("size"), pl.col("group"))),
+        )
+    )
+    return verdict_frame(failed.sort("doc_id"))
+
+
+def score_documents(docs: pl.DataFrame, cfg: ScoreConfig, domain: pl.Expr | None = None) -> StageResult:
+    """Add ``quality_score`` (the model's probability, or the heuristic blend) and ``heuristic_score``, then drop
+    documents by ``min_score`` and ``top_fraction``. ``domain`` is the expression that names each document's
+    domain (``selection.domain_expr``; default its kind)."""
+    scored = docs.with_columns(quality_score_expr(cfg, docs.columns).alias("heuristic_score"))
+    scored = scored.with_columns(quality_score=model_scores(scored, cfg) if cfg.model else pl.col("heuristic_score"))
+    keyed = scored.with_columns((domain if domain is not None else pl.col("kind")).alias("domain"))
+    if "source" not in keyed.columns:
+        keyed = keyed.with_columns(source=pl.lit(None, pl.String))
+    verdicts = selection_verdicts(keyed, cfg)
+    metrics: dict = {"scorer": cfg.model or "heuristic"}
+    metrics["score_mean"] = float(scored["quality_score"].mean()) if scored.height else None
     described = scored["quality_score"].describe() if scored.height else None
-    result.metrics["score_mean"] = float(scored["quality_score"].mean()) if scored.height else None
-    result.metrics["score_quantiles"] = (
+    metrics["score_quantiles"] = (
         {str(r[0]): r[1] for r in described.iter_rows() if r[0] in ("min", "25%", "50%", "75%", "max")}
         if described is not None
         else {}
     )
-    return result
+    deciding = verdicts.group_by("rule").len().sort("rule")
+    metrics["dropped_per_rule"] = dict(zip(deciding["rule"], deciding["len"]))
+    return split_by_verdicts(scored, verdicts, metrics)
+
+
+def model_scores(docs: pl.DataFrame, cfg: ScoreConfig) -> pl.Series:
+    """The model's P(high quality) for documents of ``model_kinds`` (one batch call), the heuristic elsewhere."""
+    from curation_platform.quality_model import load_model
+
+    model = load_model(cfg.model)
+    applies = docs["kind"].is_in(cfg.model_kinds) & docs["text"].is_not_null()
+    proba = model.predict_proba(docs.filter(applies)["text"])
+    scores = docs["heuristic_score"].cast(pl.Float64).to_numpy().copy()
+    scores[applies.to_numpy()] = proba
+    return pl.Series("quality_score", scores, dtype=pl.Float64)
