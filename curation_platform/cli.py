@@ -203,7 +203,9 @@ def run(
 _RELEASE_REASONS = {
     "license.not_in_profile": "license not allowed by profile '{profile}'",
     "license.generator_terms": "synthetic: the generator's terms forbid training (forbids_training in licenses.generator_terms)",
-    "release.over_budget": "over the token budget (release.token_budget)",
+    "selection.budget": "over the token budget (release.token_budget)",
+    "selection.mixture": "over its domain's mixture target (release.mixture)",
+    "selection.synthetic_cap": "synthetic: over the synthetic share cap (release.synthetic_cap)",
 }
 
 
