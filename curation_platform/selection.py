@@ -252,12 +252,12 @@ def select(candidates: pl.DataFrame, cfg: CurationConfig, splits: pl.DataFrame |
         all_domains = units["domain"].unique().to_list()
         caps = {d: targets.get(d, 0) for d in all_domains}
         units, out = _cap_step(units, "domain", caps, RULE_MIXTURE,
-                               "domain {} reached its mixture target (release.mixture)")
+                               "mixture target of domain {} (release.mixture)")
         removed.append(out)
 
     if rel.token_budget is not None:
         units, out = _cap_step(units, None, rel.token_budget, RULE_BUDGET,
-                               "the token budget (release.token_budget) is spent by better-ranked documents")
+                               "token budget (release.token_budget), spent by better-ranked documents")
         removed.append(out)
 
     cap_cfg = rel.synthetic_cap
