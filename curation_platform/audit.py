@@ -273,7 +273,7 @@ def release_gate(cfg: CurationConfig, staging_dir, residual: pl.DataFrame) -> li
     import great_expectations as gx
 
     shard_glob = str(staging_dir / "shards" / "*.parquet")
-    has_epoch = "epoch" in pl.read_parquet_schema(sorted((staging_dir / "shards").glob("*.parquet"))[0])
+    has_epoch = "epoch" in pl.read_parquet_schema(min((staging_dir / "shards").glob("*.parquet")))
     shards = pl.read_parquet(shard_glob, columns=[*ID_COLUMNS, *(["epoch"] if has_epoch else [])])
     if not has_epoch:
         shards = shards.with_columns(pl.lit(0, dtype=pl.Int64).alias("epoch"))

@@ -15,7 +15,6 @@ from tokenizers import Tokenizer
 
 from curation_platform import __version__
 from curation_platform.config import CurationConfig, ReleaseConfig
-from curation_platform.hashing import xxh128_hex
 from curation_platform.ledger import LEDGER_SCHEMA
 from curation_platform.licenses import attribution_required, license_breakdown, release_license_verdicts
 from curation_platform.ops import flagged_words

@@ -307,7 +307,9 @@ def selection_report(docs: pl.DataFrame, units: pl.DataFrame, rel: ReleaseConfig
         pl.col("token_count").filter(pl.col("synthetic")).sum().alias("synthetic_tokens"),
     )
     domains = {}
-    for row in available.join(chosen, on="domain", how="full", coalesce=True).sort("domain").iter_rows(named=True):
+    joined = available.join(chosen, on="domain", how="full", coalesce=True).with_columns(
+        pl.col("domain").fill_null("(none)"))
+    for row in joined.sort("domain").iter_rows(named=True):
         selected = int(row["selected_tokens"] or 0)
         synthetic = int(row["synthetic_tokens"] or 0)
         domains[row["domain"]] = {
@@ -320,7 +322,7 @@ def selection_report(docs: pl.DataFrame, units: pl.DataFrame, rel: ReleaseConfig
             "synthetic_tokens": synthetic,
             "synthetic_share": round(synthetic / selected, 6) if selected else 0.0,
         }
-    per_source = units.group_by("source").agg(
+    per_source = units.with_columns(pl.col("source").fill_null("(none)")).group_by("source").agg(
         (pl.col("epoch").max() + 1).alias("max_epochs"),
         pl.col("doc_id").filter(pl.col("epoch") > 0).n_unique().alias("repeated_documents"),
         pl.col("token_count").filter(pl.col("epoch") > 0).sum().alias("repeated_tokens"),

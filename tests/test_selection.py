@@ -21,8 +21,8 @@ from curation_platform.release import select_release, stage_release
 from curation_platform.selection import domain_expr
 from curation_platform.workspace import Workspace, resolve_resource, write_parquet_atomic
 
-WORDS = ("river stone light garden number paper window market winter engine music forest table letter bridge "
-         "island mountain silver yellow morning").split()
+WORDS = ["river", "stone", "light", "garden", "number", "paper", "window", "market", "winter", "engine", "music",
+         "forest", "table", "letter", "bridge", "island", "mountain", "silver", "yellow", "morning"]
 SYNTHETIC_PROVENANCE = json.dumps({"description": "generated", "generator": {"model": "tiny-gen", "terms": "mit"}})
 REAL_PROVENANCE = json.dumps({"description": "collected"})
 
@@ -72,14 +72,14 @@ def _stage(ws: Workspace, cfg: CurationConfig):
 
 
 DOMAINS = {"code": {"kind": ["code"]}, "web-en": {"kind": ["web", "text"], "language": ["en"]}}
-CAPS = dict(
-    domains=DOMAINS, default_domain="other", token_budget=2000,
-    mixture={"web-en": 0.6, "code": 0.3, "other": 0.1}, max_epochs=1, source_max_epochs={"code-repo": 3},
-    quotas={"source": {"forum": {"max_share": 0.08}}, "license": {"BSD-3-Clause": {"max_tokens": 100}},
-            "language": {"de": {"max_tokens": 120}}},
-    synthetic_cap={"overall": 0.1, "per_domain": {"web-en": 0.12}}, validation_fraction=0.1, seed=7,
-    shard_max_docs=16,
-)
+CAPS = {
+    "domains": DOMAINS, "default_domain": "other", "token_budget": 2000,
+    "mixture": {"web-en": 0.6, "code": 0.3, "other": 0.1}, "max_epochs": 1, "source_max_epochs": {"code-repo": 3},
+    "quotas": {"source": {"forum": {"max_share": 0.08}}, "license": {"BSD-3-Clause": {"max_tokens": 100}},
+               "language": {"de": {"max_tokens": 120}}},
+    "synthetic_cap": {"overall": 0.1, "per_domain": {"web-en": 0.12}}, "validation_fraction": 0.1, "seed": 7,
+    "shard_max_docs": 16,
+}
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +98,15 @@ def test_domain_expr_applies_the_first_matching_rule_then_the_default():
 
 
 def test_budget_quotas_mixture_and_synthetic_caps_hold_on_the_recounted_shards(capped):
-    _, (staged, shards, verdicts) = capped
+    _, (_, shards, verdicts) = capped
     assert shards["tokens"].to_list() == shards["token_count"].to_list()
     tokens = shards["tokens"]
     budget = CAPS["token_budget"]
     assert tokens.sum() <= budget
-    by = lambda column: dict(shards.group_by(column).agg(pl.col("tokens").sum()).iter_rows())  # noqa: E731
+
+    def by(column: str) -> dict:
+        return dict(shards.group_by(column).agg(pl.col("tokens").sum()).iter_rows())
+
     assert by("source").get("forum", 0) <= 0.08 * budget
     assert by("license").get("BSD-3-Clause", 0) <= 100
     assert by("language").get("de", 0) <= 120
@@ -160,17 +163,19 @@ def test_shards_are_named_by_split_and_the_release_gate_passes(capped):
 def test_selection_is_deterministic_given_the_seed(capped, tmp_path):
     _, (first, shards, _) = capped
     ws = _workspace(tmp_path)
-    again, shards_again, _ = _stage(ws, _cfg(**CAPS))
+    again, _, _ = _stage(ws, _cfg(**CAPS))
     assert [p.name for p in again.shards] == [p.name for p in first.shards]
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(again.shards, first.shards))
     _, reseeded, _ = _stage(ws, _cfg(**{**CAPS, "seed": 8}))
-    split = lambda s: set(s.filter(pl.col("_file").str.starts_with("validation"))["doc_id"])  # noqa: E731
-    assert split(reseeded) != split(shards)
+    def validation(frame: pl.DataFrame) -> set:
+        return set(frame.filter(pl.col("_file").str.starts_with("validation"))["doc_id"])
+
+    assert validation(reseeded) != validation(shards)
 
 
 def test_curriculum_orders_shards_by_the_signal_and_records_each_range(tmp_path):
     ws = _workspace(tmp_path)
-    staged, shards, _ = _stage(ws, _cfg(curriculum={"signal": "quality_score", "order": "asc"},
+    staged, _, _ = _stage(ws, _cfg(curriculum={"signal": "quality_score", "order": "asc"},
                                         validation_fraction=0.0, shard_max_docs=10))
     train = sorted(p.name for p in staged.shards)
     assert len(train) > 2 and all(n.startswith("train-") for n in train)
