@@ -176,8 +176,9 @@ def _with_defaults(docs: pl.DataFrame) -> pl.DataFrame:
 def _cap_step(units: pl.DataFrame, by: str | None, caps: dict[str, int] | int, rule: str,
               why: str, only: pl.Expr | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Keep the rank-order prefix of ``units`` (per ``by`` group) whose cumulative tokens stay within its cap.
-    ``only``: the step applies to these units only (the others pass and do not count)."""
-    ordered = units.sort("_rank")
+    ``only``: the step applies to these units only (the others pass and do not count). ``units`` is in rank
+    order (filters keep it)."""
+    ordered = units
     scope = pl.lit(True) if only is None else only
     tokens = pl.when(scope).then(pl.col("token_count")).otherwise(0)
     cum = tokens.cum_sum() if by is None else tokens.cum_sum().over(by)
