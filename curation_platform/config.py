@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -67,11 +67,11 @@ class ReleaseConfig(_Strict):
     default_domain: str | None = None
     # Mixture weights by domain; each domain's token target is its weight's share of the budget (or of the tokens
     # available in the weighted domains); short domains repeat documents up to their source's maximum epochs.
-    mixture: dict[str, float] | None = None
+    mixture: dict[str, Annotated[float, Field(ge=0)]] | None = None
     # Most epochs a document may be repeated to (1 = never repeated); Muennighoff et al. 2023 find up to 4 epochs
     # of repeated data nearly as useful as fresh data. Per source overrides.
     max_epochs: int = Field(default=1, ge=1)
-    source_max_epochs: dict[str, int] = Field(default_factory=dict)
+    source_max_epochs: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
     # Token quotas per dimension value: {source: {forum: {max_share: 0.1}}, license: {...}, language, domain}.
     quotas: dict[Literal["domain", "language", "source", "license"], dict[str, Quota]] = Field(default_factory=dict)
     synthetic_cap: SyntheticCap = Field(default_factory=SyntheticCap)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import polars as pl
@@ -64,7 +64,7 @@ class SyntheticCap(_Strict):
     """Largest share of synthetic tokens (a drop whose manifest names a `generator`, or `kind: synthetic`)."""
 
     overall: float | None = Field(default=None, ge=0, lt=1)
-    per_domain: dict[str, float] = Field(default_factory=dict)
+    per_domain: dict[str, Annotated[float, Field(ge=0, lt=1)]] = Field(default_factory=dict)
 
 
 class Curriculum(_Strict):
