@@ -18,8 +18,8 @@ from curation_platform.versioning import version_release
 @dg.asset(
     deps=[FINAL_STAGE],
     group_name="release",
-    description="Write step: select curated documents under the license profile and token budget, cut shards, "
-    "write the data card to the staging area.",
+    description="Write step: select curated documents under the license profile, quotas, mixture, token budget "
+    "and synthetic caps, split train/validation, cut shards, write the data card to the staging area.",
     kinds={"parquet"},
 )
 def release_candidate(context: dg.AssetExecutionContext, curation: CurationResource) -> dg.MaterializeResult:
@@ -38,13 +38,15 @@ def release_candidate(context: dg.AssetExecutionContext, curation: CurationResou
             "dagster/row_count": staged.card["documents"],
             "tokens": staged.card["tokens"],
             "shards": len(staged.shards),
+            "selection": dg.MetadataValue.json({k: staged.card["selection"][k] for k in ("domains", "splits", "synthetic")}),
             "staging": dg.MetadataValue.path(str(staged.directory)),
         }
     )
 
 
 @dg.asset_check(asset=release_candidate, name="gate", blocking=True,
-                description="Great Expectations: ids, licenses inside the profile, zero benchmark overlap, zero PII")
+                description="Great Expectations: ids, licenses inside the profile, zero benchmark overlap, zero PII, "
+                "synthetic shares within their caps, domains as mapped, token budget, no train/validation leak")
 def release_candidate_gate(curation: CurationResource) -> dg.AssetCheckResult:
     ws, cfg = curation.ws(), curation.cfg()
     staging = ws.staging_dir(cfg.release.name)

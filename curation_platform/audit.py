@@ -185,23 +185,113 @@ def release_license_audit(shard_glob: str, allowed_categories: list[str]) -> pl.
     )
 
 
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _domain_sql(cfg: CurationConfig) -> str:
+    """``release.domains`` as a SQL CASE over kind, source and language (the gate's own reading of the mapping)."""
+    release = cfg.release
+    fallback = "kind" if release.default_domain is None else _sql_text(release.default_domain)
+    branches = []
+    for name, rule in release.domains.items():
+        tests = [f"coalesce({column} IN ({', '.join(_sql_text(v) for v in values)}), false)"
+                 for column, values in (("kind", rule.kind), ("source", rule.source), ("language", rule.language))
+                 if values is not None]
+        branches.append(f"WHEN {' AND '.join(tests) or 'true'} THEN {_sql_text(name)}")
+    return f"CASE {' '.join(branches)} ELSE {fallback} END" if branches else fallback
+
+
+def release_selection_audit(cfg: CurationConfig, shard_glob: str) -> pl.DataFrame:
+    """Per domain of the shards matching ``shard_glob`` and overall (``scope`` = ``domain:<name>`` or ``overall``):
+    ``tokens``, ``synthetic_tokens``, the ``cap`` on their share and ``over_cap`` (1 when above it), plus
+    ``mislabelled`` (rows whose ``domain`` column differs from the mapping), and on the overall row
+    ``over_budget`` (tokens above ``release.token_budget``) and ``split_leaks`` (documents or texts in both train and
+    validation shards).
+
+    Re-counted with DuckDB from the shards, independently of ``selection``: synthetic is re-read from the
+    provenance JSON (the manifest's ``generator``) or ``kind``, the domain is re-derived from ``release.domains``
+    in SQL, the split from the file name."""
+    import duckdb
+
+    with duckdb.connect() as con:
+        source = f"read_parquet({_sql_text(shard_glob)}, union_by_name = true, filename = true)"
+        present = {row[0] for row in con.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+
+        def column(name: str, sql_type: str) -> str:
+            return name if name in present else f"CAST(NULL AS {sql_type}) AS {name}"
+
+        cols = ", ".join(column(c, t) for c, t in (
+            ("doc_id", "VARCHAR"), ("kind", "VARCHAR"), ("source", "VARCHAR"), ("language", "VARCHAR"),
+            ("provenance", "VARCHAR"), ("domain", "VARCHAR"), ("token_count", "BIGINT"), ("text", "VARCHAR")))
+        con.sql(f"""CREATE TEMP TABLE shard_rows AS
+            SELECT {cols}, regexp_extract(filename, '(train|validation)-[0-9]+\\.parquet$', 1) AS split
+            FROM {source}""")
+        per_domain = con.sql(f"""
+            SELECT 'domain:' || d AS scope, d AS domain, sum(coalesce(token_count, 0))::BIGINT AS tokens,
+                   sum(CASE WHEN synthetic THEN coalesce(token_count, 0) ELSE 0 END)::BIGINT AS synthetic_tokens,
+                   count(*) FILTER (WHERE domain IS DISTINCT FROM d)::BIGINT AS mislabelled
+            FROM (SELECT *, {_domain_sql(cfg)} AS d,
+                         (kind = 'synthetic' OR json_extract_string(provenance, '$.generator.model') IS NOT NULL)
+                         IS TRUE AS synthetic
+                  FROM shard_rows)
+            GROUP BY d ORDER BY d""").pl()
+        leaks = con.sql("""
+            SELECT (SELECT count(*) FROM (SELECT doc_id FROM shard_rows WHERE split = 'train'
+                                          INTERSECT SELECT doc_id FROM shard_rows WHERE split = 'validation'))
+                 + (SELECT count(*) FROM (SELECT md5(text) FROM shard_rows WHERE split = 'train' AND text IS NOT NULL
+                                          INTERSECT
+                                          SELECT md5(text) FROM shard_rows WHERE split = 'validation'))""").fetchall()[0][0]
+    caps = cfg.release.synthetic_cap
+    per_domain = per_domain.with_columns(
+        pl.col("domain").replace_strict(caps.per_domain, default=None, return_dtype=pl.Float64).alias("cap"))
+    tokens, synthetic = int(per_domain["tokens"].sum()), int(per_domain["synthetic_tokens"].sum())
+    budget = cfg.release.token_budget
+    overall = pl.DataFrame({
+        "scope": ["overall"], "domain": [None], "tokens": [tokens], "synthetic_tokens": [synthetic],
+        "mislabelled": [0], "cap": [caps.overall],
+        "over_budget": [max(0, tokens - budget) if budget is not None else 0], "split_leaks": [int(leaks)],
+    }, schema_overrides={"domain": pl.String, "cap": pl.Float64})
+    frame = pl.concat([per_domain.with_columns(over_budget=pl.lit(0), split_leaks=pl.lit(0)), overall],
+                      how="diagonal_relaxed")
+    # Share above the cap by more than float rounding: synthetic > cap * all tokens of the scope.
+    return frame.with_columns(
+        pl.when(pl.col("cap").is_not_null()
+                & (pl.col("synthetic_tokens") > pl.col("cap") * pl.col("tokens") + 1e-6)).then(1).otherwise(0)
+        .alias("over_cap"),
+        pl.when(pl.col("tokens") > 0).then(pl.col("synthetic_tokens") / pl.col("tokens")).otherwise(0.0)
+        .alias("synthetic_share"),
+    ).with_columns(pl.col("scope").alias("doc_id"))
+
+
 def release_gate(cfg: CurationConfig, staging_dir, residual: pl.DataFrame) -> list[GateResult]:
-    """The audit step of write-audit-publish, over the staged shards: ids, licenses inside the profile (audited
-    independently of the selection, see ``release_license_audit``), and the per-document ``residual`` columns
-    (benchmark overlap, PII) at zero."""
+    """The audit step of write-audit-publish, over the staged shards: ids (a document repeated for several
+    epochs appears once per epoch), licenses inside the profile (audited independently of the selection, see
+    ``release_license_audit``), the per-document ``residual`` columns (benchmark overlap, PII) at zero, and the
+    selection's promises re-counted from the shards (``release_selection_audit``: synthetic shares within their
+    caps, domains as mapped, the token budget, no document or text in both train and validation)."""
     import great_expectations as gx
 
     shard_glob = str(staging_dir / "shards" / "*.parquet")
-    shards = pl.read_parquet(shard_glob, columns=ID_COLUMNS)
+    has_epoch = "epoch" in pl.read_parquet_schema(min((staging_dir / "shards").glob("*.parquet")))
+    shards = pl.read_parquet(shard_glob, columns=[*ID_COLUMNS, *(["epoch"] if has_epoch else [])])
+    if not has_epoch:
+        shards = shards.with_columns(pl.lit(0, dtype=pl.Int64).alias("epoch"))
     profile = cfg.licenses.profiles[cfg.release.profile]
     licenses = release_license_audit(shard_glob, list(profile.allowed_categories))
+    selection = release_selection_audit(cfg, shard_glob)
     return [
         # An empty candidate would replace the previous release with nothing.
-        validate("release.identity", shards, [gx.expectations.ExpectTableRowCountToBeBetween(min_value=1),
-                                              *identity_expectations(ID_COLUMNS)]),
+        validate("release.identity", shards.filter(pl.col("epoch") == 0).drop("epoch"),
+                 [gx.expectations.ExpectTableRowCountToBeBetween(min_value=1), *identity_expectations(ID_COLUMNS)]),
+        validate("release.epochs", shards.select("doc_id", "epoch"),
+                 [gx.expectations.ExpectCompoundColumnsToBeUnique(column_list=["doc_id", "epoch"])]),
         validate("release.license_policy", licenses,
                  [gx.expectations.ExpectColumnValuesToBeNull(column="violation")]),
         validate("release.residual", residual, [max_value_expectation(c, 0) for c in residual.columns if c != "doc_id"]),
+        validate("release.selection", selection.select("doc_id", "over_cap", "mislabelled", "over_budget",
+                                                       "split_leaks"),
+                 [max_value_expectation(c, 0) for c in ("over_cap", "mislabelled", "over_budget", "split_leaks")]),
     ]
 
 

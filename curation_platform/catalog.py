@@ -13,7 +13,7 @@ adds shows up without a catalog change):
 - ``quarantine``, ``index_<name>`` (``index_exact``, ``index_near``), ``takedowns``
 - ``drops``: the registry (``drop``, ``path``, ``registered_at`` as a timestamp, ``drop_order``, ``fingerprint``)
 - ``releases`` (one row per published data card), ``release_shards`` and ``release_shard_index`` (every release,
-  with its ``release`` name)
+  with its ``release`` name; ``release_shards`` with the ``split`` its file name says, train or validation)
 
 Columns a view's files do not carry are derived from the path: ``drop`` from the file name, ``stage`` from the
 ledger folder, ``release`` from the release folder. A view whose files do not exist yet is an empty view with
@@ -78,6 +78,7 @@ def _file_part(part: str) -> str:
         "drop": "regexp_replace(parse_filename(_file), '\\.parquet$', '')",
         "folder": f"{parts}[-2]",
         "release": f"{parts}[-3]",
+        "split": "regexp_extract(parse_filename(_file), '^(train|validation)-', 1)",
     }[part]
 
 
@@ -120,9 +121,9 @@ def _views(ws: Workspace, stages: Iterable[str]) -> list[_View]:
         *[_view(f"index_{index}", [f"{root}/index/{index}/*.parquet"], {"drop": "drop"}, {"doc_id": "VARCHAR"})
           for index in sorted({"exact", "near"} | set(_subfolders(ws.root / "index")))],
         _view("takedowns", [f"{root}/takedowns.parquet"], {}, {"doc_id": "VARCHAR"}),
-        _view("release_shards", [f"{root}/releases/*/shards/*.parquet"], {"release": "release"},
+        _view("release_shards", [f"{root}/releases/*/shards/*.parquet"], {"release": "release", "split": "split"},
               {"doc_id": "VARCHAR", "drop": "VARCHAR", "source": "VARCHAR", "license": "VARCHAR", "kind": "VARCHAR",
-               "token_count": "BIGINT"}),
+               "domain": "VARCHAR", "epoch": "BIGINT", "token_count": "BIGINT"}),
         _view("release_shard_index", [f"{root}/releases/*/shard_index.parquet"], {"release": "folder"},
               {"doc_id": "VARCHAR", "release_shard": "VARCHAR"}),
         _view("releases", [f"{root}/releases/*/data_card.json"], {},

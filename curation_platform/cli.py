@@ -212,7 +212,9 @@ def run(
 _RELEASE_REASONS = {
     "license.not_in_profile": "license not allowed by profile '{profile}'",
     "license.generator_terms": "synthetic: the generator's terms forbid training (forbids_training in licenses.generator_terms)",
-    "release.over_budget": "over the token budget (release.token_budget)",
+    "selection.budget": "over the token budget (release.token_budget)",
+    "selection.mixture": "over its domain's mixture target (release.mixture)",
+    "selection.synthetic_cap": "synthetic: over the synthetic share cap (release.synthetic_cap)",
 }
 
 
@@ -221,8 +223,9 @@ def _released_per_drop(ws, cfg) -> tuple[pl.DataFrame, pl.DataFrame]:
     shards = ws.release_dir(cfg.release.name) / "shards"
     files = sorted(shards.glob("*.parquet")) if shards.is_dir() else []
     released = (
-        pl.concat([pl.read_parquet(f, columns=["drop", "token_count"]) for f in files])
-        .group_by("drop").agg(pl.len().cast(pl.Int64).alias("released"), pl.col("token_count").sum().cast(pl.Int64).alias("tokens"))
+        pl.concat([pl.read_parquet(f, columns=["doc_id", "drop", "token_count"]) for f in files])
+        .group_by("drop").agg(pl.col("doc_id").n_unique().cast(pl.Int64).alias("released"),  # once, whatever its epochs
+                              pl.col("token_count").sum().cast(pl.Int64).alias("tokens"))
         if files else pl.DataFrame(schema={"drop": pl.String, "released": pl.Int64, "tokens": pl.Int64})
     )
     ledger = ws.release_ledger_path(cfg.release.name)
@@ -282,12 +285,23 @@ def _print_summary(ws, cfg) -> None:
         typer.echo(f"\nrelease '{card['name']}' ({card['profile']}): {card['documents']} documents, "
                    f"{card['tokens']} tokens, {len(card.get('shards', []))} shard(s)")
         typer.echo(f"  {ws.release_dir(cfg.release.name)}  (data card: data_card.md)")
+        if card.get("selection"):
+            typer.echo(f"  {_selection_line(card['selection'])}")
         _print_left_out(removals, frame, card["profile"])
     staged = ws.staging_dir(cfg.release.name) / "release_verdicts.parquet"
     if staged.exists():  # a candidate that was not published (its gate failed): say what it left out
         typer.echo(f"\nrelease candidate '{cfg.release.name}' ({cfg.release.profile}), not published:")
         removals = pl.read_parquet(staged, columns=["drop", "rule"]).group_by("drop", "rule").len().sort("drop", "rule")
         _print_left_out(removals, frame.with_columns(pl.lit(0).alias("released")), cfg.release.profile)
+
+
+def _selection_line(report: dict) -> str:
+    """Split counts, repeated tokens and the synthetic share of a release's selection report, in one line."""
+    splits = report.get("splits", {})
+    repeated = sum(d.get("repeated_tokens", 0) for d in report.get("domains", {}).values())
+    return (f"train {splits.get('train', {}).get('documents', 0)} documents, validation "
+            f"{splits.get('validation', {}).get('documents', 0)}; {len(report.get('domains', {}))} domain(s), "
+            f"{repeated} repeated tokens; synthetic share {report.get('synthetic', {}).get('share', 0.0):.1%}")
 
 
 def _print_left_out(removals: pl.DataFrame, frame: pl.DataFrame, profile: str) -> None:

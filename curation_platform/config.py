@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -24,6 +24,7 @@ from curation_platform.ops.quality_signals import SignalsConfig
 from curation_platform.ops.score import ScoreConfig
 from curation_platform.ops.url_filter import UrlFilterConfig
 from curation_platform.readers import IngestConfig
+from curation_platform.selection import Curriculum, DomainRule, Quota, SyntheticCap
 from curation_platform.workspace import check_name
 
 
@@ -60,9 +61,25 @@ class ReleaseConfig(_Strict):
     name: str = "latest"  # a folder name under releases/: letters, digits, '.', '_', '-'
     profile: str = "commercial"
     # Upper bound on tokens in the release (None = everything that passes). Selection is by quality score.
-    token_budget: int | None = None
-    # Mixture weights by document kind; documents are taken so each kind's token share approaches its weight.
-    mixture: dict[str, float] | None = None
+    token_budget: int | None = Field(default=None, ge=0)
+    # Domain per document (first matching rule); unmatched documents get default_domain, or their kind when None.
+    domains: dict[str, DomainRule] = Field(default_factory=dict)
+    default_domain: str | None = None
+    # Mixture weights by domain; each domain's token target is its weight's share of the budget (or of the tokens
+    # available in the weighted domains); short domains repeat documents up to their source's maximum epochs.
+    mixture: dict[str, Annotated[float, Field(ge=0)]] | None = None
+    # Most epochs a document may be repeated to (1 = never repeated); Muennighoff et al. 2023 find up to 4 epochs
+    # of repeated data nearly as useful as fresh data. Per source overrides.
+    max_epochs: int = Field(default=1, ge=1)
+    source_max_epochs: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    # Token quotas per dimension value: {source: {forum: {max_share: 0.1}}, license: {...}, language, domain}.
+    quotas: dict[Literal["domain", "language", "source", "license"], dict[str, Quota]] = Field(default_factory=dict)
+    synthetic_cap: SyntheticCap = Field(default_factory=SyntheticCap)
+    curriculum: Curriculum | None = None
+    # Share of duplicate clusters held out for validation (1%: at 1B tokens a 10M-token validation set, whose
+    # loss estimate is stable, at 1% of the training data).
+    validation_fraction: float = Field(default=0.01, ge=0, lt=1)
+    seed: int = 0  # seeds the split, the tie order among equal scores and the shard shuffle
     shard_max_docs: int = Field(default=50_000, ge=1)
     tokenizer: str = "pkg://curation_platform/resources/gpt2_tokenizer.json"
 

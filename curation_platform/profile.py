@@ -234,7 +234,7 @@ def write_drop_profile(ws: Workspace, final_stage: str, stages: list[str], drop:
     ``profile.md`` and one PNG per plot under ``profiles/<drop>/``."""
     from curation_platform.release import _token_counts
 
-    docs = pl.read_parquet(ws.stage_path(final_stage, drop)).join(
+    docs = ws.read_stage(final_stage, drop).join(
         _token_counts(ws, final_stage, drop, tokenizer), on="doc_id", how="left")
     profile = profile_drop(docs, read_ledger(ws, drop), stages, drop)
     folder = profile_dir(ws, drop)

@@ -16,7 +16,6 @@ from tokenizers import Tokenizer
 from curation_platform import __version__
 from curation_platform import card as card_parts
 from curation_platform.config import CurationConfig, ReleaseConfig
-from curation_platform.hashing import xxh128_hex
 from curation_platform.ledger import LEDGER_SCHEMA
 from curation_platform.licenses import attribution_required, license_breakdown, release_license_verdicts
 from curation_platform.ops import flagged_words
@@ -24,13 +23,16 @@ from curation_platform.ops.dedup_exact import exact_representatives
 from curation_platform.ops.dedup_minhash import RULE_DUPLICATE as NEAR_PAIR_RULE
 from curation_platform.ops.dedup_minhash import near_representatives
 from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts, verdict_frame
+from curation_platform.selection import select, shard_plan, split_assignment
 from curation_platform.workspace import (Workspace, resolve_resource, write_bytes_atomic, write_parquet_atomic,
                                         write_text_atomic)
 
 SHARD_COLUMNS = [
     "doc_id", "source_id", "drop", "source", "license", "kind", "language", "text", "messages",
-    "token_count", "quality_score", "provenance", "url", "fetch_date", "warc_record_id",
+    "token_count", "quality_score", "domain", "epoch", "provenance", "url", "fetch_date", "warc_record_id",
 ]
+# Columns the selection decides (not in the curated stage output).
+SELECTION_COLUMNS = ["token_count", "domain", "epoch"]
 
 
 def code_version() -> str:
@@ -70,15 +72,18 @@ def _token_counts(ws: Workspace, final_stage: str, drop: str, tokenizer: str) ->
     return counts.drop("tokenizer")
 
 
-def curated_metadata(ws: Workspace, final_stage: str, drops: list[str], tokenizer: str) -> pl.DataFrame:
-    """Selection columns and token counts of every curated document of the given (current) drops, in drop order,
-    minus takedowns. Reads no text beyond counting tokens once per drop."""
+def curated_metadata(ws: Workspace, final_stage: str, drops: list[str], tokenizer: str,
+                     extra_columns: tuple[str, ...] = ()) -> pl.DataFrame:
+    """Selection columns (plus ``extra_columns``, e.g. a curriculum signal) and token counts of every curated
+    document of the given (current) drops, in drop order, minus takedowns. Reads no text beyond counting tokens
+    once per drop."""
     frames = []
     for entry in ws.drops():
         if entry.name not in drops:
             continue
         view = ws.scan_stage(final_stage, entry.name)
-        columns = [c for c in META_COLUMNS if c in view.collect_schema()]
+        schema = view.collect_schema()
+        columns = [c for c in dict.fromkeys([*META_COLUMNS, *extra_columns]) if c in schema]
         frames.append(
             view.select(columns).collect()
             .join(_token_counts(ws, final_stage, entry.name, tokenizer), on="doc_id", how="left")
@@ -90,36 +95,6 @@ def curated_metadata(ws: Workspace, final_stage: str, drops: list[str], tokenize
     if ws.takedowns_path.exists():
         docs = docs.join(pl.read_parquet(ws.takedowns_path).select("doc_id"), on="doc_id", how="anti")
     return docs
-
-
-def _budget_verdicts(docs: pl.DataFrame, cfg: ReleaseConfig) -> pl.DataFrame:
-    """Documents over the token budget (per kind when a mixture is given), best quality first."""
-    if cfg.token_budget is None:
-        return verdict_frame(pl.DataFrame({"doc_id": []}, schema={"doc_id": pl.String}))
-    if cfg.mixture:
-        total = sum(cfg.mixture.values())
-        caps = {kind: cfg.token_budget * weight / total for kind, weight in cfg.mixture.items()}
-    else:
-        caps = None
-    ranked = docs.sort(["quality_score", "doc_id"], descending=[True, False], nulls_last=True)
-    if caps is None:
-        ranked = ranked.with_columns(pl.col("token_count").cum_sum().alias("cum_tokens"), pl.lit(float(cfg.token_budget)).alias("cap"))
-    else:
-        ranked = ranked.with_columns(
-            pl.col("token_count").cum_sum().over("kind").alias("cum_tokens"),
-            pl.col("kind").replace_strict(caps, default=0.0, return_dtype=pl.Float64).alias("cap"),
-        )
-    over = ranked.filter(pl.col("cum_tokens") > pl.col("cap"))
-    return verdict_frame(
-        over.select(
-            "doc_id",
-            pl.lit(DROP).alias("verdict"),
-            pl.lit("release.over_budget").alias("rule"),
-            pl.col("cum_tokens").cast(pl.Float64).alias("value"),
-            pl.format("> {}", pl.col("cap").round(0)).alias("threshold"),
-            pl.format("token budget for kind {} is spent by better-scored documents", pl.col("kind")).alias("detail"),
-        )
-    )
 
 
 def near_pairs(ws: Workspace, drops: list[str]) -> pl.DataFrame:
@@ -254,20 +229,25 @@ def _licensed_copy(docs: pl.DataFrame, license_verdicts: pl.DataFrame, eligible:
 
 def select_release(docs: pl.DataFrame, cfg: CurationConfig, pairs: pl.DataFrame | None = None) -> StageResult:
     """License policy for the release profile, then duplicate clusters (per cluster the best copy the profile
-    allows), then the token budget and mixture. ``pairs``: verified near pairs (see :func:`near_pairs`). Counts
-    tokens when ``docs`` has no ``token_count`` yet."""
+    allows), then the train/validation split, quotas, mixture, token budget and synthetic caps
+    (``selection.select``). ``pairs``: verified near pairs (see :func:`near_pairs`). Counts tokens when ``docs``
+    has no ``token_count`` yet. ``kept`` has one row per selected (document, epoch) with ``domain``, ``split``
+    and ``epoch``; ``metrics["selection"]`` is the card's selection report."""
     if "token_count" not in docs.columns:
         docs = docs.with_columns(count_tokens(docs["text"], cfg.release.tokenizer))
     licensed = release_license_verdicts(docs, cfg.licenses, cfg.release.profile)
     pairs = pl.DataFrame(schema=PAIR_SCHEMA) if pairs is None else pairs
     dedup = dedup_verdicts(docs, licensed.kept, pairs, cfg)
     unique = licensed.kept.join(dedup.select("doc_id"), on="doc_id", how="anti", maintain_order="left")
-    budget = _budget_verdicts(unique, cfg.release)
+    # Splits by duplicate cluster over every curated document: copies the release leaves out still link clusters.
+    splits = split_assignment(docs, pairs, cfg.release.validation_fraction, cfg.release.seed)
+    chosen = select(unique, cfg, splits)
     license_rows = _licensed_copy(docs, licensed.verdicts, licensed.kept, dedup, pairs, cfg.release.name)
-    verdicts = pl.concat([license_rows, dedup, budget])
+    verdicts = pl.concat([license_rows, dedup, chosen.verdicts])
     result = split_by_verdicts(docs, verdicts)
-    per_rule = dedup.group_by("rule").len()
-    result.metrics = {**licensed.metrics, **{r: n for r, n in per_rule.iter_rows()}, "over_budget": budget.height}
+    result.kept = chosen.units
+    per_rule = pl.concat([dedup, chosen.verdicts]).group_by("rule").len()
+    result.metrics = {**licensed.metrics, **{r: n for r, n in per_rule.iter_rows()}, "selection": chosen.report}
     return result
 
 
@@ -309,32 +289,65 @@ def reevaluated(previous: pl.DataFrame, verdicts: pl.DataFrame, docs: pl.DataFra
     )).sort("doc_id")
 
 
+def _shard_columns(frame: pl.DataFrame) -> list[str]:
+    return [c for c in SHARD_COLUMNS if c in frame.columns]
+
+
+def _unit_defaults(units: pl.DataFrame) -> pl.DataFrame:
+    defaults = {"split": pl.lit("train"), "epoch": pl.lit(0, dtype=pl.Int64), "drop": pl.lit(None, dtype=pl.String),
+                "drop_order": pl.lit(0, dtype=pl.Int64)}
+    return units.with_columns([e.alias(c) for c, e in defaults.items() if c not in units.columns])
+
+
 def shard_documents(docs: pl.DataFrame, cfg: ReleaseConfig) -> list[pl.DataFrame]:
-    """Deterministic order (a hash of doc_id: a fixed shuffle), then shards of at most ``shard_max_docs``."""
-    ordered = docs.with_columns(xxh128_hex(docs["doc_id"]).alias("_order")).sort("_order").drop("_order")
-    columns = [c for c in SHARD_COLUMNS if c in ordered.columns]
-    ordered = ordered.select(columns)
-    return [ordered.slice(i, cfg.shard_max_docs) for i in range(0, max(ordered.height, 1), cfg.shard_max_docs)]
+    """In-memory form of the shard layout (``selection.shard_plan``): a deterministic seeded order, then shards
+    of at most ``shard_max_docs``, one list per split in name order."""
+    plan = shard_plan(_unit_defaults(docs), cfg, docs["quality_score"] if cfg.curriculum else None)
+    return [rows.sort("_position").select(_shard_columns(rows))
+            for _, rows in plan.sort("shard").group_by("shard", maintain_order=True)]
+
+
+def _curriculum_signal(selected: pl.DataFrame, cfg: ReleaseConfig) -> pl.Series | None:
+    if cfg.curriculum is None:
+        return None
+    column = "token_count" if cfg.curriculum.signal == "length" else cfg.curriculum.signal
+    if column not in selected.columns:
+        from curation_platform.errors import ConfigError
+        raise ConfigError(f"release.curriculum.signal: '{cfg.curriculum.signal}' is not a column of the curated "
+                          "documents; use length, quality_score or a quality-signal column")
+    return selected[column].cast(pl.Float64)
 
 
 def _write_shards(ws: Workspace, final_stage: str, selected: pl.DataFrame, cfg: ReleaseConfig,
-                  staging: Path) -> list[Path]:
-    """Shards drop by drop, in drop order: only one drop's documents are in memory at a time. Shards are numbered
-    across the release; a shard holds documents of one drop."""
-    keep = selected.select("doc_id", "token_count")
+                  staging: Path) -> tuple[list[Path], list[dict[str, Any]]]:
+    """``shards/train-NNNNN.parquet`` and ``shards/validation-NNNNN.parquet`` in the order of
+    ``selection.shard_plan``, one shard's documents in memory at a time (each read from its drops' curated
+    files); a repeated document appears once per epoch. Returns the paths and the shard index (per shard: split,
+    documents, tokens and, with a curriculum, the signal's range)."""
+    plan = shard_plan(_unit_defaults(selected), cfg, _curriculum_signal(selected, cfg))
     paths: list[Path] = []
-    for drop in selected.select("drop", "drop_order").unique().sort("drop_order")["drop"]:
-        view = ws.scan_stage(final_stage, drop)
-        columns = [c for c in SHARD_COLUMNS if c in view.collect_schema() and c != "token_count"]
-        docs = view.select(columns).collect().join(keep, on="doc_id", how="inner")
-        for shard in shard_documents(docs, cfg):
-            if shard.height:
-                paths.append(write_parquet_atomic(shard, staging / "shards" / f"shard-{len(paths):05d}.parquet"))
+    index: list[dict[str, Any]] = []
+    for (name,), rows in plan.sort("split", "_position").group_by("shard", maintain_order=True):
+        texts = []
+        for drop in rows["drop"].unique(maintain_order=True).to_list():
+            view = ws.scan_stage(final_stage, drop)
+            schema = view.collect_schema()
+            columns = [c for c in SHARD_COLUMNS if c in schema and c not in SELECTION_COLUMNS]
+            ids = rows.filter(pl.col("drop") == drop)["doc_id"].unique()
+            texts.append(view.select(columns).filter(pl.col("doc_id").is_in(ids.implode())).collect())
+        decided = rows.select("doc_id", *[c for c in SELECTION_COLUMNS if c in rows.columns], "_position")
+        shard = decided.join(pl.concat(texts, how="diagonal_relaxed"), on="doc_id", how="inner").sort("_position")
+        paths.append(write_parquet_atomic(shard.select(_shard_columns(shard)), staging / "shards" / name))
+        entry = {"shard": name, "split": rows["split"][0], "documents": rows.height,
+                 "tokens": int(rows["token_count"].sum())}
+        if cfg.curriculum is not None:
+            entry |= {"signal_min": rows["_signal"].min(), "signal_max": rows["_signal"].max()}
+        index.append(entry)
     if not paths:  # an empty selection still gets one (empty) shard, which the release gate refuses
-        empty = pl.DataFrame(schema={c: (pl.Int64 if c == "token_count" else pl.String) for c in SHARD_COLUMNS
-                                     if c not in ("messages", "quality_score")})
-        paths.append(write_parquet_atomic(empty, staging / "shards" / "shard-00000.parquet"))
-    return paths
+        empty = pl.DataFrame(schema={c: (pl.Int64 if c in ("token_count", "epoch") else pl.String)
+                                     for c in SHARD_COLUMNS if c not in ("messages", "quality_score")})
+        paths.append(write_parquet_atomic(empty, staging / "shards" / "train-00000.parquet"))
+    return paths, index
 
 
 @dataclass
@@ -476,7 +489,9 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
     """Write the candidate release from the current ``drops`` to the staging area (write step of
     write-audit-publish). Registered drops left out (not current) are listed in the card."""
     name = cfg.release.name
-    docs = curated_metadata(ws, final_stage, drops, cfg.release.tokenizer)
+    curriculum = cfg.release.curriculum
+    signal = (curriculum.signal,) if curriculum is not None and curriculum.signal != "length" else ()
+    docs = curated_metadata(ws, final_stage, drops, cfg.release.tokenizer, signal)
     if docs.is_empty():
         from curation_platform.errors import CurationError
         raise CurationError("no curated documents to release: land a drop and run `curate run` first")
@@ -485,15 +500,22 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
     staging = ws.staging_dir(name)
     if staging.exists():
         shutil.rmtree(staging)
-    shards = _write_shards(ws, final_stage, selected, cfg.release, staging)
-    shard_of = pl.concat(
-        [pl.read_parquet(p, columns=["doc_id"]).with_columns(pl.lit(p.name).alias("release_shard")) for p in shards]
-    )
+    shards, shard_index = _write_shards(ws, final_stage, selected, cfg.release, staging)
+    # One row per released document: the shard of its first epoch, its split and how many epochs ship.
+    shard_of = pl.concat([
+        pl.read_parquet(p, columns=["doc_id", "epoch"]).with_columns(
+            pl.lit(p.name).alias("release_shard"), pl.lit(p.name.split("-")[0]).alias("split"))
+        for p in shards
+    ]).group_by("doc_id").agg(pl.col("release_shard").sort_by("epoch").first(), pl.col("split").first(),
+                              pl.len().cast(pl.Int64).alias("epochs")).sort("release_shard", "doc_id")
     excluded = [d.name for d in ws.drops() if d.name not in drops]
+    report = {**result.metrics["selection"], "shards": shard_index,
+              "curriculum": None if curriculum is None else curriculum.model_dump()}
     card = build_card(name, cfg, selected, stage_counts, result.verdicts,
                       {"rules": rules, "contamination": contamination, "shards": [p.name for p in shards],
                        "excluded_drops": excluded, "flagged_words": flagged_words.card_removals(ws, drops),
-                       "per_drop": card_parts.per_drop(docs, selected, result.verdicts)})
+                       "per_drop": card_parts.per_drop(docs, selected, result.verdicts),
+                       "selection": report})
     card["plots"] = [write_bytes_atomic(png, staging / "plots" / f"{plot}.png").relative_to(staging).as_posix()
                      for plot, png in card_parts.card_plots(card, selected).items()]
     write_text_atomic(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n", staging / "data_card.json")

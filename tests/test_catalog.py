@@ -165,7 +165,7 @@ def test_views_return_the_lake_counts_after_a_sample_run(project):
 
 def test_readme_queries_run_as_shown(project):
     ws = Workspace(project / "data")
-    removals, tokens, cross_drop = readme_queries()
+    removals, tokens, per_split, cross_drop = readme_queries()
     code, output = run_cli("sql", removals, "--workspace", str(ws.root), "--format", "csv")
     assert code == 0, output
     table = pl.read_csv(output.encode())
@@ -179,6 +179,12 @@ def test_readme_queries_run_as_shown(project):
     shards = pl.read_parquet(str(ws.release_dir("latest") / "shards" / "*.parquet"))
     expected = shards.group_by("license").agg(pl.col("token_count").sum().alias("tokens"))
     assert dict(table.select("license", "tokens").iter_rows()) == dict(expected.iter_rows())
+    code, output = run_cli("sql", per_split, "--workspace", str(ws.root), "--format", "csv")
+    table = pl.read_csv(output.encode())
+    files = pl.read_parquet(str(ws.release_dir("latest") / "shards" / "*.parquet"), include_file_paths="file")
+    expected = files.group_by(pl.col("file").str.extract(r"(train|validation)-\d+\.parquet$").alias("split"),
+                              "domain").agg(pl.col("doc_id").n_unique().alias("documents"))
+    assert sorted(table.select("split", "domain", "documents").iter_rows()) == sorted(expected.iter_rows())
     code, output = run_cli("sql", cross_drop, "--workspace", str(ws.root), "--format", "csv")
     table = pl.read_csv(output.encode())
     # The web refresh drop repeats documents of the first web crawl (samples.py plants them).

@@ -303,6 +303,10 @@ def test_status_shows_released_documents_and_tokens_and_why_a_drop_is_left_out(t
     assert ("2026-02-nc: none of its 6 kept documents released (license not allowed by profile 'commercial': 6)"
             in output)
     assert "drop '2026-03-no-manifest': no manifest.yaml" in output
+    shard_dir = root / "data" / "releases" / "latest" / "shards"
+    split = {name: sum(pl.read_parquet(p)["doc_id"].n_unique() for p in shard_dir.glob(f"{name}-*.parquet"))
+             for name in ("train", "validation")}
+    assert f"train {split['train']} documents, validation {split['validation']};" in output
     import shutil
 
     shutil.rmtree(root / "landing" / "2026-03-no-manifest")

@@ -32,14 +32,14 @@ def test_license_profile_then_budget_keeps_the_best_scored_documents():
     # The NC document leaves first (commercial profile); then 110 tokens take w1 (40) + w2 (40) + c1 (20).
     assert sorted(result.kept["doc_id"]) == ["c1", "w1", "w2"]
     reasons = dict(zip(result.verdicts["doc_id"], result.verdicts["rule"]))
-    assert reasons == {"nc": "license.not_in_profile", "w3": "release.over_budget", "c2": "release.over_budget"}
+    assert reasons == {"nc": "license.not_in_profile", "w3": "selection.budget", "c2": "selection.budget"}
 
 
 def test_mixture_caps_each_kind_at_its_share_of_the_budget():
     result = select_release(_docs(), _cfg(token_budget=100, mixture={"web": 0.8, "code": 0.2}))
     # web may use 80 tokens (w1, w2), code 20 (c1).
     assert sorted(result.kept["doc_id"]) == ["c1", "w1", "w2"]
-    assert set(result.verdicts.filter(pl.col("rule") == "release.over_budget")["doc_id"]) == {"w3", "c2"}
+    assert set(result.verdicts.filter(pl.col("rule") == "selection.mixture")["doc_id"]) == {"w3", "c2"}
 
 
 def test_shards_are_deterministic_and_sized():

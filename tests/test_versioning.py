@@ -10,7 +10,7 @@ def test_release_is_dvc_added_with_meta_and_pushed_to_a_local_remote(tmp_path):
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     release = tmp_path / "ws" / "releases" / "r1"
     (release / "shards").mkdir(parents=True)
-    (release / "shards" / "shard-00000.parquet").write_bytes(b"PAR1 not really")
+    (release / "shards" / "train-00000.parquet").write_bytes(b"PAR1 not really")
     (release / "data_card.json").write_text("{}")
     meta = {"licenses": [{"license": "MIT", "documents": 3}], "config_hash": "abc"}
     out = version_release(release, meta, VersioningConfig(), tmp_path / "ws")
