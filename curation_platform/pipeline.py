@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import polars as pl
@@ -29,6 +28,7 @@ from curation_platform.ops.score import score_documents
 from curation_platform.ops.url_filter import filter_urls
 from curation_platform.readers import read_drop
 from curation_platform.records import QUARANTINE, StageResult, verdict_frame
+from curation_platform.storage import as_path
 from curation_platform.takedown import read_takedowns
 from curation_platform.workspace import Workspace, file_lock, write_parquet_atomic
 
@@ -97,7 +97,7 @@ def benchmark_index(cfg: CurationConfig) -> pl.DataFrame:
 
 def _ingest(ws: Workspace, cfg: CurationConfig, drop: str) -> tuple[pl.DataFrame, StageResult, int]:
     entry = ws.drop(drop)
-    drop_dir = Path(entry.path)
+    drop_dir = as_path(entry.path)  # a folder, or a prefix in object storage
     load_manifest(drop_dir, cfg.licenses)  # reject the whole drop early with one clear message
     ingested = read_drop(drop_dir, cfg.ingest, drop=drop)
     quarantine = ingested.quarantine
@@ -185,7 +185,7 @@ def filter_profile(ws: Workspace, cfg: CurationConfig, drop: str) -> str | None:
     """The filter profile of a drop: its manifest's ``filter_profile``, else ``filters.sources`` for its source."""
     from curation_platform.errors import CurationError
 
-    drop_dir = Path(ws.drop(drop).path)
+    drop_dir = as_path(ws.drop(drop).path)
     manifest = load_manifest(drop_dir) if (drop_dir / "manifest.yaml").exists() else None
     source = manifest.source if manifest else ""
     try:

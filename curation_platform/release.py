@@ -5,7 +5,6 @@ shards, and write the data card. Publishing (rename + DVC) lives in ``versioning
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from curation_platform.ops.dedup_exact import exact_representatives
 from curation_platform.ops.dedup_minhash import RULE_DUPLICATE as NEAR_PAIR_RULE
 from curation_platform.ops.dedup_minhash import near_representatives
 from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts, verdict_frame
+from curation_platform.storage import move_tree, remove_tree
 from curation_platform.workspace import Workspace, resolve_resource, write_parquet_atomic, write_text_atomic
 
 SHARD_COLUMNS = [
@@ -452,8 +452,7 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
     result = select_release(docs, cfg, near_pairs(ws, drops))
     selected = result.kept
     staging = ws.staging_dir(name)
-    if staging.exists():
-        shutil.rmtree(staging)
+    remove_tree(staging)
     shards = _write_shards(ws, final_stage, selected, cfg.release, staging)
     shard_of = pl.concat(
         [pl.read_parquet(p, columns=["doc_id"]).with_columns(pl.lit(p.name).alias("release_shard")) for p in shards]
@@ -488,13 +487,11 @@ def publish_release(ws: Workspace, name: str, run_id: str, config_hash: str) -> 
     target.parent.mkdir(parents=True, exist_ok=True)
     # Swap, then delete: the previous release stays whole until the new one is in place.
     previous = target.with_name(f".{name}.previous")
-    if previous.exists():
-        shutil.rmtree(previous)
+    remove_tree(previous)
     if target.exists():
-        target.rename(previous)
-    staging.rename(target)
-    if previous.exists():
-        shutil.rmtree(previous)
+        move_tree(target, previous)
+    move_tree(staging, target)  # in object storage: copy, then delete (no rename there)
+    remove_tree(previous)
     verdicts = pl.read_parquet(target / "release_verdicts.parquet")
     ledger = verdicts.with_columns(
         pl.lit("release").alias("stage"), pl.lit(run_id).alias("run_id"), pl.lit(config_hash).alias("config_hash")

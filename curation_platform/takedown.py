@@ -46,7 +46,7 @@ def _split_indexes(ws: Workspace, doc_ids: pl.DataFrame) -> tuple[dict[str, pl.D
     rewrites = []
     for index in INDEXES:
         found = []
-        for path in sorted((ws.root / "index" / index).glob("*.parquet")):
+        for path in sorted((ws.lake / "index" / index).glob("*.parquet")):
             frame = pl.read_parquet(path)
             hit = frame.join(doc_ids, on="doc_id", how="semi")
             if hit.height:
@@ -58,7 +58,7 @@ def _split_indexes(ws: Workspace, doc_ids: pl.DataFrame) -> tuple[dict[str, pl.D
 
 
 def _known_documents(ws: Workspace) -> pl.DataFrame:
-    files = sorted((ws.root / "stages" / "raw_documents").glob("*.parquet"))
+    files = sorted((ws.lake / "stages" / "raw_documents").glob("*.parquet"))
     if not files:
         return pl.DataFrame(schema={"doc_id": pl.String, "drop": pl.String})
     return pl.concat([pl.read_parquet(f, columns=["doc_id", "drop"]) for f in files])

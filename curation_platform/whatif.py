@@ -41,7 +41,7 @@ SCHEMA = {"drop": pl.String, "rule": pl.String, "added": pl.Int64, "removed": pl
 
 
 def _stage_column(ws: Workspace, stage: str, columns: list[str]) -> pl.DataFrame:
-    files = sorted((ws.root / "stages" / stage).glob("*.parquet"))
+    files = sorted((ws.lake / "stages" / stage).glob("*.parquet"))
     frames = [pl.read_parquet(f, columns=[c for c in columns if c in pl.read_parquet_schema(f)]) for f in files]
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame(schema={c: pl.String for c in columns})
 
