@@ -198,3 +198,22 @@ def test_curate_run_with_landing_lake_and_dvc_remote_on_s3(s3, tmp_path, monkeyp
                            "--config", str(project / "curation.yaml"))
     assert code == 0, output
     assert "0 to curate" in output and "unchanged" in output
+
+
+def test_local_paths_stay_pathlib_paths_and_uris_keep_their_scheme(tmp_path):
+    from curation_platform.storage import ObjectPath, as_path, is_uri
+    from curation_platform.workspace import Workspace
+
+    assert type(as_path(tmp_path / "x")) is type(tmp_path) and as_path("data") == Path("data")
+    assert not is_uri(tmp_path) and not is_uri("data/s3:/x") and is_uri("s3://bucket/x")
+    lake = as_path("s3://bucket/lake/")
+    shard = lake / "releases" / "latest" / "shards" / "shard-00000.parquet"
+    assert isinstance(shard, ObjectPath) and shard == "s3://bucket/lake/releases/latest/shards/shard-00000.parquet"
+    assert shard.name == "shard-00000.parquet" and shard.parent.parent.name == "latest"
+    assert shard.with_suffix(".json").name == "shard-00000.json"
+    assert str(shard.relative_to(lake)) == "releases/latest/shards/shard-00000.parquet"
+    local = Workspace(tmp_path)
+    assert local.lake == local.root and local.stage_path("scored", "d") == tmp_path / "stages" / "scored" / "d.parquet"
+    remote = Workspace(tmp_path, lake="s3://bucket/lake")
+    assert remote.stage_path("scored", "d") == "s3://bucket/lake/stages/scored/d.parquet"
+    assert remote.release_pointer("latest") == tmp_path / "releases" / "latest.dvc"
