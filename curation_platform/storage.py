@@ -1,8 +1,9 @@
 """Where files live: a local path, or an object-store URI (``s3://bucket/prefix``) opened through fsspec.
 
-Local paths stay plain ``pathlib.Path`` objects and take exactly the code paths they always took. A URI becomes a
-``upath.UPath`` over the fsspec filesystem of its scheme (s3fs for ``s3://``), which offers the same ``/``,
-``exists``, ``stat``, ``open``, ``read_bytes`` and ``glob`` as a ``Path``. Object-store specifics live here:
+Local paths stay plain ``pathlib.Path`` objects and take exactly the code paths they always took. A URI becomes an
+``ObjectPath``: the URI string itself (so Polars, DuckDB and f-strings take it as they take a path string) with the
+``/``, ``exists``, ``stat``, ``open``, ``read_bytes`` and ``glob`` of a ``Path``, served by the fsspec filesystem
+of its scheme (s3fs for ``s3://``). Object-store specifics live here:
 
 * Endpoint and credentials come from the standard environment variables (``AWS_ENDPOINT_URL``,
   ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``), which s3fs, Polars' native reader
@@ -23,13 +24,12 @@ import shutil
 import stat as stat_module
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Self, Union
 
 if TYPE_CHECKING:
     import duckdb
     import fsspec
     import polars as pl
-    from upath import UPath
 
 AnyPath = Union[Path, "ObjectPath"]
 
@@ -37,7 +37,7 @@ _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def is_uri(location: object) -> bool:
-    """True for an object-store location (``s3://...``, a UPath over one); False for local paths and
+    """True for an object-store location (``s3://...``, an ObjectPath); False for local paths and
     ``file://``."""
     if isinstance(location, Path):
         return False
@@ -58,24 +58,21 @@ def storage_options() -> dict[str, Any]:
 class ObjectPath(str):
     """An object-store location that is at once its URI string, so Polars, DuckDB and f-strings read it as they
     read a local path string, and a path with the ``pathlib`` methods the workspace code uses, served by fsspec
-    (through ``upath.UPath``). Immutable like ``Path``; ``/`` joins with ``/``."""
+    (the scheme's filesystem: s3fs for ``s3://``). Immutable like ``Path``; ``/`` joins with ``/``."""
 
     __slots__ = ()
 
-    def __new__(cls, uri: str) -> ObjectPath:
+    def __new__(cls, uri: str) -> Self:
         scheme, _, rest = str(uri).partition("://")
         return super().__new__(cls, f"{scheme}://{rest.rstrip('/')}")
 
     @property
-    def upath(self) -> UPath:
-        from upath import UPath
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The scheme's fsspec filesystem (one instance per set of options, cached by fsspec)."""
+        from fsspec.core import url_to_fs
 
         # Listings are not cached: the landing sensor must see objects written since its last tick.
-        return UPath(str(self), use_listings_cache=False, **storage_options())
-
-    @property
-    def fs(self) -> fsspec.AbstractFileSystem:
-        return self.upath.fs
+        return url_to_fs(str(self), use_listings_cache=False, **storage_options())[0]
 
     @property
     def key(self) -> str:
@@ -293,3 +290,15 @@ def register(con: duckdb.DuckDBPyConnection, *paths: object) -> None:
                 con.register_filesystem(fs)
             except duckdb.InvalidInputException:  # this connection already reads through it
                 pass
+
+
+# Arrow ------------------------------------------------------------------------------------------------------------
+def arrow_filesystem(path: AnyPath) -> tuple[object | None, str]:
+    """``(pyarrow filesystem, path on it)`` for readers that take a pyarrow filesystem (Ray Data, pyarrow.dataset):
+    ``(None, path)`` locally, the fsspec filesystem wrapped for pyarrow and the ``bucket/key`` path for a URI."""
+    if not is_uri(path):
+        return None, str(path)
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    path = as_path(path)
+    return PyFileSystem(FSSpecHandler(path.fs)), path.key
