@@ -173,13 +173,10 @@ class ObjectPath(str):
 
 
 def as_path(location: str | os.PathLike) -> AnyPath:
-    """A ``Path`` for a local location (``~`` expanded), an ``ObjectPath`` for a URI; either kind passes
-    through."""
-    if isinstance(location, ObjectPath):
+    """A ``Path`` for a local location, an ``ObjectPath`` for a URI; either kind passes through unchanged."""
+    if isinstance(location, (Path, ObjectPath)):
         return location
-    if isinstance(location, Path) or not is_uri(location):
-        return Path(location).expanduser()
-    return ObjectPath(str(location))
+    return ObjectPath(str(location)) if is_uri(location) else Path(location)
 
 
 def location(path: str | os.PathLike) -> str:
