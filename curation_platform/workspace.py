@@ -12,6 +12,9 @@ Layout under the workspace directory::
                                       near-dup signature that block their content in drops curated later
     releases/<name>/                  published releases (shards, data card), versioned by DVC
     releases/.staging/<name>/         write-audit-publish staging area
+
+With a lake URI (``Workspace(root, lake="s3://bucket/lake")`` or ``CURATION_LAKE``), everything but the registry
+lives under the lake; the registry, locks, catalog, Dagster home and DVC pointers stay under the local root.
 """
 
 from __future__ import annotations
