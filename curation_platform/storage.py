@@ -265,7 +265,8 @@ def move_tree(source: AnyPath, target: AnyPath) -> None:
         source.rename(target)
         return
     fs = source.fs
-    for rel, _ in list_objects(source):
+    # Sub-folders first, top-level objects last: a release's data card and shard index appear after its shards.
+    for rel in sorted((rel for rel, _ in list_objects(source)), key=lambda rel: ("/" not in rel, rel)):
         fs.copy(f"{source.key}/{rel}", f"{target.key}/{rel}")
     remove_tree(source)
     fs.invalidate_cache(target.key)

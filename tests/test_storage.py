@@ -228,3 +228,17 @@ def test_local_paths_stay_pathlib_paths_and_uris_keep_their_scheme(tmp_path):
     remote = Workspace(tmp_path, lake="s3://bucket/lake")
     assert remote.stage_path("scored", "d") == "s3://bucket/lake/stages/scored/d.parquet"
     assert remote.release_pointer("latest") == tmp_path / "releases" / "latest.dvc"
+
+
+def test_moving_a_folder_in_s3_copies_every_object_then_deletes_the_source(s3):
+    from curation_platform.storage import as_path, move_tree, remove_tree
+
+    for rel in ("shards/shard-00000.parquet", "data_card.json"):
+        s3.pipe_file(f"{BUCKET}/move/staging/{rel}", rel.encode())
+    move_tree(as_path(f"s3://{BUCKET}/move/staging"), as_path(f"s3://{BUCKET}/move/latest"))
+    assert sorted(s3.find(f"{BUCKET}/move")) == [f"{BUCKET}/move/latest/data_card.json",
+                                                 f"{BUCKET}/move/latest/shards/shard-00000.parquet"]
+    assert s3.cat_file(f"{BUCKET}/move/latest/shards/shard-00000.parquet") == b"shards/shard-00000.parquet"
+    remove_tree(as_path(f"s3://{BUCKET}/move"))
+    remove_tree(as_path(f"s3://{BUCKET}/move"))  # absent: nothing to do
+    assert not s3.find(f"{BUCKET}/move")
