@@ -1,7 +1,6 @@
 """The landing sensor: each new ready drop becomes a partition and a run."""
 
 import json
-from pathlib import Path
 
 import dagster as dg
 
@@ -20,7 +19,8 @@ from curation_platform.landing import scan_landing
 )
 def landing_sensor(context: dg.SensorEvaluationContext, curation: CurationResource) -> dg.SensorResult:
     cfg = curation.cfg()
-    scan = scan_landing(Path(curation.landing), cfg.ingest.settle_seconds, cfg.licenses)
+    # A string: the landing area may be a directory or an object-store prefix (s3://bucket/landing).
+    scan = scan_landing(curation.landing, cfg.ingest.settle_seconds, cfg.licenses)
     # Folders that will not be read (bad manifest, no manifest.yaml, empty) are logged once, not every tick:
     # the cursor remembers what was reported, so a changed message is reported again.
     reported = set(json.loads(context.cursor)) if context.cursor else set()

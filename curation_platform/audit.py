@@ -147,7 +147,10 @@ def release_license_audit(shard_glob: str, allowed_categories: list[str]) -> pl.
 
     from curation_platform.licenses import platform_category, scancode_licenses
 
+    from curation_platform.storage import register
+
     with duckdb.connect() as con:
+        register(con, shard_glob)  # staged shards in object storage are read through fsspec
         per_license = con.sql(
             "SELECT license, count(*) AS documents FROM read_parquet(?) GROUP BY license ORDER BY license NULLS FIRST",
             params=[shard_glob],

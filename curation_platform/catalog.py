@@ -38,6 +38,7 @@ from pathlib import Path
 
 from curation_platform.errors import CurationError
 from curation_platform.ledger import LEDGER_SCHEMA
+from curation_platform.storage import as_path, is_uri, register
 from curation_platform.workspace import Workspace, file_lock, write_text_atomic
 
 CATALOG_FILE = "catalog.duckdb"
@@ -68,6 +69,8 @@ def _ident(name: str) -> str:
 
 
 def _has_files(pattern: str) -> bool:
+    if is_uri(pattern):
+        return bool(as_path(pattern).fs.glob(as_path(pattern).key))
     return any(Path("/").glob(pattern.lstrip("/")))
 
 
@@ -108,10 +111,10 @@ def _subfolders(path: Path) -> list[str]:
 
 def _views(ws: Workspace, stages: Iterable[str]) -> list[_View]:
     """Every view of the catalog, from a listing of the workspace (no file is read)."""
-    root = str(ws.root)
+    root = str(ws.lake)  # the lake: the workspace directory, or an object-store URI
     views = [_view(f"stage_{stage}", [f"{root}/stages/{stage}/*.parquet"], {"drop": "drop"})
-             for stage in sorted(set(stages) | set(_subfolders(ws.root / "stages")))]
-    ledger_globs = [f"{root}/ledger/{name}/*.parquet" for name in _subfolders(ws.root / "ledger") if name != "release"]
+             for stage in sorted(set(stages) | set(_subfolders(ws.lake / "stages")))]
+    ledger_globs = [f"{root}/ledger/{name}/*.parquet" for name in _subfolders(ws.lake / "ledger") if name != "release"]
     views += [
         _view("ledger", ledger_globs, {"stage": "folder", "drop": "drop"}, _LEDGER_COLUMNS),
         _view("release_ledger", [f"{root}/ledger/release/*.parquet"], {"release": "drop"}, _LEDGER_COLUMNS),
@@ -119,7 +122,7 @@ def _views(ws: Workspace, stages: Iterable[str]) -> list[_View]:
         _view("documents", [f"{root}/stages/raw_documents/*.parquet", f"{root}/quarantine/*.parquet"], {},
               _DOCUMENT_COLUMNS, columns=list(_DOCUMENT_COLUMNS)),
         *[_view(f"index_{index}", [f"{root}/index/{index}/*.parquet"], {"drop": "drop"}, {"doc_id": "VARCHAR"})
-          for index in sorted({"exact", "near"} | set(_subfolders(ws.root / "index")))],
+          for index in sorted({"exact", "near"} | set(_subfolders(ws.lake / "index")))],
         _view("takedowns", [f"{root}/takedowns.parquet"], {}, {"doc_id": "VARCHAR"}),
         _view("release_shards", [f"{root}/releases/*/shards/*.parquet"], {"release": "release", "split": "split"},
               {"doc_id": "VARCHAR", "drop": "VARCHAR", "source": "VARCHAR", "license": "VARCHAR", "kind": "VARCHAR",
@@ -129,7 +132,7 @@ def _views(ws: Workspace, stages: Iterable[str]) -> list[_View]:
         _view("releases", [f"{root}/releases/*/data_card.json"], {},
               {"release": "VARCHAR", "profile": "VARCHAR", "documents": "BIGINT", "tokens": "BIGINT"},
               json_select="SELECT string_split(_file, '/')[-2] AS release, * EXCLUDE (_file) FROM {source}"),
-        _view("drops", [f"{root}/registry/drops.json"], {},
+        _view("drops", [f"{ws.root}/registry/drops.json"], {},
               {"drop": "VARCHAR", "path": "VARCHAR", "registered_at": "TIMESTAMP WITH TIME ZONE",
                "drop_order": "BIGINT", "fingerprint": "VARCHAR"},
               json_select='SELECT name AS "drop", path, to_timestamp(registered_at) AS registered_at, '
@@ -226,6 +229,7 @@ def refresh_catalog(conn, ws: Workspace, stages: Iterable[str] = (), rebuild: st
         if stored is not None and (stored[1] == layout or (rebuild == "moved" and stored[0] == str(ws.root))):
             return [v.name for v in views]
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        register(conn, ws.lake)  # views over an object-store lake read through fsspec
         try:
             conn.execute(f"ATTACH {_quote(str(tmp))} AS {_ATTACHED}")
             try:
@@ -277,6 +281,7 @@ def open_catalog(ws: Workspace, stages: Iterable[str] = ()) -> Iterator:
             if attempt == 4:
                 raise CatalogError(f"cannot open {catalog_path(ws)}: {str(exc).splitlines()[0]}") from None
             time.sleep(0.2 * 2 ** attempt)
+    register(conn, ws.lake)  # the views over an object-store lake are read at query time, through fsspec
     try:
         yield conn
     finally:

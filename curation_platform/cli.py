@@ -69,7 +69,7 @@ def _print_progress(stage: str, partition: str, summary: object) -> None:
                    + (f", DVC {summary.get('md5')} pushed to {summary.get('remote')}" if summary.get("md5") else ""))
 
 
-def _scan_settled(landing: Path, settle_seconds: float, now: float | None, policy=None):
+def _scan_settled(landing: str, settle_seconds: float, now: float | None, policy=None):
     """Scan the landing area; without ``now``, wait (at most ``settle_seconds``) for drops written moments ago to
     settle, so a half-copied drop is never read. Drops still changing after that are reported and left for later."""
     import time
@@ -126,7 +126,9 @@ def _stale_drops(ws, cfg, names: list[str]) -> list[str]:
 def run(
     workspace: Path = WorkspaceOpt,
     config: Path = ConfigOpt,
-    landing: Path = typer.Option(Path("landing"), "--landing", help="Landing area with one folder per drop."),
+    # A string, not a Path: Path would turn s3://bucket/landing into s3:/bucket/landing.
+    landing: str = typer.Option("landing", "--landing", help="Landing area with one folder per drop: a directory, "
+                                "or an object-store prefix such as s3://bucket/landing."),
     release: Optional[str] = typer.Option(None, "--release", help="Release name (default from config)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="License profile (default from config)."),
     benchmark: list[str] = typer.Option([], "--benchmark", help="Extra benchmark NAME=PATH:FIELD[,FIELD]."),
@@ -139,6 +141,7 @@ def run(
     from assets.definitions import build_definitions
     from assets.partitions import drops
     from assets.resources import CurationResource
+    from curation_platform.storage import as_path
     from curation_platform.workspace import Workspace
 
     cfg = _config(config)
@@ -158,7 +161,7 @@ def run(
     changed = ws.changed_drops(scan.ready)
     ws.register_drops(scan.ready)
     registered = [d.name for d in ws.drops()]
-    gone = [d.name for d in ws.drops() if not Path(d.path).is_dir()]
+    gone = [d.name for d in ws.drops() if not as_path(d.path).is_dir()]
     for name in gone:
         typer.secho(f"drop {name}: its folder is gone from the landing area; not curating it again "
                     f"(`curate takedown {name}` removes its documents from releases)", fg=typer.colors.YELLOW, err=True)
@@ -321,7 +324,8 @@ def _print_left_out(removals: pl.DataFrame, frame: pl.DataFrame, profile: str) -
 def status(
     workspace: Path = WorkspaceOpt,
     config: Path = ConfigOpt,
-    landing: Path = typer.Option(Path("landing"), "--landing", help="Landing area whose unread drops to list."),
+    landing: str = typer.Option("landing", "--landing", help="Landing area whose unread drops to list (a "
+                                "directory or an s3:// prefix)."),
 ) -> None:
     """Registered drops with their counts (read, kept, released, tokens), drops in the landing area that are not
     read and why, and the releases in the workspace."""
@@ -337,10 +341,10 @@ def status(
         typer.echo(f"not read: {message}" if name not in rejected else f"rejected drop {name}: {message}")
     for name in scan.waiting:
         typer.echo(f"settling: drop '{name}' changed less than {cfg.ingest.settle_seconds:g} s ago")
-    releases = ws.root / "releases"
+    releases = ws.lake / "releases"
     for card_path in sorted(releases.glob("*/data_card.json")) if releases.exists() else []:
         card = json.loads(card_path.read_text())
-        dvc_file = card_path.parent.with_name(card_path.parent.name + ".dvc")
+        dvc_file = ws.release_pointer(card_path.parent.name)
         typer.echo(f"release {card['name']}: {card['documents']} documents, {card['tokens']} tokens, "
                    f"config {card['config_hash']}" + (", versioned by DVC" if dvc_file.exists() else ""))
 
@@ -397,7 +401,7 @@ def ledger_export(
     cfg = _config(config)
     name = release or cfg.release.name
     if release is not None and not ws.release_dir(release).exists():
-        _fail(f"release '{release}' does not exist in {ws.root / 'releases'}")
+        _fail(f"release '{release}' does not exist in {ws.lake / 'releases'}")
     frame = read_ledger(ws, release=name) if verdicts else record_table(ws, name)
     export_parquet(frame, out)
     typer.echo(f"wrote {frame.height} rows to {out}")

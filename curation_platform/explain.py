@@ -22,7 +22,7 @@ def _stage_columns(ws: Workspace, stage: str, columns: list[str]) -> pl.DataFram
 def _records(ws: Workspace) -> pl.DataFrame:
     """Identity columns of every input record, read or quarantined."""
     parts = [_stage_columns(ws, "raw_documents", _RECORD_COLUMNS)] if ws.stage_drops("raw_documents") else []
-    quarantine = sorted((ws.root / "quarantine").glob("*.parquet"))
+    quarantine = sorted((ws.lake / "quarantine").glob("*.parquet"))
     if quarantine:
         q = pl.concat([pl.read_parquet(f) for f in quarantine], how="vertical_relaxed")
         parts.append(q.select([c for c in _RECORD_COLUMNS if c in q.columns]))
@@ -60,7 +60,7 @@ def release_shard_index(ws: Workspace, release: str | None) -> pl.DataFrame:
 
 def all_release_shards(ws: Workspace) -> pl.DataFrame:
     """(doc_id, release_shard) for every published release in the workspace."""
-    releases = sorted(p.parent.name for p in (ws.root / "releases").glob("*/shard_index.parquet"))
+    releases = sorted(p.parent.name for p in (ws.lake / "releases").glob("*/shard_index.parquet"))
     frames = [release_shard_index(ws, name) for name in releases]
     return pl.concat(frames) if frames else release_shard_index(ws, None)
 
@@ -68,7 +68,7 @@ def all_release_shards(ws: Workspace) -> pl.DataFrame:
 def _represented(ws: Workspace, doc_id: str) -> list[str]:
     """Per release: the copies this document was chosen over (it represents their duplicate cluster there)."""
     lines = []
-    for path in sorted((ws.root / "ledger" / "release").glob("*.parquet")):
+    for path in sorted((ws.lake / "ledger" / "release").glob("*.parquet")):
         rows = (pl.scan_parquet(path).filter((pl.col("duplicate_of") == doc_id) & (pl.col("verdict") == "drop"))
                 .select("doc_id", "rule", "detail").collect().sort("doc_id"))
         for row in rows.iter_rows(named=True):
@@ -80,7 +80,7 @@ def _represented(ws: Workspace, doc_id: str) -> list[str]:
 def resolve_doc_id(ws: Workspace, doc_id: str) -> str:
     """The full doc_id that ``doc_id`` names: itself, or the one ledger id it is a unique prefix of (the short ids
     ``curate whatif`` prints). Raises CurationError when there is no ledger, no match, or several matches."""
-    ledger_files = sorted((ws.root / "ledger").glob("*/*.parquet"))
+    ledger_files = sorted((ws.lake / "ledger").glob("*/*.parquet"))
     if not ledger_files:
         raise CurationError(f"no ledger in {ws.root}: run `curate run` first")
     matches = (
@@ -101,7 +101,7 @@ def resolve_doc_id(ws: Workspace, doc_id: str) -> str:
 def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame | None = None) -> str:
     """Readable account of one document: identity, every stage's verdict with rule, value and threshold,
     what it duplicates, and which release shards hold it."""
-    ledger_files = sorted((ws.root / "ledger").glob("*/*.parquet"))
+    ledger_files = sorted((ws.lake / "ledger").glob("*/*.parquet"))
     if not ledger_files:
         return f"no ledger in {ws.root}: run `curate run` first"
     rows = (

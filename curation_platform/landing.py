@@ -12,6 +12,7 @@ from curation_platform.errors import CurationError, ManifestError
 from curation_platform.manifest import (
     MANIFEST_NAME, READY_MARKER, drop_is_ready, last_change, load_manifest, manifest_fingerprint,
 )
+from curation_platform.storage import AnyPath, as_path, child_folders, is_uri, list_objects
 from curation_platform.workspace import check_name
 
 if TYPE_CHECKING:
@@ -38,23 +39,32 @@ class LandingScan:
         return sorted(lines)
 
 
-def _has_data_files(folder: Path) -> bool:
+def _has_data_files(folder: AnyPath) -> bool:
     """True when the drop holds at least one non-empty data file (zero-byte files hold no record)."""
+    if is_uri(folder):
+        return any(not rel.rsplit("/", 1)[-1].startswith(".") and rel not in (MANIFEST_NAME, READY_MARKER)
+                   and stat.st_size > 0 for rel, stat in list_objects(folder))
     return any(p.is_file() and not p.name.startswith(".") and p.name not in (MANIFEST_NAME, READY_MARKER)
                and p.stat().st_size > 0 for p in folder.rglob("*"))
 
 
-def scan_landing(landing: Path, settle_seconds: float, policy: LicensePolicy | None = None,
+def scan_landing(landing: str | Path, settle_seconds: float, policy: LicensePolicy | None = None,
                  now: float | None = None) -> LandingScan:
     """Every drop folder under ``landing`` in name order, sorted into ready, waiting, rejected, no manifest and
     empty. A folder counts as settled when a ``_READY`` marker is present or nothing in it changed during the last
     ``settle_seconds`` before ``now`` (a Unix timestamp, default: the current time). With ``policy``, a drop whose
-    generator terms are not in its vocabulary is rejected too."""
+    generator terms are not in its vocabulary is rejected too. ``landing`` may be an object-store URI
+    (``s3://bucket/landing``): drops are the prefixes under it, and an object's LastModified is its change time."""
     scan = LandingScan()
-    if not landing.is_dir():
+    landing = as_path(landing)
+    if is_uri(landing):
+        folders = [p for p in child_folders(landing) if not p.name.startswith((".", "_"))]
+    elif not landing.is_dir():
         return scan
+    else:
+        folders = sorted(p for p in landing.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
     now = time.time() if now is None else now
-    for folder in sorted(p for p in landing.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+    for folder in folders:
         marked = (folder / READY_MARKER).exists()
         age = None if marked else now - last_change(folder)
         if age is not None and age < settle_seconds:

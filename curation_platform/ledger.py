@@ -51,7 +51,7 @@ def read_ledger(ws: Workspace, drop: str | None = None, release: str | None = No
     """Ledger rows of the per-drop stages (or one ``stage``) of one drop or all drops, plus one release's verdicts
     if named."""
     files = sorted(
-        f for f in (ws.root / "ledger").glob(f"{stage or '*'}/{drop or '*'}.parquet") if f.parent.name != "release"
+        f for f in (ws.lake / "ledger").glob(f"{stage or '*'}/{drop or '*'}.parquet") if f.parent.name != "release"
     )
     if release is not None and ws.release_ledger_path(release).exists():
         files.append(ws.release_ledger_path(release))

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from curation_platform.errors import ManifestError
+from curation_platform.storage import as_path, is_uri, list_objects
 
 if TYPE_CHECKING:
     from curation_platform.licenses import LicensePolicy
@@ -116,7 +117,7 @@ def load_manifest(drop_dir: Path, policy: LicensePolicy | None = None) -> Manife
     missing, is not valid YAML, or lacks or misstates a required field. With ``policy``, a generator's terms must
     be in its terms vocabulary (``licenses.generator_terms``); the message names the known terms.
     """
-    drop_dir = Path(drop_dir)
+    drop_dir = as_path(drop_dir)
     path = drop_dir / MANIFEST_NAME
     if not path.is_file():
         raise ManifestError(
@@ -154,7 +155,10 @@ def load_manifest(drop_dir: Path, policy: LicensePolicy | None = None) -> Manife
 
 
 def _all_entries(drop_dir: Path) -> list[tuple[str, os.stat_result]]:
-    """(relative posix path, lstat) of every file and folder under drop_dir, symlinks not followed."""
+    """(relative posix path, lstat) of every file and folder under drop_dir, symlinks not followed; for an
+    object-store prefix, of every object (LastModified as the modification time)."""
+    if is_uri(drop_dir):
+        return list_objects(drop_dir)
     entries = []
     for root, dirs, files in os.walk(drop_dir, followlinks=False):
         dirs.sort()
@@ -173,7 +177,7 @@ def drop_is_ready(drop_dir: Path, settle_seconds: float, now: float | None = Non
 
     ``now`` is a Unix timestamp; it defaults to the current time.
     """
-    drop_dir = Path(drop_dir)
+    drop_dir = as_path(drop_dir)
     if not (drop_dir / MANIFEST_NAME).is_file():
         return False
     if (drop_dir / READY_MARKER).exists():
@@ -184,17 +188,20 @@ def drop_is_ready(drop_dir: Path, settle_seconds: float, now: float | None = Non
 
 def last_change(drop_dir: Path) -> float:
     """Unix time of the latest change to anything in the drop folder (hidden temporary files included)."""
-    mtimes = [stat.st_mtime for _, stat in _all_entries(Path(drop_dir))]
-    mtimes.append(Path(drop_dir).stat().st_mtime)  # a file just created or deleted changes the folder's mtime
-    return max(mtimes)
+    drop_dir = as_path(drop_dir)
+    mtimes = [stat.st_mtime for _, stat in _all_entries(drop_dir)]
+    if not is_uri(drop_dir):
+        mtimes.append(drop_dir.stat().st_mtime)  # a file just created or deleted changes the folder's mtime
+    return max(mtimes, default=0.0)
 
 
 def manifest_fingerprint(drop_dir: Path) -> str:
     """xxh128 hex of the drop's file list with sizes and modification times (manifest included; hidden files
     and the ``_READY`` marker excluded), so a sensor can tell a changed drop from one it already read."""
     lines = [
-        f"{rel}\t{stat.st_size}\t{stat.st_mtime_ns}"
-        for rel, stat in _all_entries(Path(drop_dir))
+        # Objects add their ETag: S3 times have whole seconds, so a same-size rewrite within one would hide.
+        f"{rel}\t{stat.st_size}\t{stat.st_mtime_ns}" + (f"\t{stat.etag}" if getattr(stat, "etag", "") else "")
+        for rel, stat in _all_entries(as_path(drop_dir))
         if not any(part.startswith(".") for part in rel.split("/"))
         and rel != READY_MARKER
         and not stat_module.S_ISDIR(stat.st_mode)

@@ -40,6 +40,7 @@ from curation_platform.selection import domain_expr
 from curation_platform.ops.url_filter import filter_urls
 from curation_platform.readers import read_drop_batches
 from curation_platform.records import DROP, KEEP, QUARANTINE, DropInput, StageResult, verdict_frame
+from curation_platform.storage import as_path
 from curation_platform.takedown import read_takedowns
 from curation_platform.workspace import (DECIDES_ON_KEY, ParquetStreamWriter, Workspace, file_lock,
                                          write_parquet_atomic)
@@ -122,7 +123,7 @@ def _ingest(ws: Workspace, cfg: CurationConfig, drop: str) -> Iterator[tuple[pl.
     """The drop's records in batches of ``engine.batch_rows`` input records: (input doc_ids in input order, result
     with the records kept and a quarantine verdict per rejected record); the quarantine file is streamed too."""
     entry = ws.drop(drop)
-    drop_dir = Path(entry.path)
+    drop_dir = as_path(entry.path)  # a folder, or a prefix in object storage
     load_manifest(drop_dir, cfg.licenses)  # reject the whole drop early with one clear message
     with ParquetStreamWriter(ws.quarantine_path(drop)) as quarantine_out:
         for batch in read_drop_batches(drop_dir, cfg.ingest, drop=drop, batch_rows=cfg.engine.batch_rows):
@@ -244,7 +245,7 @@ def filter_profile(ws: Workspace, cfg: CurationConfig, drop: str) -> str | None:
     """The filter profile of a drop: its manifest's ``filter_profile``, else ``filters.sources`` for its source."""
     from curation_platform.errors import CurationError
 
-    drop_dir = Path(ws.drop(drop).path)
+    drop_dir = as_path(ws.drop(drop).path)
     manifest = load_manifest(drop_dir) if (drop_dir / "manifest.yaml").exists() else None
     source = manifest.source if manifest else ""
     try:

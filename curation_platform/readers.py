@@ -37,6 +37,7 @@ from curation_platform.hashing import xxh128_hex
 from curation_platform.licenses import closest_license, normalize_license
 from curation_platform.manifest import MANIFEST_NAME, READY_MARKER, Manifest, load_manifest
 from curation_platform.records import INGEST_SCHEMA, MESSAGES_DTYPE
+from curation_platform.storage import as_path, is_uri, list_objects
 
 EXCERPT_CHARS = 200
 
@@ -131,7 +132,11 @@ def _file_format(rel: str, forced: str | None) -> tuple[str | None, str | None]:
 
 
 def _data_files(drop_dir: Path) -> list[tuple[str, Path]]:
-    """(relative posix path, absolute path) of every data file, sorted; raises UnsafePathError on escapes."""
+    """(relative posix path, absolute path) of every data file, sorted; raises UnsafePathError on escapes. Under
+    an object-store prefix, every object (objects have no links, so nothing can escape)."""
+    if is_uri(drop_dir):
+        return [(rel, drop_dir / rel) for rel, _ in list_objects(drop_dir)
+                if not any(part.startswith(".") for part in rel.split("/")) and rel not in (MANIFEST_NAME, READY_MARKER)]
     root = drop_dir.resolve()
     found: list[tuple[str, Path]] = []
     escapes: list[str] = []  # every escaping path, so one run reports them all
@@ -332,11 +337,13 @@ def _table_candidates(rel: str, path: Path, fmt: str) -> pl.DataFrame:
     """Parquet or CSV: one candidate per row, encoded as a JSON object; a file that cannot be read is one
     candidate with the error."""
     try:
+        # An object is read through its fsspec file (ranged GETs), never copied to local disk.
+        source = path.open("rb") if is_uri(path) else path
         if fmt == "parquet":
-            table = pl.read_parquet(path)
+            table = pl.read_parquet(source)
         else:
             # All columns as strings: a CSV has no types, and an empty cell is an empty text, not a null.
-            table = pl.read_csv(path, infer_schema=False, empty_string_is_null=False,
+            table = pl.read_csv(source, infer_schema=False, empty_string_is_null=False,
                                 raise_if_empty=False,
                                 separator="\t" if rel.lower().endswith(".tsv") else ",")
         # JSON has no bytes: binary columns travel as base64.
@@ -402,7 +409,9 @@ def _warc_candidates(rel: str, path: Path, cfg: IngestConfig) -> pl.DataFrame:
     rows: list[dict] = []
     number = 0
     try:
-        for record in ArchiveIterator(str(path), record_types=WarcRecordType.response, parse_http=False):
+        # An object streams through its fsspec file; FastWARC detects gzip on either.
+        stream = path.open("rb") if is_uri(path) else str(path)
+        for record in ArchiveIterator(stream, record_types=WarcRecordType.response, parse_http=False):
             number += 1
             record_id = record.record_id
             # Digest first (it buffers the block), then the HTTP headers and the payload.
@@ -695,7 +704,7 @@ def read_drop_batches(drop_dir: Path, cfg: IngestConfig, drop: str | None = None
                       batch_rows: int = 1 << 62) -> Iterator[IngestBatch]:
     """``read_drop`` as batches of at most ``batch_rows`` input records, in input order (see the module docstring).
     Their records and quarantine rows concatenated are exactly ``read_drop``'s."""
-    drop_dir = Path(drop_dir)
+    drop_dir = as_path(drop_dir)
     manifest = load_manifest(drop_dir)
     drop = drop or drop_dir.name
     files = _data_files(drop_dir)

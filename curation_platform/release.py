@@ -5,7 +5,6 @@ shards, and write the data card. Publishing (rename + DVC) lives in ``versioning
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from curation_platform.ops.dedup_minhash import RULE_DUPLICATE as NEAR_PAIR_RULE
 from curation_platform.ops.dedup_minhash import near_representatives
 from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts, verdict_frame
 from curation_platform.selection import select, shard_plan, split_assignment
+from curation_platform.storage import move_tree, remove_tree
 from curation_platform.workspace import (Workspace, resolve_resource, write_bytes_atomic, write_parquet_atomic,
                                         write_text_atomic)
 
@@ -498,8 +498,7 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
     result = select_release(docs, cfg, near_pairs(ws, drops))
     selected = result.kept
     staging = ws.staging_dir(name)
-    if staging.exists():
-        shutil.rmtree(staging)
+    remove_tree(staging)
     shards, shard_index = _write_shards(ws, final_stage, selected, cfg.release, staging)
     # One row per released document: the shard of its first epoch, its split and how many epochs ship.
     shard_of = pl.concat([
@@ -545,13 +544,11 @@ def publish_release(ws: Workspace, name: str, run_id: str, config_hash: str) -> 
     target.parent.mkdir(parents=True, exist_ok=True)
     # Swap, then delete: the previous release stays whole until the new one is in place.
     previous = target.with_name(f".{name}.previous")
-    if previous.exists():
-        shutil.rmtree(previous)
+    remove_tree(previous)
     if target.exists():
-        target.rename(previous)
-    staging.rename(target)
-    if previous.exists():
-        shutil.rmtree(previous)
+        move_tree(target, previous)
+    move_tree(staging, target)  # in object storage: copy, then delete (no rename there)
+    remove_tree(previous)
     verdicts = pl.read_parquet(target / "release_verdicts.parquet")
     ledger = verdicts.with_columns(
         pl.lit("release").alias("stage"), pl.lit(run_id).alias("run_id"), pl.lit(config_hash).alias("config_hash")

@@ -46,7 +46,7 @@ def _split_indexes(ws: Workspace, doc_ids: pl.DataFrame) -> tuple[dict[str, pl.D
     rewrites = []
     for index in INDEXES:
         found = []
-        for path in sorted((ws.root / "index" / index).glob("*.parquet")):
+        for path in sorted((ws.lake / "index" / index).glob("*.parquet")):
             frame = pl.read_parquet(path)
             hit = frame.join(doc_ids, on="doc_id", how="semi")
             if hit.height:

@@ -11,12 +11,13 @@ import hashlib
 import json
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from curation_platform.errors import CurationError
+from curation_platform.storage import is_uri, storage_options
 from curation_platform.workspace import Workspace, file_lock, write_text_atomic
 
 if TYPE_CHECKING:
@@ -58,12 +59,17 @@ def _dvc_commands(commands: list[list[str]], cwd: Path) -> None:
 
 def _set_default_remote(root: Path, name: str, url: str) -> None:
     """``dvc remote add --local --force --default NAME URL``, in-process: settings go to ``.dvc/config.local``,
-    so a run never edits the committed ``.dvc/config``."""
+    so a run never edits the committed ``.dvc/config``. An ``s3://`` remote gets the endpoint of
+    ``AWS_ENDPOINT_URL`` (an S3-compatible store such as MinIO); credentials stay in the environment."""
     from dvc.config import Config
 
+    remote = {"url": url}
+    endpoint = storage_options().get("endpoint_url")
+    if url.startswith("s3://") and endpoint:
+        remote["endpointurl"] = endpoint
     config = Config(dvc_dir=str(root / ".dvc"), validate=False)
     with config.edit("local") as local:
-        local["remote"][name] = {"url": url}
+        local["remote"][name] = remote
         local["core"]["remote"] = name
 
 
@@ -92,34 +98,50 @@ def _remote_url(cfg: VersioningConfig, workspace_root: Path) -> str:
 
 
 def version_release(release_dir: Path, meta: dict[str, Any], cfg: VersioningConfig, workspace_root: Path) -> dict[str, Any]:
-    """``dvc add`` + meta + ``dvc push``. Returns the .dvc file path, the folder's md5 and the remote."""
+    """``dvc add`` + meta + ``dvc push``. Returns the .dvc file path, the folder's md5 and the remote.
+
+    A release in object storage (``s3://...``) is added with ``dvc add --to-remote``: DVC streams its objects
+    into the remote without a local copy, and its ``.dvc`` pointer goes to ``<workspace>/releases/<name>.dvc``
+    (``dvc pull`` there restores the release locally). Such a release is always pushed: DVC has no local cache
+    of it."""
+    remote_release = is_uri(release_dir)
     release_dir, workspace_root = release_dir.resolve(), workspace_root.resolve()
     with file_lock(workspace_root / ".dvc-op.lock"):
         root = ensure_dvc_repo(workspace_root)
         remote_url = _remote_url(cfg, workspace_root)
         _set_default_remote(root, cfg.remote_name, remote_url)
-        dvc_file = release_dir.with_name(release_dir.name + ".dvc")
-        # Push reads only the .dvc file's outs, so meta is written after it: one DVC process does both.
-        _dvc_commands([["add", "-q", str(release_dir)],
-                       *([["push", "-q", "-r", cfg.remote_name, str(dvc_file)]] if cfg.push else [])], root)
+        if remote_release:
+            out = workspace_root / "releases" / release_dir.name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            dvc_file = out.with_name(out.name + ".dvc")
+            _dvc_commands([["add", "-q", "--to-remote", "-r", cfg.remote_name, "-o", str(out), "-f",
+                            str(release_dir)]], root)
+        else:
+            dvc_file = release_dir.with_name(release_dir.name + ".dvc")
+            # Push reads only the .dvc file's outs, so meta is written after it: one DVC process does both.
+            _dvc_commands([["add", "-q", str(release_dir)],
+                           *([["push", "-q", "-r", cfg.remote_name, str(dvc_file)]] if cfg.push else [])], root)
         document = yaml.safe_load(dvc_file.read_text())
         document["meta"] = meta
         dvc_file.write_text(yaml.safe_dump(document, sort_keys=False))
     out = document["outs"][0]
-    return {"dvc_file": str(dvc_file), "md5": out.get("md5"), "remote": remote_url, "pushed": cfg.push}
+    return {"dvc_file": str(dvc_file), "md5": out.get("md5"), "remote": remote_url,
+            "pushed": cfg.push or remote_release}
 
 
 def release_inputs(ws: Workspace, cfg: CurationConfig, final_stage: str, code_version: str) -> str:
     """A fingerprint of everything a release is built from: the whole configuration (with run overrides), the
     code version, and the size and modification time of the final stage's files, every per-drop ledger file, the
     takedowns and the drop registry. Equal fingerprints give the same release, so it need not be rebuilt."""
-    files = [*(ws.root / "stages" / final_stage).glob("*.parquet"),
-             *(p for p in (ws.root / "ledger").glob("*/*.parquet") if p.parent.name != "release"),
+    files = [*(ws.lake / "stages" / final_stage).glob("*.parquet"),
+             *(p for p in (ws.lake / "ledger").glob("*/*.parquet") if p.parent.name != "release"),
              ws.takedowns_path, ws.root / "registry" / "drops.json"]
     digest = hashlib.sha256(f"{cfg.hash}\0{code_version}".encode())
-    for path in sorted(f for f in files if f.exists()):
+    # Path order (a lake in object storage sorts by its keys); names relative to the lake, the registry to root.
+    for path in sorted((f for f in files if f.exists()), key=lambda p: PurePosixPath(str(p).partition("://")[2] or str(p))):
         stat = path.stat()
-        digest.update(f"\0{path.relative_to(ws.root)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+        base = ws.lake if str(path).startswith(str(ws.lake) + "/") else ws.root
+        digest.update(f"\0{path.relative_to(base)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 
@@ -131,7 +153,7 @@ def _published_state(ws: Workspace, name: str, versioned: bool) -> str | None:
     """Modification times of the published card (and its .dvc pointer): a release rebuilt or removed by other
     means (the UI, by hand) no longer matches what was recorded."""
     card = ws.release_dir(name) / "data_card.json"
-    pointer = ws.release_dir(name).with_name(name + ".dvc")
+    pointer = ws.release_pointer(name)
     if not card.exists() or (versioned and not pointer.exists()):
         return None
     return f"{card.stat().st_mtime_ns}:{pointer.stat().st_mtime_ns if versioned else '-'}"

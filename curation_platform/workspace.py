@@ -14,6 +14,9 @@ Layout under the workspace directory::
                                       near-dup signature that block their content in drops curated later
     releases/<name>/                  published releases (shards, data card), versioned by DVC
     releases/.staging/<name>/         write-audit-publish staging area
+
+With a lake URI (``Workspace(root, lake="s3://bucket/lake")`` or ``CURATION_LAKE``), everything but the registry
+lives under the lake; the registry, locks, catalog, Dagster home and DVC pointers stay under the local root.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Iterable, Iterator
 
 import polars as pl
 
+from curation_platform import storage
 from curation_platform.errors import ConfigError, CurationError
 
 
@@ -83,7 +87,10 @@ def _temp_file(path: Path) -> tuple[int, str]:
 
 
 def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> Path:
-    """Write to a temporary name in the same folder, then rename: readers never see half a file."""
+    """Write to a temporary name in the same folder, then rename: readers never see half a file. An object-store
+    path is uploaded as one object, which readers likewise see whole or not at all."""
+    if storage.is_uri(path):
+        return storage.write_parquet(frame, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_file(path)
     os.close(fd)
@@ -228,6 +235,9 @@ class _Cursor:
 
 
 def write_text_atomic(text: str, path: Path) -> Path:
+    if storage.is_uri(path):
+        path.write_text(text)  # one PUT
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_file(path)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -269,40 +279,53 @@ class DropEntry:
 
 
 class Workspace:
-    """Paths and small shared state of one workspace directory."""
+    """Paths and small shared state of one workspace directory.
 
-    def __init__(self, root: str | Path):
+    ``root`` is a local directory: the drop registry, file locks, the DuckDB catalog, the Dagster home and the DVC
+    metadata need a local disk (file locks, a DuckDB database file, git). The lake (stage Parquet, ledger,
+    quarantine, dedup indexes, caches, takedowns and releases) lives under ``lake``: the same directory by
+    default, or an object-store URI such as ``s3://bucket/lake`` (argument, else ``CURATION_LAKE``)."""
+
+    def __init__(self, root: str | Path, lake: str | Path | None = None):
         self.root = Path(root).resolve()
+        lake = lake if lake is not None else os.environ.get("CURATION_LAKE") or None
+        self.lake = self.root if lake is None else storage.as_path(lake)
+        if not storage.is_uri(self.lake):
+            self.lake = Path(self.lake).resolve()
 
     # Paths -------------------------------------------------------------------------------------------------
     def stage_path(self, stage: str, drop: str) -> Path:
-        return self.root / "stages" / stage / f"{drop}.parquet"
+        return self.lake / "stages" / stage / f"{drop}.parquet"
 
     def ledger_path(self, stage: str, drop: str) -> Path:
-        return self.root / "ledger" / stage / f"{drop}.parquet"
+        return self.lake / "ledger" / stage / f"{drop}.parquet"
 
     def quarantine_path(self, drop: str) -> Path:
-        return self.root / "quarantine" / f"{drop}.parquet"
+        return self.lake / "quarantine" / f"{drop}.parquet"
 
     def index_path(self, index: str, drop: str) -> Path:
-        return self.root / "index" / index / f"{drop}.parquet"
+        return self.lake / "index" / index / f"{drop}.parquet"
 
     def cache_path(self, kind: str, drop: str) -> Path:
         """Derived per-drop data that can be rebuilt at any time (token counts)."""
-        return self.root / "cache" / kind / f"{drop}.parquet"
+        return self.lake / "cache" / kind / f"{drop}.parquet"
 
     def release_ledger_path(self, release: str) -> Path:
-        return self.root / "ledger" / "release" / f"{release}.parquet"
+        return self.lake / "ledger" / "release" / f"{release}.parquet"
 
     @property
     def takedowns_path(self) -> Path:
-        return self.root / "takedowns.parquet"
+        return self.lake / "takedowns.parquet"
 
     def release_dir(self, name: str) -> Path:
-        return self.root / "releases" / name
+        return self.lake / "releases" / name
+
+    def release_pointer(self, name: str) -> Path:
+        """The release's DVC pointer file (``releases/<name>.dvc``), always under the local root: it goes to git."""
+        return self.root / "releases" / f"{name}.dvc"
 
     def staging_dir(self, name: str) -> Path:
-        return self.root / "releases" / ".staging" / name
+        return self.lake / "releases" / ".staging" / name
 
     @property
     def dagster_home(self) -> Path:
@@ -310,7 +333,7 @@ class Workspace:
 
     def glob(self, kind: str, stage: str) -> str:
         """A DuckDB/Polars glob over one stage's (or ledger's, or index's) files for every drop."""
-        return str(self.root / kind / stage / "*.parquet")
+        return str(self.lake / kind / stage / "*.parquet")
 
     # Reading stage data --------------------------------------------------------------------------------------
     # Decide-only stages store ``doc_id`` plus the columns they add, with the stage they decide on in the file's
@@ -473,16 +496,16 @@ class Workspace:
             entries = self.drops()
             for entry in entries:
                 if entry.name == name:
-                    if entry.path != str(Path(path).resolve()):
+                    if entry.path != storage.location(path):
                         # The landing area moved: read the drop where it is now, keep its place in the order.
-                        moved = replace(entry, path=str(Path(path).resolve()))
+                        moved = replace(entry, path=storage.location(path))
                         payload = [asdict(moved if e.name == name else e) for e in entries]
                         write_text_atomic(json.dumps(payload, indent=2), self._registry_path)
                         return moved
                     return entry
             entry = DropEntry(
                 name=name,
-                path=str(Path(path).resolve()),
+                path=storage.location(path),
                 registered_at=time.time(),
                 order=len(entries),
                 fingerprint=fingerprint,

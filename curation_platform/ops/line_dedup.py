@@ -28,6 +28,7 @@ import polars_hash as plh
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts
+from curation_platform.storage import as_path, register
 
 LINE_INDEX_SCHEMA = {"line_hash": pl.UInt64, "documents": pl.UInt32}
 
@@ -57,11 +58,12 @@ def _hash64(expr: pl.Expr) -> pl.Expr:
 
 def _earlier_counts(hashes: pl.DataFrame, index_files: list[Path]) -> pl.DataFrame:
     """(line_hash, earlier): documents of earlier drops holding each of ``hashes``' lines, out of core."""
-    files = [str(f) for f in index_files if Path(f).exists()]
+    files = [str(f) for f in index_files if as_path(f).exists()]
     if not files or hashes.is_empty():
         return pl.DataFrame(schema={"line_hash": pl.UInt64, "earlier": pl.UInt64})
     with duckdb.connect() as con:
         con.execute("SET memory_limit = '1GB'")
+        register(con, *files)  # an index in object storage is read through fsspec
         con.register("probe", hashes.select("line_hash").to_arrow())
         table = con.sql(
             "SELECT i.line_hash, sum(i.documents)::UBIGINT AS earlier FROM read_parquet($files) i "
