@@ -22,6 +22,7 @@ from curation_platform.ops.pii import PiiConfig
 from curation_platform.ops.quality_signals import SignalsConfig
 from curation_platform.ops.score import ScoreConfig
 from curation_platform.ops.url_filter import UrlFilterConfig
+from curation_platform.ops.verify_code import VerificationConfig
 from curation_platform.readers import IngestConfig
 from curation_platform.workspace import check_name
 
@@ -92,6 +93,7 @@ class CurationConfig(_Strict):
     line_dedup: LineDedupConfig = Field(default_factory=LineDedupConfig)
     signals: SignalsConfig = Field(default_factory=SignalsConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    verification: VerificationConfig = Field(default_factory=VerificationConfig)
     pii: PiiConfig = Field(default_factory=PiiConfig)
     exact_dedup: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
     near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig)

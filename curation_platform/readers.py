@@ -453,7 +453,10 @@ WITH parsed AS (
         json_extract_string(doc, '/messages') AS messages_string,
         json_extract(doc, '/messages') AS messages_json,
         CASE WHEN json_type(doc, '/prompt') = 'VARCHAR' THEN json_extract_string(doc, '/prompt') END AS prompt,
-        CASE WHEN json_type(doc, '/response') = 'VARCHAR' THEN json_extract_string(doc, '/response') END AS response
+        CASE WHEN json_type(doc, '/response') = 'VARCHAR' THEN json_extract_string(doc, '/response') END AS response,
+        CASE WHEN json_type(doc, '/tests') = 'VARCHAR' THEN json_extract_string(doc, '/tests')
+             WHEN json_type(doc, '/tests') = 'ARRAY'
+             THEN array_to_string(json_extract_string(doc, '$.tests[*]'), chr(10)) END AS record_tests
     FROM parsed
 ), turns AS (
     SELECT *,
@@ -473,7 +476,7 @@ WITH parsed AS (
             false) AS messages_ok
     FROM turns
 )
-SELECT json_ok, root_type, text_type, field_text, record_id, record_license, record_url,
+SELECT json_ok, root_type, text_type, field_text, record_id, record_license, record_url, record_tests,
     CASE WHEN messages_ok
          THEN list_transform(items, lambda m: {'role': json_extract_string(m, '/role'),
                                                'content': json_extract_string(m, '/content')})
@@ -539,6 +542,7 @@ def _decide(candidates: pl.DataFrame, fields: pl.DataFrame, manifest: Manifest, 
         format=pl.lit("chat") if chat else pl.col("format"),
         license_raw=(pl.col("record_license") if manifest.per_record_license else pl.lit(manifest.license)),
         url=pl.coalesce("url", "record_url"),  # a WARC target URI, or a JSON record's top-level `url`
+        tests=pl.col("record_tests"),  # generated code's tests, run by the verification sandbox
         source_id=pl.coalesce(
             "warc_record_id",
             pl.when(pl.col("record_id").str.strip_chars() != "").then(pl.col("record_id")),
@@ -617,7 +621,7 @@ def read_drop(drop_dir: Path, cfg: IngestConfig, drop: str | None = None) -> Ing
     """Read every data file of a drop into canonical records and quarantine rows.
 
     ``drop_dir`` holds ``manifest.yaml`` and the data files; ``drop`` names the drop (default: the folder name).
-    Returns ``records`` with exactly the INGEST_SCHEMA columns in order (RECORD_SCHEMA, then web provenance),
+    Returns ``records`` with exactly the INGEST_SCHEMA columns in order (RECORD_SCHEMA, web provenance, tests),
     ``quarantine`` with QUARANTINE_SCHEMA
     (one row per rejected input record, naming file, line and reason), and ``read_count``, the number of input
     records seen, which always equals ``len(records) + len(quarantine)``. Files are read in sorted relative-path
