@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from curation_platform.errors import ConfigError, CurationError
+from curation_platform.formatting import FormattingConfig
 from curation_platform.licenses import LicensePolicy
 from curation_platform.ops.decontaminate import DecontaminationConfig
 from curation_platform.ops.dedup_exact import ExactDedupConfig
@@ -101,6 +102,7 @@ class CurationConfig(_Strict):
     scoring: ScoreConfig = Field(default_factory=ScoreConfig)
     licenses: LicensePolicy = Field(default_factory=LicensePolicy)
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    formatting: FormattingConfig = Field(default_factory=FormattingConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
     versioning: VersioningConfig = Field(default_factory=VersioningConfig)
 
@@ -112,8 +114,9 @@ class CurationConfig(_Strict):
     @property
     def drop_stages_hash(self) -> str:
         """Hash of the sections the per-drop stages read: when it changes, curated drops are stale. Release,
-        license-profile, gate and versioning settings only affect the release, so they are left out."""
-        return _digest(self.model_dump(mode="json", exclude={"release", "licenses", "gates", "versioning"}))
+        license-profile, formatting, gate and versioning settings only affect the release, so they are left out."""
+        return _digest(self.model_dump(mode="json",
+                                       exclude={"release", "licenses", "formatting", "gates", "versioning"}))
 
 
 def _digest(data: dict) -> str:

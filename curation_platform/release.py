@@ -15,6 +15,7 @@ from tokenizers import Tokenizer
 
 from curation_platform import __version__
 from curation_platform.config import CurationConfig, ReleaseConfig
+from curation_platform.formatting import FormattingConfig, formatting_card, training_text
 from curation_platform.hashing import xxh128_hex
 from curation_platform.ledger import LEDGER_SCHEMA
 from curation_platform.licenses import attribution_required, license_breakdown, release_license_verdicts
@@ -22,6 +23,7 @@ from curation_platform.ops import flagged_words
 from curation_platform.ops.dedup_exact import exact_representatives
 from curation_platform.ops.dedup_minhash import RULE_DUPLICATE as NEAR_PAIR_RULE
 from curation_platform.ops.dedup_minhash import near_representatives
+from curation_platform.ops.verify_code import verification_summary
 from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts, verdict_frame
 from curation_platform.workspace import Workspace, resolve_resource, write_parquet_atomic, write_text_atomic
 
@@ -54,23 +56,29 @@ RULE_EXACT, RULE_NEAR, RULE_REEVALUATED = "dedup.exact", "dedup.near", "dedup.re
 PAIR_SCHEMA = {"doc_id": pl.String, "duplicate_of": pl.String, "value": pl.Float64}
 
 
-def _token_counts(ws: Workspace, final_stage: str, drop: str, tokenizer: str) -> pl.DataFrame:
-    """(doc_id, token_count) of a drop's curated documents, cached until the drop is curated again or the
-    tokenizer changes."""
+def _token_counts(ws: Workspace, final_stage: str, drop: str, tokenizer: str,
+                  formatting: FormattingConfig | None = None) -> pl.DataFrame:
+    """(doc_id, token_count) of a drop's curated documents (chat documents as the template renders them, with
+    ``formatting``), cached until the drop is curated again or the tokenizer or template changes."""
     cache, source = ws.cache_path("tokens", drop), ws.stage_path(final_stage, drop)
+    key = tokenizer if formatting is None else f"{tokenizer}|{formatting.model_dump_json()}"
     if cache.exists() and cache.stat().st_mtime_ns >= source.stat().st_mtime_ns:
         cached = pl.read_parquet(cache)
-        if cached.height == 0 or cached["tokenizer"][0] == tokenizer:
+        if cached.height == 0 or cached["tokenizer"][0] == key:
             return cached.drop("tokenizer")
-    texts = pl.read_parquet(source, columns=["doc_id", "text"])
-    counts = texts.select("doc_id", count_tokens(texts["text"], tokenizer), pl.lit(tokenizer).alias("tokenizer"))
+    texts = pl.read_parquet(source, columns=[c for c in ("doc_id", "text", "messages", "kind")
+                                             if c in pl.read_parquet_schema(source)])
+    text = texts["text"] if formatting is None else training_text(texts, formatting)
+    counts = texts.select("doc_id", count_tokens(text, tokenizer), pl.lit(key).alias("tokenizer"))
     write_parquet_atomic(counts, cache)
     return counts.drop("tokenizer")
 
 
-def curated_metadata(ws: Workspace, final_stage: str, drops: list[str], tokenizer: str) -> pl.DataFrame:
+def curated_metadata(ws: Workspace, final_stage: str, drops: list[str], tokenizer: str,
+                     formatting: FormattingConfig | None = None) -> pl.DataFrame:
     """Selection columns and token counts of every curated document of the given (current) drops, in drop order,
-    minus takedowns. Reads no text beyond counting tokens once per drop."""
+    minus takedowns. Reads no text beyond counting tokens once per drop (of the training text: chat documents
+    rendered with ``formatting``'s template when given)."""
     frames = []
     for entry in ws.drops():
         if entry.name not in drops:
@@ -79,7 +87,7 @@ def curated_metadata(ws: Workspace, final_stage: str, drops: list[str], tokenize
         columns = [c for c in META_COLUMNS if c in pl.read_parquet_schema(path)]
         frames.append(
             pl.read_parquet(path, columns=columns)
-            .join(_token_counts(ws, final_stage, entry.name, tokenizer), on="doc_id", how="left")
+            .join(_token_counts(ws, final_stage, entry.name, tokenizer, formatting), on="doc_id", how="left")
             .with_columns(pl.lit(entry.order, dtype=pl.Int64).alias("drop_order"))
         )
     if not frames:
@@ -316,15 +324,18 @@ def shard_documents(docs: pl.DataFrame, cfg: ReleaseConfig) -> list[pl.DataFrame
 
 
 def _write_shards(ws: Workspace, final_stage: str, selected: pl.DataFrame, cfg: ReleaseConfig,
-                  staging: Path) -> list[Path]:
+                  staging: Path, formatting: FormattingConfig | None = None) -> list[Path]:
     """Shards drop by drop, in drop order: only one drop's documents are in memory at a time. Shards are numbered
-    across the release; a shard holds documents of one drop."""
+    across the release; a shard holds documents of one drop. With ``formatting``, chat documents' ``text`` is
+    their conversation rendered by the chat template (the text ``token_count`` counted)."""
     keep = selected.select("doc_id", "token_count")
     paths: list[Path] = []
     for drop in selected.select("drop", "drop_order").unique().sort("drop_order")["drop"]:
         path = ws.stage_path(final_stage, drop)
         columns = [c for c in SHARD_COLUMNS if c in pl.read_parquet_schema(path) and c != "token_count"]
         docs = pl.read_parquet(path, columns=columns).join(keep, on="doc_id", how="inner")
+        if formatting is not None:
+            docs = docs.with_columns(training_text(docs, formatting).alias("text"))
         for shard in shard_documents(docs, cfg):
             if shard.height:
                 paths.append(write_parquet_atomic(shard, staging / "shards" / f"shard-{len(paths):05d}.parquet"))
@@ -445,7 +456,7 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
     """Write the candidate release from the current ``drops`` to the staging area (write step of
     write-audit-publish). Registered drops left out (not current) are listed in the card."""
     name = cfg.release.name
-    docs = curated_metadata(ws, final_stage, drops, cfg.release.tokenizer)
+    docs = curated_metadata(ws, final_stage, drops, cfg.release.tokenizer, cfg.formatting)
     if docs.is_empty():
         from curation_platform.errors import CurationError
         raise CurationError("no curated documents to release: land a drop and run `curate run` first")
@@ -454,14 +465,16 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
     staging = ws.staging_dir(name)
     if staging.exists():
         shutil.rmtree(staging)
-    shards = _write_shards(ws, final_stage, selected, cfg.release, staging)
+    shards = _write_shards(ws, final_stage, selected, cfg.release, staging, cfg.formatting)
     shard_of = pl.concat(
         [pl.read_parquet(p, columns=["doc_id"]).with_columns(pl.lit(p.name).alias("release_shard")) for p in shards]
     )
     excluded = [d.name for d in ws.drops() if d.name not in drops]
     card = build_card(name, cfg, selected, stage_counts, result.verdicts,
                       {"rules": rules, "contamination": contamination, "shards": [p.name for p in shards],
-                       "excluded_drops": excluded, "flagged_words": flagged_words.card_removals(ws, drops)})
+                       "excluded_drops": excluded, "flagged_words": flagged_words.card_removals(ws, drops),
+                       "formatting": formatting_card(selected, cfg.formatting, cfg.release.tokenizer),
+                       "verification": verification_summary(ws, drops)})
     write_text_atomic(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n", staging / "data_card.json")
     write_text_atomic(card_markdown(card), staging / "data_card.md")
     write_parquet_atomic(shard_of, staging / "shard_index.parquet")

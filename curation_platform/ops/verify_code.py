@@ -79,3 +79,17 @@ def verify_code(docs: pl.DataFrame, cfg: VerificationConfig) -> StageResult:
     metrics = {"verification_run": runnable.height, "verification_unsupported": unsupported.height,
                **{f"verification_{o}": int(counts.get(o, 0)) for o in ("passed", "failed", "timeout", "resource")}}
     return split_by_verdicts(docs, pl.concat([verdict_frame(run_rows), verdict_frame(unsupported_rows)]), metrics)
+
+
+def verification_summary(ws, drops: list[str]) -> dict[str, int]:
+    """The card's ``verification`` section: generated code run against its tests in the given drops, and how it
+    ended, counted from their ``filtered`` ledgers (``ws``: the Workspace)."""
+    paths = [p for drop in drops if (p := ws.ledger_path("filtered", drop)).exists()]
+    counts: dict[str, int] = {}
+    if paths:
+        rules = (pl.scan_parquet(paths).filter(pl.col("rule").str.starts_with(RULE_PREFIX))
+                 .group_by("rule").len().collect())
+        counts = dict(rules.iter_rows())
+    outcomes = {rule.removeprefix(RULE_PREFIX): int(counts.get(rule, 0)) for rule in (RULE_PASSED, *OUTCOME_RULES)}
+    return {"tests_run": sum(outcomes.values()), **outcomes,
+            "unsupported_language": int(counts.get(RULE_UNSUPPORTED, 0))}
