@@ -10,15 +10,18 @@ guarantees:
   processes of the sandbox user, so a fork bomb gets EAGAIN; ``RLIMIT_CORE`` = 0. These hold for any code,
   including C extensions and ``ctypes``.
 * **An unprivileged user**: run as root, the child drops to ``nobody`` (65534) after the limits are set, because
-  the kernel does not apply ``RLIMIT_NPROC`` to root and root could write anywhere. Run as another user, the child
-  keeps that user and its process limit counts that user's existing processes plus ``max_processes``.
+  the kernel does not apply ``RLIMIT_NPROC`` to root and root could write anywhere; it needs an interpreter whose
+  standard library ``nobody`` can read (see ``SandboxConfig.python``). Without one the child stays root, and then
+  only the audit hook and the timeout stop a fork bomb. Run as another user, the child keeps that user and its
+  process limit counts that user's existing processes plus ``max_processes``.
 * **No network namespace**: with ``unshare`` available (``unshare -n`` as root, ``unshare -rn`` through an
   unprivileged user namespace otherwise), the child has its own network namespace with only a loopback interface
   that is down: no connection to anything, including 127.0.0.1 of the host, even from C code. Where ``unshare``
   is missing or not permitted the run still goes on, protected by the next layer only.
 * **An audit hook** (PEP 578), installed before the candidate runs, refuses ``socket.connect``, ``socket.bind``
   and ``socket.sendto`` and every process spawn (``subprocess.Popen``, ``os.system``, ``os.exec*``,
-  ``os.posix_spawn``, ``os.spawn*``, ``os.fork``, ``pty.spawn``). It stops the Python-level calls that buggy
+  ``os.posix_spawn``, ``os.spawn*``, ``os.fork``, ``pty.spawn``); a refused call makes the run ``resource`` even
+  when the candidate catches the error. It stops the Python-level calls that buggy
   generated code makes; it is not a security boundary against code written to escape (``ctypes`` can call libc
   directly), which is what the kernel layers above are for.
 * **A wall-clock timeout**: the parent kills the child's whole process group (SIGKILL) after ``timeout_seconds``,
@@ -115,15 +118,21 @@ def _resource_error(exc):
     return isinstance(exc, MemoryError) or (
         isinstance(exc, OSError) and exc.errno in (errno.EFBIG, errno.EAGAIN, errno.ENOMEM))
 
-_namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+# Candidate and tests share one fresh __main__ module (so unittest.main() finds the tests' TestCases).
+import types
+_module = types.ModuleType("__main__")
+_run, _candidate, _tests = exec, compile(_CANDIDATE, "<candidate>", "exec"), compile(_TESTS, "<tests>", "exec")
 _phase = "candidate"
+sys.modules["__main__"] = _module
 try:
-    exec(compile(_CANDIDATE, "<candidate>", "exec"), _namespace)
+    _run(_candidate, _module.__dict__)
     _phase = "tests"
-    exec(compile(_TESTS, "<tests>", "exec"), _namespace)
+    _run(_tests, _module.__dict__)
 except SystemExit as exc:
-    print(f"sandbox: the {_phase} exited (code {exc.code}) before the tests finished", file=sys.stderr)
-    os._exit(3 if _refused else 1)
+    # unittest.main() ends the tests with SystemExit: success is code 0 (False, None); anything else failed.
+    if not (_phase == "tests" and exc.code in (0, None, False)):
+        print(f"sandbox: the {_phase} exited (code {exc.code}) before the tests finished", file=sys.stderr)
+        os._exit(3 if _refused else 1)
 except BaseException as exc:
     traceback.print_exc()
     sys.stderr.flush()

@@ -10,7 +10,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from curation_platform.errors import ConfigError
-from curation_platform.formatting import CHATML_JINJA, FormattingConfig, render_messages, training_text
+from curation_platform.formatting import (CHATML_JINJA, FormattingConfig, formatting_card, render_messages,
+                                         training_text)
 from curation_platform.readers import IngestConfig, read_drop
 from curation_platform.records import MESSAGES_DTYPE
 from curation_platform.release import curated_metadata
@@ -129,3 +130,11 @@ def test_release_token_counts_are_the_tokenizers_count_of_the_rendered_text(tmp_
     # Another template is another count (the cache is keyed by it), not the cached one.
     plain = curated_metadata(ws, "decontaminated", ["d1"], tokenizer, FormattingConfig(chat_template="plain"))
     assert plain.filter(pl.col("doc_id") == "c")["token_count"][0] == len(own.encode(docs["text"][0]).ids)
+
+
+def test_formatting_card_counts_the_selected_tokens():
+    selected = pl.DataFrame({"kind": ["chat", "chat", "web"], "token_count": [10, 30, 100]})
+    card = formatting_card(selected, FormattingConfig(), "tok.json")
+    assert card["chat_template"] == "chatml" and card["documents_rendered"] == 2
+    assert card["tokens"] == 140 and card["tokens_per_document"]["max"] == 100
+    assert card["by_kind"] == {"chat": {"documents": 2, "tokens": 40}, "web": {"documents": 1, "tokens": 100}}

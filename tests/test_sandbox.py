@@ -24,6 +24,15 @@ def test_correct_solution_passes_and_wrong_one_fails_with_its_assertion():
     assert "AssertionError: add(2, 3) should be 5" in bad.output
 
 
+def test_unittest_main_ends_the_tests_with_its_verdict():
+    code = "import unittest\ndef square(x):\n    return x * x\n"
+    tests = ("class T(unittest.TestCase):\n    def test_square(self):\n        self.assertEqual(square(3), {})\n"
+             "if __name__ == '__main__':\n    unittest.main()\n")
+    good, bad = run_candidates([(code, tests.format(9)), (code, tests.format(10))], FAST)
+    assert good.outcome == PASSED and "Ran 1 test" in good.output, good.output  # the TestCase was found and run
+    assert bad.outcome == FAILED and "AssertionError: 9 != 10" in bad.output
+
+
 def test_candidate_that_exits_before_its_tests_does_not_pass():
     result = run_candidate("import sys\nsys.exit(0)\n", "assert False\n", FAST)
     assert result.outcome == FAILED

@@ -6,14 +6,14 @@ from __future__ import annotations
 import polars as pl
 
 from curation_platform.config import CurationConfig
-from curation_platform.ops.verify_code import VerificationConfig, verify_code
+from curation_platform.ops.verify_code import VerificationConfig, verification_summary, verify_code
 from curation_platform.ledger import ledger_rows
 from curation_platform.ops.normalize import normalize
 from curation_platform.ops.quality_signals import quality_signals
 from curation_platform.pipeline import _filter_and_verify
 from curation_platform.readers import IngestConfig, read_drop
 from curation_platform.sandbox import SandboxConfig
-from curation_platform.workspace import Workspace
+from curation_platform.workspace import Workspace, write_parquet_atomic
 from tests.test_readers import jsonl, make_drop
 
 GENERATOR = {"model": "small-coder", "terms": "apache-2.0"}
@@ -68,6 +68,10 @@ def test_generated_code_is_verified_in_the_filtered_stage(tmp_path):
                          run_id="t", config_hash=cfg.drop_stages_hash)
     deciding = ledger.filter(pl.col("verdict").is_in(["keep", "drop", "quarantine"]))
     assert deciding.height == docs.height and deciding["doc_id"].n_unique() == docs.height
+    # The card's verification counts come from the written ledger.
+    write_parquet_atomic(ledger, ws.ledger_path("filtered", "gen-code"))
+    assert verification_summary(ws, ["gen-code"]) == {"tests_run": 4, "passed": 2, "failed": 1, "timeout": 1,
+                                                      "resource": 0, "unsupported_language": 0}
 
 
 def test_non_synthetic_code_and_records_without_tests_are_not_run(tmp_path):
