@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from curation_platform.advice import filtered_gate_advice
 from curation_platform.config import CurationConfig
 from curation_platform.ops.verify_code import VerificationConfig, verification_summary, verify_code
 from curation_platform.ledger import ledger_rows
@@ -72,6 +73,10 @@ def test_generated_code_is_verified_in_the_filtered_stage(tmp_path):
     write_parquet_atomic(ledger, ws.ledger_path("filtered", "gen-code"))
     assert verification_summary(ws, ["gen-code"]) == {"tests_run": 4, "passed": 2, "failed": 1, "timeout": 1,
                                                       "resource": 0, "unsupported_language": 0}
+    # When the filtered gate stops the drop, its advice names the verification rules too.
+    write_parquet_atomic(docs, ws.stage_path("quality_signals", "gen-code"))
+    advice = filtered_gate_advice(ws, cfg, "gen-code", None)
+    assert "verification.failed removed 1" in advice and "verification.timeout removed 1" in advice
 
 
 def test_non_synthetic_code_and_records_without_tests_are_not_run(tmp_path):
