@@ -22,6 +22,9 @@ RULE_PASSED, RULE_UNSUPPORTED = "verification.passed", "verification.unsupported
 OUTCOME_RULES = ("verification.failed", "verification.timeout", "verification.resource")
 
 
+_OUTCOME_WORDS = {"failed": "tests failed", "timeout": "timed out", "resource": "stopped by a sandbox limit"}
+
+
 class VerificationConfig(BaseModel):
     """Which generated code is run against its tests, and the sandbox limits of one run."""
 
@@ -68,7 +71,8 @@ def verify_code(docs: pl.DataFrame, cfg: VerificationConfig) -> StageResult:
         pl.col("returncode").cast(pl.Float64).alias("value"),
         pl.lit(threshold).alias("threshold"),
         pl.when(pl.col("outcome") == PASSED).then(pl.lit("tests passed in the sandbox"))
-        .otherwise(pl.format("tests {} in the sandbox: {}", "outcome", "output")).alias("detail"),
+        .otherwise(pl.format("{} in the sandbox: {}", pl.col("outcome").replace(_OUTCOME_WORDS), "output"))
+        .alias("detail"),
     )
     unsupported_rows = unsupported.select(
         "doc_id", pl.lit(FLAG).alias("verdict"), pl.lit(RULE_UNSUPPORTED).alias("rule"),
