@@ -140,6 +140,7 @@ def chat_problems(messages: pl.Expr) -> list[tuple[pl.Expr, str, pl.Expr]]:
 
 
 def render_plain(messages: pl.Expr) -> pl.Expr:
+    """``role: content`` turns separated by a blank line: a chat document's ``text`` through curation."""
     return messages.list.eval(pl.format("{}: {}", pl.element().struct.field("role"),
                                         pl.element().struct.field("content"))).list.join("\n\n")
 

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
 from curation_platform.errors import UnsafePathError
-from curation_platform.formatting import chat_messages, chat_problems
+from curation_platform.formatting import chat_messages, chat_problems, render_plain
 from curation_platform.hashing import xxh128_hex
 from curation_platform.licenses import closest_license, normalize_license
 from curation_platform.manifest import MANIFEST_NAME, READY_MARKER, Manifest, load_manifest
@@ -548,9 +548,7 @@ def _decide(candidates: pl.DataFrame, fields: pl.DataFrame, manifest: Manifest, 
     chat = manifest.kind == "chat" or manifest.format == "chat"
     text_field = manifest.text_field
     is_record = pl.col("raw").is_not_null()
-    rendered = pl.col("chat_messages").list.eval(
-        pl.format("{}: {}", pl.element().struct.field("role"), pl.element().struct.field("content"))
-    ).list.join("\n\n")
+    rendered = render_plain(pl.col("chat_messages"))
     frame = pl.concat([candidates, fields], how="horizontal").with_columns(
         text=(rendered if chat else pl.when(is_record).then(pl.col("field_text")).otherwise(pl.col("text"))),
         messages=pl.col("chat_messages") if chat else pl.lit(None, dtype=MESSAGES_DTYPE),
