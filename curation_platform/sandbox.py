@@ -114,6 +114,11 @@ def _hook(event, args):
 if _LIMITS["audit_hook"]:
     sys.addaudithook(_hook)
 
+def _exit(code):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
 def _resource_error(exc):
     return isinstance(exc, MemoryError) or (
         isinstance(exc, OSError) and exc.errno in (errno.EFBIG, errno.EAGAIN, errno.ENOMEM))
@@ -132,11 +137,10 @@ except SystemExit as exc:
     # unittest.main() ends the tests with SystemExit: success is code 0 (False, None); anything else failed.
     if not (_phase == "tests" and exc.code in (0, None, False)):
         print(f"sandbox: the {_phase} exited (code {exc.code}) before the tests finished", file=sys.stderr)
-        os._exit(3 if _refused else 1)
+        _exit(3 if _refused else 1)
 except BaseException as exc:
     traceback.print_exc()
-    sys.stderr.flush()
-    os._exit(3 if _refused or _resource_error(exc) else 1)
+    _exit(3 if _refused or _resource_error(exc) else 1)
 sys.stdout.flush()
 print(_NONCE, flush=True)
 os._exit(3 if _refused else 0)

@@ -33,6 +33,12 @@ def test_unittest_main_ends_the_tests_with_its_verdict():
     assert bad.outcome == FAILED and "AssertionError: 9 != 10" in bad.output
 
 
+def test_what_a_failing_candidate_printed_is_kept():
+    result = run_candidate("print('intermediate value: 41')\n", "assert 41 == 42, 'off by one'\n", FAST)
+    assert result.outcome == FAILED
+    assert "intermediate value: 41" in result.output and "AssertionError: off by one" in result.output
+
+
 def test_candidate_that_exits_before_its_tests_does_not_pass():
     result = run_candidate("import sys\nsys.exit(0)\n", "assert False\n", FAST)
     assert result.outcome == FAILED
