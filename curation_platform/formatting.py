@@ -176,7 +176,8 @@ def _template_source(chat_template: str) -> tuple[str, str, str, str]:
                         None)
     if not isinstance(template, str) or not template.strip():
         raise ConfigError(f"formatting.chat_template: {path} has no chat_template (a tokenizer.json never has one; "
-                          f"Hugging Face keeps it in tokenizer_config.json); use one of {', '.join(BUILT_IN_TEMPLATES)}")
+                          "Hugging Face keeps it in tokenizer_config.json); use one of "
+                          f"{', '.join(BUILT_IN_TEMPLATES)}")
 
     def token(name: str) -> str:
         value = config.get(name)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation_platform.records import DROP, FLAG, split_by_verdicts, verdict_frame, StageResult
+from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts, verdict_frame
 from curation_platform.sandbox import PASSED, SandboxConfig, run_candidates
 
 RULE_PREFIX = "verification."

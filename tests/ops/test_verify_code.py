@@ -40,7 +40,8 @@ def _records():
         {"id": "loops", "text": LOOPING, "tests": TESTS},
         {"id": "no-tests", "text": OFF_BY_ONE},
         # Tests as a list of statements (MBPP's shape) are joined into one test file.
-        {"id": "listed", "text": SOLUTION, "tests": ["assert running_total([5]) == [5]", "assert running_total([1, 1]) == [1, 2]"]},
+        {"id": "listed", "text": SOLUTION,
+         "tests": ["assert running_total([5]) == [5]", "assert running_total([1, 1]) == [1, 2]"]},
     ]
 
 
