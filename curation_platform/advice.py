@@ -42,6 +42,10 @@ def filtered_gate_advice(ws: Workspace, cfg: CurationConfig, drop: str, profile:
     settings, disable = [], []
     by_rule = {name: group["value"] for (name,), group in broken.group_by("rule", maintain_order=True)}
     for name, count in deciding.iter_rows():
+        if name not in rules:  # generated code that failed its tests in the sandbox: no threshold to preview
+            lines.append(f"  {name} removed {count} (generated code run against its tests; the runner's output is "
+                         "in each ledger row: curate ledger export --verdicts)")
+            continue
         rule = rules[name]
         values = by_rule[name]
         spread = f"{values.min():g}" + (f" to {values.max():g}" if values.max() != values.min() else "")

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from curation_platform.errors import ConfigError, CurationError
+from curation_platform.formatting import FormattingConfig
 from curation_platform.licenses import LicensePolicy
 from curation_platform.ops.decontaminate import DecontaminationConfig
 from curation_platform.ops.dedup_exact import ExactDedupConfig
@@ -23,6 +24,7 @@ from curation_platform.ops.pii import PiiConfig
 from curation_platform.ops.quality_signals import SignalsConfig
 from curation_platform.ops.score import ScoreConfig
 from curation_platform.ops.url_filter import UrlFilterConfig
+from curation_platform.ops.verify_code import VerificationConfig
 from curation_platform.readers import IngestConfig
 from curation_platform.selection import Curriculum, DomainRule, Quota, SyntheticCap
 from curation_platform.workspace import check_name
@@ -121,6 +123,7 @@ class CurationConfig(_Strict):
     line_dedup: LineDedupConfig = Field(default_factory=LineDedupConfig)
     signals: SignalsConfig = Field(default_factory=SignalsConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    verification: VerificationConfig = Field(default_factory=VerificationConfig)
     pii: PiiConfig = Field(default_factory=PiiConfig)
     exact_dedup: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
     near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig)
@@ -128,6 +131,7 @@ class CurationConfig(_Strict):
     scoring: ScoreConfig = Field(default_factory=ScoreConfig)
     licenses: LicensePolicy = Field(default_factory=LicensePolicy)
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    formatting: FormattingConfig = Field(default_factory=FormattingConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
     versioning: VersioningConfig = Field(default_factory=VersioningConfig)
 
@@ -140,9 +144,10 @@ class CurationConfig(_Strict):
     @property
     def drop_stages_hash(self) -> str:
         """Hash of the sections the per-drop stages read: when it changes, curated drops are stale. Release,
-        license-profile, gate and versioning settings only affect the release, and engine settings change how, not
-        what, a drop is computed, so they are left out."""
-        data = self.model_dump(mode="json", exclude={"release", "licenses", "gates", "versioning", "engine"})
+        license-profile, formatting, gate and versioning settings only affect the release, and engine settings change
+        how, not what, a drop is computed, so they are left out."""
+        data = self.model_dump(mode="json",
+                               exclude={"release", "licenses", "formatting", "gates", "versioning", "engine"})
         if self.scoring.model:  # a model retrained at the same path must re-score the drops too
             from curation_platform.quality_model import model_fingerprint
 

@@ -41,6 +41,7 @@ from curation_platform.ops.url_filter import filter_urls
 from curation_platform.readers import read_drop_batches
 from curation_platform.records import DROP, KEEP, QUARANTINE, DropInput, StageResult, verdict_frame
 from curation_platform.storage import as_path
+from curation_platform.ops.verify_code import verify_code
 from curation_platform.takedown import read_takedowns
 from curation_platform.workspace import (DECIDES_ON_KEY, ParquetStreamWriter, Workspace, file_lock,
                                          write_parquet_atomic)
@@ -80,7 +81,8 @@ STAGE_DESCRIPTIONS: dict[str, str] = {
     "language": "fastText lid.176 language label and score; allowed languages and minimum score per source.",
     "line_deduped": "Lines repeated across many documents of the corpus (boilerplate) removed; too-short leftovers dropped.",
     "quality_signals": "Gopher, Gopher repetition, C4, FineWeb, code, chat and flagged-word signals as columns, computed once.",
-    "filtered": "Threshold rules from curation.yaml applied per document kind; every drop names its rule.",
+    "filtered": "Threshold rules from curation.yaml applied per document kind; every drop names its rule; generated "
+                "code with tests run against them in a sandbox.",
     "scored": "Quality score per document (a trained classifier when scoring.model is set, else the heuristic blend); "
               "selection by min_score or top fraction per drop, source or domain.",
     "pii_redacted": "Emails, phones, IPs, cards, IBANs, SSNs and secrets replaced by typed placeholders.",
@@ -255,13 +257,22 @@ def filter_profile(ws: Workspace, cfg: CurationConfig, drop: str) -> str | None:
                             ) from None
 
 
+def _filter_and_verify(ws: Workspace, cfg: CurationConfig, drop: str, docs: pl.DataFrame) -> StageResult:
+    """Filter rules, then generated code that survived them runs against its tests (no sandbox run is wasted on a
+    document a rule drops anyway)."""
+    filtered = filter_documents(docs, cfg.filters, filter_profile(ws, cfg, drop))
+    verified = verify_code(filtered.kept, cfg.verification)
+    return StageResult(kept=verified.kept, verdicts=pl.concat([filtered.verdicts, verified.verdicts]),
+                       metrics={**filtered.metrics, **verified.metrics})
+
+
 # The operator behind each per-document stage: (workspace, config, drop, a batch of documents) -> StageResult.
 _OPERATORS: dict[str, Callable[[Workspace, CurationConfig, str, pl.DataFrame], StageResult]] = {
     "url_filtered": lambda ws, cfg, drop, docs: filter_urls(docs, cfg.url_filter),
     "normalized": lambda ws, cfg, drop, docs: normalize(docs, cfg.normalize),
     "language": lambda ws, cfg, drop, docs: identify_language(docs, cfg.language),
     "quality_signals": lambda ws, cfg, drop, docs: quality_signals(docs, cfg.signals),
-    "filtered": lambda ws, cfg, drop, docs: filter_documents(docs, cfg.filters, filter_profile(ws, cfg, drop)),
+    "filtered": _filter_and_verify,
     "scored": lambda ws, cfg, drop, docs: score_documents(docs, cfg.scoring, domain_expr(cfg)),
     "pii_redacted": lambda ws, cfg, drop, docs: redact_pii(docs, cfg.pii),
     "decontaminated": lambda ws, cfg, drop, docs: decontaminate(docs, benchmark_index(cfg), cfg.decontamination),

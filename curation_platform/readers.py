@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
 from curation_platform.errors import UnsafePathError
+from curation_platform.formatting import chat_messages, chat_problems, render_plain
 from curation_platform.hashing import xxh128_hex
 from curation_platform.licenses import closest_license, normalize_license
 from curation_platform.manifest import MANIFEST_NAME, READY_MARKER, Manifest, load_manifest
@@ -522,11 +523,20 @@ WITH parsed AS (
         json_extract_string(doc, $id_path) AS record_id,
         json_extract_string(doc, $license_path) AS record_license,
         CASE WHEN json_type(doc, '/url') = 'VARCHAR' THEN json_extract_string(doc, '/url') END AS record_url,
-        json_type(doc, '/messages') AS messages_type,
-        json_extract_string(doc, '/messages') AS messages_string,
-        json_extract(doc, '/messages') AS messages_json,
+        -- OpenAI-style `messages`, else ShareGPT-style `conversations` (see curation_platform.formatting).
+        coalesce(json_type(doc, '/messages'), json_type(doc, '/conversations')) AS messages_type,
+        coalesce(json_extract_string(doc, '/messages'), json_extract_string(doc, '/conversations')) AS messages_string,
+        coalesce(json_extract(doc, '/messages'), json_extract(doc, '/conversations')) AS messages_json,
         CASE WHEN json_type(doc, '/prompt') = 'VARCHAR' THEN json_extract_string(doc, '/prompt') END AS prompt,
-        CASE WHEN json_type(doc, '/response') = 'VARCHAR' THEN json_extract_string(doc, '/response') END AS response
+        CASE WHEN json_type(doc, '/response') = 'VARCHAR' THEN json_extract_string(doc, '/response') END AS response,
+        CASE WHEN json_type(doc, '/system') = 'VARCHAR' THEN json_extract_string(doc, '/system') END AS system_prompt,
+        CASE WHEN json_type(doc, '/instruction') = 'VARCHAR' THEN json_extract_string(doc, '/instruction') END
+            AS instruction,
+        CASE WHEN json_type(doc, '/input') = 'VARCHAR' THEN json_extract_string(doc, '/input') END AS instruction_input,
+        CASE WHEN json_type(doc, '/output') = 'VARCHAR' THEN json_extract_string(doc, '/output') END AS output,
+        CASE WHEN json_type(doc, '/tests') = 'VARCHAR' THEN json_extract_string(doc, '/tests')
+             WHEN json_type(doc, '/tests') = 'ARRAY'
+             THEN array_to_string(json_extract_string(doc, '$.tests[*]'), chr(10)) END AS record_tests
     FROM parsed
 ), turns AS (
     SELECT *,
@@ -536,23 +546,27 @@ WITH parsed AS (
                           THEN messages_string::JSON END,
                      '$[*]') AS items
     FROM fields
+), shaped AS (
+    SELECT *,
+        -- ShareGPT items name the role `from` and the content `value`.
+        list_transform(items, lambda m: {
+            'role': CASE WHEN json_type(m, '/role') = 'VARCHAR' THEN json_extract_string(m, '/role')
+                         WHEN json_type(m, '/from') = 'VARCHAR' THEN json_extract_string(m, '/from') END,
+            'content': CASE WHEN json_type(m, '/content') = 'VARCHAR' THEN json_extract_string(m, '/content')
+                            WHEN json_type(m, '/value') = 'VARCHAR' THEN json_extract_string(m, '/value') END
+        }) AS raw_turns
+    FROM turns
 ), chats AS (
     SELECT *,
-        coalesce(len(items) > 0
-            AND list_bool_and(list_transform(items, lambda m: coalesce(
-                json_type(m, '/role') = 'VARCHAR' AND json_type(m, '/content') = 'VARCHAR', false)))
-            AND list_bool_or(list_transform(items, lambda m: coalesce(
-                trim(json_extract_string(m, '/content')) <> '', false))),
+        coalesce(len(raw_turns) > 0
+            AND list_bool_and(list_transform(raw_turns, lambda m: m.role IS NOT NULL AND m.content IS NOT NULL))
+            AND list_bool_or(list_transform(raw_turns, lambda m: coalesce(trim(m.content) <> '', false))),
             false) AS messages_ok
-    FROM turns
+    FROM shaped
 )
-SELECT json_ok, root_type, text_type, field_text, record_id, record_license, record_url,
-    CASE WHEN messages_ok
-         THEN list_transform(items, lambda m: {'role': json_extract_string(m, '/role'),
-                                               'content': json_extract_string(m, '/content')})
-         WHEN trim(prompt) <> '' AND trim(response) <> ''
-         THEN [{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': response}]
-    END AS chat_messages
+SELECT json_ok, root_type, text_type, field_text, record_id, record_license, record_url, record_tests,
+    CASE WHEN messages_ok THEN raw_turns END AS chat_turns,
+    prompt, response, system_prompt, instruction, instruction_input, output
 FROM chats
 ORDER BY row_nr
 """
@@ -578,7 +592,11 @@ def _extract_fields(candidates: pl.DataFrame, manifest: Manifest) -> pl.DataFram
                 "license_path": _json_pointer(manifest.license_field or "\x00no license field"),
             },
         ).to_arrow_table()
-    return pl.from_arrow(extracted).with_columns(pl.col("chat_messages").cast(MESSAGES_DTYPE))
+    # Every chat shape into one `messages` column (the documented mapping lives in curation_platform.formatting).
+    return pl.from_arrow(extracted).with_columns(
+        pl.col("chat_turns").cast(MESSAGES_DTYPE),
+        chat_messages(instruction_input="instruction_input").alias("chat_messages"),
+    ).drop("chat_turns", "prompt", "response", "system_prompt", "instruction", "instruction_input", "output")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -604,15 +622,14 @@ def _decide(candidates: pl.DataFrame, fields: pl.DataFrame, manifest: Manifest, 
     chat = manifest.kind == "chat" or manifest.format == "chat"
     text_field = manifest.text_field
     is_record = pl.col("raw").is_not_null()
-    rendered = pl.col("chat_messages").list.eval(
-        pl.format("{}: {}", pl.element().struct.field("role"), pl.element().struct.field("content"))
-    ).list.join("\n\n")
+    rendered = render_plain(pl.col("chat_messages"))
     frame = pl.concat([candidates, fields], how="horizontal").with_columns(
         text=(rendered if chat else pl.when(is_record).then(pl.col("field_text")).otherwise(pl.col("text"))),
         messages=pl.col("chat_messages") if chat else pl.lit(None, dtype=MESSAGES_DTYPE),
         format=pl.lit("chat") if chat else pl.col("format"),
         license_raw=(pl.col("record_license") if manifest.per_record_license else pl.lit(manifest.license)),
         url=pl.coalesce("url", "record_url"),  # a WARC target URI, or a JSON record's top-level `url`
+        tests=pl.col("record_tests"),  # generated code's tests, run by the verification sandbox
         source_id=pl.coalesce(
             "warc_record_id",
             pl.when(pl.col("record_id").str.strip_chars() != "").then(pl.col("record_id")),
@@ -636,8 +653,10 @@ def _decide(candidates: pl.DataFrame, fields: pl.DataFrame, manifest: Manifest, 
     ]
     if chat:
         rules.append((pl.col("chat_messages").is_null(), "unusable_chat",
-                      pl.lit("chat record without usable messages ([{role, content}] strings with some content) "
-                             "or non-empty prompt and response strings")))
+                      pl.lit("chat record without usable messages ([{role, content}] strings with some content), "
+                             "conversations ([{from, value}]), non-empty prompt and response strings, or "
+                             "instruction and output strings")))
+        rules += chat_problems(pl.col("chat_messages"))
     else:
         rules += [
             (is_record & pl.col("text_type").is_null(), "missing_text",
@@ -761,7 +780,7 @@ def read_drop(drop_dir: Path, cfg: IngestConfig, drop: str | None = None) -> Ing
     """Read every data file of a drop into canonical records and quarantine rows.
 
     ``drop_dir`` holds ``manifest.yaml`` and the data files; ``drop`` names the drop (default: the folder name).
-    Returns ``records`` with exactly the INGEST_SCHEMA columns in order (RECORD_SCHEMA, then web provenance),
+    Returns ``records`` with exactly the INGEST_SCHEMA columns in order (RECORD_SCHEMA, web provenance, tests),
     ``quarantine`` with QUARANTINE_SCHEMA
     (one row per rejected input record, naming file, line and reason), and ``read_count``, the number of input
     records seen, which always equals ``len(records) + len(quarantine)``. Files are read in sorted relative-path

@@ -41,7 +41,10 @@ WEB_PROVENANCE_SCHEMA: dict[str, pl.DataType] = {
     "content_type": pl.String,  # HTTP Content-Type of the fetch, WARC drops only
     "warc_record_id": pl.String,  # WARC-Record-ID, WARC drops only
 }
-INGEST_SCHEMA: dict[str, pl.DataType] = {**RECORD_SCHEMA, **WEB_PROVENANCE_SCHEMA}
+# Tests of a generated code record (Python source run after the record's code by the verification sandbox):
+# a record's string ``tests`` field, or its array of strings joined by newlines; null for other records.
+CODE_TESTS_SCHEMA: dict[str, pl.DataType] = {"tests": pl.String}
+INGEST_SCHEMA: dict[str, pl.DataType] = {**RECORD_SCHEMA, **WEB_PROVENANCE_SCHEMA, **CODE_TESTS_SCHEMA}
 
 # Verdict kinds. ``drop`` and ``quarantine`` remove a document; the others annotate a kept one.
 DROP, QUARANTINE, KEEP, REDACT, FLAG = "drop", "quarantine", "keep", "redact", "flag"

@@ -15,12 +15,14 @@ from tokenizers import Tokenizer
 from curation_platform import __version__
 from curation_platform import card as card_parts
 from curation_platform.config import CurationConfig, ReleaseConfig
+from curation_platform.formatting import FormattingConfig, formatting_card, training_text
 from curation_platform.ledger import LEDGER_SCHEMA
 from curation_platform.licenses import attribution_required, license_breakdown, release_license_verdicts
 from curation_platform.ops import flagged_words
 from curation_platform.ops.dedup_exact import exact_representatives
 from curation_platform.ops.dedup_minhash import RULE_DUPLICATE as NEAR_PAIR_RULE
 from curation_platform.ops.dedup_minhash import near_representatives
+from curation_platform.ops.verify_code import verification_summary
 from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts, verdict_frame
 from curation_platform.selection import select, shard_plan, split_assignment
 from curation_platform.storage import move_tree, remove_tree
@@ -58,25 +60,30 @@ RULE_EXACT, RULE_NEAR, RULE_REEVALUATED = "dedup.exact", "dedup.near", "dedup.re
 PAIR_SCHEMA = {"doc_id": pl.String, "duplicate_of": pl.String, "value": pl.Float64}
 
 
-def _token_counts(ws: Workspace, final_stage: str, drop: str, tokenizer: str) -> pl.DataFrame:
-    """(doc_id, token_count) of a drop's curated documents, cached until the drop is curated again or the
-    tokenizer changes."""
+def _token_counts(ws: Workspace, final_stage: str, drop: str, tokenizer: str,
+                  formatting: FormattingConfig | None = None) -> pl.DataFrame:
+    """(doc_id, token_count) of a drop's curated documents (chat documents as the template renders them, with
+    ``formatting``), cached until the drop is curated again or the tokenizer or template changes."""
     cache, source = ws.cache_path("tokens", drop), ws.stage_path(final_stage, drop)
+    key = tokenizer if formatting is None else f"{tokenizer}|{formatting.model_dump_json()}"
     if cache.exists() and cache.stat().st_mtime_ns >= source.stat().st_mtime_ns:
         cached = pl.read_parquet(cache)
-        if cached.height == 0 or cached["tokenizer"][0] == tokenizer:
+        if cached.height == 0 or cached["tokenizer"][0] == key:
             return cached.drop("tokenizer")
-    texts = ws.read_stage(final_stage, drop, columns=["doc_id", "text"])
-    counts = texts.select("doc_id", count_tokens(texts["text"], tokenizer), pl.lit(tokenizer).alias("tokenizer"))
+    view = ws.scan_stage(final_stage, drop)
+    schema = view.collect_schema()
+    texts = view.select([c for c in ("doc_id", "text", "messages", "kind") if c in schema]).collect()
+    text = texts["text"] if formatting is None else training_text(texts, formatting)
+    counts = texts.select("doc_id", count_tokens(text, tokenizer), pl.lit(key).alias("tokenizer"))
     write_parquet_atomic(counts, cache)
     return counts.drop("tokenizer")
 
 
 def curated_metadata(ws: Workspace, final_stage: str, drops: list[str], tokenizer: str,
-                     extra_columns: tuple[str, ...] = ()) -> pl.DataFrame:
+                     extra_columns: tuple[str, ...] = (), formatting: FormattingConfig | None = None) -> pl.DataFrame:
     """Selection columns (plus ``extra_columns``, e.g. a curriculum signal) and token counts of every curated
     document of the given (current) drops, in drop order, minus takedowns. Reads no text beyond counting tokens
-    once per drop."""
+    once per drop (of the training text: chat documents rendered with ``formatting``'s template when given)."""
     frames = []
     for entry in ws.drops():
         if entry.name not in drops:
@@ -86,7 +93,7 @@ def curated_metadata(ws: Workspace, final_stage: str, drops: list[str], tokenize
         columns = [c for c in dict.fromkeys([*META_COLUMNS, *extra_columns]) if c in schema]
         frames.append(
             view.select(columns).collect()
-            .join(_token_counts(ws, final_stage, entry.name, tokenizer), on="doc_id", how="left")
+            .join(_token_counts(ws, final_stage, entry.name, tokenizer, formatting), on="doc_id", how="left")
             .with_columns(pl.lit(entry.order, dtype=pl.Int64).alias("drop_order"))
         )
     if not frames:
@@ -319,10 +326,12 @@ def _curriculum_signal(selected: pl.DataFrame, cfg: ReleaseConfig) -> pl.Series 
 
 
 def _write_shards(ws: Workspace, final_stage: str, selected: pl.DataFrame, cfg: ReleaseConfig,
-                  staging: Path) -> tuple[list[Path], list[dict[str, Any]]]:
+                  staging: Path, formatting: FormattingConfig | None = None
+                  ) -> tuple[list[Path], list[dict[str, Any]]]:
     """``shards/train-NNNNN.parquet`` and ``shards/validation-NNNNN.parquet`` in the order of
     ``selection.shard_plan``, one shard's documents in memory at a time (each read from its drops' curated
-    files); a repeated document appears once per epoch. Returns the paths and the shard index (per shard: split,
+    files); a repeated document appears once per epoch. With ``formatting``, chat documents'
+    ``text`` is their conversation rendered by the chat template (the text ``token_count`` counted). Returns the paths and the shard index (per shard: split,
     documents, tokens and, with a curriculum, the signal's range)."""
     plan = shard_plan(_unit_defaults(selected), cfg, _curriculum_signal(selected, cfg))
     paths: list[Path] = []
@@ -336,7 +345,10 @@ def _write_shards(ws: Workspace, final_stage: str, selected: pl.DataFrame, cfg: 
             ids = rows.filter(pl.col("drop") == drop)["doc_id"].unique()
             texts.append(view.select(columns).filter(pl.col("doc_id").is_in(ids.implode())).collect())
         decided = rows.select("doc_id", *[c for c in SELECTION_COLUMNS if c in rows.columns], "_position")
-        shard = decided.join(pl.concat(texts, how="diagonal_relaxed"), on="doc_id", how="inner").sort("_position")
+        part = pl.concat(texts, how="diagonal_relaxed")
+        if formatting is not None:
+            part = part.with_columns(training_text(part, formatting).alias("text"))
+        shard = decided.join(part, on="doc_id", how="inner").sort("_position")
         paths.append(write_parquet_atomic(shard.select(_shard_columns(shard)), staging / "shards" / name))
         entry = {"shard": name, "split": rows["split"][0], "documents": rows.height,
                  "tokens": int(rows["token_count"].sum())}
@@ -491,7 +503,7 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
     name = cfg.release.name
     curriculum = cfg.release.curriculum
     signal = (curriculum.signal,) if curriculum is not None and curriculum.signal != "length" else ()
-    docs = curated_metadata(ws, final_stage, drops, cfg.release.tokenizer, signal)
+    docs = curated_metadata(ws, final_stage, drops, cfg.release.tokenizer, signal, cfg.formatting)
     if docs.is_empty():
         from curation_platform.errors import CurationError
         raise CurationError("no curated documents to release: land a drop and run `curate run` first")
@@ -499,7 +511,7 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
     selected = result.kept
     staging = ws.staging_dir(name)
     remove_tree(staging)
-    shards, shard_index = _write_shards(ws, final_stage, selected, cfg.release, staging)
+    shards, shard_index = _write_shards(ws, final_stage, selected, cfg.release, staging, cfg.formatting)
     # One row per released document: the shard of its first epoch, its split and how many epochs ship.
     shard_of = pl.concat([
         pl.read_parquet(p, columns=["doc_id", "epoch"]).with_columns(
@@ -514,7 +526,9 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
                       {"rules": rules, "contamination": contamination, "shards": [p.name for p in shards],
                        "excluded_drops": excluded, "flagged_words": flagged_words.card_removals(ws, drops),
                        "per_drop": card_parts.per_drop(docs, selected, result.verdicts),
-                       "selection": report})
+                       "selection": report,
+                       "formatting": formatting_card(selected, cfg.formatting, cfg.release.tokenizer),
+                       "verification": verification_summary(ws, drops)})
     card["plots"] = [write_bytes_atomic(png, staging / "plots" / f"{plot}.png").relative_to(staging).as_posix()
                      for plot, png in card_parts.card_plots(card, selected).items()]
     write_text_atomic(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n", staging / "data_card.json")

@@ -94,6 +94,7 @@ def test_clean_jsonl_gives_canonical_records(tmp_path):
         "fetch_date": None,
         "content_type": None,
         "warc_record_id": None,
+        "tests": None,
     }
     # Without an id the line is the record's id inside the drop.
     assert rows[1]["source_id"] == "part-0.jsonl:2"
