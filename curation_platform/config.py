@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -84,6 +85,14 @@ class VersioningConfig(_Strict):
     push: bool = True
 
 
+class EngineConfig(_Strict):
+    """How a drop is computed, never what is computed: outside both configuration hashes."""
+
+    batch_rows: int = Field(default=20_000, ge=1)  # documents per batch in every streaming stage
+    executor: Literal["local", "ray"] = "local"  # `curate run --executor ray`
+    ray_address: str | None = None  # `curate run --ray-address ADDR`; None = start a local Ray
+
+
 class CurationConfig(_Strict):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     url_filter: UrlFilterConfig = Field(default_factory=UrlFilterConfig)
@@ -101,17 +110,19 @@ class CurationConfig(_Strict):
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
     versioning: VersioningConfig = Field(default_factory=VersioningConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @property
     def hash(self) -> str:
-        """Stable hash of the effective configuration (defaults included), recorded in ledger rows and releases."""
-        return _digest(self.model_dump(mode="json"))
+        """Stable hash of the effective configuration (defaults included), recorded in ledger rows and releases.
+        ``engine`` is left out: the executor and batch size never change a result."""
+        return _digest(self.model_dump(mode="json", exclude={"engine"}))
 
     @property
     def drop_stages_hash(self) -> str:
         """Hash of the sections the per-drop stages read: when it changes, curated drops are stale. Release,
         license-profile, gate and versioning settings only affect the release, so they are left out."""
-        return _digest(self.model_dump(mode="json", exclude={"release", "licenses", "gates", "versioning"}))
+        return _digest(self.model_dump(mode="json", exclude={"release", "licenses", "gates", "versioning", "engine"}))
 
 
 def _digest(data: dict) -> str:

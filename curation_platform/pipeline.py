@@ -158,9 +158,19 @@ def _near_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: pl.DataFram
     removed = takedowns.filter(pl.col("signature").is_not_null()).select(list(dedup_minhash.NEAR_INDEX_SCHEMA))
     result, entries = dedup_minhash.near_duplicates(
         _with_drop_order(docs, ws.drop(drop).order), pl.concat([index, removed], how="vertical_relaxed"),
-        cfg.near_dedup, index_content=lambda rows: _index_content(ws, rows), blocked_ids=takedowns["doc_id"])
+        cfg.near_dedup, index_content=lambda rows: _index_content(ws, rows), blocked_ids=takedowns["doc_id"],
+        candidates=_ray_band_shuffle(cfg))
     _write_index(ws, "near", drop, entries)
     return result
+
+
+def _ray_band_shuffle(cfg: CurationConfig) -> dedup_minhash.CandidateGenerator | None:
+    """With the Ray executor, near-dedup candidates come from a shuffle by band key over the Ray workers."""
+    if cfg.engine.executor != "ray":
+        return None
+    from curation_platform.executors import ray as ray_executor
+
+    return ray_executor.band_shuffle_candidates(cfg.engine)
 
 
 def _write_index(ws: Workspace, index_name: str, drop: str, entries: pl.DataFrame) -> None:
@@ -195,19 +205,40 @@ def filter_profile(ws: Workspace, cfg: CurationConfig, drop: str) -> str | None:
                             ) from None
 
 
-# The operator behind each stage after ingest: (workspace, config, drop, documents) -> StageResult.
+# Per-document stages: (documents, config, context) -> StageResult, with nothing read from the workspace, so any
+# batch of a drop can run anywhere (in this process, or in a Ray Data worker). ``context`` is what
+# ``stage_context`` reads once per drop (the filter profile, the benchmark index).
+PER_DOCUMENT_OPERATORS: dict[str, Callable[..., StageResult]] = {
+    "url_filtered": lambda docs, cfg: filter_urls(docs, cfg.url_filter),
+    "normalized": lambda docs, cfg: normalize(docs, cfg.normalize),
+    "language": lambda docs, cfg: identify_language(docs, cfg.language),
+    "quality_signals": lambda docs, cfg: quality_signals(docs, cfg.signals),
+    "filtered": lambda docs, cfg, profile: filter_documents(docs, cfg.filters, profile),
+    "scored": lambda docs, cfg: score_documents(docs, cfg.scoring),
+    "pii_redacted": lambda docs, cfg: redact_pii(docs, cfg.pii),
+    "decontaminated": lambda docs, cfg, benchmarks: decontaminate(docs, benchmarks, cfg.decontamination),
+}
+
+
+def stage_context(ws: Workspace, cfg: CurationConfig, stage: str, drop: str) -> dict[str, Any]:
+    """What a per-document operator needs beyond its documents and config, read once per drop."""
+    if stage == "filtered":
+        return {"profile": filter_profile(ws, cfg, drop)}
+    if stage == "decontaminated":
+        return {"benchmarks": benchmark_index(cfg)}
+    return {}
+
+
+def apply_operator(stage: str, docs: pl.DataFrame, cfg: CurationConfig, context: dict[str, Any]) -> StageResult:
+    """Run a per-document stage's operator on a batch of documents (the whole drop, or one Ray Data batch)."""
+    return PER_DOCUMENT_OPERATORS[stage](docs, cfg, **context)
+
+
+# Drop-global stages: (workspace, config, drop, documents) -> StageResult; they compare the drop with every other.
 _OPERATORS: dict[str, Callable[[Workspace, CurationConfig, str, pl.DataFrame], StageResult]] = {
-    "url_filtered": lambda ws, cfg, drop, docs: filter_urls(docs, cfg.url_filter),
-    "normalized": lambda ws, cfg, drop, docs: normalize(docs, cfg.normalize),
-    "language": lambda ws, cfg, drop, docs: identify_language(docs, cfg.language),
     "line_deduped": _line_dedup,
-    "quality_signals": lambda ws, cfg, drop, docs: quality_signals(docs, cfg.signals),
-    "filtered": lambda ws, cfg, drop, docs: filter_documents(docs, cfg.filters, filter_profile(ws, cfg, drop)),
-    "scored": lambda ws, cfg, drop, docs: score_documents(docs, cfg.scoring),
-    "pii_redacted": lambda ws, cfg, drop, docs: redact_pii(docs, cfg.pii),
     "exact_deduped": _exact_dedup,
     "near_deduped": _near_dedup,
-    "decontaminated": lambda ws, cfg, drop, docs: decontaminate(docs, benchmark_index(cfg), cfg.decontamination),
 }
 
 
@@ -216,12 +247,19 @@ def run_stage(ws: Workspace, cfg: CurationConfig, stage: str, drop: str, run_id:
     if stage == "raw_documents":
         input_ids, result, _ = _ingest(ws, cfg, drop)
         input_ids = input_ids["doc_id"]
+    elif stage in PER_DOCUMENT_OPERATORS and cfg.engine.executor == "ray":
+        from curation_platform.executors import ray as ray_executor
+
+        input_ids, result = ray_executor.run_stage_output(ws, cfg, stage, drop, stage_context(ws, cfg, stage, drop))
     else:
         docs = ws.read_stage(UPSTREAM[stage], drop)
         input_ids = docs["doc_id"]
-        if stage not in _OPERATORS:
+        if stage in PER_DOCUMENT_OPERATORS:
+            result = apply_operator(stage, docs, cfg, stage_context(ws, cfg, stage, drop))
+        elif stage in _OPERATORS:
+            result = _OPERATORS[stage](ws, cfg, drop, docs)
+        else:
             raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-        result = _OPERATORS[stage](ws, cfg, drop, docs)
     kept = result.kept.drop("drop_order", strict=False)
     ledger = ledger_rows(
         stage=stage, drop=drop, input_ids=input_ids, verdicts=result.verdicts, run_id=run_id,

@@ -90,6 +90,31 @@ class StageResult:
         return self.verdicts.filter(pl.col("verdict").is_in([DROP, QUARANTINE]))["doc_id"].unique()
 
 
+def merge_metrics(parts: list[dict[str, Any]], rows: list[int]) -> dict[str, Any]:
+    """The metrics of one stage run batch by batch, as one dict: integers (counts) add up, dicts merge key by key,
+    other numbers (means, medians, rates, quantile lists) are averaged weighted by each batch's ``rows``, which is
+    exact for means and an approximation for medians and quantiles. Metrics are asset metadata, never data."""
+    merged: dict[str, Any] = {}
+    for key in dict.fromkeys(k for part in parts for k in part):
+        values = [(part[key], n) for part, n in zip(parts, rows) if part.get(key) is not None]
+        if not values:
+            merged[key] = None
+        elif all(isinstance(v, dict) for v, _ in values):
+            merged[key] = merge_metrics([v for v, _ in values], [n for _, n in values])
+        elif all(isinstance(v, int) and not isinstance(v, bool) for v, _ in values):
+            merged[key] = sum(v for v, _ in values)
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v, _ in values):
+            weight = sum(n for _, n in values) or 1
+            merged[key] = sum(v * n for v, n in values) / weight
+        elif all(isinstance(v, list) and len(v) == len(values[0][0]) and all(isinstance(x, (int, float)) for x in v)
+                 for v, _ in values):
+            weight = sum(n for _, n in values) or 1
+            merged[key] = [sum(v[i] * n for v, n in values) / weight for i in range(len(values[0][0]))]
+        else:  # labels and other non-numbers: the first batch's value
+            merged[key] = values[0][0]
+    return merged
+
+
 def split_by_verdicts(docs: pl.DataFrame, verdicts: pl.DataFrame, metrics: dict[str, Any] | None = None) -> StageResult:
     """Build a StageResult: documents with a drop or quarantine verdict leave, the rest are kept."""
     verdicts = verdict_frame(verdicts)
