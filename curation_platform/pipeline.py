@@ -220,6 +220,10 @@ PER_DOCUMENT_OPERATORS: dict[str, Callable[..., StageResult]] = {
 }
 
 
+# The stages the Ray executor distributes (the rest run in the driver process whatever the executor).
+RAY_STAGES: list[str] = [*PER_DOCUMENT_OPERATORS, "near_deduped"]
+
+
 def stage_context(ws: Workspace, cfg: CurationConfig, stage: str, drop: str) -> dict[str, Any]:
     """What a per-document operator needs beyond its documents and config, read once per drop."""
     if stage == "filtered":

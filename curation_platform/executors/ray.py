@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import socket
 from typing import Any, Iterator
@@ -85,6 +86,10 @@ def quiet_data_context() -> None:
     """Ray Data settings of this platform: no progress bars on the CLI's terminal, outputs in input order."""
     import ray.data
 
+    # The CLI and Dagster print their own progress: Ray Data's per-dataset lines and its notice that the bars are
+    # off add nothing there (its warnings still show).
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False

@@ -7,7 +7,11 @@ workspaces, and every file is compared byte for byte.
 
 from __future__ import annotations
 
+import os
 import random
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -18,6 +22,7 @@ from curation_platform.pipeline import FINAL_STAGE, STAGES, drop_state, run_stag
 from curation_platform.release import publish_release, stage_release
 from curation_platform.samples import synthetic_corpus, write_corpus_drop
 from curation_platform.workspace import Workspace
+from tests.conftest import REPO, run_cli
 
 ray = pytest.importorskip("ray")
 
@@ -63,7 +68,7 @@ def _curate(root: Path, landing: Path, executor: str) -> tuple[Workspace, dict[s
     return ws, metrics
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
@@ -99,3 +104,77 @@ def test_ray_and_local_give_byte_identical_stages_ledger_and_release(tmp_path, l
     near = ledger.filter(pl.col("rule") == "near_dedup.duplicate", pl.col("drop") == "2026-02-forum")
     news_ids = pl.read_parquet(remote.stage_path("raw_documents", "2026-01-news"))["doc_id"]
     assert near["duplicate_of"].is_in(news_ids.implode()).any()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again when the block ends: nothing listens there
+
+
+def test_an_unreachable_ray_address_is_one_clear_line(tmp_path):
+    address = f"127.0.0.1:{_closed_port()}"
+    code, output = run_cli("run", "--executor", "ray", "--ray-address", address, "--landing", str(tmp_path),
+                           "--workspace", str(tmp_path / "data"))
+    assert code == 1
+    assert f"error: cannot reach the Ray cluster at {address}" in output
+    assert "Traceback" not in output and not (tmp_path / "data" / "registry").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--executor", "spark"], "engine.executor: Input should be 'local' or 'ray'"),
+    (["--ray-address", "ray://head:10001"], "--ray-address needs --executor ray"),
+])
+def test_bad_executor_options_are_one_clear_line(tmp_path, args, message):
+    code, output = run_cli("run", *args, "--landing", str(tmp_path), "--workspace", str(tmp_path / "data"))
+    assert code == 1
+    assert message in output and "Traceback" not in output
+
+
+def test_ray_requested_but_not_installed_is_one_clear_line(tmp_path):
+    # A `ray` package that cannot be imported, first on the path, as on a machine without Ray.
+    (tmp_path / "shadow" / "ray").mkdir(parents=True)
+    (tmp_path / "shadow" / "ray" / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "shadow"), str(REPO),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from curation_platform.cli import main; main()", "run", "--executor", "ray",
+         "--landing", str(tmp_path), "--workspace", str(tmp_path / "data")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: executor 'ray' needs Ray Data, which cannot be imported (No module named 'ray'); install it with "
+        "pip install 'ray[data]>=2.40,<3', or run with --executor local"]
+
+
+def test_the_dagster_asset_runs_its_stage_on_the_ray_of_the_ray_resource(tmp_path, local_ray):
+    """The `language` asset, materialized by Dagster with `--executor ray` options, runs on Ray Data (the `ray`
+    resource finds the Ray this process runs and uses it) and writes what the local executor writes."""
+    import dagster as dg
+
+    from assets.definitions import build_definitions
+    from assets.partitions import drops
+    from assets.resources import CurationResource
+
+    landing = tmp_path / "landing"
+    write_corpus_drop(landing, "2026-03-blog", synthetic_corpus(30, seed=5).select("id", "text"), source="blog")
+    config = tmp_path / "curation.yaml"
+    config.write_text("versioning: {enabled: false}\nengine: {batch_rows: 8}\n")
+    ws = Workspace(tmp_path / "data")
+    ws.register_drop("2026-03-blog", landing / "2026-03-blog")
+    cfg = CurationConfig.model_validate({"versioning": {"enabled": False}})
+    for stage in STAGES[: STAGES.index("language") + 1]:
+        run_stage(ws, cfg, stage, "2026-03-blog", run_id="dagster-run")
+    local_output = ws.stage_path("language", "2026-03-blog").read_bytes()
+
+    resource = CurationResource(workspace=str(ws.root), config_path=str(config), landing=str(landing),
+                                executor="ray")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(drops.name, ["2026-03-blog"])
+    result = build_definitions(resource).resolve_implicit_global_asset_job_def().execute_in_process(
+        partition_key="2026-03-blog", instance=instance, asset_selection=[dg.AssetKey("language")])
+    assert result.success
+    metadata = result.asset_materializations_for_node("language")[0].metadata
+    assert metadata["stage_metrics"].value["ray_batches"] == 4  # 30 documents in batches of 8
+    assert ws.stage_path("language", "2026-03-blog").read_bytes() == local_output
