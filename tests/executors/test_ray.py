@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -49,23 +50,20 @@ def _landing(root: Path) -> Path:
     return landing
 
 
-def _curate(root: Path, landing: Path, executor: str) -> tuple[Workspace, dict[str, dict]]:
-    """Both drops through every stage, the first with the local executor (it is the earlier drop the second is
-    compared with), the second with ``executor``; then the release of both."""
+def _curate(ws: Workspace, landing: Path, drop: str, executor: str) -> dict[str, dict]:
     local = CurationConfig.model_validate({"versioning": {"enabled": False}})
     # Small batches, so every per-document stage runs as several Ray Data batches.
     cfg = local.model_copy(update={"engine": local.engine.model_copy(update={"executor": executor, "batch_rows": 16})})
-    ws = Workspace(root)
-    metrics = {}
-    for drop, drop_cfg in (("2026-01-news", local), ("2026-02-forum", cfg)):
-        ws.register_drop(drop, landing / drop)
-        for stage in STAGES:
-            metrics[stage] = run_stage(ws, drop_cfg, stage, drop, run_id="same-run").metrics
+    ws.register_drop(drop, landing / drop)
+    return {stage: run_stage(ws, cfg, stage, drop, run_id="same-run").metrics for stage in STAGES}
+
+
+def _release(ws: Workspace) -> None:
+    cfg = CurationConfig.model_validate({"versioning": {"enabled": False}})
     current = [d.name for d in ws.drops() if drop_state(ws, cfg, d.name) == "current"]
     assert current == ["2026-01-news", "2026-02-forum"]
     stage_release(ws, cfg, FINAL_STAGE, current, [], [], {})
     publish_release(ws, cfg.release.name, "same-run", cfg.hash)
-    return ws, metrics
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +85,14 @@ def _files(ws: Workspace) -> dict[str, bytes]:
 
 def test_ray_and_local_give_byte_identical_stages_ledger_and_release(tmp_path, local_ray):
     landing = _landing(tmp_path)
-    local, _ = _curate(tmp_path / "local", landing, "local")
-    remote, metrics = _curate(tmp_path / "ray", landing, "ray")
+    local, remote = Workspace(tmp_path / "local"), Workspace(tmp_path / "ray")
+    # The earlier drop, curated once locally, is the index the second drop is compared with in both workspaces.
+    _curate(local, landing, "2026-01-news", "local")
+    shutil.copytree(local.root, remote.root)
+    _curate(local, landing, "2026-02-forum", "local")
+    metrics = _curate(remote, landing, "2026-02-forum", "ray")
+    _release(local)
+    _release(remote)
 
     # The per-document stages really ran as Ray Data batches (42 documents at most, 16 per batch).
     assert metrics["url_filtered"]["ray_batches"] == 3
@@ -178,3 +182,40 @@ def test_the_dagster_asset_runs_its_stage_on_the_ray_of_the_ray_resource(tmp_pat
     metadata = result.asset_materializations_for_node("language")[0].metadata
     assert metadata["stage_metrics"].value["ray_batches"] == 4  # 30 documents in batches of 8
     assert ws.stage_path("language", "2026-03-blog").read_bytes() == local_output
+
+
+def test_the_band_key_shuffle_gives_the_pairs_of_the_in_process_band_join(local_ray):
+    """Candidate pairs from the Ray shuffle by (band, key) equal the in-process DuckDB band join's, batch for batch
+    in (src, dst) order, with crowded buckets (the per-bucket link limit bites), index entries out of play and pairs
+    that share several buckets."""
+    import numpy as np
+    import pyarrow as pa
+
+    from curation_platform.executors.ray import band_shuffle_candidates
+    from curation_platform.ops.dedup_minhash import NearDedupConfig, _candidate_batches
+
+    rng = np.random.default_rng(3)
+    bands, n_docs, n_index = 4, 300, 200
+    cfg = NearDedupConfig(bucket_link_limit=3, verify_batch_rows=500)
+    # Few distinct keys per band, so buckets hold many documents and pairs repeat across bands.
+    doc_keys = rng.integers(0, 40, size=(n_docs, bands)).astype(np.uint64) + np.uint64(2**63)
+    current = pa.table({
+        "band": pa.array(np.tile(np.arange(bands), n_docs), pa.int64()),
+        "key": pa.array(doc_keys.ravel(), pa.uint64()),
+        "node": pa.array(np.repeat(np.arange(n_docs), bands), pa.int64()),
+    })
+    index_keys = rng.integers(0, 40, size=(n_index, bands)).astype(np.uint64) + np.uint64(2**63)
+    in_play = rng.random(n_index) < 0.8
+    index = pa.table({
+        "band_keys": pa.array(list(index_keys), pa.list_(pa.uint64())),
+        "node": pa.array(np.arange(-n_index, 0), pa.int64(), mask=~in_play),
+    })
+
+    def collect(batches):
+        pairs = [np.column_stack(batch) for batch in batches]
+        return np.vstack(pairs) if pairs else np.empty((0, 2), np.int64)
+
+    expected = collect(_candidate_batches(current, index, cfg))
+    shuffled = collect(band_shuffle_candidates(CurationConfig().engine)(current, index, cfg))
+    assert len(expected) > 1000 and (expected[:, 0] < 0).any() and (expected[:, 0] >= 0).any()
+    np.testing.assert_array_equal(shuffled, expected)
