@@ -49,7 +49,7 @@ def import_ray():
     except ImportError as exc:
         raise ExecutorError(
             f"executor 'ray' needs Ray Data, which cannot be imported ({exc}); install it with "
-            "pip install 'ray[data]>=2.40,<3', or run with --executor local") from None
+            "pip install 'ray[data]>=2.60,<3', or run with --executor local") from None
     return ray
 
 

@@ -149,7 +149,7 @@ def test_ray_requested_but_not_installed_is_one_clear_line(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "error: executor 'ray' needs Ray Data, which cannot be imported (No module named 'ray'); install it with "
-        "pip install 'ray[data]>=2.40,<3', or run with --executor local"]
+        "pip install 'ray[data]>=2.60,<3', or run with --executor local"]
 
 
 def test_the_dagster_asset_runs_its_stage_on_the_ray_of_the_ray_resource(tmp_path, local_ray):
