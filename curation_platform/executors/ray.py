@@ -136,6 +136,22 @@ def _run_batch(batch: pa.Table, stage: str, cfg: CurationConfig, context: dict[s
     })
 
 
+def _collect(ray, dataset) -> list[pa.Table]:
+    """Run ``dataset`` and fetch its blocks. A CurationError raised in a worker (bad input, bad configuration)
+    reaches the caller as itself, so the CLI prints its one line and not the worker's traceback."""
+    try:
+        return ray.get(dataset.to_arrow_refs())
+    except Exception as exc:
+        cause: BaseException | None = exc
+        # Ray wraps a worker's exception (RayTaskError.cause), Ray Data may chain it again (__cause__).
+        while cause is not None and not (isinstance(cause, CurationError)
+                                         and not isinstance(cause, ray.exceptions.RayTaskError)):
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
+
+
 def run_stage_output(ws: Workspace, cfg: CurationConfig, stage: str, drop: str,
                      context: dict[str, Any]) -> tuple[pl.Series, StageResult]:
     """The input doc_ids and the result of a per-document ``stage`` on ``drop``, computed by Ray Data workers from
@@ -158,8 +174,8 @@ def run_stage_output(ws: Workspace, cfg: CurationConfig, stage: str, drop: str,
         .map_batches(_run_batch, batch_size=batch_rows, batch_format="pyarrow",
                      fn_kwargs={"stage": stage, "cfg": cfg, "context": context})
     )
-    tables = [t for t in ray.get(envelopes.to_arrow_refs()) if t.num_rows]
-    positions = input_ids.to_frame().with_row_index("_position")
+    tables = [t for t in _collect(ray, envelopes) if t.num_rows]
+    positions = input_ids.to_frame().with_row_index("_position").unique("doc_id", keep="first", maintain_order=True)
     batches = (pl.from_arrow(pa.concat_tables(tables)).join(positions, left_on="first_doc_id", right_on="doc_id")
                .sort("_position"))
     if batches["rows"].sum() != len(input_ids):
@@ -194,7 +210,7 @@ def band_shuffle_candidates(engine: EngineConfig) -> CandidateGenerator:
             .repartition(partitions, keys=["band", "key"])  # the shuffle: every bucket lands whole in one partition
             .map_batches(bucket_candidates, batch_size=None, batch_format="pyarrow", fn_kwargs={"cfg": cfg})
         )
-        tables = [t for t in ray.get(pairs.to_arrow_refs()) if t.num_rows]
+        tables = [t for t in _collect(ray, pairs) if t.num_rows]
         if not tables:
             return
         found = pa.concat_tables(tables)
