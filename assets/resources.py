@@ -77,7 +77,8 @@ class CurationRay(RayResource):
 
     @property
     def name(self) -> str:
-        return f"Ray at {self.curation.cfg().engine.ray_address}" if self.curation.cfg().engine.ray_address else "local Ray"
+        address = self.curation.cfg().engine.ray_address
+        return f"Ray at {address}" if address else "local Ray"
 
     @property
     def ray_address(self) -> str | None:  # type: ignore[override]

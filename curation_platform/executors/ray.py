@@ -28,7 +28,12 @@ import pyarrow as pa
 
 from curation_platform.config import CurationConfig, EngineConfig
 from curation_platform.errors import CurationError
-from curation_platform.ops.dedup_minhash import CandidateGenerator, NearDedupConfig, bucket_candidates, index_bucket_rows
+from curation_platform.ops.dedup_minhash import (
+    CandidateGenerator,
+    NearDedupConfig,
+    bucket_candidates,
+    index_bucket_rows,
+)
 from curation_platform.records import StageResult, merge_metrics
 from curation_platform.workspace import Workspace
 
@@ -183,8 +188,8 @@ def run_stage_output(ws: Workspace, cfg: CurationConfig, stage: str, drop: str,
                             f"{batches['rows'].sum()} of {len(input_ids)} documents; run it again")
     kept = pl.concat([pl.read_ipc(io.BytesIO(b)) for b in batches["kept"]], how="vertical_relaxed")
     # Sorted by the original row order before writing, whatever order the workers finished in.
-    kept = (kept.join(positions, on="doc_id", how="left", maintain_order="left").sort("_position")
-            .drop("_position").rechunk())
+    kept = (kept.join(positions, on="doc_id", how="left", maintain_order="left")
+            .sort("_position", maintain_order=True).drop("_position").rechunk())
     verdicts = pl.concat([pl.read_ipc(io.BytesIO(b)) for b in batches["verdicts"]], how="vertical_relaxed")
     metrics = merge_metrics([json.loads(m) for m in batches["metrics"]], batches["rows"].to_list())
     metrics["ray_batches"] = batches.height
@@ -198,7 +203,8 @@ def band_shuffle_candidates(engine: EngineConfig) -> CandidateGenerator:
     (band, key) over the Ray workers and runs the band join on each partition; the pairs are the ones the
     in-process DuckDB join gives, distinct and sorted, in batches of ``verify_batch_rows``."""
 
-    def generate(current: pa.Table, index_keys: pa.Table, cfg: NearDedupConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def generate(current: pa.Table, index_keys: pa.Table,
+                 cfg: NearDedupConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         ray = ensure_ray(engine)
         columns = ["band", "key", "node"]
         rows = pa.concat_tables([current.select(columns), index_bucket_rows(index_keys, cfg).select(columns)])
