@@ -5,7 +5,7 @@ import dagster as dg
 
 from assets.jobs import build_release_job, curate_drop_job
 from assets.release import release, release_candidate, release_candidate_gate
-from assets.resources import CurationResource, duckdb_resource, resource_from_env
+from assets.resources import CurationRay, CurationResource, duckdb_resource, resource_from_env
 from assets.schedules import daily_release
 from assets.sensors import landing_sensor
 from assets.stages import stage_assets
@@ -18,7 +18,7 @@ def build_definitions(curation: CurationResource) -> dg.Definitions:
         jobs=[curate_drop_job, build_release_job],
         sensors=[landing_sensor],
         schedules=[daily_release],
-        resources={"curation": curation, "duckdb": duckdb_resource()},
+        resources={"curation": curation, "duckdb": duckdb_resource(), "ray": CurationRay(curation=curation)},
     )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
+from dagster_ray import RayResource
 from pydantic import ValidationError
 
 from curation_platform.catalog import catalog_is_current, refresh_catalog
@@ -28,6 +29,9 @@ class CurationResource(dg.ConfigurableResource):
     profile: str | None = None
     # Extra benchmarks for one run, as "NAME=PATH:FIELD[,FIELD]" strings (``curate run --benchmark``).
     benchmarks: list[str] = []
+    # ``curate run --executor/--ray-address``; None keeps engine.executor and engine.ray_address of curation.yaml.
+    executor: str | None = None
+    ray_address: str | None = None
 
     def ws(self) -> Workspace:
         return Workspace(self.workspace)
@@ -38,15 +42,18 @@ class CurationResource(dg.ConfigurableResource):
         stat = path.stat() if path.exists() else None
         # Parsed once per process and file version: every asset asks, and YAML parsing is slow in pure Python.
         return _effective_config(self.config_path if stat else None, stat and (stat.st_mtime_ns, stat.st_size),
-                                 self.release_name, self.profile, tuple(self.benchmarks))
+                                 self.release_name, self.profile, tuple(self.benchmarks), self.executor,
+                                 self.ray_address)
 
 
 @functools.lru_cache(maxsize=8)
 def _effective_config(config_path: str | None, version: tuple | None, release_name: str | None, profile: str | None,
-                      benchmarks: tuple[str, ...]) -> CurationConfig:
+                      benchmarks: tuple[str, ...], executor: str | None = None,
+                      ray_address: str | None = None) -> CurationConfig:
     cfg = load_config(config_path)
     data = cfg.model_dump(mode="json")
     data["release"].update({k: v for k, v in {"name": release_name, "profile": profile}.items() if v})
+    data["engine"].update({k: v for k, v in {"executor": executor, "ray_address": ray_address}.items() if v})
     data["decontamination"]["benchmarks"] += [
         parse_benchmark_option(b).model_dump(mode="json") for b in benchmarks
     ]
@@ -54,6 +61,50 @@ def _effective_config(config_path: str | None, version: tuple | None, release_na
         return CurationConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"invalid run options: {describe_validation_error(exc)}") from None
+
+
+class CurationRay(RayResource):
+    """Ray for the stages the ``ray`` executor distributes, through dagster-ray: before the step runs, a local Ray
+    is started (``engine.ray_address`` None) or the cluster at that address is connected to (a KubeRay head
+    service); after it, the connection is closed and a local Ray shut down. With the ``local`` executor it does
+    nothing and Ray is never imported."""
+
+    curation: CurationResource
+
+    @property
+    def host(self) -> str:
+        return self.curation.cfg().engine.ray_address or "127.0.0.1"
+
+    @property
+    def name(self) -> str:
+        address = self.curation.cfg().engine.ray_address
+        return f"Ray at {address}" if address else "local Ray"
+
+    @property
+    def ray_address(self) -> str | None:  # type: ignore[override]
+        return self.curation.cfg().engine.ray_address
+
+    @property
+    def created(self) -> bool:  # the cluster exists (KubeRay) or is started by ray.init: nothing to create
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def connect(self, context):  # type: ignore[override]
+        from curation_platform.executors.ray import check_reachable, import_ray, quiet_data_context, ray_init_options
+
+        engine = self.curation.cfg().engine
+        if engine.executor != "ray":
+            return None
+        ray = import_ray()
+        if ray.is_initialized():  # this process already runs Ray (a test, a notebook): use it, leave it running
+            return None
+        check_reachable(engine.ray_address)
+        self._context = ray.init(address=engine.ray_address, **ray_init_options(engine))
+        quiet_data_context()
+        return self._context
 
 
 def parse_benchmark_option(option: str) -> BenchmarkSpec:
@@ -68,11 +119,14 @@ def parse_benchmark_option(option: str) -> BenchmarkSpec:
 
 
 def resource_from_env() -> CurationResource:
-    """The resource the UI and daemon use: paths from CURATION_* environment variables, else repo defaults."""
+    """The resource the UI and daemon use: paths from CURATION_* environment variables, else repo defaults
+    (``CURATION_EXECUTOR`` and ``CURATION_RAY_ADDRESS`` override ``engine`` in curation.yaml)."""
     return CurationResource(
         workspace=os.environ.get("CURATION_WORKSPACE", "data"),
         config_path=os.environ.get("CURATION_CONFIG", "curation.yaml"),
         landing=os.environ.get("CURATION_LANDING", "landing"),
+        executor=os.environ.get("CURATION_EXECUTOR") or None,
+        ray_address=os.environ.get("CURATION_RAY_ADDRESS") or None,
     )
 
 

@@ -9,11 +9,12 @@ from dagster_duckdb import DuckDBResource
 
 from assets.partitions import drops
 from assets.progress import notify
-from assets.resources import CurationResource, refresh_workspace_catalog
+from assets.resources import CurationRay, CurationResource, refresh_workspace_catalog
 from curation_platform.advice import filtered_gate_advice
 from curation_platform.audit import near_dedup_gate, stage_gate, stage_residue
 from curation_platform.gates import GateResult
-from curation_platform.pipeline import FINAL_STAGE, STAGE_DESCRIPTIONS, STAGES, UPSTREAM, filter_profile, run_stage
+from curation_platform.pipeline import (FINAL_STAGE, RAY_STAGES, STAGE_DESCRIPTIONS, STAGES, UPSTREAM, filter_profile,
+                                         run_stage)
 from curation_platform.reporting import markdown_table
 
 GROUPS = {
@@ -63,7 +64,7 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
 
     # The gate runs in the asset's own step (a blocking check spec): one Dagster step per stage instead of two
     # halves the per-drop orchestration cost, and a failed gate still stops every asset below it.
-    @dg.asset(
+    asset = dg.asset(
         name=stage,
         partitions_def=drops,
         deps=[upstream] if upstream else [],
@@ -72,30 +73,47 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
         kinds={"polars", "parquet"},
         check_specs=[_gate_spec(stage)],
     )
+    if stage in RAY_STAGES:
+        # The `ray` resource (dagster-ray) starts or connects Ray for the step when engine.executor is ray.
+        @asset
+        def _ray_asset(context: dg.AssetExecutionContext, curation: CurationResource, duckdb: DuckDBResource,
+                       ray: CurationRay) -> dg.MaterializeResult:
+            return _materialize(context, curation, duckdb)
+
+        return _ray_asset
+
+    @asset
     def _asset(context: dg.AssetExecutionContext, curation: CurationResource,
                duckdb: DuckDBResource) -> dg.MaterializeResult:
-        ws, cfg, drop = curation.ws(), curation.cfg(), context.partition_key
-        summary = run_stage(ws, cfg, stage, drop, context.run_id)
-        gate = _gate(ws, cfg, stage, drop)
-        refresh_workspace_catalog(duckdb, ws)
-        notify(stage, drop, summary)
-        return dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": summary.kept,
-                "input": summary.input,
-                "dropped": summary.dropped,
-                "quarantined": summary.quarantined,
-                "removal_rate": round(summary.removal_rate, 4),
-                "removed_per_rule": dg.MetadataValue.json(summary.per_rule),
-                "stage_metrics": dg.MetadataValue.json(summary.metrics),
-                "preview": dg.MetadataValue.md(markdown_table(summary.preview)),
-                "path": dg.MetadataValue.path(str(ws.stage_path(stage, drop))),
-                **(_profile_metadata(ws, cfg, drop) if stage == FINAL_STAGE else {}),
-            },
-            check_results=[gate],
-        )
+        return _materialize(context, curation, duckdb)
 
     return _asset
+
+
+def _materialize(context: dg.AssetExecutionContext, curation: CurationResource,
+                 duckdb: DuckDBResource) -> dg.MaterializeResult:
+    """Run the stage for the partition's drop, gate it, and report counts and metrics as asset metadata."""
+    stage = context.asset_key.to_user_string()
+    ws, cfg, drop = curation.ws(), curation.cfg(), context.partition_key
+    summary = run_stage(ws, cfg, stage, drop, context.run_id)
+    gate = _gate(ws, cfg, stage, drop)
+    refresh_workspace_catalog(duckdb, ws)
+    notify(stage, drop, summary)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": summary.kept,
+            "input": summary.input,
+            "dropped": summary.dropped,
+            "quarantined": summary.quarantined,
+            "removal_rate": round(summary.removal_rate, 4),
+            "removed_per_rule": dg.MetadataValue.json(summary.per_rule),
+            "stage_metrics": dg.MetadataValue.json(summary.metrics),
+            "preview": dg.MetadataValue.md(markdown_table(summary.preview)),
+            "path": dg.MetadataValue.path(str(ws.stage_path(stage, drop))),
+            **(_profile_metadata(ws, cfg, drop) if stage == FINAL_STAGE else {}),
+        },
+        check_results=[gate],
+    )
 
 
 def _profile_metadata(ws, cfg, drop: str) -> dict[str, object]:

@@ -135,6 +135,10 @@ def run(
     no_release: bool = typer.Option(False, "--no-release", help="Curate drops only; build no release."),
     now: Optional[float] = typer.Option(None, "--now", help="Judge which drops have settled as of this Unix time "
                                         "and do not wait for settling ones (for tests and scripts)."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="Where the per-document stages run: local or "
+                                           "ray (default engine.executor)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to connect to (HOST:6379 or "
+                                              "ray://HOST:10001); without it --executor ray starts a local Ray."),
 ) -> None:
     """Register every ready drop, curate new ones through the Dagster graph, build and version the release."""
     from assets import progress
@@ -147,8 +151,16 @@ def run(
     cfg = _config(config)
     ws = Workspace(workspace)
     resource = CurationResource(workspace=str(ws.root), config_path=str(config.resolve()), landing=str(landing),
-                                release_name=release, profile=profile, benchmarks=list(benchmark))
+                                release_name=release, profile=profile, benchmarks=list(benchmark),
+                                executor=executor, ray_address=ray_address)
     cfg = resource.cfg()
+    if cfg.engine.executor == "ray":
+        from curation_platform.executors.ray import check_reachable, import_ray
+
+        import_ray()
+        check_reachable(cfg.engine.ray_address)  # fail in one line now, not after minutes of retries in a step
+    elif ray_address:
+        _fail("--ray-address needs --executor ray (or engine.executor: ray in the configuration)")
     if cfg.release.profile not in cfg.licenses.profiles:
         _fail(f"unknown license profile '{cfg.release.profile}'; profiles: {', '.join(cfg.licenses.profiles)}")
     scan = _scan_settled(landing, cfg.ingest.settle_seconds, now, cfg.licenses)

@@ -112,6 +112,8 @@ class EngineConfig(_Strict):
     # What `curate run` does after a successful release: `keep` every stage output, or `gc` the intermediate
     # outputs of the drops it released (as `curate gc` does).
     retention: Literal["keep", "gc"] = "keep"
+    executor: Literal["local", "ray"] = "local"  # `curate run --executor ray`
+    ray_address: str | None = None  # `curate run --ray-address ADDR`; None = start a local Ray
 
 
 class CurationConfig(_Strict):
@@ -134,6 +136,7 @@ class CurationConfig(_Strict):
     formatting: FormattingConfig = Field(default_factory=FormattingConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
     versioning: VersioningConfig = Field(default_factory=VersioningConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @property
     def hash(self) -> str:

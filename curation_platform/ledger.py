@@ -31,7 +31,12 @@ def ledger_rows(
     *, stage: str, drop: str, input_ids: pl.Series, verdicts: pl.DataFrame, run_id: str, config_hash: str
 ) -> pl.DataFrame:
     """Verdict rows of one stage on one drop, completed with a ``keep`` row for every document not removed."""
-    verdicts = verdict_frame(verdicts)
+    # Verdict rows in the input's row order (a stable sort: a document's own rows keep their order), so the ledger
+    # is the same whether the operator saw the drop whole or batch by batch, in this process or on Ray workers.
+    position = pl.DataFrame({"doc_id": input_ids}).with_row_index("_position").unique(
+        "doc_id", keep="first", maintain_order=True)
+    verdicts = (verdict_frame(verdicts).join(position, on="doc_id", how="left", maintain_order="left")
+                .sort("_position", nulls_last=True, maintain_order=True).drop("_position"))
     removed = verdicts.filter(pl.col("verdict").is_in([DROP, QUARANTINE]))["doc_id"]
     keeps = verdict_frame(
         pl.DataFrame({"doc_id": input_ids}).filter(~pl.col("doc_id").is_in(removed.implode())).with_columns(

@@ -39,7 +39,8 @@ from curation_platform.ops.score import score_documents
 from curation_platform.selection import domain_expr
 from curation_platform.ops.url_filter import filter_urls
 from curation_platform.readers import read_drop_batches
-from curation_platform.records import DROP, KEEP, QUARANTINE, DropInput, StageResult, verdict_frame
+from curation_platform.records import (DROP, KEEP, QUARANTINE, DropInput, StageResult, merge_metrics,
+                                       verdict_frame)
 from curation_platform.storage import as_path
 from curation_platform.ops.verify_code import verify_code
 from curation_platform.takedown import read_takedowns
@@ -219,9 +220,19 @@ def _near_dedup(ws: Workspace, cfg: CurationConfig, drop: str, source: DropInput
     removed = takedowns.filter(pl.col("signature").is_not_null()).select(list(dedup_minhash.NEAR_INDEX_SCHEMA))
     result, entries = dedup_minhash.near_duplicates(
         _with_drop_order(docs, ws.drop(drop).order), pl.concat([index, removed], how="vertical_relaxed"),
-        cfg.near_dedup, index_content=lambda rows: _index_content(ws, rows), blocked_ids=takedowns["doc_id"])
+        cfg.near_dedup, index_content=lambda rows: _index_content(ws, rows), blocked_ids=takedowns["doc_id"],
+        candidates=_ray_band_shuffle(cfg))
     _write_index(ws, "near", drop, entries)
     return result
+
+
+def _ray_band_shuffle(cfg: CurationConfig) -> dedup_minhash.CandidateGenerator | None:
+    """With the Ray executor, near-dedup candidates come from a shuffle by band key over the Ray workers."""
+    if cfg.engine.executor != "ray":
+        return None
+    from curation_platform.executors import ray as ray_executor
+
+    return ray_executor.band_shuffle_candidates(cfg.engine)
 
 
 def _write_index(ws: Workspace, index_name: str, drop: str, entries: pl.DataFrame) -> None:
@@ -257,63 +268,54 @@ def filter_profile(ws: Workspace, cfg: CurationConfig, drop: str) -> str | None:
                             ) from None
 
 
-def _filter_and_verify(ws: Workspace, cfg: CurationConfig, drop: str, docs: pl.DataFrame) -> StageResult:
+def _filter_and_verify(docs: pl.DataFrame, cfg: CurationConfig, profile: str | None) -> StageResult:
     """Filter rules, then generated code that survived them runs against its tests (no sandbox run is wasted on a
     document a rule drops anyway)."""
-    filtered = filter_documents(docs, cfg.filters, filter_profile(ws, cfg, drop))
+    filtered = filter_documents(docs, cfg.filters, profile)
     verified = verify_code(filtered.kept, cfg.verification)
     return StageResult(kept=verified.kept, verdicts=pl.concat([filtered.verdicts, verified.verdicts]),
                        metrics={**filtered.metrics, **verified.metrics})
 
 
-# The operator behind each per-document stage: (workspace, config, drop, a batch of documents) -> StageResult.
-_OPERATORS: dict[str, Callable[[Workspace, CurationConfig, str, pl.DataFrame], StageResult]] = {
-    "url_filtered": lambda ws, cfg, drop, docs: filter_urls(docs, cfg.url_filter),
-    "normalized": lambda ws, cfg, drop, docs: normalize(docs, cfg.normalize),
-    "language": lambda ws, cfg, drop, docs: identify_language(docs, cfg.language),
-    "quality_signals": lambda ws, cfg, drop, docs: quality_signals(docs, cfg.signals),
+# Per-document stages: (documents, config, context) -> StageResult, with nothing read from the workspace, so any
+# batch of a drop can run anywhere (in this process, or in a Ray Data worker). ``context`` is what
+# ``stage_context`` reads once per drop (the filter profile, the benchmark index).
+PER_DOCUMENT_OPERATORS: dict[str, Callable[..., StageResult]] = {
+    "url_filtered": lambda docs, cfg: filter_urls(docs, cfg.url_filter),
+    "normalized": lambda docs, cfg: normalize(docs, cfg.normalize),
+    "language": lambda docs, cfg: identify_language(docs, cfg.language),
+    "quality_signals": lambda docs, cfg: quality_signals(docs, cfg.signals),
     "filtered": _filter_and_verify,
-    "scored": lambda ws, cfg, drop, docs: score_documents(docs, cfg.scoring, domain_expr(cfg)),
-    "pii_redacted": lambda ws, cfg, drop, docs: redact_pii(docs, cfg.pii),
-    "decontaminated": lambda ws, cfg, drop, docs: decontaminate(docs, benchmark_index(cfg), cfg.decontamination),
+    "scored": lambda docs, cfg: score_documents(docs, cfg.scoring, domain_expr(cfg)),
+    "pii_redacted": lambda docs, cfg: redact_pii(docs, cfg.pii),
+    "decontaminated": lambda docs, cfg, benchmarks: decontaminate(docs, benchmarks, cfg.decontamination),
 }
+
+
+# The stages the Ray executor distributes (the rest run in the driver process whatever the executor).
+RAY_STAGES: list[str] = [*PER_DOCUMENT_OPERATORS, "near_deduped"]
+
+
+def stage_context(ws: Workspace, cfg: CurationConfig, stage: str, drop: str) -> dict[str, Any]:
+    """What a per-document operator needs beyond its documents and config, read once per drop."""
+    if stage == "filtered":
+        return {"profile": filter_profile(ws, cfg, drop)}
+    if stage == "decontaminated":
+        return {"benchmarks": benchmark_index(cfg)}
+    return {}
+
+
+def apply_operator(stage: str, docs: pl.DataFrame, cfg: CurationConfig, context: dict[str, Any]) -> StageResult:
+    """Run a per-document stage's operator on a batch of documents (the whole drop, or one Ray Data batch)."""
+    return PER_DOCUMENT_OPERATORS[stage](docs, cfg, **context)
+
+
 # The operator behind each drop-global stage: (workspace, config, drop, the drop's input) -> StageResult.
 _DROP_OPERATORS: dict[str, Callable[[Workspace, CurationConfig, str, DropInput], StageResult]] = {
     "line_deduped": _line_dedup,
     "exact_deduped": _exact_dedup,
     "near_deduped": _near_dedup,
 }
-
-_AVERAGED = ("mean", "median", "quantile", "rate", "ratio", "frac", "share", "avg")
-
-
-def merge_metrics(total: dict[str, Any], batch: dict[str, Any], total_rows: int, batch_rows: int) -> dict[str, Any]:
-    """Merge one batch's metrics into the running ``total`` (of ``total_rows`` documents so far): integer counts
-    are summed; numbers whose name says they are per-document statistics (mean, median, quantile, rate, ratio,
-    frac, share) become the batch-size-weighted mean; dicts merge key by key; anything else keeps its first
-    non-null value."""
-    merged = dict(total)
-    weight = total_rows + batch_rows
-    for key, value in batch.items():
-        if key not in merged or merged[key] is None:
-            merged[key] = value
-            continue
-        old = merged[key]
-        averaged = any(word in key.lower() for word in _AVERAGED)
-        if isinstance(old, dict) and isinstance(value, dict):
-            merged[key] = merge_metrics(old, value, total_rows, batch_rows)
-        elif value is None or isinstance(value, bool) or isinstance(old, bool):
-            continue
-        elif isinstance(old, (int, float)) and isinstance(value, (int, float)):
-            if averaged and weight:
-                merged[key] = (old * total_rows + value * batch_rows) / weight
-            else:
-                merged[key] = old + value
-        elif (isinstance(old, list) and isinstance(value, list) and len(old) == len(value) and averaged and weight
-              and all(isinstance(v, (int, float)) for v in [*old, *value])):
-            merged[key] = [(a * total_rows + b * batch_rows) / weight for a, b in zip(old, value)]
-    return merged
-
 
 def _frames(value: pl.DataFrame | Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
     return iter([value]) if isinstance(value, pl.DataFrame) else iter(value)
@@ -350,15 +352,21 @@ def _batches(ws: Workspace, cfg: CurationConfig, stage: str, drop: str
         ids = pl.concat([b["doc_id"] for b in source.batches(["doc_id"])] or [pl.Series("doc_id", [], pl.String)])
         yield ids, source.scan().limit(0).collect(), result
         return
-    operator = _OPERATORS[stage]
+    context = stage_context(ws, cfg, stage, drop)
+    if cfg.engine.executor == "ray":
+        from curation_platform.executors import ray as ray_executor
+
+        input_ids, result = ray_executor.run_stage_output(ws, cfg, stage, drop, context)
+        yield input_ids, ws.scan_stage(upstream, drop).limit(0).collect(), result
+        return
     seen = False
     for batch in ws.iter_stage(upstream, drop, batch_rows):
         if batch.height or not seen:
             seen = True
-            yield batch["doc_id"], batch.clear(), operator(ws, cfg, drop, batch)
+            yield batch["doc_id"], batch.clear(), apply_operator(stage, batch, cfg, context)
     if not seen:  # an empty drop still gives an output file with the stage's columns
         empty = ws.scan_stage(upstream, drop).limit(0).collect()
-        yield empty["doc_id"], empty, operator(ws, cfg, drop, empty)
+        yield empty["doc_id"], empty, apply_operator(stage, empty, cfg, context)
 
 
 def run_stage(ws: Workspace, cfg: CurationConfig, stage: str, drop: str, run_id: str = "local") -> StageSummary:

@@ -119,6 +119,37 @@ class StageResult:
         return self.verdicts.filter(pl.col("verdict").is_in([DROP, QUARANTINE]))["doc_id"].unique()
 
 
+_AVERAGED = ("mean", "median", "quantile", "rate", "ratio", "frac", "share", "avg")
+
+
+def merge_metrics(total: dict[str, Any], batch: dict[str, Any], total_rows: int, batch_rows: int) -> dict[str, Any]:
+    """Merge one batch's metrics into the running ``total`` (of ``total_rows`` documents so far): integer counts
+    are summed; numbers whose name says they are per-document statistics (mean, median, quantile, rate, ratio,
+    frac, share) become the batch-size-weighted mean; dicts merge key by key; anything else keeps its first
+    non-null value."""
+    merged = dict(total)
+    weight = total_rows + batch_rows
+    for key, value in batch.items():
+        if key not in merged or merged[key] is None:
+            merged[key] = value
+            continue
+        old = merged[key]
+        averaged = any(word in key.lower() for word in _AVERAGED)
+        if isinstance(old, dict) and isinstance(value, dict):
+            merged[key] = merge_metrics(old, value, total_rows, batch_rows)
+        elif value is None or isinstance(value, bool) or isinstance(old, bool):
+            continue
+        elif isinstance(old, (int, float)) and isinstance(value, (int, float)):
+            if averaged and weight:
+                merged[key] = (old * total_rows + value * batch_rows) / weight
+            else:
+                merged[key] = old + value
+        elif (isinstance(old, list) and isinstance(value, list) and len(old) == len(value) and averaged and weight
+              and all(isinstance(v, (int, float)) for v in [*old, *value])):
+            merged[key] = [(a * total_rows + b * batch_rows) / weight for a, b in zip(old, value)]
+    return merged
+
+
 def split_by_verdicts(docs: pl.DataFrame, verdicts: pl.DataFrame, metrics: dict[str, Any] | None = None) -> StageResult:
     """Build a StageResult: documents with a drop or quarantine verdict leave, the rest are kept."""
     verdicts = verdict_frame(verdicts)

@@ -38,3 +38,18 @@ def test_reconcile_accepts_consistent_counts_and_reports_lost_documents(tmp_path
     problems = reconcile(ws, "d1", STAGES, read_count=4)
     assert problems and "never reached" in problems[0]
     assert reconcile(ws, "d1", STAGES, read_count=5)[-1].startswith("d1: read 5 records")
+
+
+def test_ledger_rows_follow_the_input_order_whatever_order_the_operator_gave():
+    """An operator that sorts its verdicts (the rule applicator sorts by doc_id) gives, batch by batch, another
+    order than on the whole drop; the ledger is the same either way."""
+    ids = pl.Series("doc_id", ["d", "b", "a", "c"])
+    whole = verdict_frame(pl.DataFrame({"doc_id": ["a", "c", "d", "d"], "verdict": ["drop", "drop", "redact", "drop"],
+                                        "rule": ["r1", "r2", "pii.email", "r3"]}))
+    # The same verdicts from two batches (d, b) and (a, c), each sorted on its own.
+    batched = pl.concat([whole.filter(pl.col("doc_id") == "d"), whole.filter(pl.col("doc_id").is_in(["a", "c"]))])
+    rows = [ledger_rows(stage="filtered", drop="x", input_ids=ids, verdicts=v, run_id="r", config_hash="h")
+            for v in (whole, batched)]
+    assert rows[0].equals(rows[1])
+    assert rows[0].select("doc_id", "verdict").rows() == [
+        ("d", "redact"), ("d", "drop"), ("a", "drop"), ("c", "drop"), ("b", "keep")]

@@ -37,6 +37,7 @@ from typing import Callable, Iterator
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import polars as pl
 import polars_hash as plh
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -396,12 +397,13 @@ def exact_jaccard(hashes: np.ndarray, counts: np.ndarray, left: np.ndarray, righ
 # the drop is linked to the bucket's first ``$limit`` index entries (cross-drop pairs) and to the first ``$limit``
 # drop members, when ranked before it (within-drop pairs). Nodes follow keep order and index nodes are negative,
 # so src < dst throughout. Only index rows whose bucket the drop touches survive the semi join.
-_CANDIDATES_SQL = """
-WITH index_rows AS (
+_INDEX_ROWS_SQL = """
     SELECT node, unnest(range(len(band_keys))) AS band, unnest(band_keys) AS key
     FROM index_keys
     WHERE node IS NOT NULL
-),
+"""
+_CANDIDATES_SQL = """
+WITH index_rows AS ({index_rows}),
 current_buckets AS (
     SELECT DISTINCT band, key FROM current_rows
 ),
@@ -464,7 +466,8 @@ def _candidate_batches(
         connection.register("current_rows", current)
         connection.register("index_keys", index_keys)
         # A relation streams its result: at most a few batches are held in Python at a time.
-        relation = connection.sql(_CANDIDATES_SQL, params={"limit": cfg.bucket_link_limit})
+        relation = connection.sql(_CANDIDATES_SQL.format(index_rows=_INDEX_ROWS_SQL),
+                                  params={"limit": cfg.bucket_link_limit})
         reader = relation.to_arrow_reader(cfg.verify_batch_rows)
         for batch in reader:
             if batch.num_rows:
@@ -472,6 +475,33 @@ def _candidate_batches(
                     batch.column("src").to_numpy(zero_copy_only=False).astype(np.int64),
                     batch.column("dst").to_numpy(zero_copy_only=False).astype(np.int64),
                 )
+
+
+def bucket_candidates(rows: pa.Table, cfg: NearDedupConfig) -> pa.Table:
+    """Distinct candidate pairs ``(src, dst)`` of (band int64, key uint64, node int64) rows that hold whole
+    buckets: nodes ``>= 0`` are the drop's documents, negative nodes index entries (as in
+    :func:`_candidate_batches`, whose SQL this runs). A shuffle by (band, key) gives each worker whole buckets, so
+    the union of the pairs of every partition is the pair set of the whole drop (with repeats across partitions)."""
+    current = rows.filter(pc.greater_equal(rows["node"], 0)).select(["band", "key", "node"])
+    index_rows = rows.filter(pc.less(rows["node"], 0)).select(["node", "band", "key"])
+    with _duckdb_connection(cfg) as connection:
+        connection.register("current_rows", current)
+        connection.register("index_rows_given", index_rows)
+        return connection.sql(_CANDIDATES_SQL.format(index_rows="SELECT node, band, key FROM index_rows_given"),
+                              params={"limit": cfg.bucket_link_limit}).fetch_arrow_table()
+
+
+def index_bucket_rows(index_keys: pa.Table, cfg: NearDedupConfig) -> pa.Table:
+    """(node, band, key) rows of the index entries in play (``index_keys`` as :func:`_candidate_batches` takes it),
+    unnested by the same SQL."""
+    with _duckdb_connection(cfg) as connection:
+        connection.register("index_keys", index_keys)
+        return connection.sql(_INDEX_ROWS_SQL).fetch_arrow_table()
+
+
+# How candidate pairs are generated: ``(current, index_keys, cfg) -> batches of sorted distinct (src, dst)``.
+# In-process by default; the Ray executor passes a shuffle by band key over its workers.
+CandidateGenerator = Callable[[pa.Table, pa.Table, NearDedupConfig], Iterator[tuple[np.ndarray, np.ndarray]]]
 
 
 def _signature_matrix(signatures: pl.Series, num_perm: int) -> np.ndarray:
@@ -550,7 +580,7 @@ def _pair_jaccard(
 
 def near_duplicates(
     docs: pl.DataFrame, index: pl.DataFrame, cfg: NearDedupConfig, index_content: IndexContent | None = None,
-    blocked_ids: pl.Series | None = None,
+    blocked_ids: pl.Series | None = None, candidates: CandidateGenerator | None = None,
 ) -> tuple[StageResult, pl.DataFrame]:
     """Find the near-duplicate pairs of ``docs``, within the drop and with the index of other drops, verified by
     exact Jaccard on the shingle sets; drop only documents near a taken-down one.
@@ -558,7 +588,8 @@ def near_duplicates(
     ``docs``: records with ``doc_id``, ``text`` (or ``messages``), ``drop``, ``drop_order`` and optionally
     ``quality_score`` and ``license``. ``index``: NEAR_INDEX_SCHEMA entries of other drops (entries of the drops in
     ``docs`` are ignored) and of taken-down documents. ``index_content``: reads index documents' content for the
-    exact verification. ``blocked_ids``: doc_ids of taken-down documents.
+    exact verification. ``blocked_ids``: doc_ids of taken-down documents. ``candidates``: how the band join runs
+    (default in-process DuckDB; the Ray executor shuffles by band key), with the same pairs either way.
 
     No copy is dropped as a duplicate: every verified pair is a ``flag`` row ``near_dedup.duplicate`` on the
     document of this drop (``duplicate_of`` the other document, ``value`` the exact Jaccard, ``cluster_id`` the
@@ -603,7 +634,7 @@ def near_duplicates(
     # threshold (more than ``estimate_margin`` below it), then the exact Jaccard of the shingle sets decides.
     kept_src, kept_dst, kept_jac, kept_est = [], [], [], []
     candidate_pairs = screened_pairs = unverifiable_pairs = 0
-    for batch_src, batch_dst in _candidate_batches(current, index_keys, cfg):
+    for batch_src, batch_dst in (candidates or _candidate_batches)(current, index_keys, cfg):
         candidate_pairs += len(batch_src)
         from_index = batch_src < 0
         batch_index_nodes, slot = np.unique(batch_src[from_index], return_inverse=True)
