@@ -144,7 +144,10 @@ def assert_card_reconciles(ws: Workspace, target: Path) -> None:
         (s["source"], s["drop"], s["license"], s["documents"], s["tokens"]) for s in card["sources"]}
     # Per drop: every document the final stage kept is released or left out by exactly one release rule.
     final = str(ws.root / "stages" / FINAL_STAGE / "*.parquet")
-    curated = dict(con.execute(f"SELECT \"drop\", count(*) FROM read_parquet('{final}') GROUP BY ALL").fetchall())
+    # The drop is the file's name (decide-only stage files hold doc_id and their own columns only).
+    curated = dict(con.execute(
+        f"SELECT regexp_extract(filename, '([^/]+)\\.parquet$', 1), count(*) "
+        f"FROM read_parquet('{final}', filename = true) GROUP BY ALL").fetchall())
     released = dict(con.execute("SELECT \"drop\", count(*) FROM shards GROUP BY ALL").fetchall())
     left_out = rows("SELECT \"drop\", rule, count(*) FROM rel WHERE verdict = 'drop' GROUP BY ALL")
     for d in card["per_drop"]:
