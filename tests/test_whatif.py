@@ -51,3 +51,15 @@ def test_whatif_previews_top_fraction_per_drop_and_per_source(scored_workspace):
     assert sorted(table.filter(pl.col("drop") == "d2")["example_removed"][0].to_list()) == ["d2-30", "d2-50"]
     with pytest.raises(CurationError, match="not a valid setting"):
         threshold_whatif(ws, cfg, "scoring.top_fraction", 1.5)
+
+
+def test_cli_accepts_per_source_score_settings(scored_workspace):
+    from tests.conftest import REPO, run_cli
+
+    ws, _ = scored_workspace
+    # With curation.yaml's selection (min_score 0): d1 gets 5 and 15 back; forum keeps its best quarter (70 of d2).
+    code, output = run_cli("whatif", "--set", "scoring.per_source.forum.top_fraction=0.25", "--workspace",
+                           str(ws.root), "--config", str(REPO / "curation.yaml"))
+    assert code == 0, output
+    rows = {line.split()[0]: line.split()[2:4] for line in output.splitlines() if line.startswith(("d1 ", "d2 "))}
+    assert rows == {"d1": ["2", "0"], "d2": ["0", "2"]}
