@@ -14,7 +14,8 @@ from curation_platform.formatting import (CHATML_JINJA, FormattingConfig, format
                                          training_text)
 from curation_platform.readers import IngestConfig, read_drop
 from curation_platform.records import MESSAGES_DTYPE
-from curation_platform.release import curated_metadata
+from curation_platform.config import ReleaseConfig
+from curation_platform.release import _write_shards, curated_metadata
 from curation_platform.workspace import Workspace, resolve_resource, write_parquet_atomic
 from tests.test_readers import jsonl, make_drop
 
@@ -127,6 +128,10 @@ def test_release_token_counts_are_the_tokenizers_count_of_the_rendered_text(tmp_
     rendered = render_messages(_messages(CONVERSATION), "chatml")[0]
     assert dict(zip(meta["doc_id"], meta["token_count"])) == {
         "c": len(own.encode(rendered).ids), "w": len(own.encode("A short web page.").ids)}
+    # The shard carries exactly the text that was counted.
+    [shard] = _write_shards(ws, "decontaminated", meta, ReleaseConfig(), tmp_path / "staging", FormattingConfig())
+    shipped = dict(pl.read_parquet(shard).select("doc_id", "text").iter_rows())
+    assert shipped == {"c": rendered, "w": "A short web page."}
     # Another template is another count (the cache is keyed by it), not the cached one.
     plain = curated_metadata(ws, "decontaminated", ["d1"], tokenizer, formatting=FormattingConfig(chat_template="plain"))
     assert plain.filter(pl.col("doc_id") == "c")["token_count"][0] == len(own.encode(docs["text"][0]).ids)
