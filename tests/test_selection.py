@@ -210,6 +210,28 @@ def test_synthetic_documents_fill_room_and_never_replace_real_ones():
         "s0", "s1"]
 
 
+def test_without_a_budget_shares_are_of_all_candidates_and_the_mixture_keeps_the_natural_total():
+    # Six web documents of 40 tokens, two code documents of 20: 280 candidate tokens.
+    n = 8
+    docs = pl.DataFrame({
+        "doc_id": [f"w{i}" for i in range(6)] + ["c0", "c1"], "kind": ["web"] * 6 + ["code"] * 2,
+        "source": ["s"] * n, "license": ["MIT"] * n, "quality_score": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.9, 0.8],
+        "text": [" ".join(["word"] * 40)] * 6 + [" ".join(["word"] * 20)] * 2, "provenance": ["{}"] * n,
+        "content_hash": [str(i) for i in range(n)]})
+    quota = select_release(docs, _cfg(validation_fraction=0.0, quotas={"domain": {"web": {"max_share": 0.5}}}))
+    # 50% of 280 = 140 tokens of web: the three best web documents.
+    assert sorted(quota.kept["doc_id"]) == ["c0", "c1", "w0", "w1", "w2"]
+    assert set(quota.verdicts["rule"]) == {"selection.quota.domain"}
+    mixed = select_release(docs, _cfg(validation_fraction=0.0, mixture={"web": 0.5, "code": 0.5},
+                                      source_max_epochs={"s": 4}))
+    # Targets are half of the 280 tokens each: web down-sampled to 120 (a fourth document would make 160), code
+    # up-sampled to 140 (7 of its 8 possible units of 20 tokens: c0 four times, c1 three times).
+    kept = mixed.kept.group_by("kind").agg(pl.col("token_count").sum(), pl.col("epoch").max())
+    assert dict(kept.select("kind", "token_count").iter_rows()) == {"web": 120, "code": 140}
+    assert dict(kept.select("kind", "epoch").iter_rows()) == {"web": 0, "code": 3}
+    assert mixed.kept.filter(pl.col("doc_id") == "c1")["epoch"].sort().to_list() == [0, 1, 2]
+
+
 # --- train/validation split and near-duplicate clusters ---------------------------------------------------------
 
 
