@@ -9,9 +9,12 @@ stage dropped (and optional annotation rows such as ``redact`` or ``flag``). The
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator, Protocol, runtime_checkable
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 MESSAGES_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 
@@ -76,9 +79,10 @@ def verdict_frame(frame: pl.DataFrame) -> pl.DataFrame:
 
 @dataclass
 class StageResult:
-    """What a stage returns: documents that go on, verdict rows, and numbers for the asset metadata."""
+    """What a stage returns: documents that go on, verdict rows, and numbers for the asset metadata. A
+    drop-global stage may return ``kept`` as an iterator of batches (in row order), written as they come."""
 
-    kept: pl.DataFrame
+    kept: pl.DataFrame | Iterator[pl.DataFrame]
     verdicts: pl.DataFrame = field(default_factory=empty_verdicts)
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -96,3 +100,91 @@ def split_by_verdicts(docs: pl.DataFrame, verdicts: pl.DataFrame, metrics: dict[
     removed = verdicts.filter(pl.col("verdict").is_in([DROP, QUARANTINE])).select("doc_id").unique()
     kept = docs.join(removed, on="doc_id", how="anti", maintain_order="left")
     return StageResult(kept=kept, verdicts=verdicts, metrics=metrics or {})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input of the drop-global stages (issue 10 contract item 3). The stream engineer's implementation in the pipeline
+# replaces the two simple ones below; the dedup stages code against the Protocol only.
+
+
+@runtime_checkable
+class DropInput(Protocol):
+    """A drop's stage input, read in batches: never the text of the whole drop at once."""
+
+    drop: str
+
+    def batches(self, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+        """At most ``batch_rows`` rows each, in row order."""
+        ...
+
+    def take(self, doc_ids: pl.Series, columns: list[str] | None = None) -> pl.DataFrame:
+        """Random access to a few rows (any order; rows of ids not in the drop are absent)."""
+        ...
+
+    def scan(self) -> pl.LazyFrame:
+        """Lazy view of the whole input; never ``.collect()`` its text column."""
+        ...
+
+
+class FrameDropInput:
+    """A DropInput over an in-memory frame (tests, small callers)."""
+
+    def __init__(self, frame: pl.DataFrame, drop: str = "", batch_rows: int = 20_000):
+        self.frame, self.drop, self.batch_rows = frame, drop, max(1, batch_rows)
+
+    def _present(self, columns: list[str] | None) -> list[str]:
+        return self.frame.columns if columns is None else [c for c in columns if c in self.frame.columns]
+
+    def batches(self, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+        frame = self.frame.select(self._present(columns))
+        if frame.height == 0:
+            yield frame
+        for start in range(0, frame.height, self.batch_rows):
+            yield frame.slice(start, self.batch_rows)
+
+    def take(self, doc_ids: pl.Series, columns: list[str] | None = None) -> pl.DataFrame:
+        found = self.frame.filter(pl.col("doc_id").is_in(doc_ids.cast(pl.String).implode()))
+        return found.select(self._present(columns))
+
+    def scan(self) -> pl.LazyFrame:
+        return self.frame.lazy()
+
+
+class ParquetDropInput:
+    """A DropInput over one Parquet file (a stage output), read with pyarrow ``iter_batches``."""
+
+    def __init__(self, path: str | Path, drop: str, batch_rows: int = 20_000, with_columns: dict | None = None):
+        # ``with_columns``: constant columns added to every batch (e.g. the drop's order).
+        self.path, self.drop, self.batch_rows = Path(path), drop, max(1, batch_rows)
+        self.with_columns = with_columns or {}
+
+    def _extend(self, frame: pl.DataFrame, columns: list[str] | None) -> pl.DataFrame:
+        extra = {k: v for k, v in self.with_columns.items() if columns is None or k in columns}
+        return frame.with_columns(**extra) if extra else frame
+
+    def _file_columns(self, columns: list[str] | None) -> list[str] | None:
+        if columns is None:
+            return None
+        present = set(pq.read_schema(self.path).names)
+        return [c for c in columns if c in present]
+
+    def batches(self, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+        handle = pq.ParquetFile(self.path)
+        empty = True
+        for batch in handle.iter_batches(batch_size=self.batch_rows, columns=self._file_columns(columns)):
+            empty = False
+            yield self._extend(pl.from_arrow(pa.Table.from_batches([batch])), columns)
+        if empty:
+            yield self._extend(pl.read_parquet(self.path, columns=self._file_columns(columns)).head(0), columns)
+
+    def take(self, doc_ids: pl.Series, columns: list[str] | None = None) -> pl.DataFrame:
+        # Prefiltered: the doc_id column is scanned first, other columns are decoded only for matching rows.
+        file_columns = self._file_columns(columns)
+        found = (pl.scan_parquet(self.path, parallel="prefiltered")
+                 .filter(pl.col("doc_id").is_in(doc_ids.cast(pl.String).implode())))
+        found = found.select(file_columns) if file_columns is not None else found
+        return self._extend(found.collect(), columns)
+
+    def scan(self) -> pl.LazyFrame:
+        lazy = pl.scan_parquet(self.path)
+        return lazy.with_columns(**self.with_columns) if self.with_columns else lazy
