@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -84,6 +85,22 @@ class VersioningConfig(_Strict):
     push: bool = True
 
 
+class EngineConfig(_Strict):
+    """How the per-drop stages compute, never what: not part of any configuration hash (issue 10 contract)."""
+
+    batch_rows: int = Field(default=20_000, ge=1)  # documents per batch in every streaming stage
+    memory_limit: str = "2GB"  # DuckDB memory_limit of out-of-core queries
+    spill_dir: str | None = None  # DuckDB temp_directory; default <workspace>/tmp/spill
+    threads: int | None = Field(default=None, ge=1)  # DuckDB/Polars threads; None = every core
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _duckdb_size(cls, limit: str) -> str:
+        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*([KMGT]i?B|B)\s*", limit, flags=re.IGNORECASE):
+            raise ValueError(f"memory_limit {limit!r} is not a DuckDB size such as '2GB' or '512MiB'")
+        return limit
+
+
 class CurationConfig(_Strict):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     url_filter: UrlFilterConfig = Field(default_factory=UrlFilterConfig)
@@ -101,17 +118,19 @@ class CurationConfig(_Strict):
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
     versioning: VersioningConfig = Field(default_factory=VersioningConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @property
     def hash(self) -> str:
-        """Stable hash of the effective configuration (defaults included), recorded in ledger rows and releases."""
-        return _digest(self.model_dump(mode="json"))
+        """Stable hash of the effective configuration (defaults included), recorded in ledger rows and releases.
+        ``engine`` (how, not what) is left out: outputs are identical for any batch size or memory limit."""
+        return _digest(self.model_dump(mode="json", exclude={"engine"}))
 
     @property
     def drop_stages_hash(self) -> str:
         """Hash of the sections the per-drop stages read: when it changes, curated drops are stale. Release,
         license-profile, gate and versioning settings only affect the release, so they are left out."""
-        return _digest(self.model_dump(mode="json", exclude={"release", "licenses", "gates", "versioning"}))
+        return _digest(self.model_dump(mode="json", exclude={"release", "licenses", "gates", "versioning", "engine"}))
 
 
 def _digest(data: dict) -> str:

@@ -28,7 +28,10 @@ from curation_platform.ops.quality_signals import quality_signals
 from curation_platform.ops.score import score_documents
 from curation_platform.ops.url_filter import filter_urls
 from curation_platform.readers import read_drop
-from curation_platform.records import QUARANTINE, StageResult, verdict_frame
+from curation_platform.errors import CurationError
+from curation_platform.ops.dedup_exact import IndexPart
+from curation_platform.outofcore import OutOfCore
+from curation_platform.records import QUARANTINE, DropInput, ParquetDropInput, StageResult, verdict_frame
 from curation_platform.takedown import read_takedowns
 from curation_platform.workspace import Workspace, file_lock, write_parquet_atomic
 
@@ -48,6 +51,9 @@ STAGES: list[str] = [
     "decontaminated",
 ]
 UPSTREAM: dict[str, str] = {stage: STAGES[i - 1] for i, stage in enumerate(STAGES) if i > 0}
+# Stages that need the whole drop at once: they get a DropInput (batches, random access) instead of a frame and
+# work out of core.
+DROP_GLOBAL_STAGES = ("line_deduped", "exact_deduped", "near_deduped")
 FINAL_STAGE = STAGES[-1]
 
 STAGE_DESCRIPTIONS: dict[str, str] = {
@@ -116,8 +122,27 @@ def _ingest(ws: Workspace, cfg: CurationConfig, drop: str) -> tuple[pl.DataFrame
     return pl.DataFrame({"doc_id": all_ids}), result, ingested.read_count
 
 
-def _with_drop_order(docs: pl.DataFrame, order: int) -> pl.DataFrame:
-    return docs.with_columns(pl.lit(order, dtype=pl.Int64).alias("drop_order"))
+def _out_of_core(ws: Workspace, cfg: CurationConfig) -> OutOfCore:
+    """The ``engine`` settings of the drop-global stages (spilling under the workspace by default)."""
+    engine = cfg.engine
+    return OutOfCore(batch_rows=engine.batch_rows, memory_limit=engine.memory_limit,
+                     spill_dir=engine.spill_dir or str(ws.spill_dir), threads=engine.threads)
+
+
+def drop_input(ws: Workspace, cfg: CurationConfig, stage: str, drop: str) -> ParquetDropInput:
+    """A drop-global stage's input: its upstream stage output, read in batches of ``engine.batch_rows``, with
+    the drop's order (a keep-rule key) as a column."""
+    path = ws.stage_path(UPSTREAM[stage], drop)
+    if not path.exists():
+        raise CurationError(f"stage '{UPSTREAM[stage]}' has no output for drop '{drop}' yet ({path}); "
+                            "materialize it first")
+    return ParquetDropInput(path, drop, cfg.engine.batch_rows,
+                            with_columns={"drop_order": pl.lit(ws.drop(drop).order, dtype=pl.Int64)})
+
+
+def _index_parts(ws: Workspace, index: str, drop: str) -> list[IndexPart]:
+    """Every other drop's index file, with the drop and order its entries do not store."""
+    return [IndexPart(path, entry.name, entry.order) for path, entry in ws.index_files(index, exclude=drop)]
 
 
 def _index_content(ws: Workspace, rows: pl.DataFrame) -> pl.DataFrame:
@@ -139,26 +164,26 @@ def _index_content(ws: Workspace, rows: pl.DataFrame) -> pl.DataFrame:
 
 # Both dedup stages record the drop's duplicate clusters against every other drop's index entries (whatever their
 # state: the release only acts on pairs whose documents are both curated, so each pair is recorded by whichever of
-# its drops ran later) and block the content of taken-down documents.
+# its drops ran later) and block the content of taken-down documents. The index files are queried in place.
 
 
-def _exact_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: pl.DataFrame) -> StageResult:
-    index = ws.read_index("exact", exclude=drop, schema=dedup_exact.EXACT_INDEX_SCHEMA)
+def _exact_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: DropInput) -> StageResult:
     blocked = read_takedowns(ws).select("doc_id", "content_hash")
     result, entries = dedup_exact.exact_duplicates(
-        _with_drop_order(docs, ws.drop(drop).order), index, cfg.exact_dedup, blocked=blocked)
+        docs, _index_parts(ws, "exact", drop), cfg.exact_dedup, blocked=blocked, ooc=_out_of_core(ws, cfg))
     _write_index(ws, "exact", drop, entries)
     return result
 
 
-def _near_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: pl.DataFrame) -> StageResult:
-    index = ws.read_index("near", exclude=drop, schema=dedup_minhash.NEAR_INDEX_SCHEMA)
+def _near_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: DropInput) -> StageResult:
     takedowns = read_takedowns(ws)
-    # Taken-down documents stay comparable through their entries kept in the takedown list.
-    removed = takedowns.filter(pl.col("signature").is_not_null()).select(list(dedup_minhash.NEAR_INDEX_SCHEMA))
+    # Taken-down documents stay comparable through their band keys kept in the takedown list.
+    removed = takedowns.filter(pl.col("band_keys").is_not_null()).select(
+        "doc_id", "drop", "drop_order", "band_keys", "params")
+    parts = _index_parts(ws, "near", drop) + ([IndexPart(removed)] if removed.height else [])
     result, entries = dedup_minhash.near_duplicates(
-        _with_drop_order(docs, ws.drop(drop).order), pl.concat([index, removed], how="vertical_relaxed"),
-        cfg.near_dedup, index_content=lambda rows: _index_content(ws, rows), blocked_ids=takedowns["doc_id"])
+        docs, parts, cfg.near_dedup, index_content=lambda rows: _index_content(ws, rows),
+        blocked_ids=takedowns["doc_id"], ooc=_out_of_core(ws, cfg))
     _write_index(ws, "near", drop, entries)
     return result
 
@@ -172,15 +197,17 @@ def _write_index(ws: Workspace, index_name: str, drop: str, entries: pl.DataFram
         write_parquet_atomic(entries, ws.index_path(index_name, drop))
 
 
-def _line_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: pl.DataFrame) -> StageResult:
+def _line_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: DropInput) -> StageResult:
     order = ws.drop(drop).order
     # Only curated drops count: a stale drop, or one whose gate failed, removes no line from later drops.
     earlier = [ws.index_path("lines", d.name) for d in ws.drops()
                if d.order < order and drop_state(ws, cfg, d.name) == "current"]
-    result, entries = line_dedup(docs, earlier, cfg.line_dedup)
+    result, entries = line_dedup(docs, earlier, cfg.line_dedup, ooc=_out_of_core(ws, cfg))
     with file_lock(ws.root / "registry" / ".lock"):
         write_parquet_atomic(entries, ws.index_path("lines", drop))
     return result
+
+
 def filter_profile(ws: Workspace, cfg: CurationConfig, drop: str) -> str | None:
     """The filter profile of a drop: its manifest's ``filter_profile``, else ``filters.sources`` for its source."""
     from curation_platform.errors import CurationError
@@ -216,13 +243,20 @@ def run_stage(ws: Workspace, cfg: CurationConfig, stage: str, drop: str, run_id:
     if stage == "raw_documents":
         input_ids, result, _ = _ingest(ws, cfg, drop)
         input_ids = input_ids["doc_id"]
+    elif stage in DROP_GLOBAL_STAGES:
+        docs = drop_input(ws, cfg, stage, drop)
+        input_ids = docs.scan().select("doc_id").collect()["doc_id"]
+        result = _OPERATORS[stage](ws, cfg, drop, docs)
     else:
         docs = ws.read_stage(UPSTREAM[stage], drop)
         input_ids = docs["doc_id"]
         if stage not in _OPERATORS:
             raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
         result = _OPERATORS[stage](ws, cfg, drop, docs)
-    kept = result.kept.drop("drop_order", strict=False)
+    # A drop-global stage returns its documents as batches; until the streaming writer lands they are written
+    # as one frame (the stream engineer's run_stage writes them as they come).
+    kept = result.kept if isinstance(result.kept, pl.DataFrame) else pl.concat(list(result.kept))
+    kept = kept.drop("drop_order", strict=False)
     ledger = ledger_rows(
         stage=stage, drop=drop, input_ids=input_ids, verdicts=result.verdicts, run_id=run_id,
         config_hash=cfg.drop_stages_hash,

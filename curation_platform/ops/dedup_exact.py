@@ -18,6 +18,7 @@ from typing import Annotated, Iterator, Literal, Protocol, Sequence
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -78,20 +79,8 @@ class IndexPart:
             return self.source.columns
         return pq.read_schema(self.source).names
 
-    def relation(self, connection: duckdb.DuckDBPyConnection, name: str) -> str:
-        """SQL for the part's rows with ``_row`` (position in the part), registering a frame as ``name``."""
-        if isinstance(self.source, pl.DataFrame):
-            connection.register(name, self.source.with_row_index("_row").to_arrow())
-            return f"(SELECT * FROM {name})"
-        return f"(SELECT *, file_row_number AS _row FROM read_parquet({sql_path(self.source)}, file_row_number=true))"
-
-    def constant(self, column: str, columns: list[str]) -> str:
-        if column in columns:
-            return column
-        value = self.drop if column == "drop" else self.drop_order
-        if value is None:
-            return "NULL::VARCHAR" if column == "drop" else "NULL::BIGINT"
-        return f"'{str(value).replace(chr(39), chr(39) * 2)}'" if column == "drop" else f"{int(value)}::BIGINT"
+    def describe(self) -> str:
+        return str(self.source) if isinstance(self.source, Path) else "frame"
 
 
 def index_parts(index: pl.DataFrame | Sequence[IndexPart] | None) -> list[IndexPart]:
@@ -103,35 +92,64 @@ def index_parts(index: pl.DataFrame | Sequence[IndexPart] | None) -> list[IndexP
     return list(index)
 
 
+def register_index(connection: duckdb.DuckDBPyConnection, parts: list[IndexPart], columns: dict[str, str]) -> str:
+    """A view ``index_raw`` over every part's entries: ``_part``, ``_row`` (position in the part), ``drop`` and
+    ``drop_order`` (the entry's own, else the part's) and the given ``columns`` (name -> DuckDB type; NULL where a
+    part does not store it). Every file is read by one ``read_parquet`` scan (files of both formats together,
+    ``union_by_name``), so DuckDB streams them under its memory limit. Returns the view's name."""
+    wanted = {**columns, "drop": "VARCHAR", "drop_order": "BIGINT"}
+    files = [(i, p) for i, p in enumerate(parts) if isinstance(p.source, Path)]
+    selects = []
+    if files:
+        present = set().union(*(p.columns() for _, p in files))
+        connection.register("_index_files", pa.table({
+            "_file": pa.array([str(p.source) for _, p in files], pa.string()),
+            "_part": pa.array([i for i, _ in files], pa.int64()),
+            "_drop": pa.array([p.drop for _, p in files], pa.string()),
+            "_drop_order": pa.array([p.drop_order for _, p in files], pa.int64())}))
+        own = {c: (f"f.{c}::{t}" if c in present else f"NULL::{t}") for c, t in wanted.items()}
+        own["drop"] = f"coalesce({own['drop']}, m._drop)"
+        own["drop_order"] = f"coalesce({own['drop_order']}, m._drop_order)"
+        file_list = ", ".join(sql_path(p.source) for _, p in files)
+        selects.append(
+            f"SELECT m._part, f.file_row_number AS _row, {', '.join(f'{e} AS {c}' for c, e in own.items())} "
+            f"FROM read_parquet([{file_list}], filename=true, file_row_number=true, union_by_name=true) AS f "
+            "JOIN _index_files AS m ON f.filename = m._file")
+    for i, part in enumerate(parts):
+        if isinstance(part.source, Path):
+            continue
+        name = f"_index_frame_{i}"
+        connection.register(name, part.source.with_row_index("_row").to_arrow())
+        have = set(part.source.columns)
+        own = {c: (f"{c}::{t}" if c in have else f"NULL::{t}") for c, t in wanted.items()}
+        if "drop" not in have:
+            own["drop"] = "NULL::VARCHAR" if part.drop is None else f"{sql_path(part.drop)}::VARCHAR"
+        if "drop_order" not in have:
+            own["drop_order"] = "NULL::BIGINT" if part.drop_order is None else f"{int(part.drop_order)}::BIGINT"
+        selects.append(f"SELECT {i} AS _part, _row::BIGINT AS _row, "
+                       f"{', '.join(f'{e} AS {c}' for c, e in own.items())} FROM {name}")
+    if not selects:
+        selects.append("SELECT NULL::BIGINT AS _part, NULL::BIGINT AS _row, "
+                       + ", ".join(f"NULL::{t} AS {c}" for c, t in wanted.items()) + " WHERE false")
+    connection.execute("CREATE OR REPLACE TEMP VIEW index_raw AS " + " UNION ALL ".join(selects)).fetchall()
+    return "index_raw"
+
+
 def exact_index_sql(connection: duckdb.DuckDBPyConnection, parts: list[IndexPart]) -> str:
     """SQL over every part's entries as (``_part``, ``_row``, ``hash_hi``, ``hash_lo``, ``doc_id``, ``drop``,
     ``drop_order``), the new and the legacy format alike (the legacy hex hash is split into its two words)."""
-    selects = []
-    for i, part in enumerate(parts):
+    for part in parts:
         columns = part.columns()
-        if {"hash_hi", "hash_lo"} <= set(columns):
-            words = "hash_hi::UBIGINT AS hash_hi, hash_lo::UBIGINT AS hash_lo"
-        elif "content_hash" in columns:
-            words = ("('0x' || substr(content_hash, 1, 16))::UBIGINT AS hash_hi, "
-                     "('0x' || substr(content_hash, 17, 16))::UBIGINT AS hash_lo")
-        else:
-            words = None
-        if words is None or "doc_id" not in columns:
+        if not ({"hash_hi", "hash_lo"} <= set(columns) or "content_hash" in columns) or "doc_id" not in columns:
             raise DedupIndexError(
-                f"exact dedup index {part.source if isinstance(part.source, Path) else 'frame'} has columns "
-                f"{columns}; expected {list(EXACT_INDEX_SCHEMA)} (or the legacy content_hash, doc_id, drop, "
-                "drop_order); re-curate its drop to rebuild it"
+                f"exact dedup index {part.describe()} has columns {columns}; expected {list(EXACT_INDEX_SCHEMA)} (or "
+                "the legacy content_hash, doc_id, drop, drop_order); re-curate its drop to rebuild it"
             )
-        selects.append(
-            f"SELECT {i} AS _part, _row, {words}, doc_id::VARCHAR AS doc_id, "
-            f"{part.constant('drop', columns)}::VARCHAR AS drop, {part.constant('drop_order', columns)}::BIGINT "
-            f"AS drop_order FROM {part.relation(connection, f'_exact_part_{i}')}"
-        )
-    if not selects:
-        return ("(SELECT NULL::INTEGER AS _part, NULL::BIGINT AS _row, NULL::UBIGINT AS hash_hi, "
-                "NULL::UBIGINT AS hash_lo, NULL::VARCHAR AS doc_id, NULL::VARCHAR AS drop, NULL::BIGINT AS drop_order "
-                "WHERE false)")
-    return "(" + " UNION ALL ".join(selects) + ")"
+    raw = register_index(connection, parts, {"hash_hi": "UBIGINT", "hash_lo": "UBIGINT", "content_hash": "VARCHAR",
+                                             "doc_id": "VARCHAR"})
+    return (f"(SELECT _part, _row, coalesce(hash_hi, ('0x' || substr(content_hash, 1, 16))::UBIGINT) AS hash_hi, "
+            f"coalesce(hash_lo, ('0x' || substr(content_hash, 17, 16))::UBIGINT) AS hash_lo, doc_id, drop, drop_order "
+            f"FROM {raw})")
 
 
 class DedupIndexError(CurationError):
@@ -251,11 +269,13 @@ _SPILL_SCHEMA = {"doc_id": pl.String, "content_hash": pl.String, "hash_hi": pl.U
 # two or more of them. Everything else never leaves DuckDB.
 _EXACT_POOL_SQL = """
 CREATE TEMP TABLE live AS SELECT * FROM read_parquet($here) ANTI JOIN blocked_ids USING (doc_id);
+CREATE TEMP TABLE drop_names AS SELECT DISTINCT drop FROM read_parquet($here) WHERE drop IS NOT NULL;
+CREATE TEMP TABLE drop_ids AS SELECT doc_id FROM read_parquet($here);
 CREATE TEMP TABLE index_copies AS
     SELECT i.* FROM {index} AS i
     SEMI JOIN live AS l ON i.hash_hi = l.hash_hi AND i.hash_lo = l.hash_lo
-    WHERE i.drop NOT IN (SELECT DISTINCT drop FROM read_parquet($here) WHERE drop IS NOT NULL)
-      AND i.doc_id NOT IN (SELECT doc_id FROM read_parquet($here))
+    WHERE i.drop NOT IN (SELECT drop FROM drop_names)
+      AND i.doc_id NOT IN (SELECT doc_id FROM drop_ids)
     QUALIFY row_number() OVER (PARTITION BY i.doc_id ORDER BY i._part, i._row) = 1;
 CREATE TEMP TABLE shared AS
     SELECT hash_hi, hash_lo FROM (SELECT hash_hi, hash_lo FROM live UNION ALL SELECT hash_hi, hash_lo FROM index_copies)
@@ -263,8 +283,7 @@ CREATE TEMP TABLE shared AS
 """
 _INDEX_IN_PLAY_SQL = """
 SELECT count(DISTINCT doc_id) FROM {index} AS i
-WHERE i.drop NOT IN (SELECT DISTINCT drop FROM read_parquet($here) WHERE drop IS NOT NULL)
-  AND i.doc_id NOT IN (SELECT doc_id FROM read_parquet($here))
+WHERE i.drop NOT IN (SELECT drop FROM drop_names) AND i.doc_id NOT IN (SELECT doc_id FROM drop_ids)
 """
 
 
@@ -333,7 +352,7 @@ def exact_duplicates(
         for statement in _EXACT_POOL_SQL.format(index=index_sql).split(";"):
             if statement.strip():
                 connection.execute(statement, {k: v for k, v in params.items() if f"${k}" in statement}).fetchall()
-        index_in_play = connection.execute(_INDEX_IN_PLAY_SQL.format(index=index_sql), params).fetchall()[0][0]
+        index_in_play = connection.execute(_INDEX_IN_PLAY_SQL.format(index=index_sql)).fetchall()[0][0]
         documents_kept = connection.execute("SELECT count(*) FROM live").fetchall()[0][0]
         pool_here = pl.from_arrow(connection.sql(
             "SELECT * FROM live SEMI JOIN shared USING (hash_hi, hash_lo)").to_arrow_table())

@@ -45,6 +45,7 @@ from curation_platform.ops.dedup_exact import (
     DedupIndexError,
     IndexPart,
     index_parts,
+    register_index,
     KeepRule,
     content_expr,
     default_keep_rule,
@@ -407,6 +408,8 @@ def exact_jaccard(hashes: np.ndarray, counts: np.ndarray, left: np.ndarray, righ
 # files are scanned in place and only their matching rows are held. ``index_nodes``: those entries numbered in
 # canonical keep order (drop order, doc_id), negative, so every index node sorts before every drop node.
 _NEAR_SETUP_SQL = """
+CREATE TEMP TABLE drop_names AS SELECT DISTINCT drop FROM read_parquet($spill) WHERE drop IS NOT NULL;
+CREATE TEMP TABLE drop_ids AS SELECT doc_id FROM read_parquet($spill);
 CREATE TEMP TABLE current_rows AS
     SELECT unnest(range(len(s.band_keys))) AS band, unnest(s.band_keys) AS key, n.node
     FROM read_parquet($spill) AS s JOIN node_of_row AS n USING (_row)
@@ -414,8 +417,8 @@ CREATE TEMP TABLE current_rows AS
 CREATE TEMP TABLE index_hits AS
     WITH in_play AS (
         SELECT * FROM {index} AS i
-        WHERE (i.drop IS NULL OR i.drop NOT IN (SELECT DISTINCT drop FROM read_parquet($spill) WHERE drop IS NOT NULL))
-          AND i.doc_id NOT IN (SELECT doc_id FROM read_parquet($spill))
+        WHERE (i.drop IS NULL OR i.drop NOT IN (SELECT drop FROM drop_names))
+          AND i.doc_id NOT IN (SELECT doc_id FROM drop_ids)
     ), unnested AS (
         SELECT _part, _row, doc_id, drop, drop_order,
                unnest(range(len(band_keys))) AS band, unnest(band_keys) AS key
@@ -430,8 +433,7 @@ CREATE TEMP TABLE index_nodes AS
 """
 _INDEX_IN_PLAY_SQL = """
 SELECT count(DISTINCT doc_id) FROM {index} AS i
-WHERE (i.drop IS NULL OR i.drop NOT IN (SELECT DISTINCT drop FROM read_parquet($spill) WHERE drop IS NOT NULL))
-  AND i.doc_id NOT IN (SELECT doc_id FROM read_parquet($spill))
+WHERE (i.drop IS NULL OR i.drop NOT IN (SELECT drop FROM drop_names)) AND i.doc_id NOT IN (SELECT doc_id FROM drop_ids)
 """
 # Within a (band, key) bucket every member of the drop is linked to the bucket's first ``$limit`` index entries
 # (cross-drop pairs) and to the first ``$limit`` drop members ranked before it (within-drop pairs). Nodes follow
@@ -501,33 +503,23 @@ _KEEP_COLUMNS = ["doc_id", "drop", "drop_order", "quality_score", "license"]
 def near_index_sql(connection: duckdb.DuckDBPyConnection, parts: list[IndexPart], cfg: NearDedupConfig) -> str:
     """SQL over every part's entries as (``_part``, ``_row``, ``doc_id``, ``drop``, ``drop_order``,
     ``band_keys``), the compact and the legacy format alike; refuses entries of other MinHash settings."""
-    selects = []
-    for i, part in enumerate(parts):
-        columns = part.columns()
-        missing = [c for c in ("doc_id", "band_keys", "params") if c not in columns]
+    for part in parts:
+        missing = [c for c in ("doc_id", "band_keys", "params") if c not in part.columns()]
         if missing:
             raise DedupIndexError(
-                f"near dedup index {part.source if isinstance(part.source, Path) else 'frame'} is missing columns "
-                f"{missing}; re-curate its drop to rebuild it (expected columns: {list(NEAR_INDEX_SCHEMA)})"
+                f"near dedup index {part.describe()} is missing columns {missing}; re-curate its drop to rebuild it "
+                f"(expected columns: {list(NEAR_INDEX_SCHEMA)})"
             )
-        selects.append(
-            f"SELECT {i} AS _part, _row, doc_id::VARCHAR AS doc_id, {part.constant('drop', columns)}::VARCHAR AS "
-            f"drop, {part.constant('drop_order', columns)}::BIGINT AS drop_order, band_keys::UBIGINT[] AS band_keys, "
-            f"params::VARCHAR AS params FROM {part.relation(connection, f'_near_part_{i}')}"
-        )
-    if not selects:
-        return ("(SELECT NULL::INTEGER AS _part, NULL::BIGINT AS _row, NULL::VARCHAR AS doc_id, NULL::VARCHAR AS "
-                "drop, NULL::BIGINT AS drop_order, NULL::UBIGINT[] AS band_keys, NULL::VARCHAR AS params WHERE false)")
-    sql = "(" + " UNION ALL ".join(selects) + ")"
+    raw = register_index(connection, parts, {"doc_id": "VARCHAR", "band_keys": "UBIGINT[]", "params": "VARCHAR"})
     params = signature_params(cfg)
     foreign = sorted(r[0] for r in connection.execute(
-        f"SELECT DISTINCT params FROM {sql} WHERE params IS DISTINCT FROM $params", {"params": params}).fetchall())
+        f"SELECT DISTINCT params FROM {raw} WHERE params IS DISTINCT FROM $params", {"params": params}).fetchall())
     if foreign:
         raise DedupIndexError(
             f"near dedup index entries were computed with {foreign}, the config gives '{params}'; keep the MinHash "
             "settings of the index or rebuild the index of every earlier drop with the new settings"
         )
-    return sql
+    return f"(SELECT _part, _row, doc_id, drop, drop_order, band_keys FROM {raw})"
 
 
 def _shingled(texts: pl.Series, cfg: NearDedupConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -671,7 +663,7 @@ def near_duplicates(
                                                      "node": pa.array(node_of_row)}))
         sql_params = {"spill": str(spill_path)}
         _run_script(connection, _NEAR_SETUP_SQL.format(index=index_sql), sql_params)
-        n_index = connection.execute(_INDEX_IN_PLAY_SQL.format(index=index_sql), sql_params).fetchall()[0][0]
+        n_index = connection.execute(_INDEX_IN_PLAY_SQL.format(index=index_sql)).fetchall()[0][0]
         index_nodes = pl.from_arrow(connection.sql(
             "SELECT node, doc_id, drop FROM index_nodes ORDER BY node").to_arrow_table()).cast(
             {"node": pl.Int64, "doc_id": pl.String, "drop": pl.String})
