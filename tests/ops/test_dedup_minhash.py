@@ -433,6 +433,25 @@ def test_index_from_other_settings_is_refused():
         near_duplicates(drop2, part(index1.drop("band_keys"), "2024-01", 0), NearDedupConfig(seed=2))
 
 
+def test_legacy_index_files_with_signatures_give_the_same_pairs(tmp_path):
+    # Workspaces curated before the compact format hold (doc_id, drop, drop_order, band_keys, signature, params).
+    drop1, drop2 = incremental_drops()
+    cfg = NearDedupConfig()
+    _, index1 = near_duplicates(drop1, empty_near_index(), cfg)
+    index1.write_parquet(tmp_path / "compact.parquet")
+    signatures = minhash_signatures(drop1.sort("doc_id")["text"], cfg)
+    legacy = index1.select("doc_id", pl.lit("2024-01").alias("drop"), pl.lit(0).alias("drop_order"), "band_keys",
+                           pl.Series("signature", signatures).cast(pl.List(pl.UInt32)),
+                           pl.col("params").cast(pl.String))
+    legacy.write_parquet(tmp_path / "legacy.parquet")
+    compact, _ = near_duplicates(drop2, [IndexPart(tmp_path / "compact.parquet", "2024-01", 0)], cfg,
+                                 index_content=content_of(drop1))
+    old, _ = near_duplicates(drop2, [IndexPart(tmp_path / "legacy.parquet", "ignored", 9)], cfg,
+                             index_content=content_of(drop1))
+    assert old.verdicts.equals(compact.verdicts) and old.metrics == compact.metrics
+    assert compact.metrics["cross_drop_pairs"] == 20
+
+
 def test_rerunning_a_drop_whose_entries_are_in_the_index_does_not_match_itself():
     drop1, _ = incremental_drops()
     cfg = NearDedupConfig()
