@@ -11,10 +11,12 @@ Pipeline, all column operations:
    with ``np.minimum.reduceat``. Parameters come from SplitMix64 of the seed, so persisted signatures never depend
    on a numpy RNG stream.
 3. LSH: ``bands`` keys per document (a 64-bit hash of each band's ``rows`` values). Candidate pairs share a
-   (band, key) within the drop or with the index of the other drops. The band join runs in an in-process DuckDB
-   connection with a ``memory_limit`` and a ``temp_directory``, so the (band, key, node) rows of a large index
-   are unnested as a stream and the join, the per-bucket ranking and the pair de-duplication spill to disk
-   instead of growing without bound. Only the signatures of the index documents in a candidate pair are read.
+   (band, key) within the drop or with the index of the other drops. Out of core: the drop is read in batches,
+   its signatures and band keys spilled to Parquet; an in-process DuckDB with a ``memory_limit`` and a spill
+   folder unnests the other drops' index files in place, keeps only rows whose bucket the drop has, and does the
+   join, the per-bucket ranking and the pair de-duplication, spilling instead of growing without bound. The index
+   stores band keys only: an index document in a candidate pair has its content read for the exact verification
+   anyway, and its signature is recomputed from the same shingles.
 4. Verification: the MinHash estimate screens candidates (``estimate_margin`` below the threshold), then a pair
    counts only when the EXACT Jaccard of the two shingle sets (one vectorized join over the pairs' shingles)
    reaches ``verify_threshold``; that exact value is what the ledger records.
@@ -107,12 +109,11 @@ class NearDedupConfig(BaseModel):
     # which bounds the pairs from huge template buckets (otherwise quadratic) while keeping likely survivors.
     bucket_link_limit: int = Field(100, ge=1)
     keep_rule: KeepRule = Field(default_factory=default_keep_rule)
-    # DuckDB runs the band join under this memory limit (DuckDB size syntax) and spills to ``temp_directory``
-    # beyond it; None there means a fresh temporary folder per call, removed afterwards.
+    # For direct calls without engine settings only (the pipeline passes ``engine.memory_limit`` and
+    # ``engine.spill_dir``): DuckDB's memory limit (DuckDB size syntax) and spill folder (None: a fresh one).
     memory_limit: str = "4GB"
     temp_directory: str | None = None
-    # Documents shingled and signed at a time: the shingle arrays (~40 KB per 3.6 KB document) stay bounded
-    # however large the drop is.
+    # Documents read, shingled and signed at a time in direct calls (the pipeline uses ``engine.batch_rows``).
     signature_batch_docs: int = Field(10_000, ge=1)
     # Candidate pairs are fetched from DuckDB and verified in batches of this many rows (bounds numpy memory).
     verify_batch_rows: int = Field(1_000_000, ge=1)
