@@ -2,7 +2,8 @@
 content, and record a tombstone for each in the ledger so `curate explain` can say what happened and when.
 
 The takedown list keeps each document's content hash and near-dup band keys (moved out of the drop's dedup
-indexes; lists written before the compact index format also hold the full signature), so the same content arriving again, exactly or nearly, in a drop curated later is dropped with
+indexes; lists written before the compact index format also hold the full signature), so the same content
+arriving again, exactly or nearly, in a drop curated later is dropped with
 ``takedown.blocked``. Copies that an earlier release left out as duplicates of a taken-down document are chosen
 again by the next release, which picks representatives from the curated documents that remain."""
 

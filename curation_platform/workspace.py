@@ -185,7 +185,8 @@ class Workspace:
         """Index files of every registered drop except ``exclude``, in drop order, with their drop: the entries
         are queried in place (DuckDB), never loaded whole. Dedup records pairs with every other drop; which copy
         ships is decided per release from the curated drops only."""
-        return [(path, d) for d in self.drops() if d.name != exclude and (path := self.index_path(index, d.name)).exists()]
+        return [(path, d) for d in self.drops()
+                if d.name != exclude and (path := self.index_path(index, d.name)).exists()]
 
     @property
     def spill_dir(self) -> Path:

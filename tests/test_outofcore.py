@@ -30,7 +30,8 @@ def _texts(n: int, seed: int) -> list[str]:
 
 def _drop(texts: list[str], prefix: str, drop: str, order: int) -> pl.DataFrame:
     n = len(texts)
-    return pl.DataFrame({"doc_id": [f"{prefix}{i:03d}" for i in range(n)], "drop": [drop] * n, "drop_order": [order] * n,
+    return pl.DataFrame({"doc_id": [f"{prefix}{i:03d}" for i in range(n)], "drop": [drop] * n,
+                         "drop_order": [order] * n,
                          "kind": ["web"] * n, "license": ["MIT"] * n, "quality_score": [0.5] * n, "text": texts})
 
 

@@ -365,7 +365,8 @@ def exact_duplicates(
 
     # Every copy of each shared content, this drop's and other drops', best first by the keep rule.
     pool = sort_by_keep_rule(
-        pl.concat([pool_here.select(keep_columns(pool_here, "drop", "content_hash")).with_columns(pl.lit(True).alias("_here")),
+        pl.concat([pool_here.select(keep_columns(pool_here, "drop", "content_hash"))
+                   .with_columns(pl.lit(True).alias("_here")),
                    pool_index.with_columns(pl.lit(False).alias("_here"))], how="diagonal_relaxed"),
         cfg,
     ).with_columns(

@@ -469,13 +469,13 @@ def _run_script(connection: duckdb.DuckDBPyConnection, script: str, params: dict
 
 
 def _candidate_batches(
-    connection: duckdb.DuckDBPyConnection, cfg: NearDedupConfig
+    connection: duckdb.DuckDBPyConnection, cfg: NearDedupConfig, batch_rows: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Distinct candidate pairs ``(src, dst)`` (``src < dst`` in node order), sorted, in batches of at most
-    ``cfg.verify_batch_rows`` rows, from the tables :data:`_NEAR_SETUP_SQL` made."""
+    ``batch_rows`` rows, from the tables :data:`_NEAR_SETUP_SQL` made."""
     # A relation streams its result: at most a few batches are held in Python at a time.
     relation = connection.sql(_CANDIDATES_SQL, params={"limit": cfg.bucket_link_limit})
-    for batch in relation.to_arrow_reader(cfg.verify_batch_rows):
+    for batch in relation.to_arrow_reader(batch_rows):
         if batch.num_rows:
             yield (
                 batch.column("src").to_numpy(zero_copy_only=False).astype(np.int64),
@@ -675,7 +675,9 @@ def near_duplicates(
         # (more than ``estimate_margin`` below it), then the exact Jaccard of the shingle sets decides.
         kept_src, kept_dst, kept_jac, kept_est = [], [], [], []
         candidate_pairs = screened_pairs = unverifiable_pairs = 0
-        for batch_src, batch_dst in _candidate_batches(connection, cfg):
+        # At most batch_rows pairs at a time, so the texts read for one verification batch stay bounded too.
+        pairs_per_batch = min(cfg.verify_batch_rows, ooc.batch_rows)
+        for batch_src, batch_dst in _candidate_batches(connection, cfg, pairs_per_batch):
             candidate_pairs += len(batch_src)
             batch_src, batch_dst, jaccard, estimate, screened, unverifiable = _verify_batch(
                 batch_src, batch_dst, source, spill_path, order, ranked_ids, index_nodes, index_content, cfg)

@@ -566,7 +566,8 @@ def test_spill_settings_and_batching_do_not_change_results(two_drops, tmp_path):
     # A tiny memory limit, an explicit spill folder and candidate batches of 7 pairs (index documents recur
     # across batches) and signatures 13 documents at a time give the same verdicts, documents, entries, metrics.
     spilled, spilled_entries = near_duplicates(
-        drop2, part(index1, "2024-01", 0), NearDedupConfig(memory_limit="64MB", temp_directory=str(tmp_path), verify_batch_rows=7,
+        drop2, part(index1, "2024-01", 0), NearDedupConfig(memory_limit="64MB", temp_directory=str(tmp_path),
+                                                           verify_batch_rows=7,
                                     signature_batch_docs=13), index_content=content_of(drop1))
     assert spilled.verdicts.equals(default.verdicts)
     assert spilled.kept.equals(default.kept)
