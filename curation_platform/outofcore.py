@@ -18,7 +18,6 @@ from typing import Iterator
 
 import duckdb
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 
@@ -82,26 +81,6 @@ class SpillWriter:
     def close(self) -> Path:
         self._writer.close()
         return self.path
-
-
-def aligned(chunks: Iterator[pa.RecordBatch | pl.DataFrame], lengths: Iterator[int]) -> Iterator[pl.DataFrame]:
-    """Re-cut a stream of frames into frames of the given lengths (to walk a spill file beside its input)."""
-    buffer: list[pl.DataFrame] = []
-    have = 0
-    source = iter(chunks)
-    for length in lengths:
-        while have < length:
-            chunk = next(source)
-            frame = chunk if isinstance(chunk, pl.DataFrame) else pl.from_arrow(pa.Table.from_batches([chunk]))
-            buffer.append(frame)
-            have += frame.height
-        joined = pl.concat(buffer) if len(buffer) > 1 else buffer[0] if buffer else None
-        if joined is None:
-            yield pl.DataFrame()
-            continue
-        yield joined.head(length)
-        rest = joined.slice(length)
-        buffer, have = ([rest] if rest.height else []), rest.height
 
 
 def sql_path(path: Path | str) -> str:

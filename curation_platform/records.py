@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol, runtime_checkable
 
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 MESSAGES_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))

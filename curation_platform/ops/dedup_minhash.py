@@ -280,18 +280,6 @@ def minhash_signatures(texts: pl.Series, cfg: NearDedupConfig) -> np.ndarray:
     return _signatures_from_shingles(hashes, counts, cfg)
 
 
-def _signatures_in_batches(texts: pl.Series, cfg: NearDedupConfig) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`minhash_signatures` and the shingle count per text, ``cfg.signature_batch_docs`` texts at a time
-    (a text's shingles depend on that text only, so batching changes nothing but peak memory)."""
-    signatures = np.empty((len(texts), cfg.num_perm), dtype=np.uint32)
-    counts = np.zeros(len(texts), dtype=np.int64)
-    for start in range(0, len(texts), cfg.signature_batch_docs):
-        stop = min(start + cfg.signature_batch_docs, len(texts))
-        hashes, counts[start:stop] = shingle_hashes(texts.slice(start, stop - start), cfg)
-        signatures[start:stop] = _signatures_from_shingles(hashes, counts[start:stop], cfg)
-    return signatures, counts
-
-
 def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """64-bit key of each band (``rows`` consecutive signature values): ``uint64`` array ``(n, bands)``."""
     n = signatures.shape[0]
