@@ -1,25 +1,21 @@
-"""Throughput and peak memory of MinHash near-dedup at scale, processed as an ordered series of drops.
+"""Throughput, peak memory and index size of the three out-of-core dedup stages at N and 4N documents.
 
-    python bench/dedup_scale.py --docs 1000000 --drops 10 [--out bench/results/dedup_1m.json]
-                                [--memory-limit 4GB] [--temp-directory DIR] [--seed 0] [--mean-chars 3600]
+    python bench/dedup_scale.py [--docs 50000] [--scale 4] [--index 1000000] [--batch-rows 20000]
+                                [--memory-limit 2GB] [--mean-chars 3600] [--out bench/results/dedup_scale.json]
 
-1. A child process builds ``synthetic_corpus(docs, seed)`` (~3.6 KB English documents with planted exact and
-   near copies of earlier clean documents), cuts it into ``--drops`` consecutive drops and writes one Parquet
-   file per drop into a scratch folder. The corpus is built in one piece so that copies whose original landed in
-   an earlier drop become cross-drop duplicates, as in the real incremental case; building it in a child keeps
-   the ~4 GB of text of a 1M corpus out of the measured process.
-2. This process reads the drops in order and runs ``near_duplicates(drop, index, cfg, index_content)`` on each,
-   the index growing by the entries of every drop before it (kept in memory as one Polars frame, as the
-   orchestration would load it); ``index_content`` reads the few earlier documents in candidate pairs from their
-   drop files for the exact-Jaccard verification, as the orchestration reads them from the lake.
-3. The stage records pairs and drops nothing; a release decides. At the end ``near_representatives`` over every
-   document's keep-rule columns and all recorded pairs gives the documents a release allowing every license
-   would leave out (timed separately).
-
-Peak RSS comes from a thread that samples ``psutil.Process().memory_info().rss`` every 20 ms over the whole
-dedup phase (reading the drop files included). Left-out documents are counted by planted label: ``near_dup`` and
-``exact_dup`` rows should go (one document of each planted pair; which one depends on the keep rule), ``clean``
-ones should not. Output: one line per drop and, with ``--out``, a JSON report. See bench/README.md.
+1. A child process builds ``synthetic_corpus(docs * (1 + scale) + earlier)`` (~3.6 KB English documents with planted
+   exact and near copies) and writes three Parquet files: an earlier drop (``--earlier`` documents), a drop of N
+   documents and one of ``scale`` x N, every text starting with a shared banner paragraph in one document of three.
+2. The earlier drop runs through line, exact and near dedup (its index files, with real cross-drop copies); the
+   index of every stage is then padded to ``--index`` entries of other, non-matching earlier documents (random
+   hashes, band keys and line hashes in the compact format), as a long-running workspace would hold.
+3. Each stage runs on each drop in its own spawned process, exactly as the pipeline calls it: a ParquetDropInput
+   in batches of ``--batch-rows``, the index files queried in place, DuckDB under ``--memory-limit`` spilling to a
+   scratch folder; the kept batches are consumed one by one. The process reports its wall time and its peak RSS
+   (``ru_maxrss``): memory that stays flat from N to 4N is memory set by configuration, not by drop size.
+4. Index bytes per document: every index file of the 4N drop, on disk (Parquet, zstd) and in memory (Arrow) once
+   read, next to the format written before issue 10 (hex content hash, drop and order per row, 112-value MinHash
+   signature per row), built from the same entries.
 """
 
 from __future__ import annotations
@@ -32,7 +28,6 @@ import platform
 import resource
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,194 +35,191 @@ from typing import Any
 # Run from a checkout without installing: make the repository root importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-class PeakRss:
-    """Peak resident set size of this process, sampled in a background thread."""
-
-    def __init__(self, interval: float = 0.02) -> None:
-        import psutil
-
-        self._process = psutil.Process()
-        self._interval = interval
-        self.peak = self._process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.peak = max(self.peak, self._process.memory_info().rss)
-
-    def current(self) -> int:
-        return self._process.memory_info().rss
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
+BANNER = "Subscribe to our newsletter for the weekly digest of every story from the whole editorial team."
 
 
-def _write_drops(docs: int, drops: int, seed: int, mean_chars: int, folder: str) -> dict[str, Any]:
-    """Child process: build the corpus, write ``drop-XXX.parquet`` files, return planted counts and timings."""
+def _write_drops(sizes: dict[str, int], seed: int, mean_chars: int, folder: str) -> dict[str, Any]:
+    """Child process: the corpus in one piece (so copies cross drops), cut into the named drops."""
     import polars as pl
 
     from curation_platform.samples import synthetic_corpus
 
     start = time.perf_counter()
-    corpus = synthetic_corpus(docs, seed=seed, mean_chars=mean_chars)
-    generate_seconds = time.perf_counter() - start
-    size = -(-docs // drops)
-    for i in range(drops):
-        part = corpus.slice(i * size, size)
-        drop = part.select(
-            pl.col("id").alias("doc_id"),
-            pl.lit(f"drop-{i:03d}").alias("drop"),
-            pl.lit(i, dtype=pl.Int64).alias("drop_order"),
-            pl.lit("CC-BY-4.0").alias("license"),
-            pl.lit("web").alias("kind"),
-            "text",
-            "planted",
-            pl.col("duplicate_of").alias("planted_duplicate_of"),
-        )
-        drop.write_parquet(Path(folder) / f"drop-{i:03d}.parquet")
-    return {
-        "generate_seconds": round(generate_seconds, 2),
-        "write_seconds": round(time.perf_counter() - start - generate_seconds, 2),
-        "mean_bytes": round(float(corpus["text"].str.len_bytes().mean()), 1),
-        "planted": dict(sorted(corpus["planted"].value_counts().iter_rows())),
-    }
+    corpus = synthetic_corpus(sum(sizes.values()), seed=seed, mean_chars=mean_chars)
+    corpus = corpus.with_columns(
+        pl.when(pl.int_range(pl.len()) % 3 == 0).then(pl.format("{}\n\n{}", pl.lit(BANNER), "text"))
+        .otherwise("text").alias("text"))
+    offset = 0
+    for order, (name, size) in enumerate(sizes.items()):
+        corpus.slice(offset, size).select(
+            pl.col("id").alias("doc_id"), pl.lit(name).alias("drop"), pl.lit("CC-BY-4.0").alias("license"),
+            pl.lit("web").alias("kind"), pl.lit(0.5).alias("quality_score"), "text",
+        ).write_parquet(Path(folder) / f"{name}.parquet", row_group_size=20_000)
+        offset += size
+    return {"generate_seconds": round(time.perf_counter() - start, 1),
+            "mean_bytes": round(float(corpus["text"].str.len_bytes().mean()), 1)}
 
 
-def _child(queue: multiprocessing.Queue, *args: Any) -> None:
-    queue.put(_write_drops(*args))
+def _stage(stage: str, drop: str, order: int, folder: str, batch_rows: int, memory_limit: str,
+           index_drops: list[tuple[str, int]], write_index: bool) -> dict[str, Any]:
+    """Child process: one stage on one drop, as the pipeline runs it; wall time and peak RSS."""
+    import polars as pl
+
+    from curation_platform.ops.dedup_exact import ExactDedupConfig, IndexPart, exact_duplicates
+    from curation_platform.ops.dedup_minhash import NearDedupConfig, near_duplicates
+    from curation_platform.ops.line_dedup import LineDedupConfig, line_dedup
+    from curation_platform.outofcore import OutOfCore
+    from curation_platform.records import ParquetDropInput
+
+    root = Path(folder)
+    ooc = OutOfCore(batch_rows=batch_rows, memory_limit=memory_limit, spill_dir=str(root / "spill"))
+    docs = ParquetDropInput(root / f"{drop}.parquet", drop, batch_rows,
+                            with_columns={"drop_order": pl.lit(order, dtype=pl.Int64)})
+    index = root / "index" / stage
+
+    def content(rows: pl.DataFrame) -> pl.DataFrame:
+        return pl.concat([ParquetDropInput(root / f"{d}.parquet", d).take(group["doc_id"], ["doc_id", "text"])
+                          for (d,), group in rows.group_by("drop")])
+
+    from curation_platform.licenses import license_restrictiveness
+
+    license_restrictiveness(pl.Series(["MIT"]))  # loads the ScanCode license table once per process, untimed
+    start = time.perf_counter()
+    parts = [IndexPart(path, name, o) for name, o in index_drops for path in sorted(index.glob(f"{name}*.parquet"))]
+    if stage == "lines":
+        result, entries = line_dedup(docs, [p.source for p in parts], LineDedupConfig(), ooc=ooc)
+    elif stage == "exact":
+        result, entries = exact_duplicates(docs, parts, ExactDedupConfig(), ooc=ooc)
+    else:
+        result, entries = near_duplicates(docs, parts, NearDedupConfig(), index_content=content, ooc=ooc)
+    kept = 0
+    for batch in ([result.kept] if isinstance(result.kept, pl.DataFrame) else result.kept):
+        kept += batch.height
+    seconds = time.perf_counter() - start
+    if write_index:
+        index.mkdir(parents=True, exist_ok=True)
+        entries.write_parquet(index / f"{drop}.parquet", compression="zstd", compression_level=3)
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    return {"seconds": round(seconds, 2), "kept": kept, "verdicts": result.verdicts.height, "metrics": metrics,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "index_entries": entries.height}
 
 
-def generate(docs: int, drops: int, seed: int, mean_chars: int, folder: str) -> dict[str, Any]:
-    """Run :func:`_write_drops` in a spawned child and add the child's peak RSS."""
+def _call(target: Any, *args: Any) -> Any:
+    """Run ``target(*args)`` in a spawned process (its own peak RSS) and return its result."""
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    child = context.Process(target=_child, args=(queue, docs, drops, seed, mean_chars, folder))
-    child.start()
-    report = queue.get()
-    child.join()
-    if child.exitcode != 0:
-        raise SystemExit(f"corpus generation failed with exit code {child.exitcode}")
-    # ru_maxrss of terminated children, in KiB on Linux.
-    report["generator_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
-    return report
+    with context.Pool(1) as pool:
+        return pool.apply(target, args)
+
+
+def _pad_indexes(folder: Path, entries: int, near_params: str, seed: int) -> None:
+    """Index files of ``entries`` other earlier documents that match nothing (random values, compact format)."""
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(seed)
+    ids = pl.Series("doc_id", np.char.mod("%032x", rng.integers(0, 2**62, entries)).astype(str))
+    index = folder / "index"
+    pl.DataFrame({"hash_hi": rng.integers(0, 2**63, entries, dtype=np.uint64),
+                  "hash_lo": rng.integers(0, 2**63, entries, dtype=np.uint64), "doc_id": ids}).sort(
+        "hash_hi", "hash_lo").write_parquet(index / "exact" / "earlier-pad.parquet", compression="zstd",
+                                            compression_level=3)
+    pl.DataFrame({"doc_id": ids, "band_keys": rng.integers(0, 2**63, (entries, 14), dtype=np.uint64)}).with_columns(
+        pl.col("band_keys").cast(pl.List(pl.UInt64)), pl.lit(near_params, dtype=pl.Categorical()).alias("params")
+    ).sort("doc_id").write_parquet(index / "near" / "earlier-pad.parquet", compression="zstd", compression_level=3)
+    lines = entries * 5  # distinct lines of the padded documents
+    pl.DataFrame({"line_hash": rng.integers(0, 2**63, lines, dtype=np.uint64),
+                  "documents": np.ones(lines, dtype=np.uint32)}).sort("line_hash").write_parquet(
+        index / "lines" / "earlier-pad.parquet", compression="zstd", compression_level=3)
+
+
+def _index_sizes(folder: Path, drop: str, params: str) -> dict[str, Any]:
+    """Bytes per document of each index of ``drop``: compact format as written, and the pre-issue-10 format built
+    from the same entries, on disk (Parquet zstd level 3, as the workspace writes) and in memory (Arrow)."""
+    import numpy as np
+    import polars as pl
+
+    from curation_platform.hashing import words_hex
+
+    docs = pl.scan_parquet(folder / f"{drop}.parquet").select(pl.len()).collect().item()
+    sizes: dict[str, Any] = {"documents": docs}
+
+    def measure(frame: pl.DataFrame, path: Path) -> dict[str, float]:
+        frame.write_parquet(path, compression="zstd", compression_level=3)
+        return {"entries": frame.height, "disk_bytes_per_doc": round(path.stat().st_size / docs, 1),
+                "memory_bytes_per_doc": round(frame.to_arrow().nbytes / docs, 1)}
+
+    scratch = folder / "sizes"
+    scratch.mkdir(exist_ok=True)
+    exact = pl.read_parquet(folder / "index" / "exact" / f"{drop}.parquet")
+    near = pl.read_parquet(folder / "index" / "near" / f"{drop}.parquet")
+    lines = pl.read_parquet(folder / "index" / "lines" / f"{drop}.parquet")
+    legacy_exact = exact.select(words_hex(exact["hash_hi"], exact["hash_lo"]), "doc_id", pl.lit(drop).alias("drop"),
+                                pl.lit(2, dtype=pl.Int64).alias("drop_order"))
+    rng = np.random.default_rng(0)  # stands in for the 112 MinHash values (uniform 32-bit, as real ones are)
+    legacy_near = near.select("doc_id", pl.lit(drop).alias("drop"), pl.lit(2, dtype=pl.Int64).alias("drop_order"),
+                              "band_keys", pl.Series("signature", rng.integers(0, 2**32, (near.height, 112),
+                                                                               dtype=np.uint32)).cast(
+                                  pl.List(pl.UInt32)), pl.lit(params).alias("params"))
+    sizes["exact"] = measure(exact, scratch / "exact.parquet")
+    sizes["exact_before"] = measure(legacy_exact, scratch / "exact_before.parquet")
+    sizes["near"] = measure(near, scratch / "near.parquet")
+    sizes["near_before"] = measure(legacy_near, scratch / "near_before.parquet")
+    sizes["lines"] = measure(lines, scratch / "lines.parquet")
+    return sizes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--docs", type=int, default=100_000)
-    parser.add_argument("--drops", type=int, default=1)
+    parser.add_argument("--docs", type=int, default=50_000, help="N: documents of the small drop")
+    parser.add_argument("--scale", type=int, default=4, help="the large drop has scale x N documents")
+    parser.add_argument("--earlier", type=int, default=10_000, help="documents of the real earlier drop")
+    parser.add_argument("--index", type=int, default=1_000_000, help="padded index entries of earlier documents")
+    parser.add_argument("--batch-rows", type=int, default=20_000)
+    parser.add_argument("--memory-limit", default="2GB")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mean-chars", type=int, default=3600)
-    parser.add_argument("--memory-limit", default=None, help="NearDedupConfig.memory_limit (default: the config's)")
-    parser.add_argument("--temp-directory", default=None, help="NearDedupConfig.temp_directory")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     args = parser.parse_args()
 
     import polars as pl
     import psutil
 
-    from curation_platform.ops.dedup_minhash import (
-        NearDedupConfig, empty_near_index, near_duplicates, near_representatives,
-    )
+    from curation_platform.ops.dedup_minhash import NearDedupConfig, signature_params
 
-    overrides = {k: v for k, v in (("memory_limit", args.memory_limit), ("temp_directory", args.temp_directory))
-                 if v is not None}
-    cfg = NearDedupConfig(**overrides)
-
-    with tempfile.TemporaryDirectory(prefix="dedup-scale-") as folder:
-        corpus = generate(args.docs, args.drops, args.seed, args.mean_chars, folder)
-        print(f"corpus: {args.docs:,} docs in {args.drops} drops, generated in {corpus['generate_seconds']} s, "
-              f"planted {corpus['planted']}", flush=True)
-
-        sampler = PeakRss()
-        start_rss = sampler.current()
-        index = empty_near_index()
-        per_drop: list[dict[str, Any]] = []
-        removed_by_label: dict[str, int] = {}
-        total_docs = 0
-        stage_seconds = 0.0
-        pairs, keep_columns = [], []
-        phase_start = time.perf_counter()
-
-        def index_content(rows: pl.DataFrame) -> pl.DataFrame:
-            return pl.concat([
-                pl.scan_parquet(Path(folder) / f"{drop}.parquet", parallel="prefiltered").select("doc_id", "text")
-                .filter(pl.col("doc_id").is_in(group["doc_id"].implode())).collect()
-                for (drop,), group in rows.group_by("drop")
-            ])
-
-        for i in range(args.drops):
-            docs = pl.read_parquet(Path(folder) / f"drop-{i:03d}.parquet")
-            start = time.perf_counter()
-            result, entries = near_duplicates(docs, index, cfg, index_content=index_content)
-            seconds = time.perf_counter() - start
-            index = pl.concat([index, entries], rechunk=False)
-            pairs.append(result.verdicts.filter(pl.col("verdict") == "flag").select("doc_id", "duplicate_of", "value"))
-            keep_columns.append(docs.select("doc_id", "drop_order", "license", "planted"))
-            metrics = result.metrics
-            row = {
-                "drop": i,
-                "docs_in": docs.height,
-                "index_entries_in": metrics["index_entries_in"],
-                "seconds": round(seconds, 2),
-                "docs_per_s": round(docs.height / seconds, 1),
-                "candidate_pairs": metrics["candidate_pairs"],
-                "pairs_checked_exactly": metrics["pairs_checked_exactly"],
-                "verified_pairs": metrics["verified_pairs"],
-                "cross_drop_pairs": metrics["cross_drop_pairs"],
-                "rss_after_mb": round(sampler.current() / 2**20),
-                "peak_rss_so_far_mb": round(sampler.peak / 2**20),
-            }
-            per_drop.append(row)
-            total_docs += docs.height
-            stage_seconds += seconds
-            print(json.dumps(row), flush=True)
-            del docs, result, entries
-        start = time.perf_counter()
-        every = pl.concat(keep_columns)
-        left_out = near_representatives(every.drop("planted"), pl.concat(pairs), cfg)
-        selection_seconds = time.perf_counter() - start
-        removed = every.join(left_out.select("doc_id"), on="doc_id", how="semi")
-        removed_by_label = dict(sorted(removed["planted"].value_counts().iter_rows()))
-        total_removed = removed.height
-        wall = time.perf_counter() - phase_start
-        peak = sampler.stop()
-
-    planted_copies = corpus["planted"].get("near_dup", 0) + corpus["planted"].get("exact_dup", 0)
-    report = {
-        "machine": {
-            "cores_logical": psutil.cpu_count(logical=True),
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(),
-            "polars": pl.__version__,
-            "duckdb": __import__("duckdb").__version__,
-        },
-        "config": {"memory_limit": cfg.memory_limit, "temp_directory": cfg.temp_directory,
-                   "bands": cfg.bands, "rows": cfg.rows, "num_perm": cfg.num_perm,
-                   "bucket_link_limit": cfg.bucket_link_limit},
-        "corpus": {"docs": args.docs, "drops": args.drops, "seed": args.seed, **corpus},
-        "drops": per_drop,
-        "totals": {
-            "docs": total_docs,
-            "stage_seconds": round(stage_seconds, 1),
-            "wall_seconds": round(wall, 1),
-            "selection_seconds": round(selection_seconds, 2),
-            "docs_per_s": round(total_docs / stage_seconds, 1),
-            "peak_rss_mb": round(peak / 2**20),
-            "rss_before_mb": round(start_rss / 2**20),
-            "index_entries_out": index.height,
-            "index_estimated_mb": round(index.estimated_size() / 2**20),
-            "removed": total_removed,
-            "planted_copies": planted_copies,
-            "removed_by_planted_label": dict(sorted(removed_by_label.items())),
-        },
+    small, large = "drop-n", f"drop-{args.scale}n"
+    sizes = {"earlier": args.earlier, small: args.docs, large: args.docs * args.scale}
+    report: dict[str, Any] = {
+        "machine": {"cores_logical": psutil.cpu_count(logical=True),
+                    "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+                    "python": platform.python_version(), "polars": pl.__version__,
+                    "duckdb": __import__("duckdb").__version__},
+        "settings": {k: getattr(args, k) for k in ("docs", "scale", "earlier", "index", "batch_rows",
+                                                   "memory_limit", "mean_chars")},
     }
-    print(json.dumps(report["totals"]), flush=True)
+    with tempfile.TemporaryDirectory(prefix="dedup-scale-") as scratch:
+        folder = Path(scratch)
+        report["corpus"] = _call(_write_drops, sizes, args.seed, args.mean_chars, scratch)
+        print(f"corpus: {sizes} in {report['corpus']['generate_seconds']} s", flush=True)
+        for stage in ("lines", "exact", "near"):
+            (folder / "index" / stage).mkdir(parents=True, exist_ok=True)
+            _call(_stage, stage, "earlier", 0, scratch, args.batch_rows, args.memory_limit, [], True)
+        _pad_indexes(folder, args.index, signature_params(NearDedupConfig()), args.seed)
+        index_drops = [("earlier", 0)]
+        runs = []
+        for stage in ("lines", "exact", "near"):
+            for order, drop in ((1, small), (2, large)):
+                # Each drop against the earlier drop and the padding (the large drop also writes its index).
+                row = _call(_stage, stage, drop, order, scratch, args.batch_rows, args.memory_limit,
+                            index_drops, drop == large)
+                row.update(stage=stage, drop=drop, docs=sizes[drop],
+                           docs_per_s=round(sizes[drop] / max(row["seconds"], 1e-9), 1))
+                runs.append(row)
+                print(json.dumps({k: row[k] for k in ("stage", "drop", "docs", "seconds", "docs_per_s",
+                                                      "peak_rss_mb")}), flush=True)
+        report["runs"] = runs
+        report["index_sizes"] = _index_sizes(folder, large, signature_params(NearDedupConfig()))
+        print(json.dumps(report["index_sizes"]), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")

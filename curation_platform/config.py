@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -105,15 +106,25 @@ class VersioningConfig(_Strict):
 
 
 class EngineConfig(_Strict):
-    """How a drop is computed (never what: ``engine`` is not part of ``drop_stages_hash``, and outputs are the same
-    for any value)."""
+    """How a drop is computed, never what: ``engine`` is in no configuration hash, and outputs are the same for any
+    value."""
 
     batch_rows: int = Field(default=20_000, ge=1)  # documents per batch in every streaming stage
+    memory_limit: str = "2GB"  # DuckDB memory_limit of out-of-core queries
+    spill_dir: str | None = None  # DuckDB temp_directory; default <workspace>/tmp/spill
+    threads: int | None = Field(default=None, ge=1)  # DuckDB/Polars threads; None = every core
     # What `curate run` does after a successful release: `keep` every stage output, or `gc` the intermediate
     # outputs of the drops it released (as `curate gc` does).
     retention: Literal["keep", "gc"] = "keep"
     executor: Literal["local", "ray"] = "local"  # `curate run --executor ray`
     ray_address: str | None = None  # `curate run --ray-address ADDR`; None = start a local Ray
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _duckdb_size(cls, limit: str) -> str:
+        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*([KMGT]i?B|B)\s*", limit, flags=re.IGNORECASE):
+            raise ValueError(f"memory_limit {limit!r} is not a DuckDB size such as '2GB' or '512MiB'")
+        return limit
 
 
 class CurationConfig(_Strict):

@@ -21,15 +21,20 @@ def xxh128_hex(values: pl.Series) -> pl.Series:
         hi=(pl.col("h") // (2**64)).cast(pl.UInt64),
         lo=(pl.col("h") - (pl.col("h") // (2**64)) * (2**64)).cast(pl.UInt64),
     )
-    h = hashed["h"]
-    words = np.empty((len(h), 2), dtype=">u8")
-    words[:, 0] = halves["hi"].to_numpy()
-    words[:, 1] = halves["lo"].to_numpy()
-    octets = words.view(np.uint8).reshape(len(h), 16)
-    chars = np.empty((len(h), 32), dtype="S1")
+    return words_hex(halves["hi"], halves["lo"]).alias(values.name)
+
+
+def words_hex(hi: pl.Series, lo: pl.Series) -> pl.Series:
+    """The 32-character lowercase hex of 128-bit values given as high and low unsigned 64-bit words (how the
+    exact-dedup index stores XXH3-128 hashes)."""
+    words = np.empty((len(hi), 2), dtype=">u8")
+    words[:, 0] = hi.to_numpy()
+    words[:, 1] = lo.to_numpy()
+    octets = words.view(np.uint8).reshape(len(hi), 16)
+    chars = np.empty((len(hi), 32), dtype="S1")
     chars[:, 0::2] = _HEX[octets >> 4]
     chars[:, 1::2] = _HEX[octets & 15]
-    return pl.Series(values.name, chars.view("S32").ravel()).cast(pl.String)
+    return pl.Series("content_hash", chars.view("S32").ravel()).cast(pl.String)
 
 
 def xxh128_expr(expr: pl.Expr) -> pl.Expr:

@@ -43,6 +43,8 @@ from curation_platform.records import (DROP, KEEP, QUARANTINE, DropInput, StageR
                                        verdict_frame)
 from curation_platform.storage import as_path
 from curation_platform.ops.verify_code import verify_code
+from curation_platform.ops.dedup_exact import IndexPart
+from curation_platform.outofcore import OutOfCore
 from curation_platform.takedown import read_takedowns
 from curation_platform.workspace import (DECIDES_ON_KEY, ParquetStreamWriter, Workspace, file_lock,
                                          write_parquet_atomic)
@@ -145,8 +147,16 @@ def _ingest(ws: Workspace, cfg: CurationConfig, drop: str) -> Iterator[tuple[pl.
                                                metrics={"read": batch.read_count})
 
 
-def _with_drop_order(docs: pl.DataFrame, order: int) -> pl.DataFrame:
-    return docs.with_columns(pl.lit(order, dtype=pl.Int64).alias("drop_order"))
+def _out_of_core(ws: Workspace, cfg: CurationConfig) -> OutOfCore:
+    """The ``engine`` settings of the drop-global stages (spilling under the workspace by default)."""
+    engine = cfg.engine
+    return OutOfCore(batch_rows=engine.batch_rows, memory_limit=engine.memory_limit,
+                     spill_dir=engine.spill_dir or str(ws.spill_dir), threads=engine.threads)
+
+
+def _index_parts(ws: Workspace, index: str, drop: str) -> list[IndexPart]:
+    """Every other drop's index file, with the drop and order its entries do not store."""
+    return [IndexPart(path, entry.name, entry.order) for path, entry in ws.index_files(index, exclude=drop)]
 
 
 def _index_content(ws: Workspace, rows: pl.DataFrame) -> pl.DataFrame:
@@ -174,54 +184,51 @@ class StageInput:
     drop: str
     batch_rows: int
 
+    def _with_order(self, frame, columns: list[str] | None):
+        """The drop's order (a keep-rule key) as a column ``drop_order``, when asked for (or all columns are)."""
+        if columns is None or "drop_order" in columns:
+            return frame.with_columns(pl.lit(self.ws.drop(self.drop).order, dtype=pl.Int64).alias("drop_order"))
+        return frame
+
     def batches(self, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
-        for batch in self.ws.iter_stage(self.stage, self.drop, self.batch_rows, columns):
+        stored = None if columns is None else [c for c in columns if c != "drop_order"]
+        for batch in self.ws.iter_stage(self.stage, self.drop, self.batch_rows, stored):
             if batch.height:
-                yield batch
+                yield self._with_order(batch, columns)
 
     def take(self, doc_ids: pl.Series, columns: list[str] | None = None) -> pl.DataFrame:
         view = self.scan()
         return (view.select(columns) if columns else view).filter(pl.col("doc_id").is_in(doc_ids.implode())).collect()
 
     def scan(self) -> pl.LazyFrame:
-        return self.ws.scan_stage(self.stage, self.drop)
+        return self._with_order(self.ws.scan_stage(self.stage, self.drop), None)
 
     def schema(self) -> pl.Schema:
         return self.scan().collect_schema()
 
 
-def _whole(source: DropInput) -> pl.DataFrame:
-    """Adapter for today's in-memory dedup operators: the whole drop as one frame (to be replaced by out-of-core
-    operators that consume ``source.batches``/``take``)."""
-    batches = list(source.batches())
-    return pl.concat(batches, how="vertical_relaxed") if batches else source.scan().limit(0).collect()
-
-
 # Both dedup stages record the drop's duplicate clusters against every other drop's index entries (whatever their
 # state: the release only acts on pairs whose documents are both curated, so each pair is recorded by whichever of
-# its drops ran later) and block the content of taken-down documents.
+# its drops ran later) and block the content of taken-down documents. The index files are queried in place.
 
 
-def _exact_dedup(ws: Workspace, cfg: CurationConfig, drop: str, source: DropInput) -> StageResult:
-    docs = _whole(source)
-    index = ws.read_index("exact", exclude=drop, schema=dedup_exact.EXACT_INDEX_SCHEMA)
+def _exact_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: DropInput) -> StageResult:
     blocked = read_takedowns(ws).select("doc_id", "content_hash")
     result, entries = dedup_exact.exact_duplicates(
-        _with_drop_order(docs, ws.drop(drop).order), index, cfg.exact_dedup, blocked=blocked)
+        docs, _index_parts(ws, "exact", drop), cfg.exact_dedup, blocked=blocked, ooc=_out_of_core(ws, cfg))
     _write_index(ws, "exact", drop, entries)
     return result
 
 
-def _near_dedup(ws: Workspace, cfg: CurationConfig, drop: str, source: DropInput) -> StageResult:
-    docs = _whole(source)
-    index = ws.read_index("near", exclude=drop, schema=dedup_minhash.NEAR_INDEX_SCHEMA)
+def _near_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: DropInput) -> StageResult:
     takedowns = read_takedowns(ws)
-    # Taken-down documents stay comparable through their entries kept in the takedown list.
-    removed = takedowns.filter(pl.col("signature").is_not_null()).select(list(dedup_minhash.NEAR_INDEX_SCHEMA))
+    # Taken-down documents stay comparable through their band keys kept in the takedown list.
+    removed = takedowns.filter(pl.col("band_keys").is_not_null()).select(
+        "doc_id", "drop", "drop_order", "band_keys", "params")
+    parts = _index_parts(ws, "near", drop) + ([IndexPart(removed)] if removed.height else [])
     result, entries = dedup_minhash.near_duplicates(
-        _with_drop_order(docs, ws.drop(drop).order), pl.concat([index, removed], how="vertical_relaxed"),
-        cfg.near_dedup, index_content=lambda rows: _index_content(ws, rows), blocked_ids=takedowns["doc_id"],
-        candidates=_ray_band_shuffle(cfg))
+        docs, parts, cfg.near_dedup, index_content=lambda rows: _index_content(ws, rows),
+        blocked_ids=takedowns["doc_id"], ooc=_out_of_core(ws, cfg), candidates=_ray_band_shuffle(cfg))
     _write_index(ws, "near", drop, entries)
     return result
 
@@ -244,16 +251,17 @@ def _write_index(ws: Workspace, index_name: str, drop: str, entries: pl.DataFram
         write_parquet_atomic(entries, ws.index_path(index_name, drop))
 
 
-def _line_dedup(ws: Workspace, cfg: CurationConfig, drop: str, source: DropInput) -> StageResult:
-    docs = _whole(source)
+def _line_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: DropInput) -> StageResult:
     order = ws.drop(drop).order
     # Only curated drops count: a stale drop, or one whose gate failed, removes no line from later drops.
     earlier = [ws.index_path("lines", d.name) for d in ws.drops()
                if d.order < order and drop_state(ws, cfg, d.name) == "current"]
-    result, entries = line_dedup(docs, earlier, cfg.line_dedup)
+    result, entries = line_dedup(docs, earlier, cfg.line_dedup, ooc=_out_of_core(ws, cfg))
     with file_lock(ws.root / "registry" / ".lock"):
         write_parquet_atomic(entries, ws.index_path("lines", drop))
     return result
+
+
 def filter_profile(ws: Workspace, cfg: CurationConfig, drop: str) -> str | None:
     """The filter profile of a drop: its manifest's ``filter_profile``, else ``filters.sources`` for its source."""
     from curation_platform.errors import CurationError

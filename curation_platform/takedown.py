@@ -1,8 +1,9 @@
 """Takedowns: remove documents (a whole drop, or a list of doc_ids) from every future release and block their
 content, and record a tombstone for each in the ledger so `curate explain` can say what happened and when.
 
-The takedown list keeps each document's content hash and near-dup signature (moved out of the drop's dedup
-indexes), so the same content arriving again, exactly or nearly, in a drop curated later is dropped with
+The takedown list keeps each document's content hash and near-dup band keys (moved out of the drop's dedup
+indexes; lists written before the compact index format also hold the full signature), so the same content
+arriving again, exactly or nearly, in a drop curated later is dropped with
 ``takedown.blocked``. Copies that an earlier release left out as duplicates of a taken-down document are chosen
 again by the next release, which picks representatives from the curated documents that remain."""
 
@@ -13,6 +14,7 @@ import time
 import polars as pl
 
 from curation_platform.errors import CurationError
+from curation_platform.hashing import words_hex
 from curation_platform.ledger import LEDGER_SCHEMA
 from curation_platform.records import DROP
 from curation_platform.workspace import Workspace, file_lock, write_parquet_atomic
@@ -20,6 +22,8 @@ from curation_platform.workspace import Workspace, file_lock, write_parquet_atom
 TAKEDOWN_SCHEMA = {
     "doc_id": pl.String, "drop": pl.String, "reason": pl.String, "taken_down_at": pl.Float64,
     # What blocks the content: exact-dedup content hash and the near-dedup index entry (null if never indexed).
+    # ``signature`` is only set in lists written before the compact index (band keys suffice to find candidates;
+    # the verification reads the taken-down document's content).
     "content_hash": pl.String, "drop_order": pl.Int64, "band_keys": pl.List(pl.UInt64),
     "signature": pl.List(pl.UInt32), "params": pl.String,
 }
@@ -52,9 +56,19 @@ def _split_indexes(ws: Workspace, doc_ids: pl.DataFrame) -> tuple[dict[str, pl.D
             if hit.height:
                 found.append(hit)
                 rewrites.append((path, frame.join(doc_ids, on="doc_id", how="anti")))
-        hits[index] = (pl.concat(found, how="diagonal_relaxed").unique("doc_id", keep="first", maintain_order=True)
-                       if found else pl.DataFrame())
+        hits[index] = (pl.concat([_readable(index, f) for f in found], how="diagonal_relaxed")
+                       .unique("doc_id", keep="first", maintain_order=True) if found else pl.DataFrame())
     return hits, rewrites
+
+
+def _readable(index: str, hits: pl.DataFrame) -> pl.DataFrame:
+    """Index rows in the takedown list's terms, from either index format: the exact hash as hex, near params as
+    text (the compact format keeps the hash as two 64-bit words and params as a category)."""
+    if index == "exact" and "hash_hi" in hits.columns:
+        hits = hits.with_columns(words_hex(hits["hash_hi"], hits["hash_lo"]))
+    if "params" in hits.columns:
+        hits = hits.with_columns(pl.col("params").cast(pl.String))
+    return hits
 
 
 def _known_documents(ws: Workspace) -> pl.DataFrame:
@@ -82,8 +96,12 @@ def takedown(ws: Workspace, *, drop: str | None = None, doc_ids: list[str] | Non
         if not exact.is_empty():
             entries = entries.join(exact.select("doc_id", "content_hash"), on="doc_id", how="left")
         if not near.is_empty():
-            entries = entries.join(near.select("doc_id", "drop_order", "band_keys", "signature", "params"),
-                                   on="doc_id", how="left")
+            near_columns = [c for c in ("doc_id", "band_keys", "signature", "params") if c in near.columns]
+            entries = entries.join(near.select(near_columns), on="doc_id", how="left")
+            # The drop's order (the compact index does not repeat it per row) ranks the entry like its drop did.
+            orders = pl.DataFrame([(d.name, d.order) for d in ws.drops()], schema={"drop": pl.String,
+                                  "drop_order": pl.Int64}, orient="row")
+            entries = entries.join(orders, on="drop", how="left")
         entries = _conform(entries)
         merged = pl.concat([read_takedowns(ws), entries]).unique("doc_id", keep="first", maintain_order=True)
         write_parquet_atomic(merged, ws.takedowns_path)

@@ -9,6 +9,7 @@ Layout under the workspace directory::
     ledger/<stage>/<drop>.parquet     every verdict of that stage on that drop
     quarantine/<drop>.parquet         records that could not be read, with file, line and reason
     index/<name>/<drop>.parquet       persistent dedup indexes, one file set per drop
+    tmp/spill/                        out-of-core spill files of a running stage (removed after it)
     cache/tokens/<drop>.parquet       token counts of curated documents, rebuilt when stale
     takedowns.parquet                 documents removed from every future release, with the content hash and
                                       near-dup signature that block their content in drops curated later
@@ -463,14 +464,17 @@ class Workspace:
             return pl.DataFrame(schema=empty or {c: pl.String for c in columns})
         return pl.concat(frames, how="diagonal_relaxed")
 
-    def read_index(self, index: str, schema: dict, exclude: str | None = None) -> pl.DataFrame:
-        """Index entries of every registered drop except ``exclude``, in drop order. Dedup records pairs with
-        every other drop; which copy ships is decided per release from the curated drops only."""
-        files = [self.index_path(index, d.name) for d in self.drops() if d.name != exclude]
-        files = [f for f in files if f.exists()]
-        if not files:
-            return pl.DataFrame(schema=schema)
-        return pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+    def index_files(self, index: str, exclude: str | None = None) -> list[tuple[Path, DropEntry]]:
+        """Index files of every registered drop except ``exclude``, in drop order, with their drop: the entries
+        are queried in place (DuckDB), never loaded whole. Dedup records pairs with every other drop; which copy
+        ships is decided per release from the curated drops only."""
+        return [(path, d) for d in self.drops()
+                if d.name != exclude and (path := self.index_path(index, d.name)).exists()]
+
+    @property
+    def spill_dir(self) -> Path:
+        """Where out-of-core stages spill (DuckDB temp_directory) unless ``engine.spill_dir`` says otherwise."""
+        return self.root / "tmp" / "spill"
 
     # The drop registry -----------------------------------------------------------------------------------------
     @property

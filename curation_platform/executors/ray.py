@@ -28,12 +28,7 @@ import pyarrow as pa
 
 from curation_platform.config import CurationConfig, EngineConfig
 from curation_platform.errors import CurationError
-from curation_platform.ops.dedup_minhash import (
-    CandidateGenerator,
-    NearDedupConfig,
-    bucket_candidates,
-    index_bucket_rows,
-)
+from curation_platform.ops.dedup_minhash import CandidateGenerator, NearDedupConfig, bucket_candidates, bucket_rows
 from curation_platform.records import StageResult, merge_metrics
 from curation_platform.workspace import ParquetStreamWriter, Workspace
 
@@ -208,17 +203,15 @@ def run_stage_output(ws: Workspace, cfg: CurationConfig, stage: str, drop: str,
 # ---------------------------------------------------------------------------------------------------- near dedup
 
 def band_shuffle_candidates(engine: EngineConfig) -> CandidateGenerator:
-    """A near-dedup candidate generator that shuffles the drop's and the index's (band, key, node) rows by
-    (band, key) over the Ray workers and runs the band join on each partition; the pairs are the ones the
-    in-process DuckDB join gives, distinct and sorted, in batches of ``verify_batch_rows``."""
+    """A near-dedup candidate generator that shuffles the band join's (band, key, node) rows, the drop's and the
+    index's, by (band, key) over the Ray workers and runs the band join on each partition; the pairs are the ones
+    the in-process DuckDB join gives, distinct and sorted, in batches of ``batch_rows``."""
 
-    def generate(current: pa.Table, index_keys: pa.Table,
-                 cfg: NearDedupConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        ray = ensure_ray(engine)
-        columns = ["band", "key", "node"]
-        rows = pa.concat_tables([current.select(columns), index_bucket_rows(index_keys, cfg).select(columns)])
-        if not current.num_rows:
+    def generate(connection, cfg: NearDedupConfig, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        rows = bucket_rows(connection)
+        if not rows.num_rows:
             return
+        ray = ensure_ray(engine)
         partitions = max(int(ray.cluster_resources().get("CPU", 1)), math.ceil(rows.num_rows / SHUFFLE_PARTITION_ROWS))
         pairs = (
             ray.data.from_arrow(rows)
@@ -237,7 +230,7 @@ def band_shuffle_candidates(engine: EngineConfig) -> CandidateGenerator:
         first = np.ones(len(src), dtype=bool)
         first[1:] = (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])
         src, dst = src[first], dst[first]
-        for start in range(0, len(src), cfg.verify_batch_rows):
-            yield src[start:start + cfg.verify_batch_rows], dst[start:start + cfg.verify_batch_rows]
+        for start in range(0, len(src), batch_rows):
+            yield src[start:start + batch_rows], dst[start:start + batch_rows]
 
     return generate

@@ -12,15 +12,21 @@ The keep rule lives here (:func:`keep_order`) and is shared with near-duplicate 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Iterator, Literal, Protocol, Sequence
 
+import duckdb
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from curation_platform.errors import CurationError
 from curation_platform.hashing import xxh128_hex
 from curation_platform.licenses import license_restrictiveness
-from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts, verdict_frame
+from curation_platform.outofcore import OutOfCore, SpillWriter, duckdb_connection, spill_folder, sql_path
+from curation_platform.records import DROP, FLAG, DropInput, FrameDropInput, StageResult, verdict_frame
 
 RULE_DUPLICATE = "exact_dedup.duplicate"
 # Content (exact or near) of a taken-down document arriving again, in a drop curated after the takedown.
@@ -44,13 +50,106 @@ KeepRule = Annotated[list[KeepKey], AfterValidator(_distinct_keys)]
 def default_keep_rule() -> list[KeepKey]:
     return list(DEFAULT_KEEP_RULE)
 
-# One index entry per kept document; the orchestration persists these as Parquet per drop.
+# One index entry per kept document; the orchestration persists these as Parquet per drop
+# (``index/exact/<drop>.parquet``). The 128-bit content hash is two unsigned 64-bit words (high, low) and the doc_id
+# the system's own id; the drop and its order are not stored: they are the file's drop and its registry entry.
 EXACT_INDEX_SCHEMA: dict[str, pl.DataType] = {
-    "content_hash": pl.String,
+    "hash_hi": pl.UInt64,
+    "hash_lo": pl.UInt64,
     "doc_id": pl.String,
-    "drop": pl.String,
-    "drop_order": pl.Int64,
 }
+# The format written before issue 10 (hex hash, drop and order on every row): still read, never written.
+LEGACY_EXACT_INDEX_SCHEMA: dict[str, pl.DataType] = {
+    "content_hash": pl.String, "doc_id": pl.String, "drop": pl.String, "drop_order": pl.Int64,
+}
+
+
+@dataclass(frozen=True)
+class IndexPart:
+    """One drop's index entries, queried in place: a Parquet file (or, in tests, a frame) and the drop and drop
+    order its entries belong to. Entries that carry ``drop``/``drop_order`` columns themselves (the legacy format,
+    the takedown list) keep their own values."""
+
+    source: Path | pl.DataFrame
+    drop: str | None = None
+    drop_order: int | None = None
+
+    def columns(self) -> list[str]:
+        if isinstance(self.source, pl.DataFrame):
+            return self.source.columns
+        return pq.read_schema(self.source).names
+
+    def describe(self) -> str:
+        return str(self.source) if isinstance(self.source, Path) else "frame"
+
+
+def index_parts(index: pl.DataFrame | Sequence[IndexPart] | None) -> list[IndexPart]:
+    """The index as parts: a frame (entries with their ``drop``/``drop_order`` columns) is one part."""
+    if index is None:
+        return []
+    if isinstance(index, pl.DataFrame):
+        return [IndexPart(index)]
+    return list(index)
+
+
+def register_index(connection: duckdb.DuckDBPyConnection, parts: list[IndexPart], columns: dict[str, str]) -> str:
+    """A view ``index_raw`` over every part's entries: ``_part``, ``_row`` (position in the part), ``drop`` and
+    ``drop_order`` (the entry's own, else the part's) and the given ``columns`` (name -> DuckDB type; NULL where a
+    part does not store it). Every file is read by one ``read_parquet`` scan (files of both formats together,
+    ``union_by_name``), so DuckDB streams them under its memory limit. Returns the view's name."""
+    wanted = {**columns, "drop": "VARCHAR", "drop_order": "BIGINT"}
+    files = [(i, p) for i, p in enumerate(parts) if isinstance(p.source, Path)]
+    selects = []
+    if files:
+        present = set().union(*(p.columns() for _, p in files))
+        connection.register("_index_files", pa.table({
+            "_file": pa.array([str(p.source) for _, p in files], pa.string()),
+            "_part": pa.array([i for i, _ in files], pa.int64()),
+            "_drop": pa.array([p.drop for _, p in files], pa.string()),
+            "_drop_order": pa.array([p.drop_order for _, p in files], pa.int64())}))
+        own = {c: (f"f.{c}::{t}" if c in present else f"NULL::{t}") for c, t in wanted.items()}
+        own["drop"] = f"coalesce({own['drop']}, m._drop)"
+        own["drop_order"] = f"coalesce({own['drop_order']}, m._drop_order)"
+        file_list = ", ".join(sql_path(p.source) for _, p in files)
+        selects.append(
+            f"SELECT m._part, f.file_row_number AS _row, {', '.join(f'{e} AS {c}' for c, e in own.items())} "
+            f"FROM read_parquet([{file_list}], filename=true, file_row_number=true, union_by_name=true) AS f "
+            "JOIN _index_files AS m ON f.filename = m._file")
+    for i, part in enumerate(parts):
+        if isinstance(part.source, Path):
+            continue
+        name = f"_index_frame_{i}"
+        connection.register(name, part.source.with_row_index("_row").to_arrow())
+        have = set(part.source.columns)
+        own = {c: (f"{c}::{t}" if c in have else f"NULL::{t}") for c, t in wanted.items()}
+        if "drop" not in have:
+            own["drop"] = "NULL::VARCHAR" if part.drop is None else f"{sql_path(part.drop)}::VARCHAR"
+        if "drop_order" not in have:
+            own["drop_order"] = "NULL::BIGINT" if part.drop_order is None else f"{int(part.drop_order)}::BIGINT"
+        selects.append(f"SELECT {i} AS _part, _row::BIGINT AS _row, "
+                       f"{', '.join(f'{e} AS {c}' for c, e in own.items())} FROM {name}")
+    if not selects:
+        selects.append("SELECT NULL::BIGINT AS _part, NULL::BIGINT AS _row, "
+                       + ", ".join(f"NULL::{t} AS {c}" for c, t in wanted.items()) + " WHERE false")
+    connection.execute("CREATE OR REPLACE TEMP VIEW index_raw AS " + " UNION ALL ".join(selects)).fetchall()
+    return "index_raw"
+
+
+def exact_index_sql(connection: duckdb.DuckDBPyConnection, parts: list[IndexPart]) -> str:
+    """SQL over every part's entries as (``_part``, ``_row``, ``hash_hi``, ``hash_lo``, ``doc_id``, ``drop``,
+    ``drop_order``), the new and the legacy format alike (the legacy hex hash is split into its two words)."""
+    for part in parts:
+        columns = part.columns()
+        if not ({"hash_hi", "hash_lo"} <= set(columns) or "content_hash" in columns) or "doc_id" not in columns:
+            raise DedupIndexError(
+                f"exact dedup index {part.describe()} has columns {columns}; expected {list(EXACT_INDEX_SCHEMA)} (or "
+                "the legacy content_hash, doc_id, drop, drop_order); re-curate its drop to rebuild it"
+            )
+    raw = register_index(connection, parts, {"hash_hi": "UBIGINT", "hash_lo": "UBIGINT", "content_hash": "VARCHAR",
+                                             "doc_id": "VARCHAR"})
+    return (f"(SELECT _part, _row, coalesce(hash_hi, ('0x' || substr(content_hash, 1, 16))::UBIGINT) AS hash_hi, "
+            f"coalesce(hash_lo, ('0x' || substr(content_hash, 17, 16))::UBIGINT) AS hash_lo, doc_id, drop, drop_order "
+            f"FROM {raw})")
 
 
 class DedupIndexError(CurationError):
@@ -149,67 +248,126 @@ def _normalized_content(columns: list[str], cfg: ExactDedupConfig) -> pl.Expr:
     return expr
 
 
-def _check_index(index: pl.DataFrame, schema: dict[str, pl.DataType], stage: str) -> pl.DataFrame:
-    missing = [c for c in schema if c not in index.columns]
-    if missing:
-        raise DedupIndexError(
-            f"{stage} index is missing columns {missing}; rebuild the index from the persisted entries of earlier "
-            f"drops (expected columns: {list(schema)})"
-        )
-    return index.select([pl.col(c).cast(t) for c, t in schema.items()])
-
-
 def content_hashes(docs: pl.DataFrame, cfg: ExactDedupConfig) -> pl.Series:
     """XXH3-128 (hex) of each document's normalized content: the exact-duplicate cluster key."""
     return xxh128_hex(docs.select(_normalized_content(docs.columns, cfg))["_content"]).alias("content_hash")
 
 
+def hash_words(content_hash: pl.Expr) -> list[pl.Expr]:
+    """The high and low 64-bit words of a 32-character hex XXH3-128 hash (the index stores these)."""
+    return [content_hash.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).alias("hash_hi"),
+            content_hash.str.slice(16, 16).str.to_integer(base=16, dtype=pl.UInt64).alias("hash_lo")]
+
+
+# Columns the exact stage reads from its input: content and the keep-rule columns, never anything else.
+_INPUT_COLUMNS = ["doc_id", "text", "messages", "drop", "drop_order", "quality_score", "license"]
+_SPILL_SCHEMA = {"doc_id": pl.String, "content_hash": pl.String, "hash_hi": pl.UInt64, "hash_lo": pl.UInt64,
+                 "drop": pl.String, "drop_order": pl.Int64, "quality_score": pl.Float64, "license": pl.String}
+
+# Copies of the drop's contents: the drop's live documents and the in-play index entries (not of the drop, not a
+# document of the drop, first row per doc_id) whose content some live document has, only for contents held by
+# two or more of them. Everything else never leaves DuckDB.
+_EXACT_POOL_SQL = """
+CREATE TEMP TABLE live AS SELECT * FROM read_parquet($here) ANTI JOIN blocked_ids USING (doc_id);
+CREATE TEMP TABLE drop_names AS SELECT DISTINCT drop FROM read_parquet($here) WHERE drop IS NOT NULL;
+CREATE TEMP TABLE drop_ids AS SELECT doc_id FROM read_parquet($here);
+CREATE TEMP TABLE index_copies AS
+    SELECT i.* FROM {index} AS i
+    SEMI JOIN live AS l ON i.hash_hi = l.hash_hi AND i.hash_lo = l.hash_lo
+    WHERE i.drop NOT IN (SELECT drop FROM drop_names)
+      AND i.doc_id NOT IN (SELECT doc_id FROM drop_ids)
+    QUALIFY row_number() OVER (PARTITION BY i.doc_id ORDER BY i._part, i._row) = 1;
+CREATE TEMP TABLE shared AS
+    SELECT hash_hi, hash_lo FROM (SELECT hash_hi, hash_lo FROM live UNION ALL SELECT hash_hi, hash_lo FROM index_copies)
+    GROUP BY ALL HAVING count(*) > 1;
+"""
+_INDEX_IN_PLAY_SQL = """
+SELECT count(DISTINCT doc_id) FROM {index} AS i
+WHERE i.drop NOT IN (SELECT drop FROM drop_names) AND i.doc_id NOT IN (SELECT doc_id FROM drop_ids)
+"""
+
+
 def exact_duplicates(
-    docs: pl.DataFrame, index: pl.DataFrame, cfg: ExactDedupConfig, blocked: pl.DataFrame | None = None
+    docs: pl.DataFrame | DropInput, index: pl.DataFrame | Sequence[IndexPart] | None, cfg: ExactDedupConfig,
+    blocked: pl.DataFrame | None = None, ooc: OutOfCore | None = None,
 ) -> tuple[StageResult, pl.DataFrame]:
     """Record exact-duplicate clusters of ``docs`` (within the drop and with the index of other drops); drop only
     documents whose content was taken down.
 
-    ``docs``: records with ``doc_id``, ``text`` (or ``messages``), ``drop``, ``drop_order`` and optionally
-    ``quality_score`` and ``license``. ``index``: EXACT_INDEX_SCHEMA entries of other drops (entries of the drops
-    in ``docs`` are ignored). ``blocked``: (``doc_id``, ``content_hash``) of taken-down documents.
+    ``docs``: the drop (a DropInput, or a frame) with ``doc_id``, ``text`` (or ``messages``), ``drop``,
+    ``drop_order`` and optionally ``quality_score`` and ``license``. ``index``: the other drops' entries as
+    :class:`IndexPart` files queried in place (entries of the drops in ``docs`` are ignored), either index format.
+    ``blocked``: (``doc_id``, ``content_hash``) of taken-down documents. ``ooc``: batch size, DuckDB memory limit
+    and spill folder.
+
+    The drop is read in batches; each batch's content hashes and keep-rule columns are spilled to Parquet and
+    DuckDB finds the contents held more than once (this drop's live documents and the index files, joined in
+    place under the memory limit). Only the rows of those contents are brought into memory to be ordered by the
+    keep rule.
 
     No copy is dropped as a duplicate here: which copy ships is the release's choice (per cluster, the best copy
     its license profile allows, see :func:`exact_representatives`). Every document whose content has another copy
     gets a ``flag`` row ``exact_dedup.duplicate`` (``cluster_id`` the content hash, ``duplicate_of`` the copy the
     keep rule prefers among the others). A document with the content of a taken-down document is dropped with
-    ``takedown.blocked``. Returns the StageResult (documents gain ``content_hash``) and the index entries of the
-    documents that go on, to persist.
+    ``takedown.blocked``. Returns the StageResult (``kept``: an iterator of the input's batches gaining
+    ``content_hash``, in row order) and the index entries (EXACT_INDEX_SCHEMA) of the documents that go on.
     """
-    index = _check_index(index, EXACT_INDEX_SCHEMA, "exact dedup")
-    # A document is never its own duplicate (the orchestration may hand back entries of the drop being re-run).
-    index = index.join(docs.select(pl.col("doc_id").cast(pl.String)), on="doc_id", how="anti").filter(
-        ~pl.col("drop").is_in(docs["drop"].cast(pl.String).unique().implode())
-    ).unique("doc_id", keep="first", maintain_order=True)
-    hashed = docs.with_columns(content_hashes(docs, cfg))
-
+    ooc = ooc or OutOfCore()
+    source = docs if not isinstance(docs, pl.DataFrame) else FrameDropInput(docs, batch_rows=ooc.batch_rows)
+    parts = index_parts(index)
     if blocked is None or blocked.is_empty():
         blocked = pl.DataFrame(schema={"doc_id": pl.String, "content_hash": pl.String})
     taken_down = (
         blocked.select(pl.col("content_hash").cast(pl.String), pl.col("doc_id").cast(pl.String).alias("_taken_down"))
         .drop_nulls("content_hash").sort("_taken_down").unique("content_hash", keep="first", maintain_order=True)
     )
-    blocked_verdicts = hashed.select("doc_id", "content_hash").join(taken_down, on="content_hash", how="inner").select(
-        "doc_id",
-        pl.lit(DROP).alias("verdict"),
-        pl.lit(RULE_BLOCKED).alias("rule"),
-        pl.lit(1.0).alias("value"),
-        pl.lit(">= 1").alias("threshold"),
-        pl.format("same normalized content ({}) as taken-down document {}", "content_hash", "_taken_down")
-        .alias("detail"),
-        pl.col("_taken_down").alias("duplicate_of"),
-    )
-    live = hashed.join(blocked_verdicts.select("doc_id"), on="doc_id", how="anti", maintain_order="left")
+    with spill_folder(ooc, "exact-dedup") as folder, duckdb_connection(ooc, folder / "duckdb") as connection:
+        here = SpillWriter(folder / "here.parquet", _SPILL_SCHEMA)
+        documents_in = 0
+        for batch in source.batches(_INPUT_COLUMNS):
+            documents_in += batch.height
+            hashed = batch.select(pl.col("doc_id").cast(pl.String), content_hashes(batch, cfg))
+            here.write(hashed.with_columns(
+                *hash_words(pl.col("content_hash")),
+                *[(batch[c] if c in batch.columns else pl.lit(None)).alias(c)
+                  for c in ("drop", "drop_order", "quality_score", "license")]))
+        here_path = str(here.close())
+        params = {"here": here_path}
+        connection.register("taken_down", taken_down.to_arrow())
+        blocked_rows = pl.from_arrow(connection.sql(
+            "SELECT h.doc_id, h.content_hash, t._taken_down FROM read_parquet($here) h "
+            "JOIN taken_down t USING (content_hash) ORDER BY h.doc_id", params=params).to_arrow_table())
+        blocked_verdicts = blocked_rows.select(
+            "doc_id",
+            pl.lit(DROP).alias("verdict"),
+            pl.lit(RULE_BLOCKED).alias("rule"),
+            pl.lit(1.0).alias("value"),
+            pl.lit(">= 1").alias("threshold"),
+            pl.format("same normalized content ({}) as taken-down document {}", "content_hash", "_taken_down")
+            .alias("detail"),
+            pl.col("_taken_down").alias("duplicate_of"),
+        )
+        connection.register("blocked_ids", blocked_verdicts.select("doc_id").to_arrow())
+        index_sql = exact_index_sql(connection, parts)
+        for statement in _EXACT_POOL_SQL.format(index=index_sql).split(";"):
+            if statement.strip():
+                connection.execute(statement, {k: v for k, v in params.items() if f"${k}" in statement}).fetchall()
+        index_in_play = connection.execute(_INDEX_IN_PLAY_SQL.format(index=index_sql)).fetchall()[0][0]
+        documents_kept = connection.execute("SELECT count(*) FROM live").fetchall()[0][0]
+        pool_here = pl.from_arrow(connection.sql(
+            "SELECT * FROM live SEMI JOIN shared USING (hash_hi, hash_lo)").to_arrow_table())
+        pool_index = pl.from_arrow(connection.sql(
+            "SELECT doc_id, drop, drop_order, lower(printf('%016x%016x', hash_hi, hash_lo)) AS content_hash "
+            "FROM index_copies SEMI JOIN shared USING (hash_hi, hash_lo)").to_arrow_table())
+        entries = pl.from_arrow(connection.sql(
+            "SELECT hash_hi, hash_lo, doc_id FROM live ORDER BY hash_hi, hash_lo, doc_id").to_arrow_table())
+    entries = entries.select([pl.col(c).cast(t) for c, t in EXACT_INDEX_SCHEMA.items()])
 
-    # Every copy of each content, this drop's and other drops', best first by the keep rule.
+    # Every copy of each shared content, this drop's and other drops', best first by the keep rule.
     pool = sort_by_keep_rule(
-        pl.concat([live.select(keep_columns(live, "drop", "content_hash")).with_columns(pl.lit(True).alias("_here")),
-                   index.with_columns(pl.lit(False).alias("_here"))], how="diagonal_relaxed"),
+        pl.concat([pool_here.select(keep_columns(pool_here, "drop", "content_hash"))
+                   .with_columns(pl.lit(True).alias("_here")),
+                   pool_index.with_columns(pl.lit(False).alias("_here"))], how="diagonal_relaxed"),
         cfg,
     ).with_columns(
         pl.len().over("content_hash").alias("_copies"),
@@ -240,19 +398,27 @@ def exact_duplicates(
     verdicts = pl.concat([verdict_frame(blocked_verdicts), verdict_frame(flags)]).sort("doc_id")
     groups = clustered.unique("content_hash")
     metrics = {
-        "documents_in": docs.height,
+        "documents_in": documents_in,
         "documents_with_copies": flags.height,
         "with_copies_in_other_drops": int(clustered["_in_other_drop"].sum()),
         "duplicate_groups": groups.height,
         "largest_duplicate_group": int(groups["_copies"].max() or 0),
         "blocked_by_takedown": blocked_verdicts.height,
-        "documents_kept": live.height,
-        "index_entries_in": index.height,
+        "documents_kept": documents_kept,
+        "index_entries_in": index_in_play,
     }
-    result = split_by_verdicts(hashed, verdicts, metrics)
-    new_entries = live.select([pl.col(c).cast(t) for c, t in EXACT_INDEX_SCHEMA.items()]).sort(
-        "content_hash", "doc_id")
-    return result, new_entries
+    kept = _kept_batches(source, cfg, blocked_verdicts["doc_id"])
+    if isinstance(docs, pl.DataFrame):  # a frame in, a frame out
+        kept = pl.concat(list(kept))
+    return StageResult(kept=kept, verdicts=verdicts, metrics=metrics), entries
+
+
+def _kept_batches(source: DropInput, cfg: ExactDedupConfig, blocked_ids: pl.Series) -> Iterator[pl.DataFrame]:
+    """The input, batch by batch, with its ``content_hash`` (recomputed: cheaper than a spilled copy's I/O), minus
+    the blocked documents."""
+    blocked_ids = blocked_ids.implode()
+    for batch in source.batches():
+        yield batch.with_columns(content_hashes(batch, cfg)).filter(~pl.col("doc_id").is_in(blocked_ids))
 
 
 def exact_representatives(docs: pl.DataFrame, cfg: _HasKeepRule) -> pl.DataFrame:

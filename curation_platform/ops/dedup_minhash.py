@@ -11,10 +11,12 @@ Pipeline, all column operations:
    with ``np.minimum.reduceat``. Parameters come from SplitMix64 of the seed, so persisted signatures never depend
    on a numpy RNG stream.
 3. LSH: ``bands`` keys per document (a 64-bit hash of each band's ``rows`` values). Candidate pairs share a
-   (band, key) within the drop or with the index of the other drops. The band join runs in an in-process DuckDB
-   connection with a ``memory_limit`` and a ``temp_directory``, so the (band, key, node) rows of a large index
-   are unnested as a stream and the join, the per-bucket ranking and the pair de-duplication spill to disk
-   instead of growing without bound. Only the signatures of the index documents in a candidate pair are read.
+   (band, key) within the drop or with the index of the other drops. Out of core: the drop is read in batches,
+   its signatures and band keys spilled to Parquet; an in-process DuckDB with a ``memory_limit`` and a spill
+   folder unnests the other drops' index files in place, keeps only rows whose bucket the drop has, and does the
+   join, the per-bucket ranking and the pair de-duplication, spilling instead of growing without bound. The index
+   stores band keys only: an index document in a candidate pair has its content read for the exact verification
+   anyway, and its signature is recomputed from the same shingles.
 4. Verification: the MinHash estimate screens candidates (``estimate_margin`` below the threshold), then a pair
    counts only when the EXACT Jaccard of the two shingle sets (one vectorized join over the pairs' shingles)
    reaches ``verify_threshold``; that exact value is what the ledger records.
@@ -30,9 +32,8 @@ Pipeline, all column operations:
 from __future__ import annotations
 
 import re
-import tempfile
-from contextlib import contextmanager, nullcontext
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import duckdb
 import numpy as np
@@ -45,25 +46,36 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from curation_platform.ops.dedup_exact import (
     RULE_BLOCKED,
     DedupIndexError,
+    IndexPart,
+    index_parts,
+    register_index,
     KeepRule,
     content_expr,
     default_keep_rule,
     keep_columns,
     sort_by_keep_rule,
 )
-from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts, verdict_frame
+from curation_platform.outofcore import OutOfCore, SpillWriter, duckdb_connection, spill_folder
+from curation_platform.records import DROP, FLAG, DropInput, FrameDropInput, StageResult, verdict_frame
 
 RULE_DUPLICATE = "near_dedup.duplicate"
 # Bump when the shingle or signature scheme changes: persisted indexes of another scheme are refused.
 SIGNATURE_SCHEME = "minhash-v1"
 
+# One entry per kept document with shingles, persisted per drop (``index/near/<drop>.parquet``): the band keys
+# (what the band join needs) and nothing that can be recomputed or read elsewhere. Full signatures are not kept
+# (an index document's signature is recomputed from its content when it is in a candidate pair, which the exact
+# verification reads anyway); the drop and its order are the file's. ``params`` is one dictionary-encoded value
+# per file (the MinHash settings: entries of other settings are refused).
 NEAR_INDEX_SCHEMA: dict[str, pl.DataType] = {
     "doc_id": pl.String,
-    "drop": pl.String,
-    "drop_order": pl.Int64,
     "band_keys": pl.List(pl.UInt64),
-    "signature": pl.List(pl.UInt32),
-    "params": pl.String,  # SIGNATURE_SCHEME and the parameters the signature was computed with
+    "params": pl.Categorical(),  # SIGNATURE_SCHEME and the parameters the band keys were computed with
+}
+# The format written before issue 10 (drop, order and the 112 signature values on every row): still read.
+LEGACY_NEAR_INDEX_SCHEMA: dict[str, pl.DataType] = {
+    "doc_id": pl.String, "drop": pl.String, "drop_order": pl.Int64, "band_keys": pl.List(pl.UInt64),
+    "signature": pl.List(pl.UInt32), "params": pl.String,
 }
 
 _EMPTY_SIGNATURE = np.uint32(0xFFFFFFFF)  # signature value of a document without shingles
@@ -98,12 +110,11 @@ class NearDedupConfig(BaseModel):
     # which bounds the pairs from huge template buckets (otherwise quadratic) while keeping likely survivors.
     bucket_link_limit: int = Field(100, ge=1)
     keep_rule: KeepRule = Field(default_factory=default_keep_rule)
-    # DuckDB runs the band join under this memory limit (DuckDB size syntax) and spills to ``temp_directory``
-    # beyond it; None there means a fresh temporary folder per call, removed afterwards.
+    # For direct calls without engine settings only (the pipeline passes ``engine.memory_limit`` and
+    # ``engine.spill_dir``): DuckDB's memory limit (DuckDB size syntax) and spill folder (None: a fresh one).
     memory_limit: str = "4GB"
     temp_directory: str | None = None
-    # Documents shingled and signed at a time: the shingle arrays (~40 KB per 3.6 KB document) stay bounded
-    # however large the drop is.
+    # Documents read, shingled and signed at a time in direct calls (the pipeline uses ``engine.batch_rows``).
     signature_batch_docs: int = Field(10_000, ge=1)
     # Candidate pairs are fetched from DuckDB and verified in batches of this many rows (bounds numpy memory).
     verify_batch_rows: int = Field(1_000_000, ge=1)
@@ -270,18 +281,6 @@ def minhash_signatures(texts: pl.Series, cfg: NearDedupConfig) -> np.ndarray:
     return _signatures_from_shingles(hashes, counts, cfg)
 
 
-def _signatures_in_batches(texts: pl.Series, cfg: NearDedupConfig) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`minhash_signatures` and the shingle count per text, ``cfg.signature_batch_docs`` texts at a time
-    (a text's shingles depend on that text only, so batching changes nothing but peak memory)."""
-    signatures = np.empty((len(texts), cfg.num_perm), dtype=np.uint32)
-    counts = np.zeros(len(texts), dtype=np.int64)
-    for start in range(0, len(texts), cfg.signature_batch_docs):
-        stop = min(start + cfg.signature_batch_docs, len(texts))
-        hashes, counts[start:stop] = shingle_hashes(texts.slice(start, stop - start), cfg)
-        signatures[start:stop] = _signatures_from_shingles(hashes, counts[start:stop], cfg)
-    return signatures, counts
-
-
 def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """64-bit key of each band (``rows`` consecutive signature values): ``uint64`` array ``(n, bands)``."""
     n = signatures.shape[0]
@@ -392,24 +391,53 @@ def exact_jaccard(hashes: np.ndarray, counts: np.ndarray, left: np.ndarray, righ
 
 # ---------------------------------------------------------------------------------------------------- band join
 
-# The band join. ``current_rows`` (band, key, node) holds the drop's documents; ``index_keys`` (node, band_keys)
-# the index entries in play (node null for entries that are not). Within a (band, key) bucket every member of
-# the drop is linked to the bucket's first ``$limit`` index entries (cross-drop pairs) and to the first ``$limit``
-# drop members, when ranked before it (within-drop pairs). Nodes follow keep order and index nodes are negative,
-# so src < dst throughout. Only index rows whose bucket the drop touches survive the semi join.
-_INDEX_ROWS_SQL = """
-    SELECT node, unnest(range(len(band_keys))) AS band, unnest(band_keys) AS key
-    FROM index_keys
-    WHERE node IS NOT NULL
+# Out of core, in one DuckDB connection over Parquet files:
+# ``current_rows`` (band, key, node): the drop's documents with shingles, node = keep rank (0..n-1), from the
+# spilled band keys. ``index_hits``: the in-play index entries (not of the drop's drops, not a document of the
+# drop, first row per doc_id) unnested to (band, key) and kept only where the drop has the same bucket: the index
+# files are scanned in place and only their matching rows are held. ``index_nodes``: those entries numbered in
+# canonical keep order (drop order, doc_id), negative, so every index node sorts before every drop node.
+_NEAR_SETUP_SQL = """
+CREATE TEMP TABLE drop_names AS SELECT DISTINCT drop FROM read_parquet($spill) WHERE drop IS NOT NULL;
+CREATE TEMP TABLE drop_ids AS SELECT doc_id FROM read_parquet($spill);
+CREATE TEMP TABLE current_rows AS
+    SELECT unnest(range(len(s.band_keys))) AS band, unnest(s.band_keys) AS key, n.node
+    FROM read_parquet($spill) AS s JOIN node_of_row AS n USING (_row)
+    WHERE s.has_shingles;
+CREATE TEMP TABLE index_hits AS
+    WITH in_play AS (
+        SELECT * FROM {index} AS i
+        WHERE (i.drop IS NULL OR i.drop NOT IN (SELECT drop FROM drop_names))
+          AND i.doc_id NOT IN (SELECT doc_id FROM drop_ids)
+    ), unnested AS (
+        SELECT _part, _row, doc_id, drop, drop_order,
+               unnest(range(len(band_keys))) AS band, unnest(band_keys) AS key
+        FROM in_play
+    )
+    SELECT * FROM unnested SEMI JOIN (SELECT DISTINCT band, key FROM current_rows) USING (band, key);
+CREATE TEMP TABLE index_nodes AS
+    SELECT _part, _row, doc_id, drop,
+           row_number() OVER (ORDER BY drop_order NULLS LAST, doc_id, _part, _row) - 1 - count(*) OVER () AS node
+    FROM (SELECT DISTINCT _part, _row, doc_id, drop, drop_order FROM index_hits)
+    QUALIFY row_number() OVER (PARTITION BY doc_id ORDER BY drop_order NULLS LAST, _part, _row) = 1;
+"""
+_INDEX_IN_PLAY_SQL = """
+SELECT count(DISTINCT doc_id) FROM {index} AS i
+WHERE (i.drop IS NULL OR i.drop NOT IN (SELECT drop FROM drop_names)) AND i.doc_id NOT IN (SELECT doc_id FROM drop_ids)
+"""
+# Within a (band, key) bucket every member of the drop is linked to the bucket's first ``$limit`` index entries
+# (cross-drop pairs) and to the first ``$limit`` drop members ranked before it (within-drop pairs). Nodes follow
+# keep order and index nodes are negative, so src < dst throughout.
+# ``index_rows`` (band, key, node): the index side of every bucket the drop has (a view over ``index_hits`` and
+# ``index_nodes`` in process; one partition's rows on a Ray worker, see :func:`bucket_candidates`).
+_INDEX_ROWS_VIEW = """
+CREATE TEMP VIEW index_rows AS
+    SELECT h.band, h.key, n.node FROM index_hits AS h JOIN index_nodes AS n USING (_part, _row)
 """
 _CANDIDATES_SQL = """
-WITH index_rows AS ({index_rows}),
-current_buckets AS (
-    SELECT DISTINCT band, key FROM current_rows
-),
-index_heads AS (
+WITH index_heads AS (
     SELECT band, key, node
-    FROM index_rows SEMI JOIN current_buckets USING (band, key)
+    FROM index_rows
     QUALIFY row_number() OVER (PARTITION BY band, key ORDER BY node) <= $limit
 ),
 current_heads AS (
@@ -429,79 +457,50 @@ ORDER BY src, dst
 """
 
 
-@contextmanager
-def _duckdb_connection(cfg: NearDedupConfig) -> Iterator[duckdb.DuckDBPyConnection]:
-    """An in-process DuckDB connection that spills to ``cfg.temp_directory`` (a fresh temporary folder if None)
-    once it holds ``cfg.memory_limit``."""
-    scratch = nullcontext(cfg.temp_directory) if cfg.temp_directory else tempfile.TemporaryDirectory(
-        prefix="near-dedup-"
-    )
-    with scratch as temp_directory:
-        connection = duckdb.connect(
-            ":memory:",
-            config={
-                "memory_limit": cfg.memory_limit,
-                "temp_directory": temp_directory,
-                # Results are ordered explicitly, so DuckDB need not buffer rows to keep insertion order.
-                "preserve_insertion_order": False,
-            },
-        )
-        try:
-            yield connection
-        finally:
-            connection.close()
+def _run_script(connection: duckdb.DuckDBPyConnection, script: str, params: dict) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            connection.execute(statement, {k: v for k, v in params.items() if f"${k}" in statement}).fetchall()
 
 
 def _candidate_batches(
-    current: pa.Table, index_keys: pa.Table, cfg: NearDedupConfig
+    connection: duckdb.DuckDBPyConnection, cfg: NearDedupConfig, batch_rows: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Distinct candidate pairs ``(src, dst)`` (``src < dst`` in node order), sorted, in batches of at most
-    ``cfg.verify_batch_rows`` rows.
+    ``batch_rows`` rows, from the tables :data:`_NEAR_SETUP_SQL` made."""
+    # A relation streams its result: at most a few batches are held in Python at a time.
+    connection.execute(_INDEX_ROWS_VIEW)
+    relation = connection.sql(_CANDIDATES_SQL, params={"limit": cfg.bucket_link_limit})
+    for batch in relation.to_arrow_reader(batch_rows):
+        if batch.num_rows:
+            yield (
+                batch.column("src").to_numpy(zero_copy_only=False).astype(np.int64),
+                batch.column("dst").to_numpy(zero_copy_only=False).astype(np.int64),
+            )
 
-    ``current``: (band int64, key uint64, node int64) rows of the drop's documents with shingles, nodes
-    ``0..n-1`` by keep rank. ``index_keys``: (node int64, band_keys list<uint64>) of the index, node negative
-    (``-n_index..-1`` in keep order) for the entries in play and null for the others.
-    """
-    with _duckdb_connection(cfg) as connection:
-        connection.register("current_rows", current)
-        connection.register("index_keys", index_keys)
-        # A relation streams its result: at most a few batches are held in Python at a time.
-        relation = connection.sql(_CANDIDATES_SQL.format(index_rows=_INDEX_ROWS_SQL),
-                                  params={"limit": cfg.bucket_link_limit})
-        reader = relation.to_arrow_reader(cfg.verify_batch_rows)
-        for batch in reader:
-            if batch.num_rows:
-                yield (
-                    batch.column("src").to_numpy(zero_copy_only=False).astype(np.int64),
-                    batch.column("dst").to_numpy(zero_copy_only=False).astype(np.int64),
-                )
+
+def bucket_rows(connection: duckdb.DuckDBPyConnection) -> pa.Table:
+    """Every (band, key, node) row of the band join, the drop's (``node >= 0``) and the index's (``node < 0``), from
+    the tables :data:`_NEAR_SETUP_SQL` made: what a shuffle by (band, key) distributes."""
+    connection.execute(_INDEX_ROWS_VIEW)
+    return connection.sql("SELECT band, key, node FROM current_rows UNION ALL "
+                          "SELECT band, key, node FROM index_rows").fetch_arrow_table()
 
 
 def bucket_candidates(rows: pa.Table, cfg: NearDedupConfig) -> pa.Table:
-    """Distinct candidate pairs ``(src, dst)`` of (band int64, key uint64, node int64) rows that hold whole
-    buckets: nodes ``>= 0`` are the drop's documents, negative nodes index entries (as in
-    :func:`_candidate_batches`, whose SQL this runs). A shuffle by (band, key) gives each worker whole buckets, so
-    the union of the pairs of every partition is the pair set of the whole drop (with repeats across partitions)."""
-    current = rows.filter(pc.greater_equal(rows["node"], 0)).select(["band", "key", "node"])
-    index_rows = rows.filter(pc.less(rows["node"], 0)).select(["node", "band", "key"])
-    with _duckdb_connection(cfg) as connection:
-        connection.register("current_rows", current)
-        connection.register("index_rows_given", index_rows)
-        return connection.sql(_CANDIDATES_SQL.format(index_rows="SELECT node, band, key FROM index_rows_given"),
-                              params={"limit": cfg.bucket_link_limit}).fetch_arrow_table()
+    """Distinct candidate pairs ``(src, dst)`` of (band, key, node) rows that hold whole buckets (nodes ``>= 0``
+    the drop's documents, negative nodes index entries), by the same SQL as the in-process join. A shuffle by
+    (band, key) gives each worker whole buckets, so the union of every partition's pairs is the drop's pair set
+    (with repeats across partitions)."""
+    with duckdb.connect() as connection:
+        connection.register("current_rows", rows.filter(pc.greater_equal(rows["node"], 0)))
+        connection.register("index_rows", rows.filter(pc.less(rows["node"], 0)))
+        return connection.sql(_CANDIDATES_SQL, params={"limit": cfg.bucket_link_limit}).fetch_arrow_table()
 
 
-def index_bucket_rows(index_keys: pa.Table, cfg: NearDedupConfig) -> pa.Table:
-    """(node, band, key) rows of the index entries in play (``index_keys`` as :func:`_candidate_batches` takes it),
-    unnested by the same SQL."""
-    with _duckdb_connection(cfg) as connection:
-        connection.register("index_keys", index_keys)
-        return connection.sql(_INDEX_ROWS_SQL).fetch_arrow_table()
-
-
-# How candidate pairs are generated: ``(current, index_keys, cfg) -> batches of sorted distinct (src, dst)``.
-# In-process by default; the Ray executor passes a shuffle by band key over its workers.
-CandidateGenerator = Callable[[pa.Table, pa.Table, NearDedupConfig], Iterator[tuple[np.ndarray, np.ndarray]]]
+# How candidate pairs are generated: ``(connection with the band-join tables, cfg, batch_rows) -> batches of sorted
+# distinct (src, dst)``. In-process DuckDB by default; the Ray executor passes a shuffle by band key.
+CandidateGenerator = Callable[[duckdb.DuckDBPyConnection, NearDedupConfig, int], Iterator[tuple[np.ndarray, np.ndarray]]]
 
 
 def _signature_matrix(signatures: pl.Series, num_perm: int) -> np.ndarray:
@@ -509,205 +508,265 @@ def _signature_matrix(signatures: pl.Series, num_perm: int) -> np.ndarray:
     if signatures.len() == 0:
         return np.empty((0, num_perm), dtype=np.uint32)
     return signatures.explode().to_numpy().astype(np.uint32).reshape(signatures.len(), num_perm)
+
+
 # ---------------------------------------------------------------------------------------------------- the stage
 
 # Reads the content (``text`` and/or ``messages``) of index documents by (doc_id, drop): the orchestration reads
 # them from the lake, a test from its frames. Only documents in a candidate pair are asked for.
 IndexContent = Callable[[pl.DataFrame], pl.DataFrame]
 
+# Columns the near stage reads from its input, and what it spills per document.
+_INPUT_COLUMNS = ["doc_id", "text", "messages", "drop", "drop_order", "quality_score", "license"]
+_KEEP_COLUMNS = ["doc_id", "drop", "drop_order", "quality_score", "license"]
 
-def _check_near_index(
-    index: pl.DataFrame, docs: pl.DataFrame, cfg: NearDedupConfig
-) -> tuple[pl.DataFrame, np.ndarray]:
-    """The index cast to NEAR_INDEX_SCHEMA (rows in their given order, nothing copied) and the rows in play in
-    canonical keep order: ``index[rows[k]]`` is node ``k - len(rows)``."""
-    missing = [c for c in NEAR_INDEX_SCHEMA if c not in index.columns]
-    if missing:
-        raise DedupIndexError(
-            f"near dedup index is missing columns {missing}; rebuild it from the persisted entries of earlier drops"
-        )
-    index = index.select([pl.col(c).cast(t) for c, t in NEAR_INDEX_SCHEMA.items()])
+
+def near_index_sql(connection: duckdb.DuckDBPyConnection, parts: list[IndexPart], cfg: NearDedupConfig) -> str:
+    """SQL over every part's entries as (``_part``, ``_row``, ``doc_id``, ``drop``, ``drop_order``,
+    ``band_keys``), the compact and the legacy format alike; refuses entries of other MinHash settings."""
+    for part in parts:
+        missing = [c for c in ("doc_id", "band_keys", "params") if c not in part.columns()]
+        if missing:
+            raise DedupIndexError(
+                f"near dedup index {part.describe()} is missing columns {missing}; re-curate its drop to rebuild it "
+                f"(expected columns: {list(NEAR_INDEX_SCHEMA)})"
+            )
+    raw = register_index(connection, parts, {"doc_id": "VARCHAR", "band_keys": "UBIGINT[]", "params": "VARCHAR"})
     params = signature_params(cfg)
-    foreign = index.filter(pl.col("params") != params)["params"].unique().sort().to_list()
+    foreign = sorted(r[0] for r in connection.execute(
+        f"SELECT DISTINCT params FROM {raw} WHERE params IS DISTINCT FROM $params", {"params": params}).fetchall())
     if foreign:
         raise DedupIndexError(
             f"near dedup index entries were computed with {foreign}, the config gives '{params}'; keep the MinHash "
             "settings of the index or rebuild the index of every earlier drop with the new settings"
         )
-    # Only the small key columns are filtered and sorted; the signature and band key lists stay where they are.
-    rows = (
-        index.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"), "drop_order", "doc_id", "drop")
-        # A document is never its own duplicate (the orchestration may hand back entries of the drop being re-run).
-        .join(docs.select(pl.col("doc_id").cast(pl.String)), on="doc_id", how="anti")
-        .filter(~pl.col("drop").is_in(docs["drop"].cast(pl.String).unique().implode()) | pl.col("drop").is_null())
-        # The same document indexed twice (a takedown copy beside its drop's entry) is one node.
-        .sort("drop_order", "doc_id", "_row", nulls_last=True)
-        .unique("doc_id", keep="first", maintain_order=True)["_row"]
-        .to_numpy()
-        .astype(np.int64)
-    )
-    return index, rows
+    return f"(SELECT _part, _row, doc_id, drop, drop_order, band_keys FROM {raw})"
 
 
-def _pair_jaccard(
-    batch_src: np.ndarray, batch_dst: np.ndarray, texts: pl.Series, order: np.ndarray, index: pl.DataFrame,
-    index_rows: np.ndarray, index_content: IndexContent | None, cfg: NearDedupConfig,
-) -> np.ndarray:
-    """Exact shingle-set Jaccard of candidate pairs (node ids: index documents negative, current ones by rank);
-    NaN where an index document's content is not available (it left the lake, so the pair cannot be verified)."""
-    n_index = len(index_rows)
+def _shingled(texts: pl.Series, cfg: NearDedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    return shingle_hashes(texts, cfg) if len(texts) else (np.empty(0, np.uint64), np.empty(0, np.int64))
+
+
+def _verify_batch(
+    batch_src: np.ndarray, batch_dst: np.ndarray, source: DropInput, spill: Path, order: np.ndarray,
+    ranked_ids: pl.Series, index_nodes: pl.DataFrame, index_content: IndexContent | None, cfg: NearDedupConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Screen one batch of candidate pairs by the MinHash estimate, then verify by exact shingle-set Jaccard.
+
+    Signatures of the drop's documents come from the spill file; index documents' content is read (only theirs)
+    and shingled once, for both their signature and the exact Jaccard. Returns the screened pairs (src, dst),
+    their exact Jaccard (NaN where an index document's content is gone: not verifiable) and estimate, and the
+    counts of screened and unverifiable pairs."""
     nodes = np.unique(np.concatenate([batch_src, batch_dst]))
-    current_nodes, index_nodes = nodes[nodes >= 0], nodes[nodes < 0]
-    parts = [texts.gather(order[current_nodes].tolist())] if len(current_nodes) else []
-    have = np.ones(len(nodes), dtype=bool)
-    if len(index_nodes):
-        wanted = index.select("doc_id", "drop")[index_rows[index_nodes + n_index].tolist()]
+    index_nodes_here, current_nodes = nodes[nodes < 0], nodes[nodes >= 0]
+    n_idx = len(index_nodes_here)
+    # Index documents: content read once, shingled once (signature for the screen, sets for the verification).
+    index_hashes, index_counts = np.empty(0, np.uint64), np.zeros(0, np.int64)
+    have_index = np.ones(n_idx, dtype=bool)
+    if n_idx:
         if index_content is None:
             raise DedupIndexError("near dedup needs the content of index documents to verify cross-drop pairs by "
                                   "exact Jaccard; pass index_content")
+        wanted = pl.DataFrame({"node": index_nodes_here}).join(index_nodes, on="node", how="left",
+                                                               maintain_order="left").select("doc_id", "drop")
         found = index_content(wanted)
         found = found.select("doc_id", content_expr(found.columns)).unique("doc_id", keep="first")
         content = wanted.select("doc_id").join(found, on="doc_id", how="left", maintain_order="left")["_content"]
-        have[: len(index_nodes)] = content.is_not_null().to_numpy()
-        parts.insert(0, content.fill_null(""))
-    hashes, counts = shingle_hashes(pl.concat(parts) if parts else pl.Series([], dtype=pl.String), cfg)
+        have_index = content.is_not_null().to_numpy()
+        index_hashes, index_counts = _shingled(content.fill_null(""), cfg)
+    index_sig = _signatures_from_shingles(index_hashes, index_counts, cfg)
+    # The drop's documents: signatures from the spill, by row.
+    rows = order[current_nodes]
+    spilled = (pl.scan_parquet(spill).filter(pl.col("_row").is_in(pl.Series(rows).implode()))
+               .select("_row", "signature").collect())
+    spilled = pl.DataFrame({"_row": rows}).join(spilled, on="_row", how="left", maintain_order="left")
+    current_sig = _signature_matrix(spilled["signature"], cfg.num_perm)
+    signatures = np.vstack([index_sig, current_sig]) if n_idx else current_sig
     local = np.searchsorted(nodes, np.concatenate([batch_src, batch_dst]))
     left, right = local[: len(batch_src)], local[len(batch_src):]
-    jaccard = exact_jaccard(hashes, counts, left, right)
-    jaccard[~(have[left] & have[right])] = np.nan
-    return jaccard
+    estimate = _estimated_jaccard(signatures, left, right)
+    known = have_index[np.minimum(left, max(n_idx - 1, 0))] | (left >= n_idx) if n_idx else np.ones(len(left), bool)
+    # A pair whose index document's content is gone cannot be screened either: it goes on, unverifiable.
+    screen = (estimate >= cfg.verify_threshold - cfg.estimate_margin) | ~known if cfg.verify else np.ones(
+        len(estimate), bool)
+    left, right, estimate = left[screen], right[screen], estimate[screen]
+    batch_src, batch_dst, known = batch_src[screen], batch_dst[screen], known[screen]
+    # Exact Jaccard: the drop's screened documents are read back and shingled (index ones already are).
+    needed = np.unique(np.concatenate([left, right]))
+    needed_current = needed[needed >= n_idx]
+    ids = ranked_ids.gather((current_nodes[needed_current - n_idx]).tolist())
+    fetched = source.take(ids, ["doc_id", "text", "messages"])
+    fetched = fetched.select("doc_id", content_expr(fetched.columns))
+    texts = pl.DataFrame({"doc_id": ids}).join(fetched, on="doc_id", how="left", maintain_order="left")["_content"]
+    current_hashes, current_counts = _shingled(texts.fill_null(""), cfg)
+    # Text t of the combined list: index documents first (all of them), then the needed drop documents.
+    position = np.full(len(nodes), -1, dtype=np.int64)
+    position[:n_idx] = np.arange(n_idx)
+    position[needed_current] = n_idx + np.arange(len(needed_current))
+    hashes = np.concatenate([index_hashes, current_hashes])
+    counts = np.concatenate([index_counts if n_idx else np.zeros(0, np.int64), current_counts])
+    jaccard = exact_jaccard(hashes, counts, position[left], position[right])
+    jaccard[~known] = np.nan
+    return batch_src, batch_dst, jaccard, estimate, int(screen.sum()), int((~known).sum())
 
 
 def near_duplicates(
-    docs: pl.DataFrame, index: pl.DataFrame, cfg: NearDedupConfig, index_content: IndexContent | None = None,
-    blocked_ids: pl.Series | None = None, candidates: CandidateGenerator | None = None,
+    docs: pl.DataFrame | DropInput, index: pl.DataFrame | Sequence[IndexPart] | None, cfg: NearDedupConfig,
+    index_content: IndexContent | None = None, blocked_ids: pl.Series | None = None, ooc: OutOfCore | None = None,
+    candidates: CandidateGenerator | None = None,
 ) -> tuple[StageResult, pl.DataFrame]:
     """Find the near-duplicate pairs of ``docs``, within the drop and with the index of other drops, verified by
     exact Jaccard on the shingle sets; drop only documents near a taken-down one.
 
-    ``docs``: records with ``doc_id``, ``text`` (or ``messages``), ``drop``, ``drop_order`` and optionally
-    ``quality_score`` and ``license``. ``index``: NEAR_INDEX_SCHEMA entries of other drops (entries of the drops in
-    ``docs`` are ignored) and of taken-down documents. ``index_content``: reads index documents' content for the
-    exact verification. ``blocked_ids``: doc_ids of taken-down documents. ``candidates``: how the band join runs
+    ``docs``: the drop (a DropInput, or a frame) with ``doc_id``, ``text`` (or ``messages``), ``drop``,
+    ``drop_order`` and optionally ``quality_score`` and ``license``. ``index``: :class:`IndexPart` entries of other
+    drops, queried in place (entries of the drops in ``docs`` are ignored), and of taken-down documents.
+    ``index_content``: reads index documents' content for the exact verification. ``blocked_ids``: doc_ids of
+    taken-down documents. ``ooc``: batch size, DuckDB memory limit and spill folder (default: the config's
+    ``memory_limit``, ``temp_directory`` and ``signature_batch_docs``). ``candidates``: how the band join runs
     (default in-process DuckDB; the Ray executor shuffles by band key), with the same pairs either way.
+
+    The drop is read in batches; each batch's signatures and band keys are spilled to Parquet. DuckDB joins the
+    drop's band keys with the index files in place under the memory limit; the candidate pairs are screened by
+    the MinHash estimate and verified by exact Jaccard in batches, reading only the candidates' texts. Held in
+    memory for the whole drop: its keep-rule columns (to rank it) and the verified pairs.
 
     No copy is dropped as a duplicate: every verified pair is a ``flag`` row ``near_dedup.duplicate`` on the
     document of this drop (``duplicate_of`` the other document, ``value`` the exact Jaccard, ``cluster_id`` the
     connected component named after its first document in keep order); the release picks each cluster's
     representative (:func:`near_representatives`). A document paired with a taken-down document is dropped with
     ``takedown.blocked``. Kept documents gain ``cluster_id`` (null without a verified pair). Returns the
-    StageResult and the index entries of the kept documents that have shingles.
-    The band join runs in DuckDB under ``cfg.memory_limit``, spilling to ``cfg.temp_directory``.
+    StageResult (``kept`` an iterator of batches in row order, a frame when ``docs`` is a frame) and the index
+    entries (NEAR_INDEX_SCHEMA) of the kept documents that have shingles.
     """
+    ooc = ooc or OutOfCore(batch_rows=cfg.signature_batch_docs, memory_limit=cfg.memory_limit,
+                           spill_dir=cfg.temp_directory)
+    source = docs if not isinstance(docs, pl.DataFrame) else FrameDropInput(docs, batch_rows=ooc.batch_rows)
     bands, rows = lsh_params(cfg)
     params = signature_params(cfg)
-    index, index_rows = _check_near_index(index, docs, cfg)
-    n_docs, n_index = docs.height, len(index_rows)
+    parts = index_parts(index)
 
-    # Node ids follow the keep rule: current documents by rank; index documents get negative ids, all earlier.
-    # Only the keep-rule columns are sorted, never the text.
-    ranked = sort_by_keep_rule(docs.select(keep_columns(docs)).with_row_index("_row"), cfg)
-    order = ranked["_row"].to_numpy().astype(np.int64)
-    texts = docs.select(content_expr(docs.columns))["_content"]
-    signatures, counts = _signatures_in_batches(texts, cfg)
-    keys = band_keys(signatures, bands, rows)
-    ranked_sig, ranked_keys, ranked_has = signatures[order], keys[order], counts[order] > 0
+    with spill_folder(ooc, "near-dedup") as folder, duckdb_connection(ooc, folder / "duckdb") as connection:
+        index_sql = near_index_sql(connection, parts, cfg)
+        # Pass 1: signatures and band keys per batch, spilled; only the keep-rule columns stay in memory.
+        spill = SpillWriter(folder / "signatures.parquet", {
+            "_row": pl.Int64, "doc_id": pl.String, "drop": pl.String, "has_shingles": pl.Boolean,
+            "band_keys": pl.List(pl.UInt64), "signature": pl.List(pl.UInt32)})
+        keep_frames, start = [], 0
+        for batch in source.batches(_INPUT_COLUMNS):
+            texts = batch.select(content_expr(batch.columns))["_content"]
+            hashes, counts = _shingled(texts, cfg)
+            signatures = _signatures_from_shingles(hashes, counts, cfg)
+            del hashes
+            spill.write(pl.DataFrame({
+                "_row": np.arange(start, start + batch.height, dtype=np.int64),
+                "doc_id": batch["doc_id"].cast(pl.String),
+                "drop": batch["drop"].cast(pl.String) if "drop" in batch.columns else None,
+                "has_shingles": counts > 0,
+                "band_keys": band_keys(signatures, bands, rows),
+                "signature": signatures,
+            }))
+            keep_frames.append(batch.select([c for c in _KEEP_COLUMNS if c in batch.columns]))
+            start += batch.height
+        spill_path = spill.close()
+        n_docs = start
+        keep = pl.concat(keep_frames, how="diagonal_relaxed") if keep_frames else pl.DataFrame(
+            schema={"doc_id": pl.String})
+        del keep_frames
 
-    with_shingles = np.flatnonzero(ranked_has)
-    current = pa.table(
-        {
-            "band": pa.array(np.tile(np.arange(bands, dtype=np.int64), len(with_shingles)), type=pa.int64()),
-            "key": pa.array(ranked_keys[with_shingles].ravel(), type=pa.uint64()),
-            "node": pa.array(np.repeat(with_shingles, bands).astype(np.int64), type=pa.int64()),
-        }
-    )
-    # Node of every index row; rows not in play (entries of this drop) are null and never leave DuckDB's scan.
-    in_play = np.zeros(index.height, dtype=bool)
-    in_play[index_rows] = True
-    node_of_row = np.zeros(index.height, dtype=np.int64)
-    node_of_row[index_rows] = np.arange(-n_index, 0, dtype=np.int64)
-    index_keys = index.select("band_keys").to_arrow().append_column(
-        "node", pa.chunked_array([pa.array(node_of_row, type=pa.int64(), mask=~in_play)], type=pa.int64())
-    )
+        # Node ids follow the keep rule: the drop's documents by rank; index documents negative, all earlier.
+        ranked = sort_by_keep_rule(keep.select(keep_columns(keep)).with_row_index("_row"), cfg)
+        order = ranked["_row"].to_numpy().astype(np.int64)
+        node_of_row = np.empty(n_docs, dtype=np.int64)
+        node_of_row[order] = np.arange(n_docs, dtype=np.int64)
+        ranked_ids = ranked["doc_id"].cast(pl.String)
+        ranked_drops = keep["drop"].cast(pl.String).gather(order.tolist()) if "drop" in keep.columns else None
+        del keep, ranked
+        connection.register("node_of_row", pa.table({"_row": pa.array(np.arange(n_docs, dtype=np.int64)),
+                                                     "node": pa.array(node_of_row)}))
+        sql_params = {"spill": str(spill_path)}
+        _run_script(connection, _NEAR_SETUP_SQL.format(index=index_sql), sql_params)
+        n_index = connection.execute(_INDEX_IN_PLAY_SQL.format(index=index_sql)).fetchall()[0][0]
+        index_nodes = pl.from_arrow(connection.sql(
+            "SELECT node, doc_id, drop FROM index_nodes ORDER BY node").to_arrow_table()).cast(
+            {"node": pl.Int64, "doc_id": pl.String, "drop": pl.String})
+        without_shingles = connection.execute(
+            "SELECT count(*) FROM read_parquet($spill) WHERE NOT has_shingles", sql_params).fetchall()[0][0]
 
-    # Each batch of candidates: the MinHash estimate on full signatures screens out pairs that cannot reach the
-    # threshold (more than ``estimate_margin`` below it), then the exact Jaccard of the shingle sets decides.
-    kept_src, kept_dst, kept_jac, kept_est = [], [], [], []
-    candidate_pairs = screened_pairs = unverifiable_pairs = 0
-    for batch_src, batch_dst in (candidates or _candidate_batches)(current, index_keys, cfg):
-        candidate_pairs += len(batch_src)
-        from_index = batch_src < 0
-        batch_index_nodes, slot = np.unique(batch_src[from_index], return_inverse=True)
-        index_sig = _signature_matrix(
-            index["signature"].gather(index_rows[batch_index_nodes + n_index]), cfg.num_perm
+        # Each batch of candidates: the MinHash estimate screens out pairs that cannot reach the threshold
+        # (more than ``estimate_margin`` below it), then the exact Jaccard of the shingle sets decides.
+        kept_src, kept_dst, kept_jac, kept_est = [], [], [], []
+        candidate_pairs = screened_pairs = unverifiable_pairs = 0
+        # At most batch_rows pairs at a time, so the texts read for one verification batch stay bounded too.
+        pairs_per_batch = min(cfg.verify_batch_rows, ooc.batch_rows)
+        for batch_src, batch_dst in (candidates or _candidate_batches)(connection, cfg, pairs_per_batch):
+            candidate_pairs += len(batch_src)
+            batch_src, batch_dst, jaccard, estimate, screened, unverifiable = _verify_batch(
+                batch_src, batch_dst, source, spill_path, order, ranked_ids, index_nodes, index_content, cfg)
+            screened_pairs += screened
+            unverifiable_pairs += unverifiable
+            known = ~np.isnan(jaccard)
+            verified = known & (jaccard >= cfg.verify_threshold) if cfg.verify else known
+            kept_src.append(batch_src[verified])
+            kept_dst.append(batch_dst[verified])
+            kept_jac.append(jaccard[verified])
+            kept_est.append(estimate[verified])
+        src = np.concatenate(kept_src) if kept_src else np.empty(0, dtype=np.int64)
+        dst = np.concatenate(kept_dst) if kept_dst else np.empty(0, dtype=np.int64)
+        jaccard = np.concatenate(kept_jac) if kept_jac else np.empty(0, dtype=np.float64)
+        estimated = np.concatenate(kept_est) if kept_est else np.empty(0, dtype=np.float64)
+
+        # Compact ids: index documents with a verified pair first, then the drop's documents by rank.
+        involved = np.unique(src[src < 0])
+        n_inv = len(involved)
+        src = np.where(src < 0, np.searchsorted(involved, src), src + n_inv)
+        dst = dst + n_inv
+        n_nodes = n_inv + n_docs
+        label = _components(n_nodes, src, dst)
+        in_edge = np.zeros(n_nodes, dtype=bool)
+        in_edge[src] = True
+        in_edge[dst] = True
+        involved_rows = index_nodes.join(pl.DataFrame({"node": involved}), on="node", how="semi")
+        node_doc = np.concatenate([involved_rows["doc_id"].to_numpy(), ranked_ids.to_numpy()]).astype(object)
+        node_drop = np.concatenate([
+            involved_rows["drop"].to_numpy(),
+            ranked_drops.to_numpy() if ranked_drops is not None else np.full(n_docs, None, dtype=object),
+        ]).astype(object)
+        cluster_of = np.where(in_edge, node_doc[label], None)
+
+        # One row per verified pair, on the pair's document of this drop (dst: src comes first in node order).
+        threshold = f">= {cfg.verify_threshold:g}" if cfg.verify else f"LSH {bands}x{rows} band match"
+        pairs = pl.DataFrame(
+            {
+                "doc_id": _strings(node_doc[dst]),
+                "duplicate_of": _strings(node_doc[src]),
+                "other_drop": _strings(node_drop[src]),
+                "value": jaccard,
+                "estimated": estimated,
+                "cluster_id": _strings(cluster_of[dst]),
+                "cross_drop": src < n_inv,
+            },
+            schema={"doc_id": pl.String, "duplicate_of": pl.String, "other_drop": pl.String, "value": pl.Float64,
+                    "estimated": pl.Float64, "cluster_id": pl.String, "cross_drop": pl.Boolean},
+        ).with_columns(pl.lit(threshold).alias("threshold"))
+        blocked = pl.Series(blocked_ids if blocked_ids is not None else [], dtype=pl.String)
+        to_taken_down = pairs.filter(pl.col("duplicate_of").is_in(blocked.implode()))
+        # A document near a taken-down one is dropped once, against its most similar taken-down document.
+        blocked_verdicts = to_taken_down.sort("doc_id", "value", "duplicate_of", descending=[False, True, False]
+                                              ).unique("doc_id", keep="first", maintain_order=True).select(
+            "doc_id", "duplicate_of", "value", "threshold", "cluster_id",
+            pl.lit(DROP).alias("verdict"),
+            pl.lit(RULE_BLOCKED).alias("rule"),
+            pl.format("near-duplicate (exact Jaccard {}) of taken-down document {}", pl.col("value").round(4),
+                      "duplicate_of").alias("detail"),
         )
-        batch_sig = np.vstack([index_sig, ranked_sig]) if len(index_sig) else ranked_sig
-        n_batch_index = len(batch_index_nodes)
-        local_src = batch_src + n_batch_index
-        local_src[from_index] = slot
-        estimate = _estimated_jaccard(batch_sig, local_src, batch_dst + n_batch_index)
-        screen = estimate >= cfg.verify_threshold - cfg.estimate_margin if cfg.verify else np.ones(len(estimate), bool)
-        batch_src, batch_dst, estimate = batch_src[screen], batch_dst[screen], estimate[screen]
-        screened_pairs += len(batch_src)
-        jaccard = _pair_jaccard(batch_src, batch_dst, texts, order, index, index_rows, index_content, cfg)
-        known = ~np.isnan(jaccard)
-        unverifiable_pairs += int((~known).sum())
-        verified = known & (jaccard >= cfg.verify_threshold) if cfg.verify else known
-        kept_src.append(batch_src[verified])
-        kept_dst.append(batch_dst[verified])
-        kept_jac.append(jaccard[verified])
-        kept_est.append(estimate[verified])
-    src = np.concatenate(kept_src) if kept_src else np.empty(0, dtype=np.int64)
-    dst = np.concatenate(kept_dst) if kept_dst else np.empty(0, dtype=np.int64)
-    jaccard = np.concatenate(kept_jac) if kept_jac else np.empty(0, dtype=np.float64)
-    estimated = np.concatenate(kept_est) if kept_est else np.empty(0, dtype=np.float64)
+        connection.register("blocked_docs", blocked_verdicts.select("doc_id").to_arrow())
+        entries = pl.from_arrow(connection.sql(
+            "SELECT doc_id, band_keys FROM read_parquet($spill) ANTI JOIN blocked_docs USING (doc_id) "
+            "WHERE has_shingles", params=sql_params).to_arrow_table())
+    entries = entries.select(pl.col("doc_id").cast(pl.String), pl.col("band_keys").cast(pl.List(pl.UInt64))).sort(
+        "doc_id").with_columns(pl.lit(params, dtype=NEAR_INDEX_SCHEMA["params"]).alias("params"))
 
-    # Compact ids: index documents with a verified pair first, then current documents by rank (keep-rule order).
-    involved = np.unique(src[src < 0])
-    n_inv = len(involved)
-    src = np.where(src < 0, np.searchsorted(involved, src), src + n_inv)
-    dst = dst + n_inv
-    n_nodes = n_inv + n_docs
-    label = _components(n_nodes, src, dst)
-    in_edge = np.zeros(n_nodes, dtype=bool)
-    in_edge[src] = True
-    in_edge[dst] = True
-    node_doc = np.concatenate(
-        [index["doc_id"].gather(index_rows[involved + n_index]).to_numpy(), ranked["doc_id"].to_numpy()]
-    ).astype(object)
-    node_drop = np.concatenate([
-        index["drop"].gather(index_rows[involved + n_index]).to_numpy(),
-        docs["drop"].cast(pl.String).to_numpy()[order],
-    ]).astype(object)
-    cluster_of = np.where(in_edge, node_doc[label], None)
-
-    # One row per verified pair, on the pair's document of this drop (dst: src comes first in node order).
-    threshold = f">= {cfg.verify_threshold:g}" if cfg.verify else f"LSH {bands}x{rows} band match"
-    pairs = pl.DataFrame(
-        {
-            "doc_id": _strings(node_doc[dst]),
-            "duplicate_of": _strings(node_doc[src]),
-            "other_drop": _strings(node_drop[src]),
-            "value": jaccard,
-            "estimated": estimated,
-            "cluster_id": _strings(cluster_of[dst]),
-            "cross_drop": src < n_inv,
-        },
-        schema={"doc_id": pl.String, "duplicate_of": pl.String, "other_drop": pl.String, "value": pl.Float64,
-                "estimated": pl.Float64, "cluster_id": pl.String, "cross_drop": pl.Boolean},
-    ).with_columns(pl.lit(threshold).alias("threshold"))
-    blocked = pl.Series(blocked_ids if blocked_ids is not None else [], dtype=pl.String)
-    to_taken_down = pairs.filter(pl.col("duplicate_of").is_in(blocked.implode()))
-    # A document near a taken-down one is dropped once, against its most similar taken-down document.
-    blocked_verdicts = to_taken_down.sort("doc_id", "value", "duplicate_of", descending=[False, True, False]).unique(
-        "doc_id", keep="first", maintain_order=True
-    ).select(
-        "doc_id", "duplicate_of", "value", "threshold", "cluster_id",
-        pl.lit(DROP).alias("verdict"),
-        pl.lit(RULE_BLOCKED).alias("rule"),
-        pl.format("near-duplicate (exact Jaccard {}) of taken-down document {}", pl.col("value").round(4),
-                  "duplicate_of").alias("detail"),
-    )
     flagged = pairs.join(blocked_verdicts.select("doc_id"), on="doc_id", how="anti")
     flags = flagged.select(
         "doc_id", "duplicate_of", "value", "threshold", "cluster_id",
@@ -726,34 +785,25 @@ def near_duplicates(
         ).alias("detail"),
     )
     verdicts = pl.concat([verdict_frame(blocked_verdicts), verdict_frame(flags)]).sort("doc_id", "duplicate_of")
-
-    metrics = _metrics(cfg, bands, rows, n_docs, n_index, counts, candidate_pairs, screened_pairs,
+    metrics = _metrics(cfg, bands, rows, n_docs, n_index, without_shingles, candidate_pairs, screened_pairs,
                        unverifiable_pairs, flagged, blocked_verdicts.height, label, in_edge, node_doc)
-    clustered = docs.with_columns(
-        pl.Series("cluster_id", cluster_of[n_inv:][np.argsort(order)].tolist(), dtype=pl.String)
-    )
-    result = split_by_verdicts(clustered, verdicts, metrics)
+    # Cluster ids of the drop's clustered documents only; every other document gets null.
+    clustered = np.flatnonzero(in_edge[n_inv:])
+    clusters = pl.DataFrame({"doc_id": ranked_ids.gather(clustered.tolist()),
+                             "cluster_id": _strings(cluster_of[n_inv:][clustered])},
+                            schema={"doc_id": pl.String, "cluster_id": pl.String})
+    kept = _kept_batches(source, clusters, blocked_verdicts["doc_id"])
+    if isinstance(docs, pl.DataFrame):  # a frame in, a frame out
+        kept = pl.concat(list(kept))
+    return StageResult(kept=kept, verdicts=verdicts, metrics=metrics), entries
 
-    blocked_rank = np.isin(ranked["doc_id"].to_numpy().astype(object), blocked_verdicts["doc_id"].to_numpy())
-    kept_rows = order[np.flatnonzero(ranked_has & ~blocked_rank)]
-    kept_rows.sort()
-    entries = (
-        docs[kept_rows.tolist()]
-        .select(
-            pl.col("doc_id").cast(pl.String),
-            pl.col("drop").cast(pl.String),
-            pl.col("drop_order").cast(pl.Int64),
-        )
-        .with_columns(
-            pl.Series("band_keys", keys[kept_rows]).cast(pl.List(pl.UInt64)),
-            pl.Series("signature", signatures[kept_rows]).cast(pl.List(pl.UInt32)),
-            pl.lit(params).alias("params"),
-        )
-        .sort("doc_id")
-        if len(kept_rows)
-        else empty_near_index()
-    )
-    return result, entries
+
+def _kept_batches(source: DropInput, clusters: pl.DataFrame, blocked_ids: pl.Series) -> Iterator[pl.DataFrame]:
+    """The input, batch by batch, with its ``cluster_id``, minus the blocked documents."""
+    blocked_ids = blocked_ids.implode()
+    for batch in source.batches():
+        yield (batch.join(clusters, on="doc_id", how="left", maintain_order="left")
+               .filter(~pl.col("doc_id").is_in(blocked_ids)))
 
 
 def near_representatives(docs: pl.DataFrame, pairs: pl.DataFrame, cfg: NearDedupConfig) -> pl.DataFrame:
@@ -808,7 +858,7 @@ def near_representatives(docs: pl.DataFrame, pairs: pl.DataFrame, cfg: NearDedup
 
 
 def _metrics(
-    cfg: NearDedupConfig, bands: int, rows: int, n_docs: int, n_index: int, counts: np.ndarray,
+    cfg: NearDedupConfig, bands: int, rows: int, n_docs: int, n_index: int, without_shingles: int,
     candidate_pairs: int, screened_pairs: int, unverifiable_pairs: int, pairs: pl.DataFrame, blocked: int,
     label: np.ndarray, in_edge: np.ndarray, node_doc: np.ndarray,
 ) -> dict:
@@ -827,7 +877,7 @@ def _metrics(
     ).to_dicts()
     return {
         "documents_in": n_docs,
-        "documents_without_shingles": int((counts == 0).sum()),
+        "documents_without_shingles": int(without_shingles),
         "index_entries_in": n_index,
         "bands": bands,
         "rows": rows,

@@ -21,13 +21,16 @@ exact dedup still sees them as copies (and records which document they copy).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
-import duckdb
 import polars as pl
 import polars_hash as plh
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts
+from curation_platform.outofcore import OutOfCore, SpillWriter, duckdb_connection, spill_folder
+from curation_platform.records import DROP, FLAG, DropInput, FrameDropInput, StageResult, verdict_frame
 from curation_platform.storage import as_path, register
 
 LINE_INDEX_SCHEMA = {"line_hash": pl.UInt64, "documents": pl.UInt32}
@@ -56,91 +59,203 @@ def _hash64(expr: pl.Expr) -> pl.Expr:
     return expr.map_batches(_xxh3_64, return_dtype=pl.UInt64)
 
 
-def _earlier_counts(hashes: pl.DataFrame, index_files: list[Path]) -> pl.DataFrame:
-    """(line_hash, earlier): documents of earlier drops holding each of ``hashes``' lines, out of core."""
-    files = [str(f) for f in index_files if as_path(f).exists()]
-    if not files or hashes.is_empty():
-        return pl.DataFrame(schema={"line_hash": pl.UInt64, "earlier": pl.UInt64})
-    with duckdb.connect() as con:
-        con.execute("SET memory_limit = '1GB'")
-        register(con, *files)  # an index in object storage is read through fsspec
-        con.register("probe", hashes.select("line_hash").to_arrow())
-        table = con.sql(
-            "SELECT i.line_hash, sum(i.documents)::UBIGINT AS earlier FROM read_parquet($files) i "
-            "SEMI JOIN probe p ON i.line_hash = p.line_hash GROUP BY i.line_hash",
-            params={"files": files},
-        ).to_arrow_table()
-    return pl.from_arrow(table).cast({"line_hash": pl.UInt64, "earlier": pl.UInt64})
+_LINES_SCHEMA = {"_row": pl.Int64, "line_nr": pl.Int64, "text_hash": pl.UInt64, "line_hash": pl.UInt64,
+                 "chars": pl.UInt32}
+
+# Out of core over the spilled (row, line) hashes: per distinct line, the documents (distinct texts) of this drop
+# holding it and the text of its first occurrence; the earlier drops' counts for the same lines, read from their
+# index files in place; the lines to remove (boilerplate, except the first occurrence unless an earlier drop has
+# it), written to a Parquet file sorted by row for the rewrite.
+_LINE_SQL = """
+CREATE TEMP TABLE here AS
+    SELECT line_hash, count(DISTINCT text_hash)::UINTEGER AS documents, arg_min(text_hash, _row) AS first_text
+    FROM read_parquet($lines) GROUP BY line_hash;
+CREATE TEMP TABLE earlier AS
+    SELECT i.line_hash, sum(i.documents)::UBIGINT AS earlier
+    FROM read_parquet($index_files) AS i SEMI JOIN here USING (line_hash) GROUP BY i.line_hash;
+CREATE TEMP TABLE boiler AS
+    SELECT h.line_hash, h.first_text, coalesce(e.earlier, 0) AS earlier
+    FROM here AS h LEFT JOIN earlier AS e USING (line_hash)
+    WHERE h.documents + coalesce(e.earlier, 0) >= $min_documents;
+COPY (
+    SELECT l._row, l.line_nr, l.chars FROM read_parquet($lines) AS l JOIN boiler AS b USING (line_hash)
+    WHERE b.earlier > 0 OR l.text_hash <> b.first_text
+    ORDER BY l._row, l.line_nr
+) TO '{removed}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000);
+"""
 
 
-def line_dedup(docs: pl.DataFrame, index_files: list[Path], cfg: LineDedupConfig) -> tuple[StageResult, pl.DataFrame]:
-    """Remove corpus-wide repeated lines from ``docs`` of the configured kinds.
-
-    In: documents (``doc_id``, ``kind``, ``text``) in keep order (earlier rows win), and the index files of the
-    earlier drops. Out: the StageResult (edited texts; a ``flag`` verdict ``line_dedup.removed_lines`` per edited
-    document with the number of lines removed; a ``drop`` verdict ``line_dedup.too_short`` per document left under
-    ``min_chars``) and this drop's index entries (``line_hash``, ``documents``).
-    """
-    empty_entries = pl.DataFrame(schema=LINE_INDEX_SCHEMA)
-    if not cfg.enabled or docs.is_empty():
-        return StageResult(kept=docs, metrics={"lines_removed": 0}), empty_entries
-    applicable = docs.with_row_index("_row").filter(pl.col("kind").is_in(cfg.kinds) & pl.col("text").is_not_null())
+def _lines(rows: pl.DataFrame, cfg: LineDedupConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """All lines of the applicable documents of ``rows`` (which carry their drop row ``_row``) as (row, line_nr,
+    line), and the countable lines' hashes."""
+    applicable = rows.filter(pl.col("kind").is_in(cfg.kinds) & pl.col("text").is_not_null())
     lines = (
         applicable.select("_row", "text", _hash64(pl.col("text")).alias("text_hash"),
                           pl.col("text").str.split("\n").alias("line"))
         .drop("text")
-        .with_columns(pl.int_ranges(pl.col("line").list.len()).alias("line_nr"))
+        .with_columns(pl.int_ranges(pl.col("line").list.len(), dtype=pl.Int64).alias("line_nr"))
         .explode("line", "line_nr")
         .with_columns(pl.col("line").str.strip_chars().alias("key"))
     )
-    countable = lines.filter(pl.col("key").str.len_chars() >= cfg.min_line_chars).with_columns(
-        _hash64(pl.col("key")).alias("line_hash"))
-    here = countable.group_by("line_hash").agg(
-        pl.col("text_hash").n_unique().cast(pl.UInt32).alias("documents"),
-        pl.col("text_hash").sort_by("_row").first().alias("first_text"),
-    )
-    counts = here.join(_earlier_counts(here, index_files), on="line_hash", how="left").with_columns(
-        pl.col("earlier").fill_null(0))
-    boiler = counts.filter(pl.col("documents").cast(pl.UInt64) + pl.col("earlier") >= cfg.min_documents)
-    removed = countable.join(boiler, on="line_hash", how="inner").filter(
-        (pl.col("earlier") > 0) | (pl.col("text_hash") != pl.col("first_text"))
-    ).select("_row", "line_nr", pl.col("key").str.len_chars().alias("chars"))
-    entries = here.select("line_hash", "documents").sort("line_hash")
-    if removed.is_empty():
-        return StageResult(kept=docs, metrics={"lines_removed": 0, "documents_edited": 0,
-                                               "distinct_lines": here.height}), entries
+    countable = lines.filter(pl.col("key").str.len_chars() >= cfg.min_line_chars).select(
+        "_row", "line_nr", "text_hash", _hash64(pl.col("key")).alias("line_hash"),
+        pl.col("key").str.len_chars().cast(pl.UInt32).alias("chars"))
+    return lines, countable
 
+
+def _numbered(batch: pl.DataFrame, start: int) -> pl.DataFrame:
+    return batch.with_columns(pl.int_range(start, start + batch.height, dtype=pl.Int64).alias("_row"))
+
+
+def _rewrite(batch: pl.DataFrame, start: int, removed: pl.DataFrame, cfg: LineDedupConfig) -> pl.DataFrame:
+    """The batch with the removed lines taken out of its edited documents (``removed``: their rows, this batch's
+    only), plus ``_row``, ``_n`` (lines removed), ``_chars`` (their characters) and ``_left`` (characters left)."""
+    rows = _numbered(batch, start)
     edited_rows = removed.select("_row").unique()
+    lines, _ = _lines(rows.join(edited_rows, on="_row", how="semi"), cfg)
     rebuilt = (
-        lines.join(edited_rows, on="_row", how="semi")
-        .join(removed.select("_row", "line_nr"), on=["_row", "line_nr"], how="anti")
+        lines.join(removed.select("_row", "line_nr"), on=["_row", "line_nr"], how="anti")
         .sort("_row", "line_nr")
         .group_by("_row", maintain_order=True).agg(pl.col("line").str.join("\n").alias("new_text"))
     )
     # Edited documents with every line removed have no row in ``rebuilt``: they become empty.
     edited = edited_rows.join(rebuilt, on="_row", how="left").with_columns(
         pl.col("new_text").fill_null("").str.replace_all(r"\n{3,}", "\n\n").str.strip_chars())
-    per_doc = removed.group_by("_row").agg(pl.len().alias("n"), pl.col("chars").sum().alias("chars"))
-    out = (
-        docs.with_row_index("_row").join(edited, on="_row", how="left", maintain_order="left")
+    per_doc = removed.group_by("_row").agg(pl.len().cast(pl.UInt32).alias("_n"), pl.col("chars").sum().alias("_chars"))
+    return (
+        rows.join(edited, on="_row", how="left", maintain_order="left")
         .with_columns(pl.coalesce("new_text", "text").alias("text")).drop("new_text")
+        .join(per_doc, on="_row", how="left", maintain_order="left")
+        .with_columns(pl.col("text").str.len_chars().alias("_left"))
     )
-    changed = out.join(per_doc, on="_row").with_columns(pl.col("text").str.len_chars().alias("left"))
-    flags = changed.select(
-        "doc_id", pl.lit(FLAG).alias("verdict"), pl.lit("line_dedup.removed_lines").alias("rule"),
-        pl.col("n").cast(pl.Float64).alias("value"),
-        pl.format("removed {} repeated lines ({} characters)", "n", "chars").alias("detail"))
-    short = changed.filter(pl.col("left") < cfg.min_chars).select(
-        "doc_id", pl.lit(DROP).alias("verdict"), pl.lit("line_dedup.too_short").alias("rule"),
-        pl.col("left").cast(pl.Float64).alias("value"), pl.lit(f"< {cfg.min_chars}").alias("threshold"),
-        pl.format("{} characters left after removing {} repeated lines", "left", "n").alias("detail"))
-    metrics = {
-        "distinct_lines": here.height,
-        "boilerplate_lines": boiler.height,
-        "lines_removed": removed.height,
-        "chars_removed": int(removed["chars"].sum()),
-        "documents_edited": changed.height,
-        "documents_too_short": short.height,
-    }
-    result = split_by_verdicts(out.drop("_row"), pl.concat([flags, short], how="diagonal_relaxed"), metrics)
-    return result, entries
+
+
+def line_dedup(
+    docs: pl.DataFrame | DropInput, index_files: list[Path], cfg: LineDedupConfig, ooc: OutOfCore | None = None,
+) -> tuple[StageResult, pl.DataFrame]:
+    """Remove corpus-wide repeated lines from ``docs`` of the configured kinds.
+
+    In: documents (``doc_id``, ``kind``, ``text``; a DropInput or a frame) in keep order (earlier rows win), and
+    the index files of the earlier drops (queried in place). Out: the StageResult (edited texts, ``kept`` an
+    iterator of batches in row order, a frame when ``docs`` is a frame; a ``flag`` verdict
+    ``line_dedup.removed_lines`` per edited document with the number of lines removed; a ``drop`` verdict
+    ``line_dedup.too_short`` per document left under ``min_chars``) and this drop's index entries (``line_hash``,
+    ``documents``).
+
+    Out of core: the drop is read in batches and its line hashes spilled to Parquet; DuckDB counts them and joins
+    the earlier drops' index files under the memory limit, writing the lines to remove sorted by row; a second
+    pass rewrites the edited documents batch by batch (to decide which become too short), and the kept batches are
+    rewritten the same way as they are read.
+    """
+    empty_entries = pl.DataFrame(schema=LINE_INDEX_SCHEMA)
+    ooc = ooc or OutOfCore()
+    frame_in = isinstance(docs, pl.DataFrame)
+    source = FrameDropInput(docs, batch_rows=ooc.batch_rows) if frame_in else docs
+    if not cfg.enabled:
+        return StageResult(kept=docs if frame_in else source.batches(), metrics={"lines_removed": 0}), empty_entries
+    folder_context = spill_folder(ooc, "line-dedup")
+    folder = folder_context.__enter__()
+    try:
+        lines_spill = SpillWriter(folder / "lines.parquet", _LINES_SCHEMA)
+        start = 0
+        for batch in source.batches(["doc_id", "kind", "text"]):
+            lines_spill.write(_lines(_numbered(batch, start), cfg)[1])
+            start += batch.height
+        lines_path = lines_spill.close()
+        if start == 0:
+            folder_context.__exit__(None, None, None)
+            return StageResult(kept=docs if frame_in else source.batches(), metrics={"lines_removed": 0}), \
+                empty_entries
+        files = [str(f) for f in index_files if as_path(f).exists()]
+        removed_path = folder / "removed.parquet"
+        with duckdb_connection(ooc, folder / "duckdb") as connection:
+            register(connection, *files)  # an index in object storage is read through fsspec
+            if not files:  # no earlier drop: an empty index with the same columns
+                empty_entries.write_parquet(folder / "no_index.parquet")
+                files = [str(folder / "no_index.parquet")]
+            params = {"lines": str(lines_path), "index_files": files, "min_documents": cfg.min_documents}
+            for statement in _LINE_SQL.format(removed=str(removed_path).replace("'", "''")).split(";"):
+                if statement.strip():
+                    connection.execute(statement, {k: v for k, v in params.items() if f"${k}" in statement}
+                                       ).fetchall()
+            entries = pl.from_arrow(connection.sql(
+                "SELECT line_hash, documents FROM here ORDER BY line_hash").to_arrow_table()).cast(LINE_INDEX_SCHEMA)
+            boilerplate = connection.execute("SELECT count(*) FROM boiler").fetchall()[0][0]
+            removed_lines, removed_chars, edited_docs = connection.execute(
+                "SELECT count(*), coalesce(sum(chars), 0), count(DISTINCT _row) FROM read_parquet($removed)",
+                {"removed": str(removed_path)}).fetchall()[0]
+        if removed_lines == 0:
+            folder_context.__exit__(None, None, None)
+            metrics = {"lines_removed": 0, "documents_edited": 0, "distinct_lines": entries.height}
+            return StageResult(kept=docs if frame_in else source.batches(), metrics=metrics), entries
+
+        # Pass 2: rewrite the edited documents to know what is left of them (verdicts only; no text is kept).
+        flag_frames, short_frames, start = [], [], 0
+        for batch, removed in _with_removed(source.batches(["doc_id", "kind", "text"]), removed_path):
+            if removed.is_empty():
+                start += batch.height
+                continue
+            rewritten = _rewrite(batch, start, removed, cfg).filter(pl.col("_n").is_not_null())
+            start += batch.height
+            flags = rewritten.select(
+                "doc_id", pl.lit(FLAG).alias("verdict"), pl.lit("line_dedup.removed_lines").alias("rule"),
+                pl.col("_n").cast(pl.Float64).alias("value"),
+                pl.format("removed {} repeated lines ({} characters)", "_n", "_chars").alias("detail"))
+            short = rewritten.filter(pl.col("_left") < cfg.min_chars).select(
+                "doc_id", pl.lit(DROP).alias("verdict"), pl.lit("line_dedup.too_short").alias("rule"),
+                pl.col("_left").cast(pl.Float64).alias("value"), pl.lit(f"< {cfg.min_chars}").alias("threshold"),
+                pl.format("{} characters left after removing {} repeated lines", "_left", "_n").alias("detail"))
+            flag_frames.append(verdict_frame(flags))
+            short_frames.append(verdict_frame(short))
+        # Every flag in row order, then every drop: the same rows in the same order for any batch size.
+        verdicts = pl.concat(flag_frames + short_frames) if flag_frames else verdict_frame(pl.DataFrame(
+            schema={"doc_id": pl.String}))
+        dropped = verdicts.filter(pl.col("verdict") == DROP)["doc_id"]
+        metrics = {
+            "distinct_lines": entries.height,
+            "boilerplate_lines": boilerplate,
+            "lines_removed": removed_lines,
+            "chars_removed": int(removed_chars),
+            "documents_edited": edited_docs,
+            "documents_too_short": dropped.len(),
+        }
+    except BaseException:
+        folder_context.__exit__(None, None, None)
+        raise
+    kept = _kept_batches(source, removed_path, dropped, cfg, folder_context)
+    if frame_in:  # a frame in, a frame out
+        kept = pl.concat(list(kept))
+    return StageResult(kept=kept, verdicts=verdicts, metrics=metrics), entries
+
+
+def _with_removed(batches, removed_path: Path):
+    """Each batch with the removed lines of its rows (the removed file is sorted by row: read once, in step)."""
+    reader = pq.ParquetFile(removed_path).iter_batches(batch_size=65_536)
+    pending = pl.DataFrame(schema={"_row": pl.Int64, "line_nr": pl.Int64, "chars": pl.UInt32})
+    exhausted, start = False, 0
+    for batch in batches:
+        stop = start + batch.height
+        while not exhausted and (pending.is_empty() or pending["_row"][-1] < stop):
+            chunk = next(reader, None)
+            if chunk is None:
+                exhausted = True
+                break
+            pending = pl.concat([pending, pl.from_arrow(pa.Table.from_batches([chunk])).cast(
+                {"_row": pl.Int64, "line_nr": pl.Int64, "chars": pl.UInt32})])
+        yield batch, pending.filter(pl.col("_row") < stop)
+        pending = pending.filter(pl.col("_row") >= stop)
+        start = stop
+
+
+def _kept_batches(source: DropInput, removed_path: Path, dropped: pl.Series, cfg: LineDedupConfig,
+                  folder_context) -> Iterator[pl.DataFrame]:
+    """The input batch by batch with the removed lines taken out, minus the documents left too short. Owns the
+    spill folder: it is removed once the batches are read (or the iterator is closed)."""
+    try:
+        start, dropped_ids = 0, dropped.implode()
+        for batch, removed in _with_removed(source.batches(), removed_path):
+            rewritten = _rewrite(batch, start, removed, cfg) if removed.height else batch
+            start += batch.height
+            yield rewritten.select(batch.columns).filter(~pl.col("doc_id").is_in(dropped_ids))
+    finally:
+        folder_context.__exit__(None, None, None)

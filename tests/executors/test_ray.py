@@ -188,6 +188,7 @@ def test_the_band_key_shuffle_gives_the_pairs_of_the_in_process_band_join(local_
     """Candidate pairs from the Ray shuffle by (band, key) equal the in-process DuckDB band join's, batch for batch
     in (src, dst) order, with crowded buckets (the per-bucket link limit bites), index entries out of play and pairs
     that share several buckets."""
+    import duckdb
     import numpy as np
     import pyarrow as pa
 
@@ -205,17 +206,29 @@ def test_the_band_key_shuffle_gives_the_pairs_of_the_in_process_band_join(local_
         "node": pa.array(np.repeat(np.arange(n_docs), bands), pa.int64()),
     })
     index_keys = rng.integers(0, 40, size=(n_index, bands)).astype(np.uint64) + np.uint64(2**63)
-    in_play = rng.random(n_index) < 0.8
-    index = pa.table({
-        "band_keys": pa.array(list(index_keys), pa.list_(pa.uint64())),
-        "node": pa.array(np.arange(-n_index, 0), pa.int64(), mask=~in_play),
+    in_play = np.flatnonzero(rng.random(n_index) < 0.8)
+    # The tables the in-process near dedup builds: the in-play index entries' (band, key) rows and their nodes.
+    index_hits = pa.table({
+        "band": pa.array(np.tile(np.arange(bands), len(in_play)), pa.int64()),
+        "key": pa.array(index_keys[in_play].ravel(), pa.uint64()),
+        "_part": pa.array(np.zeros(len(in_play) * bands), pa.int64()),
+        "_row": pa.array(np.repeat(in_play, bands), pa.int64()),
     })
+    index_nodes = pa.table({"_part": pa.array(np.zeros(len(in_play)), pa.int64()),
+                            "_row": pa.array(in_play, pa.int64()),
+                            "node": pa.array(in_play - n_index, pa.int64())})
 
     def collect(batches):
         pairs = [np.column_stack(batch) for batch in batches]
         return np.vstack(pairs) if pairs else np.empty((0, 2), np.int64)
 
-    expected = collect(_candidate_batches(current, index, cfg))
-    shuffled = collect(band_shuffle_candidates(CurationConfig().engine)(current, index, cfg))
+    def connection():
+        con = duckdb.connect()
+        for name, table in (("current_rows", current), ("index_hits", index_hits), ("index_nodes", index_nodes)):
+            con.register(name, table)
+        return con
+
+    expected = collect(_candidate_batches(connection(), cfg, 500))
+    shuffled = collect(band_shuffle_candidates(CurationConfig().engine)(connection(), cfg, 500))
     assert len(expected) > 1000 and (expected[:, 0] < 0).any() and (expected[:, 0] >= 0).any()
     np.testing.assert_array_equal(shuffled, expected)

@@ -13,6 +13,7 @@ from curation_platform.ops.dedup_exact import (
     EXACT_INDEX_SCHEMA,
     DedupIndexError,
     ExactDedupConfig,
+    IndexPart,
     content_hashes,
     empty_exact_index,
     exact_duplicates,
@@ -139,7 +140,9 @@ def test_missing_quality_column_falls_back_to_license_then_doc_id():
 def test_cross_drop_copies_are_recorded_and_no_copy_is_dropped():
     drop1 = make_docs([{"doc_id": "old", "text": "Shared paragraph.", "quality_score": 0.1}],
                       drop="2024-01", drop_order=0)
-    _, index = exact_duplicates(drop1, empty_exact_index(), ExactDedupConfig())
+    _, entries1 = exact_duplicates(drop1, empty_exact_index(), ExactDedupConfig())
+    # Index entries do not store their drop: the part (a file per drop in the workspace) says it.
+    index = [IndexPart(entries1, "2024-01", 0)]
     drop2 = make_docs([
         {"doc_id": "new1", "text": "Shared   paragraph.", "quality_score": 0.99, "license": "CC0-1.0"},
         {"doc_id": "new2", "text": "Shared paragraph.", "quality_score": 0.5},
@@ -152,7 +155,7 @@ def test_cross_drop_copies_are_recorded_and_no_copy_is_dropped():
     assert "in drop 2024-01" in verdicts["new1"]["detail"] and "license profile allows" in verdicts["new1"]["detail"]
     assert result.kept["doc_id"].to_list() == ["new1", "new2", "fresh"]
     assert sorted(entries["doc_id"].to_list()) == ["fresh", "new1", "new2"]
-    assert set(entries["drop_order"].to_list()) == {1}
+    assert entries.schema == pl.Schema(EXACT_INDEX_SCHEMA)
     assert result.metrics["with_copies_in_other_drops"] == 2
 
     rerun, rerun_entries = exact_duplicates(drop2, index, ExactDedupConfig())
@@ -160,10 +163,29 @@ def test_cross_drop_copies_are_recorded_and_no_copy_is_dropped():
     assert rerun_entries.equals(entries)
 
     # Drop 1 re-curated later sees drop 2's copies too (the index holds every other drop).
-    again, _ = exact_duplicates(drop1, entries, ExactDedupConfig())
+    again, _ = exact_duplicates(drop1, [IndexPart(entries, "2024-02", 1)], ExactDedupConfig())
     # Index entries carry no score: among drop 2 copies, doc_id decides.
     assert by_id(again)["old"]["duplicate_of"] == "new1"
     assert again.kept["doc_id"].to_list() == ["old"]
+
+
+def test_legacy_hex_index_files_are_read_like_the_compact_ones(tmp_path):
+    # Workspaces curated before the compact format hold (content_hash hex, doc_id, drop, drop_order) files.
+    old = make_docs([{"doc_id": "old", "text": "Shared paragraph."}], drop="2024-01", drop_order=0)
+    legacy = old.select(content_hashes(old, ExactDedupConfig()), "doc_id", "drop", "drop_order")
+    legacy.write_parquet(tmp_path / "legacy.parquet")
+    _, compact = exact_duplicates(old, empty_exact_index(), ExactDedupConfig())
+    compact.write_parquet(tmp_path / "compact.parquet")
+    drop2 = make_docs([{"doc_id": "new", "text": "Shared  paragraph."}], drop="2024-02", drop_order=1)
+    from_legacy, _ = exact_duplicates(drop2, [IndexPart(tmp_path / "legacy.parquet", "2024-01", 0)],
+                                      ExactDedupConfig())
+    from_compact, _ = exact_duplicates(drop2, [IndexPart(tmp_path / "compact.parquet", "2024-01", 0)],
+                                       ExactDedupConfig())
+    assert by_id(from_legacy)["new"]["duplicate_of"] == "old"
+    assert from_legacy.verdicts.equals(from_compact.verdicts)
+    # The two words are the hex hash's halves.
+    row = compact.row(0, named=True)
+    assert f"{row['hash_hi']:016x}{row['hash_lo']:016x}" == legacy["content_hash"][0]
 
 
 def test_taken_down_content_is_blocked():

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from curation_platform.ops.dedup_exact import DedupIndexError, sort_by_keep_rule
+from curation_platform.ops.dedup_exact import DedupIndexError, IndexPart, sort_by_keep_rule
 from curation_platform.ops.dedup_minhash import (
     NEAR_INDEX_SCHEMA,
     NearDedupConfig,
@@ -112,6 +112,11 @@ def content_of(*frames: pl.DataFrame):
     """``index_content`` for tests: index documents' text looked up in the given drop frames."""
     every = pl.concat(frames, how="vertical_relaxed")
     return lambda rows: every.join(rows.select("doc_id"), on="doc_id", how="semi").select("doc_id", "text")
+
+
+def part(entries: pl.DataFrame, drop: str, drop_order: int) -> list[IndexPart]:
+    """One drop's index entries (they do not store their drop: the workspace file does)."""
+    return [IndexPart(entries, drop, drop_order)]
 
 
 def pairs_of(result) -> pl.DataFrame:
@@ -239,7 +244,7 @@ def test_planted_near_duplicates_recall_and_precision(corpus, corpus_jaccard):
         assert pair_j(corpus_jaccard, doc_id, row["duplicate_of"]) >= 0.8
 
     assert set(entries["doc_id"]) == set(corpus["doc_id"]) and entries.schema == pl.Schema(NEAR_INDEX_SCHEMA)
-    assert entries["signature"].list.len().unique().to_list() == [112]
+    assert "signature" not in entries.columns  # band keys suffice; signatures are recomputed when needed
     assert entries["band_keys"].list.len().unique().to_list() == [14]
     metrics = result.metrics
     assert metrics["verified_pairs"] == pairs_of(result).height and metrics["cross_drop_pairs"] == 0
@@ -383,7 +388,7 @@ def test_second_drop_is_compared_with_the_first_drops_index():
     result1, index1 = near_duplicates(drop1, empty_near_index(), cfg)
     assert result1.verdicts.is_empty() and index1.height == 60
 
-    result2, entries2 = near_duplicates(drop2, index1, cfg, index_content=content_of(drop1))
+    result2, entries2 = near_duplicates(drop2, part(index1, "2024-01", 0), cfg, index_content=content_of(drop1))
     duplicates = dict(pairs_of(result2).select("doc_id", "duplicate_of").iter_rows())
     assert {d: duplicates[d] for d in duplicates if d.startswith("d2-copy")} == {
         f"d2-copy-{i:02d}": f"d1-{i:02d}" for i in range(20)
@@ -396,13 +401,13 @@ def test_second_drop_is_compared_with_the_first_drops_index():
         pl.col("doc_id").str.starts_with("d2-copy"))["detail"])
     # Nothing leaves the stage; every document is indexed for later drops (and re-curated earlier ones).
     assert result2.kept.height == drop2.height and sorted(entries2["doc_id"]) == sorted(drop2["doc_id"])
-    assert set(entries2["drop"]) == {"2024-02"}
+    assert entries2.schema == pl.Schema(NEAR_INDEX_SCHEMA)
     # A release allowing both drops keeps the earliest copy, even against better and more permissive copies.
     _, removed = release_choice(pl.concat([drop1, drop2]), result2, cfg)
     assert {d: r["duplicate_of"] for d, r in removed.items()} == duplicates
 
     # Idempotent: the same drop against the same index gives the same verdicts, documents and entries.
-    again, again_entries = near_duplicates(drop2, index1, cfg, index_content=content_of(drop1))
+    again, again_entries = near_duplicates(drop2, part(index1, "2024-01", 0), cfg, index_content=content_of(drop1))
     assert again.verdicts.equals(result2.verdicts)
     assert again.kept.equals(result2.kept)
     assert again_entries.equals(entries2)
@@ -411,7 +416,7 @@ def test_second_drop_is_compared_with_the_first_drops_index():
     # Drop 3 sees both earlier drops through the concatenated index.
     drop3 = drop2.filter(pl.col("doc_id").str.starts_with("d2-new")).with_columns(
         doc_id=pl.col("doc_id").str.replace("d2-", "d3-"), drop=pl.lit("2024-03"), drop_order=pl.lit(2))
-    result3, entries3 = near_duplicates(drop3, pl.concat([entries2, index1]), cfg,
+    result3, entries3 = near_duplicates(drop3, part(entries2, "2024-02", 1) + part(index1, "2024-01", 0), cfg,
                                         index_content=content_of(drop1, drop2))
     kept, removed = release_choice(pl.concat([drop1, drop2, drop3], how="vertical_relaxed"), result3, cfg)
     assert set(removed) == set(drop3["doc_id"])
@@ -423,16 +428,35 @@ def test_index_from_other_settings_is_refused():
     drop1, drop2 = incremental_drops()
     _, index1 = near_duplicates(drop1.head(5), empty_near_index(), NearDedupConfig(seed=2))
     with pytest.raises(DedupIndexError, match="seed=2"):
-        near_duplicates(drop2, index1, NearDedupConfig(), index_content=content_of(drop1))
+        near_duplicates(drop2, part(index1, "2024-01", 0), NearDedupConfig(), index_content=content_of(drop1))
     with pytest.raises(DedupIndexError, match="missing columns"):
-        near_duplicates(drop2, index1.drop("signature"), NearDedupConfig(seed=2))
+        near_duplicates(drop2, part(index1.drop("band_keys"), "2024-01", 0), NearDedupConfig(seed=2))
+
+
+def test_legacy_index_files_with_signatures_give_the_same_pairs(tmp_path):
+    # Workspaces curated before the compact format hold (doc_id, drop, drop_order, band_keys, signature, params).
+    drop1, drop2 = incremental_drops()
+    cfg = NearDedupConfig()
+    _, index1 = near_duplicates(drop1, empty_near_index(), cfg)
+    index1.write_parquet(tmp_path / "compact.parquet")
+    signatures = minhash_signatures(drop1.sort("doc_id")["text"], cfg)
+    legacy = index1.select("doc_id", pl.lit("2024-01").alias("drop"), pl.lit(0).alias("drop_order"), "band_keys",
+                           pl.Series("signature", signatures).cast(pl.List(pl.UInt32)),
+                           pl.col("params").cast(pl.String))
+    legacy.write_parquet(tmp_path / "legacy.parquet")
+    compact, _ = near_duplicates(drop2, [IndexPart(tmp_path / "compact.parquet", "2024-01", 0)], cfg,
+                                 index_content=content_of(drop1))
+    old, _ = near_duplicates(drop2, [IndexPart(tmp_path / "legacy.parquet", "ignored", 9)], cfg,
+                             index_content=content_of(drop1))
+    assert old.verdicts.equals(compact.verdicts) and old.metrics == compact.metrics
+    assert compact.metrics["cross_drop_pairs"] == 20
 
 
 def test_rerunning_a_drop_whose_entries_are_in_the_index_does_not_match_itself():
     drop1, _ = incremental_drops()
     cfg = NearDedupConfig()
     result, index1 = near_duplicates(drop1, empty_near_index(), cfg)
-    rerun, rerun_entries = near_duplicates(drop1, index1, cfg)
+    rerun, rerun_entries = near_duplicates(drop1, part(index1, "2024-01", 0), cfg)
     assert rerun.verdicts.is_empty() and rerun_entries.equals(index1)
 
 
@@ -463,7 +487,8 @@ def reference_near_duplicates(docs: pl.DataFrame, index: pl.DataFrame, cfg: Near
     current_sig = minhash_signatures(ordered["text"], cfg)
     _, counts = shingle_hashes(ordered["text"], cfg)
     ids = in_play["doc_id"].to_list() + ordered["doc_id"].to_list()
-    sigs = [np.array(s, dtype=np.uint32) for s in in_play["signature"].to_list()] + list(current_sig)
+    index_sig = minhash_signatures(pl.Series([texts[d] for d in in_play["doc_id"].to_list()], dtype=pl.String), cfg)
+    sigs = list(index_sig) + list(current_sig)
     keys = [np.array(k, dtype=np.uint64) for k in in_play["band_keys"].to_list()] + list(
         band_keys(current_sig, bands, rows))
     n_index = in_play.height
@@ -518,11 +543,12 @@ def test_duckdb_band_join_matches_plain_python_reference(two_drops, limit):
     result1, index1 = near_duplicates(drop1, empty_near_index(), cfg)
     # The index also holds drop 2's own entries from an earlier run: they must be ignored.
     _, own_entries = near_duplicates(drop2, empty_near_index(), cfg)
-    index = pl.concat([own_entries, index1])
+    index = part(own_entries, "2024-02", 1) + part(index1, "2024-01", 0)
+    flat = pl.concat([own_entries.with_columns(drop_order=pl.lit(1)), index1.with_columns(drop_order=pl.lit(0))])
     texts = dict(pl.concat([drop1, drop2]).select("doc_id", "text").iter_rows())
-    for docs, idx in ((drop1, empty_near_index()), (drop2, index)):
+    for docs, idx, flat_idx in ((drop1, [], flat.head(0)), (drop2, index, flat)):
         result, _ = near_duplicates(docs, idx, cfg, index_content=content_of(drop1))
-        expected = reference_near_duplicates(docs, idx, cfg, texts)
+        expected = reference_near_duplicates(docs, flat_idx, cfg, texts)
         got = {(dup, d): value for d, dup, value in pairs_of(result).select("doc_id", "duplicate_of", "value").rows()}
         assert got.keys() == expected.keys()
         assert all(got[pair] == pytest.approx(expected[pair], abs=1e-9) for pair in got)
@@ -535,11 +561,13 @@ def test_duckdb_band_join_matches_plain_python_reference(two_drops, limit):
 def test_spill_settings_and_batching_do_not_change_results(two_drops, tmp_path):
     drop1, drop2 = two_drops
     _, index1 = near_duplicates(drop1, empty_near_index(), NearDedupConfig())
-    default, entries = near_duplicates(drop2, index1, NearDedupConfig(), index_content=content_of(drop1))
+    default, entries = near_duplicates(drop2, part(index1, "2024-01", 0), NearDedupConfig(),
+                                       index_content=content_of(drop1))
     # A tiny memory limit, an explicit spill folder and candidate batches of 7 pairs (index documents recur
     # across batches) and signatures 13 documents at a time give the same verdicts, documents, entries, metrics.
     spilled, spilled_entries = near_duplicates(
-        drop2, index1, NearDedupConfig(memory_limit="64MB", temp_directory=str(tmp_path), verify_batch_rows=7,
+        drop2, part(index1, "2024-01", 0), NearDedupConfig(memory_limit="64MB", temp_directory=str(tmp_path),
+                                                           verify_batch_rows=7,
                                     signature_batch_docs=13), index_content=content_of(drop1))
     assert spilled.verdicts.equals(default.verdicts)
     assert spilled.kept.equals(default.kept)
@@ -600,7 +628,7 @@ def test_a_document_near_a_taken_down_one_is_blocked():
     drop1, drop2 = incremental_drops()
     cfg = NearDedupConfig()
     _, index1 = near_duplicates(drop1, empty_near_index(), cfg)
-    result, entries = near_duplicates(drop2, index1, cfg, index_content=content_of(drop1),
+    result, entries = near_duplicates(drop2, part(index1, "2024-01", 0), cfg, index_content=content_of(drop1),
                                       blocked_ids=pl.Series(["d1-03"]))
     blocked = result.verdicts.filter(pl.col("rule") == "takedown.blocked")
     assert blocked.select("doc_id", "verdict", "duplicate_of").rows() == [("d2-copy-03", "drop", "d1-03")]
@@ -612,5 +640,5 @@ def test_an_index_document_whose_content_is_gone_verifies_nothing():
     drop1, drop2 = incremental_drops()
     cfg = NearDedupConfig()
     _, index1 = near_duplicates(drop1, empty_near_index(), cfg)
-    result, _ = near_duplicates(drop2, index1, cfg, index_content=content_of(drop1.head(0)))
+    result, _ = near_duplicates(drop2, part(index1, "2024-01", 0), cfg, index_content=content_of(drop1.head(0)))
     assert result.metrics["cross_drop_pairs"] == 0 and result.metrics["unverifiable_pairs"] >= 20
