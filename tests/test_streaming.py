@@ -86,13 +86,13 @@ def test_outputs_are_byte_identical_for_any_batch_size(tmp_path, landing, curate
     largest: dict[str, int] = {}
 
     def observed(stage, operator):
-        def call(ws, cfg, drop, docs):
+        def call(docs, cfg, **context):
             largest[stage] = max(largest.get(stage, 0), docs.height)
-            return operator(ws, cfg, drop, docs)
+            return operator(docs, cfg, **context)
         return call
 
-    for stage, operator in list(pipeline._OPERATORS.items()):
-        monkeypatch.setitem(pipeline._OPERATORS, stage, observed(stage, operator))
+    for stage, operator in list(pipeline.PER_DOCUMENT_OPERATORS.items()):
+        monkeypatch.setitem(pipeline.PER_DOCUMENT_OPERATORS, stage, observed(stage, operator))
     batches = StageInput.batches
 
     def observed_batches(self, columns=None):
@@ -115,7 +115,7 @@ def test_outputs_are_byte_identical_for_any_batch_size(tmp_path, landing, curate
     assert (release / "shard_index.parquet").read_bytes() == (ws.release_dir("latest") / "shard_index.parquet").read_bytes()
     assert other.release_ledger_path("latest").read_bytes() == ws.release_ledger_path("latest").read_bytes()
     # Every per-document operator ran, in batches of at most batch_rows documents; so did the dedup inputs.
-    assert set(largest) >= set(pipeline._OPERATORS)
+    assert set(largest) >= set(pipeline.PER_DOCUMENT_OPERATORS)
     assert max(largest.values()) == batch_rows
 
 
@@ -131,7 +131,7 @@ def test_decide_only_stages_compose_into_what_the_operator_returned(curated):
         if stage in DROP_GLOBAL_STAGES:
             continue
         docs = ws.read_stage(UPSTREAM[stage], drop)
-        expected = pipeline._OPERATORS[stage](ws, cfg, drop, docs).kept
+        expected = pipeline.apply_operator(stage, docs, cfg, pipeline.stage_context(ws, cfg, stage, drop)).kept
         composed = ws.read_stage(stage, drop)
         # Same rows, order and values; columns the stage adds come after its input's (an operator may reorder).
         assert sorted(composed.columns) == sorted(expected.columns), stage
