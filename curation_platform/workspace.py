@@ -130,7 +130,8 @@ class ParquetStreamWriter:
     """
 
     def __init__(self, path: Path, metadata: dict[bytes, bytes] | None = None):
-        self.path = Path(path)
+        # An object-store path is written to a local temporary file and uploaded as one object on ``close``.
+        self.path = path if storage.is_uri(path) else Path(path)
         self.metadata = metadata or {}
         self.rows = 0
         self.bytes = 0
@@ -172,8 +173,11 @@ class ParquetStreamWriter:
 
         table = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
         if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, self._tmp = _temp_file(self.path)
+            if storage.is_uri(self.path):
+                fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp")
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd, self._tmp = _temp_file(self.path)
             os.close(fd)
             schema = table.schema.with_metadata({**(table.schema.metadata or {}), **self.metadata})
             # Fixed compression and statistics so the same rows give byte-identical files. Text columns get
@@ -193,7 +197,13 @@ class ParquetStreamWriter:
             self._write_table(pl.DataFrame(schema=self._schema or {"doc_id": pl.String}))
         self._writer.close()
         self.bytes = Path(self._tmp).stat().st_size
-        os.replace(self._tmp, self.path)
+        if storage.is_uri(self.path):
+            try:
+                self.path.fs.put_file(self._tmp, self.path.key)
+            finally:
+                Path(self._tmp).unlink(missing_ok=True)
+        else:
+            os.replace(self._tmp, self.path)
         return self.path
 
     def abort(self) -> None:
@@ -203,12 +213,18 @@ class ParquetStreamWriter:
             Path(self._tmp).unlink(missing_ok=True)
 
 
+def _source(path: Path):
+    """What pyarrow reads: the local path, or an object's fsspec file (pyarrow's own S3 client is not configured
+    from the platform's storage options)."""
+    return path.open("rb") if storage.is_uri(path) else path
+
+
 def iter_parquet(path: Path, batch_rows: int, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
     """Frames of at most ``batch_rows`` rows of a Parquet file, in row order; memory is one row group plus one
     batch, never the whole file."""
     import pyarrow.parquet as pq
 
-    with pq.ParquetFile(path) as handle:
+    with pq.ParquetFile(_source(path)) as handle:
         for batch in handle.iter_batches(batch_size=batch_rows, columns=columns, use_threads=True):
             yield pl.from_arrow(batch)
 
@@ -355,7 +371,7 @@ class Workspace:
         """The stage whose rows ``stage``'s file for ``drop`` composes on, or None when it stores full rows."""
         import pyarrow.parquet as pq
 
-        metadata = pq.read_schema(self._stage_file(stage, drop)).metadata or {}
+        metadata = pq.read_schema(_source(self._stage_file(stage, drop))).metadata or {}
         value = metadata.get(DECIDES_ON_KEY)
         return value.decode() if value else None
 
@@ -415,7 +431,7 @@ class Workspace:
         base = self.decides_on(stage, drop)
         if base is not None:
             return self.text_removed(base, drop)
-        return TEXT_REMOVED_KEY in (pq.read_schema(self._stage_file(stage, drop)).metadata or {})
+        return TEXT_REMOVED_KEY in (pq.read_schema(_source(self._stage_file(stage, drop))).metadata or {})
 
     def remove_text(self, stage: str, drop: str, batch_rows: int, dry_run: bool = False) -> int:
         """Rewrite a full-row stage file without its text columns (keeping ids, provenance and every other column,
@@ -424,14 +440,14 @@ class Workspace:
         import pyarrow.parquet as pq
 
         path = self._stage_file(stage, drop)
-        schema = pq.read_schema(path)
+        schema = pq.read_schema(_source(path))
         metadata = dict(schema.metadata or {})
         removed = [c for c in TEXT_COLUMNS if c in schema.names]
         if self.decides_on(stage, drop) is not None or TEXT_REMOVED_KEY in metadata or not removed:
             return 0
         before = path.stat().st_size
         if dry_run:
-            meta = pq.read_metadata(path)
+            meta = pq.read_metadata(_source(path))
             return sum(meta.row_group(g).column(i).total_compressed_size for g in range(meta.num_row_groups)
                        for i in range(meta.num_columns)
                        if meta.row_group(g).column(i).path_in_schema.split(".")[0] in removed)

@@ -27,6 +27,7 @@ from curation_platform.hashing import xxh128_hex
 from curation_platform.licenses import license_restrictiveness
 from curation_platform.outofcore import OutOfCore, SpillWriter, duckdb_connection, spill_folder, sql_path
 from curation_platform.records import DROP, FLAG, DropInput, FrameDropInput, StageResult, verdict_frame
+from curation_platform.storage import is_uri, register
 
 RULE_DUPLICATE = "exact_dedup.duplicate"
 # Content (exact or near) of a taken-down document arriving again, in a drop curated after the takedown.
@@ -77,10 +78,10 @@ class IndexPart:
     def columns(self) -> list[str]:
         if isinstance(self.source, pl.DataFrame):
             return self.source.columns
-        return pq.read_schema(self.source).names
+        return pq.read_schema(self.source.open("rb") if is_uri(self.source) else self.source).names
 
     def describe(self) -> str:
-        return str(self.source) if isinstance(self.source, Path) else "frame"
+        return "frame" if isinstance(self.source, pl.DataFrame) else str(self.source)
 
 
 def index_parts(index: pl.DataFrame | Sequence[IndexPart] | None) -> list[IndexPart]:
@@ -98,9 +99,10 @@ def register_index(connection: duckdb.DuckDBPyConnection, parts: list[IndexPart]
     part does not store it). Every file is read by one ``read_parquet`` scan (files of both formats together,
     ``union_by_name``), so DuckDB streams them under its memory limit. Returns the view's name."""
     wanted = {**columns, "drop": "VARCHAR", "drop_order": "BIGINT"}
-    files = [(i, p) for i, p in enumerate(parts) if isinstance(p.source, Path)]
+    files = [(i, p) for i, p in enumerate(parts) if not isinstance(p.source, pl.DataFrame)]
     selects = []
     if files:
+        register(connection, *(p.source for _, p in files))  # index files in object storage, through fsspec
         present = set().union(*(p.columns() for _, p in files))
         connection.register("_index_files", pa.table({
             "_file": pa.array([str(p.source) for _, p in files], pa.string()),
@@ -116,7 +118,7 @@ def register_index(connection: duckdb.DuckDBPyConnection, parts: list[IndexPart]
             f"FROM read_parquet([{file_list}], filename=true, file_row_number=true, union_by_name=true) AS f "
             "JOIN _index_files AS m ON f.filename = m._file")
     for i, part in enumerate(parts):
-        if isinstance(part.source, Path):
+        if not isinstance(part.source, pl.DataFrame):
             continue
         name = f"_index_frame_{i}"
         connection.register(name, part.source.with_row_index("_row").to_arrow())
