@@ -24,11 +24,11 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curation_platform.landing import scan_landing  # noqa: E402
-from curation_platform.readers import IngestConfig, read_drop  # noqa: E402
-from curation_platform.samples import synthetic_corpus, write_corpus_drop  # noqa: E402
-from curation_platform.storage import as_path  # noqa: E402
-from curation_platform.workspace import write_parquet_atomic  # noqa: E402
+from curation_platform.landing import scan_landing
+from curation_platform.readers import IngestConfig, read_drop
+from curation_platform.samples import synthetic_corpus, write_corpus_drop
+from curation_platform.storage import as_path
+from curation_platform.workspace import write_parquet_atomic
 
 
 def _timed(action):
