@@ -12,6 +12,7 @@ from curation_platform.gates import GateResult, identity_expectations, max_value
 from curation_platform.ledger import DECIDING, read_ledger
 from curation_platform.records import KEEP
 from curation_platform.workspace import Workspace
+from curation_platform.storage import register
 
 ID_COLUMNS = ["doc_id", "source", "drop", "source_id", "license", "kind"]
 
@@ -147,7 +148,7 @@ def release_license_audit(shard_glob: str, allowed_categories: list[str]) -> pl.
 
     from curation_platform.licenses import platform_category, scancode_licenses
 
-    from curation_platform.storage import register
+
 
     with duckdb.connect() as con:
         register(con, shard_glob)  # staged shards in object storage are read through fsspec
@@ -217,7 +218,10 @@ def release_selection_audit(cfg: CurationConfig, shard_glob: str) -> pl.DataFram
     in SQL, the split from the file name."""
     import duckdb
 
+
+
     with duckdb.connect() as con:
+        register(con, shard_glob)  # staged shards in object storage are read through fsspec
         source = f"read_parquet({_sql_text(shard_glob)}, union_by_name = true, filename = true)"
         present = {row[0] for row in con.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()}
 
@@ -356,6 +360,7 @@ def score_residue(path, cfg: CurationConfig) -> pl.DataFrame:
     floor = min([scoring.min_score, *(v.min_score for v in [*scoring.per_source.values(),
                                                            *scoring.per_domain.values()] if v.min_score is not None)])
     with duckdb.connect() as con:
+        register(con, path)  # a lake in object storage is read through fsspec
         frame = pl.from_arrow(con.sql(
             "SELECT doc_id, (quality_score IS NULL OR isnan(quality_score) OR quality_score < 0 "
             "OR quality_score > 1)::BIGINT AS score_out_of_range, "

@@ -129,7 +129,7 @@ def test_release_token_counts_are_the_tokenizers_count_of_the_rendered_text(tmp_
     assert dict(zip(meta["doc_id"], meta["token_count"])) == {
         "c": len(own.encode(rendered).ids), "w": len(own.encode("A short web page.").ids)}
     # The shard carries exactly the text that was counted.
-    [shard] = _write_shards(ws, "decontaminated", meta, ReleaseConfig(), tmp_path / "staging", FormattingConfig())
+    [shard], _ = _write_shards(ws, "decontaminated", meta, ReleaseConfig(), tmp_path / "staging", FormattingConfig())
     shipped = dict(pl.read_parquet(shard).select("doc_id", "text").iter_rows())
     assert shipped == {"c": rendered, "w": "A short web page."}
     # Another template is another count (the cache is keyed by it), not the cached one.

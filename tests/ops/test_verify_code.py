@@ -11,7 +11,7 @@ from curation_platform.ops.verify_code import VerificationConfig, verification_s
 from curation_platform.ledger import ledger_rows
 from curation_platform.ops.normalize import normalize
 from curation_platform.ops.quality_signals import quality_signals
-from curation_platform.pipeline import _filter_and_verify
+from curation_platform.pipeline import _filter_and_verify, filter_profile
 from curation_platform.readers import IngestConfig, read_drop
 from curation_platform.sandbox import SandboxConfig
 from curation_platform.workspace import Workspace, write_parquet_atomic
@@ -55,7 +55,7 @@ def test_generated_code_is_verified_in_the_filtered_stage(tmp_path):
     docs = read_drop(drop, cfg.ingest).records
     docs = normalize(docs, cfg.normalize).kept.with_columns(language=pl.col("code_language"))
     docs = quality_signals(docs, cfg.signals).kept
-    result = _filter_and_verify(ws, cfg, "gen-code", docs)
+    result = _filter_and_verify(docs, cfg, filter_profile(ws, cfg, "gen-code"))
     assert result.metrics["verification_run"] == 4 and result.metrics["verification_passed"] == 2
     assert sorted(result.kept["source_id"].to_list()) == ["good", "listed", "no-tests"]
     rows = {(r["source_id"], r["rule"]): r for r in
