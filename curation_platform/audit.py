@@ -148,8 +148,6 @@ def release_license_audit(shard_glob: str, allowed_categories: list[str]) -> pl.
 
     from curation_platform.licenses import platform_category, scancode_licenses
 
-
-
     with duckdb.connect() as con:
         register(con, shard_glob)  # staged shards in object storage are read through fsspec
         per_license = con.sql(
@@ -217,8 +215,6 @@ def release_selection_audit(cfg: CurationConfig, shard_glob: str) -> pl.DataFram
     provenance JSON (the manifest's ``generator``) or ``kind``, the domain is re-derived from ``release.domains``
     in SQL, the split from the file name."""
     import duckdb
-
-
 
     with duckdb.connect() as con:
         register(con, shard_glob)  # staged shards in object storage are read through fsspec

@@ -252,18 +252,16 @@ class _Cursor:
 
 
 def write_text_atomic(text: str, path: Path) -> Path:
-    if storage.is_uri(path):
-        path.write_text(text)  # one PUT
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temp_file(path)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-    return path
+    return write_bytes_atomic(text.encode("utf-8"), path)
 
 
 def write_bytes_atomic(data: bytes, path: Path) -> Path:
+    """Write to a temporary name beside ``path``, then rename; an object-store path is one PUT (seen whole or not
+    at all)."""
+    if storage.is_uri(path):
+        with path.open("wb") as handle:
+            handle.write(data)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_file(path)
     with os.fdopen(fd, "wb") as handle:
