@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -14,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from curation_platform.errors import ConfigError, CurationError
 from curation_platform.formatting import FormattingConfig
 from curation_platform.licenses import LicensePolicy
+from curation_platform.outofcore import DuckDBSize
 from curation_platform.ops.decontaminate import DecontaminationConfig
 from curation_platform.ops.dedup_exact import ExactDedupConfig
 from curation_platform.ops.dedup_minhash import NearDedupConfig
@@ -110,7 +110,7 @@ class EngineConfig(_Strict):
     value."""
 
     batch_rows: int = Field(default=20_000, ge=1)  # documents per batch in every streaming stage
-    memory_limit: str = "2GB"  # DuckDB memory_limit of out-of-core queries
+    memory_limit: DuckDBSize = "2GB"  # DuckDB memory_limit of out-of-core queries
     spill_dir: str | None = None  # DuckDB temp_directory; default <workspace>/tmp/spill
     threads: int | None = Field(default=None, ge=1)  # DuckDB/Polars threads; None = every core
     # What `curate run` does after a successful release: `keep` every stage output, or `gc` the intermediate
@@ -118,13 +118,6 @@ class EngineConfig(_Strict):
     retention: Literal["keep", "gc"] = "keep"
     executor: Literal["local", "ray"] = "local"  # `curate run --executor ray`
     ray_address: str | None = None  # `curate run --ray-address ADDR`; None = start a local Ray
-
-    @field_validator("memory_limit")
-    @classmethod
-    def _duckdb_size(cls, limit: str) -> str:
-        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*([KMGT]i?B|B)\s*", limit, flags=re.IGNORECASE):
-            raise ValueError(f"memory_limit {limit!r} is not a DuckDB size such as '2GB' or '512MiB'")
-        return limit
 
 
 class CurationConfig(_Strict):

@@ -9,16 +9,30 @@ to ``spill_dir``, so memory is set by configuration, not by the size of the drop
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Annotated, Iterator
 
 import duckdb
 import polars as pl
 import pyarrow.parquet as pq
+from pydantic import AfterValidator
+
+
+def duckdb_size(limit: str) -> str:
+    """``limit`` when it is a DuckDB memory size such as '2GB' or '512MiB': checked when the configuration loads,
+    so a typo fails then and not in the middle of a drop."""
+    if not re.fullmatch(r"\s*\d+(\.\d+)?\s*([KMGT]i?B|B)\s*", limit, flags=re.IGNORECASE):
+        raise ValueError(f"memory_limit {limit!r} is not a DuckDB size such as '2GB' or '512MiB'")
+    return limit
+
+
+# A configuration field holding a DuckDB memory size.
+DuckDBSize = Annotated[str, AfterValidator(duckdb_size)]
 
 
 @dataclass(frozen=True)

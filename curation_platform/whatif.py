@@ -111,6 +111,11 @@ def _score_whatif(ws: Workspace, cfg: CurationConfig, setting: str, value: float
                          for part in docs.partition_by("drop")] or [pl.DataFrame(schema={"doc_id": pl.String})])
     keeps = ~pl.col("doc_id").is_in(dropped["doc_id"].implode())
     added, removed = ~pl.col("kept_now") & keeps, pl.col("kept_now") & ~keeps
+    return _per_drop(docs, setting, added, removed)
+
+
+def _per_drop(docs: pl.DataFrame, setting: str, added: pl.Expr, removed: pl.Expr) -> pl.DataFrame:
+    """Per drop, how many documents the change adds back and removes, with up to three examples of each."""
     return docs.sort("doc_id").group_by("drop", maintain_order=True).agg(
         pl.lit(setting).alias("rule"),
         added.sum().cast(pl.Int64).alias("added"),
@@ -143,10 +148,4 @@ def threshold_whatif(ws: Workspace, cfg: CurationConfig, setting: str, value: fl
     keeps = {">=": v >= value, "<=": v <= value, "<": v < value}[keep_if].fill_null(True)
     added = pl.col("applies") & ~pl.col("kept_now") & keeps
     removed = pl.col("applies") & pl.col("kept_now") & ~keeps
-    return docs.sort("doc_id").group_by("drop", maintain_order=True).agg(
-        pl.lit(setting).alias("rule"),
-        added.sum().cast(pl.Int64).alias("added"),
-        removed.sum().cast(pl.Int64).alias("removed"),
-        pl.col("doc_id").filter(added).head(3).alias("example_added"),
-        pl.col("doc_id").filter(removed).head(3).alias("example_removed"),
-    ).select(list(SCHEMA)).sort("drop")
+    return _per_drop(docs, setting, added, removed)

@@ -31,7 +31,6 @@ Pipeline, all column operations:
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -41,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import polars as pl
 import polars_hash as plh
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curation_platform.ops.dedup_exact import (
     RULE_BLOCKED,
@@ -55,7 +54,7 @@ from curation_platform.ops.dedup_exact import (
     keep_columns,
     sort_by_keep_rule,
 )
-from curation_platform.outofcore import OutOfCore, SpillWriter, duckdb_connection, spill_folder
+from curation_platform.outofcore import DuckDBSize, OutOfCore, SpillWriter, duckdb_connection, spill_folder
 from curation_platform.records import DROP, FLAG, DropInput, FrameDropInput, StageResult, verdict_frame
 
 RULE_DUPLICATE = "near_dedup.duplicate"
@@ -112,20 +111,12 @@ class NearDedupConfig(BaseModel):
     keep_rule: KeepRule = Field(default_factory=default_keep_rule)
     # For direct calls without engine settings only (the pipeline passes ``engine.memory_limit`` and
     # ``engine.spill_dir``): DuckDB's memory limit (DuckDB size syntax) and spill folder (None: a fresh one).
-    memory_limit: str = "4GB"
+    memory_limit: DuckDBSize = "4GB"
     temp_directory: str | None = None
     # Documents read, shingled and signed at a time in direct calls (the pipeline uses ``engine.batch_rows``).
     signature_batch_docs: int = Field(10_000, ge=1)
     # Candidate pairs are fetched from DuckDB and verified in batches of this many rows (bounds numpy memory).
     verify_batch_rows: int = Field(1_000_000, ge=1)
-
-    @field_validator("memory_limit")
-    @classmethod
-    def _duckdb_size(cls, limit: str) -> str:
-        # Checked here so that a typo fails when the config loads, not in the middle of a drop.
-        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*([KMGT]i?B|B)\s*", limit, flags=re.IGNORECASE):
-            raise ValueError(f"memory_limit {limit!r} is not a DuckDB size such as '4GB' or '512MiB'")
-        return limit
 
     @model_validator(mode="after")
     def _bands_fit(self) -> NearDedupConfig:
