@@ -1,13 +1,15 @@
 """Scale bench: peak memory per stage must be set by ``engine.batch_rows``, not by the size of the drop.
 
-Generates one deterministic web-like JSONL drop of S GB of text and another of ``--factor`` x S GB, then curates
-each through every stage with ``pipeline.run_stage`` (the function the Dagster assets call), each stage in its own
-subprocess, and reports per stage: documents in, seconds, docs/s and the subprocess's peak RSS
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss`` read at its end), plus the bytes written per stage. The verdict
-line compares peak RSS and docs/s between the sizes.
+Generates one deterministic web-like JSONL drop per size (``--sizes 0.25,1,4`` GB of text, or ``--gb S`` and
+``--factor F`` for S and F x S GB), then curates each through every stage with ``pipeline.run_stage`` (the function
+the Dagster assets call), each stage in its own subprocess, and reports per stage: documents in, wall seconds, CPU
+seconds (user + system of the subprocess and of its children, so core use shows), docs/s and peak RSS (the larger
+of ``getrusage`` ``ru_maxrss`` of the subprocess itself and of its largest child, read at its end), plus the bytes
+written per stage. The table has docs/s and peak RSS per size and the last/first ratios; the verdict line compares
+the largest peak RSS of the last size with the first.
 
     .venv/bin/python bench/scale_bench.py --gb 0.1 --factor 4 --out bench/results/scale.json
-    .venv/bin/python bench/scale_bench.py --gb 1 --factor 4 --batch-rows 20000   # the issue's >= 1 GB run
+    .venv/bin/python bench/scale_bench.py --sizes 0.25,1,4 --batch-rows 20000   # the issue's >= 1 GB run
 
 Generated drops are cached under ``--work`` (default ``bench/results/scale/``); ``--keep`` keeps the workspaces.
 """
@@ -114,11 +116,15 @@ from curation_platform.workspace import Workspace
 cfg = load_config({config!r})
 cfg.engine.batch_rows = {batch_rows}
 ws = Workspace({workspace!r})
-started = time.perf_counter()
+def cpu():
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+cpu_started, started = cpu(), time.perf_counter()
 summary = run_stage(ws, cfg, {stage!r}, {drop!r})
-seconds = time.perf_counter() - started
-print(json.dumps({{"input": summary.input, "kept": summary.kept, "seconds": seconds,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+seconds, cpu_seconds = time.perf_counter() - started, cpu() - cpu_started
+peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+print(json.dumps({{"input": summary.input, "kept": summary.kept, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                  "peak_rss_mb": peak / 1024}}))
 """
 
 
@@ -142,11 +148,12 @@ def run_size(work: Path, gb: float, seed: int, batch_rows: int, config: Path, ke
             raise SystemExit(f"stage {stage} failed at {gb} GB:\n{done.stderr[-3000:]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
         result.update(stage=stage, docs_per_s=round(result["input"] / result["seconds"], 1),
+                      cores=round(result["cpu_seconds"] / result["seconds"], 2),
                       stage_bytes=ws.stage_path(stage, name).stat().st_size,
                       ledger_bytes=ws.ledger_path(stage, name).stat().st_size)
         rows.append(result)
         print(f"  {gb:g} GB {stage:16s} {result['input']:>8} docs {result['seconds']:7.1f} s "
-              f"{result['docs_per_s']:>9.0f} docs/s  peak RSS {result['peak_rss_mb']:6.0f} MB  "
+              f"{result['cpu_seconds']:7.1f} s CPU {result['docs_per_s']:>9.0f} docs/s  peak RSS {result['peak_rss_mb']:6.0f} MB  "
               f"stage file {result['stage_bytes'] / 1e6:7.1f} MB", flush=True)
     stage_bytes = sum(r["stage_bytes"] for r in rows)
     if not keep:
@@ -155,13 +162,18 @@ def run_size(work: Path, gb: float, seed: int, batch_rows: int, config: Path, ke
             "stage_bytes_total": stage_bytes}
 
 
-def table(small: dict, large: dict) -> str:
-    """The README / bench/README.md table: one row per stage at both sizes, and the ratios."""
-    lines = [f"| stage | {small['gb']:g} GB docs/s | {small['gb']:g} GB peak RSS | {large['gb']:g} GB docs/s | "
-             f"{large['gb']:g} GB peak RSS | RSS ratio | docs/s ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for a, b in zip(small["stages"], large["stages"]):
-        lines.append(f"| {a['stage']} | {a['docs_per_s']:,.0f} | {a['peak_rss_mb']:,.0f} MB | {b['docs_per_s']:,.0f} | "
-                     f"{b['peak_rss_mb']:,.0f} MB | {b['peak_rss_mb'] / a['peak_rss_mb']:.2f} | "
+def table(sizes: list[dict]) -> str:
+    """The README / bench/README.md table: one row per stage, docs/s and peak RSS at each size, and the ratios of
+    the last size to the first."""
+    first, last = sizes[0], sizes[-1]
+    head = "| stage | " + " | ".join(f"{s['gb']:g} GB docs/s | {s['gb']:g} GB peak RSS" for s in sizes) + \
+        " | RSS ratio | docs/s ratio |"
+    lines = [head, "|---|" + "---:|---:|" * len(sizes) + "---:|---:|"]
+    for i, a in enumerate(first["stages"]):
+        b = last["stages"][i]
+        cells = " | ".join(f"{s['stages'][i]['docs_per_s']:,.0f} | {s['stages'][i]['peak_rss_mb']:,.0f} MB"
+                           for s in sizes)
+        lines.append(f"| {a['stage']} | {cells} | {b['peak_rss_mb'] / a['peak_rss_mb']:.2f} | "
                      f"{b['docs_per_s'] / a['docs_per_s']:.2f} |")
     return "\n".join(lines)
 
@@ -170,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gb", type=float, default=1.0, help="Text size of the smaller drop, in GB.")
     parser.add_argument("--factor", type=int, default=4, help="The larger drop is this many times the smaller.")
+    parser.add_argument("--sizes", type=str, default=None,
+                        help="Comma-separated text sizes in GB, e.g. 0.25,1,4 (overrides --gb and --factor).")
     parser.add_argument("--batch-rows", type=int, default=20_000, help="engine.batch_rows for every stage.")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--config", type=Path, default=REPO / "curation.yaml")
@@ -179,10 +193,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     args.work.mkdir(parents=True, exist_ok=True)
-    results = [run_size(args.work, gb, args.seed, args.batch_rows, args.config, args.keep)
-               for gb in (args.gb, args.gb * args.factor)]
-    small, large = results
-    report = {"batch_rows": args.batch_rows, "sizes": results, "table": table(small, large)}
+    sizes = [float(s) for s in args.sizes.split(",")] if args.sizes else [args.gb, args.gb * args.factor]
+    if len(sizes) < 2:
+        parser.error("--sizes needs at least two sizes")
+    results = [run_size(args.work, gb, args.seed, args.batch_rows, args.config, args.keep) for gb in sizes]
+    small, large = results[0], results[-1]
+    report = {"batch_rows": args.batch_rows, "sizes": results, "table": table(results)}
     peak = max(r["peak_rss_mb"] for r in large["stages"]) / max(r["peak_rss_mb"] for r in small["stages"])
     print(report["table"])
     print(f"largest peak RSS at {large['gb']:g} GB / at {small['gb']:g} GB: {peak:.2f} "
