@@ -39,15 +39,15 @@ from curation_platform.ops.score import score_documents
 from curation_platform.selection import domain_expr
 from curation_platform.ops.url_filter import filter_urls
 from curation_platform.readers import read_drop_batches
-from curation_platform.records import (DROP, KEEP, QUARANTINE, DropInput, StageResult, merge_metrics,
-                                       verdict_frame)
+from curation_platform.records import (DROP, KEEP, QUARANTINE, VERDICT_SCHEMA, DropInput, StageResult,
+                                       merge_metrics, verdict_frame)
 from curation_platform.storage import as_path
 from curation_platform.ops.verify_code import verify_code
 from curation_platform.ops.dedup_exact import IndexPart
-from curation_platform.outofcore import OutOfCore
+from curation_platform.outofcore import OutOfCore, SpillWriter, duckdb_connection, spill_folder
 from curation_platform.takedown import read_takedowns
 from curation_platform.workspace import (DECIDES_ON_KEY, ParquetStreamWriter, Workspace, file_lock,
-                                         write_parquet_atomic)
+                                         iter_parquet, write_parquet_atomic)
 
 # Scoring runs before dedup so the keep rule that picks each duplicate cluster's representative can use the score.
 STAGES: list[str] = [
@@ -356,9 +356,7 @@ def _batches(ws: Workspace, cfg: CurationConfig, stage: str, drop: str
                             "from raw_documents (it is read again from its landing folder)")
     if stage in _DROP_OPERATORS:
         source = StageInput(ws, upstream, drop, batch_rows)
-        result = _DROP_OPERATORS[stage](ws, cfg, drop, source)
-        ids = pl.concat([b["doc_id"] for b in source.batches(["doc_id"])] or [pl.Series("doc_id", [], pl.String)])
-        yield ids, source.scan().limit(0).collect(), result
+        yield from _drop_global_batches(ws, cfg, stage, source, _DROP_OPERATORS[stage](ws, cfg, drop, source))
         return
     context = stage_context(ws, cfg, stage, drop)
     if cfg.engine.executor == "ray":
@@ -375,6 +373,74 @@ def _batches(ws: Workspace, cfg: CurationConfig, stage: str, drop: str
     if not seen:  # an empty drop still gives an output file with the stage's columns
         empty = ws.scan_stage(upstream, drop).limit(0).collect()
         yield empty["doc_id"], empty, apply_operator(stage, empty, cfg, context)
+
+
+# The verdicts of a drop-global stage in input order: each verdict row with its document's input position (null
+# for a document not in the input), ordered by position, then by the order the operator gave them.
+_VERDICTS_IN_INPUT_ORDER_SQL = """
+SELECT v.*, i._position FROM read_parquet($verdicts) v
+LEFT JOIN (SELECT doc_id, min(_position) AS _position FROM read_parquet($ids) GROUP BY doc_id) i USING (doc_id)
+ORDER BY i._position NULLS LAST, v._row
+"""
+
+
+def _drop_global_batches(ws: Workspace, cfg: CurationConfig, stage: str, source: StageInput, result: StageResult
+                         ) -> Iterator[tuple[pl.Series, pl.DataFrame, StageResult]]:
+    """A drop-global stage's result as ``_batches`` gives it: one item per batch of input doc_ids with the verdicts
+    on those documents (the first item also carries every kept frame and the metrics), then one item with no ids
+    and the verdicts on documents that were not in the input. Out of core: the input ids (with their position) and
+    the verdicts are spilled to Parquet and DuckDB puts the verdicts in input order, so memory holds one batch of
+    each, never the drop's ids or verdicts (nor a filter of every verdict per batch)."""
+    ooc = _out_of_core(ws, cfg)
+    input_frame = source.scan().limit(0).collect()
+    with spill_folder(ooc, f"ledger-{stage}") as folder:
+        ids_out = SpillWriter(folder / "ids.parquet", {"doc_id": pl.String, "_position": pl.Int64})
+        position = 0
+        for batch in source.batches(["doc_id"]):
+            ids_out.write(batch.select("doc_id", pl.int_range(position, position + batch.height, dtype=pl.Int64)
+                                       .alias("_position")))
+            position += batch.height
+        ids_out.close()
+        verdicts_out = SpillWriter(folder / "verdicts.parquet", {**VERDICT_SCHEMA, "_row": pl.Int64})
+        row = 0
+        for frame in _frames(result.verdicts):
+            verdicts_out.write(verdict_frame(frame).with_columns(
+                pl.int_range(row, row + frame.height, dtype=pl.Int64).alias("_row")))
+            row += frame.height
+        verdicts_out.close()
+        with duckdb_connection(ooc, folder / "duckdb") as connection:
+            ordered = iter(connection.sql(_VERDICTS_IN_INPUT_ORDER_SQL, params={
+                "verdicts": str(folder / "verdicts.parquet"), "ids": str(folder / "ids.parquet")}
+            ).to_arrow_reader(ooc.batch_rows))
+            pending = pl.DataFrame(schema={**VERDICT_SCHEMA, "_position": pl.Int64})
+            first, exhausted, stop = True, False, 0
+            batches = iter_parquet(folder / "ids.parquet", ooc.batch_rows, ["doc_id"])
+            for ids in itertools.chain((b["doc_id"] for b in batches), [None]):
+                stop += 0 if ids is None else len(ids)
+                # Read verdicts until one lies beyond this batch (or is on no input document).
+                while not exhausted and (pending.is_empty() or _before(pending["_position"][-1], stop)):
+                    chunk = next(ordered, None)
+                    if chunk is None:
+                        exhausted = True
+                        break
+                    pending = pl.concat([pending, pl.from_arrow(chunk).select(pending.columns).cast(pending.schema)])
+                if ids is None:
+                    mine, pending = pending, pending.clear()
+                    if mine.is_empty() and not first:
+                        return
+                    ids = pl.Series("doc_id", [], pl.String)
+                else:
+                    inside = pending["_position"].is_not_null() & (pending["_position"] < stop)
+                    mine, pending = pending.filter(inside), pending.filter(~inside)
+                yield ids, input_frame, StageResult(kept=result.kept if first else iter(()),
+                                                    verdicts=mine.drop("_position"),
+                                                    metrics=result.metrics if first else {})
+                first = False
+
+
+def _before(position: int | None, stop: int) -> bool:
+    """True when a verdict at input ``position`` (None: on no input document, ordered last) is before ``stop``."""
+    return position is not None and position < stop
 
 
 def run_stage(ws: Workspace, cfg: CurationConfig, stage: str, drop: str, run_id: str = "local") -> StageSummary:

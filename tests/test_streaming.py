@@ -10,6 +10,7 @@ planted exact and near duplicates, PII, low-quality pages and a malformed line.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import polars as pl
@@ -179,3 +180,63 @@ def test_gc_keeps_release_explain_and_later_dedup(tmp_path, landing):
     first_ids = set(ws.read_stage(FINAL_STAGE, DROPS[0], ["doc_id"])["doc_id"])
     assert first_ids & set(flagged["duplicate_of"].drop_nulls())
     assert first_ids & set(exact["duplicate_of"].drop_nulls())
+
+
+def test_drop_global_stages_hand_the_ledger_one_batch_of_ids_and_verdicts_at_a_time(curated):
+    # The dedup stages see the whole drop, but the pipeline must not gather its ids or verdicts: every item it
+    # writes the ledger from holds at most batch_rows input ids, and only the verdicts on those ids.
+    ws, _ = curated
+    cfg = _config(3)
+    drop = DROPS[1]
+    for stage in sorted(DROP_GLOBAL_STAGES):
+        items = list(pipeline._batches(ws, cfg, stage, drop))
+        sizes = [len(ids) for ids, _, _ in items]
+        assert max(sizes) <= 3, (stage, sizes)
+        ids = pl.concat([ids for ids, _, _ in items])
+        assert ids.to_list() == ws.read_stage(UPSTREAM[stage], drop, ["doc_id"])["doc_id"].to_list(), stage
+        verdicts = []
+        for batch_ids, _, result in items:
+            frame = pl.concat(list(pipeline._frames(result.verdicts)), how="vertical_relaxed")
+            assert frame["doc_id"].is_in(batch_ids.implode()).all(), stage
+            verdicts.append(frame)
+        # The same verdict rows as the ledger the stage wrote when the drop was curated whole (batch_rows 20,000).
+        ledger = pl.read_parquet(ws.ledger_path(stage, drop)).filter(pl.col("verdict") != "keep")
+        assert sorted(pl.concat(verdicts)["doc_id"].to_list()) == sorted(ledger["doc_id"].to_list()), stage
+
+
+_POOL_PEAK = """
+import sys
+import pyarrow as pa
+from pathlib import Path
+from curation_platform.workspace import iter_parquet
+base = pa.default_memory_pool().max_memory()
+rows = sum(batch.height for batch in iter_parquet(Path(sys.argv[1]), 2000))
+print(rows, pa.default_memory_pool().max_memory() - base)
+"""
+
+
+def test_streaming_a_parquet_file_holds_as_much_arrow_memory_for_4x_the_rows(tmp_path):
+    # pyarrow's one reader over a whole file keeps more memory the more row groups it has passed (1.9x for 4x the
+    # row groups): peak memory then grew with the drop in every stage. Measured in a fresh process each, so the
+    # peaks are the file's own.
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    words = pl.Series(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"])
+    peaks = {}
+    for groups in (8, 32):
+        path = tmp_path / f"{groups}.parquet"
+        with pq.ParquetWriter(path, pa.schema([("doc_id", pa.large_string()), ("text", pa.large_string())])) as writer:
+            for group in range(groups):
+                picks = words.sample(60_000, with_replacement=True, seed=group)
+                rows = pl.DataFrame({"doc_id": [f"{group}-{i}" for i in range(1000)],
+                                     "text": picks.reshape((1000, 60)).arr.join(" ")})
+                writer.write_table(rows.to_arrow(compat_level=pl.CompatLevel.oldest()))
+        done = subprocess.run([sys.executable, "-c", _POOL_PEAK, str(path)], capture_output=True, text=True,
+                              check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        count, peaks[groups] = map(int, done.stdout.split())
+        assert count == groups * 1000
+    assert peaks[32] <= 1.2 * peaks[8], peaks
