@@ -38,6 +38,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import polars as pl
 import polars_hash as plh
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -495,6 +496,14 @@ def bucket_candidates(rows: pa.Table, cfg: NearDedupConfig) -> pa.Table:
 CandidateGenerator = Callable[[duckdb.DuckDBPyConnection, NearDedupConfig, int], Iterator[tuple[np.ndarray, np.ndarray]]]
 
 
+def _spilled_pairs(path: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The spilled candidate pairs ``(src, dst)``, one row group (one generator batch) at a time."""
+    spilled = pq.ParquetFile(path)
+    for group in range(spilled.num_row_groups):
+        table = spilled.read_row_group(group)
+        yield (table.column("src").to_numpy().astype(np.int64), table.column("dst").to_numpy().astype(np.int64))
+
+
 def _signature_matrix(signatures: pl.Series, num_perm: int) -> np.ndarray:
     """``uint32 (len, num_perm)`` matrix of a list column of signatures."""
     if signatures.len() == 0:
@@ -666,54 +675,61 @@ def near_duplicates(
     params = signature_params(cfg)
     parts = index_parts(index)
 
-    with spill_folder(ooc, "near-dedup") as folder, duckdb_connection(ooc, folder / "duckdb") as connection:
-        index_sql = near_index_sql(connection, parts, cfg)
-        # Pass 1: signatures, band keys and keep-rule sort keys per batch, spilled; nothing per document stays in
-        # Python. The keep-rule rank (the node id) is then a DuckDB window over the spill file.
-        key_schema = _keep_key_schema(cfg)
-        spill = SpillWriter(folder / "signatures.parquet", {
-            "_row": pl.Int64, "doc_id": pl.String, "drop": pl.String, "has_shingles": pl.Boolean,
-            "band_keys": pl.List(pl.UInt64), "signature": pl.List(pl.UInt32), **key_schema})
-        start = 0
-        for batch in source.batches(_INPUT_COLUMNS):
-            texts = batch.select(content_expr(batch.columns))["_content"]
-            hashes, counts = _shingled(texts, cfg)
-            signatures = _signatures_from_shingles(hashes, counts, cfg)
-            del hashes
-            spill.write(pl.DataFrame({
-                "_row": np.arange(start, start + batch.height, dtype=np.int64),
-                "doc_id": batch["doc_id"].cast(pl.String),
-                "drop": batch["drop"].cast(pl.String) if "drop" in batch.columns else None,
-                "has_shingles": counts > 0,
-                "band_keys": band_keys(signatures, bands, rows),
-                "signature": signatures,
-            }).hstack(_keep_keys(batch, cfg)))
-            start += batch.height
-        spill_path = spill.close()
-        n_docs = start
-        sql_params = {"spill": str(spill_path)}
-        # Node ids follow the keep rule: the drop's documents by rank (a stable sort: ties keep row order, as
-        # ``sort_by_keep_rule`` does); index documents negative, all earlier. ``order`` (node -> row) is the one
-        # per-document array held in Python: 4 bytes per document.
-        order_by = ", ".join(f"{name} ASC NULLS LAST" for name in key_schema)
-        connection.execute(f"CREATE TEMP TABLE node_of_row AS SELECT _row, (row_number() OVER "
-                           f"(ORDER BY {order_by}, _row) - 1)::BIGINT AS node FROM read_parquet($spill)", sql_params)
-        order = connection.sql("SELECT _row FROM node_of_row ORDER BY node").fetchnumpy()["_row"].astype(np.int32)
-        _run_script(connection, _NEAR_SETUP_SQL.format(index=index_sql), sql_params)
-        n_index = connection.execute(_INDEX_IN_PLAY_SQL.format(index=index_sql)).fetchall()[0][0]
-        index_nodes = pl.from_arrow(connection.sql(
-            "SELECT node, doc_id, drop FROM index_nodes ORDER BY node").to_arrow_table()).cast(
-            {"node": pl.Int64, "doc_id": pl.String, "drop": pl.String})
-        without_shingles = connection.execute(
-            "SELECT count(*) FROM read_parquet($spill) WHERE NOT has_shingles", sql_params).fetchall()[0][0]
+    with spill_folder(ooc, "near-dedup") as folder:
+        with duckdb_connection(ooc, folder / "duckdb") as connection:
+            index_sql = near_index_sql(connection, parts, cfg)
+            # Pass 1: signatures, band keys and keep-rule sort keys per batch, spilled; nothing per document stays in
+            # Python. The keep-rule rank (the node id) is then a DuckDB window over the spill file.
+            key_schema = _keep_key_schema(cfg)
+            spill = SpillWriter(folder / "signatures.parquet", {
+                "_row": pl.Int64, "doc_id": pl.String, "drop": pl.String, "has_shingles": pl.Boolean,
+                "band_keys": pl.List(pl.UInt64), "signature": pl.List(pl.UInt32), **key_schema})
+            start = 0
+            for batch in source.batches(_INPUT_COLUMNS):
+                texts = batch.select(content_expr(batch.columns))["_content"]
+                hashes, counts = _shingled(texts, cfg)
+                signatures = _signatures_from_shingles(hashes, counts, cfg)
+                del hashes
+                spill.write(pl.DataFrame({
+                    "_row": np.arange(start, start + batch.height, dtype=np.int64),
+                    "doc_id": batch["doc_id"].cast(pl.String),
+                    "drop": batch["drop"].cast(pl.String) if "drop" in batch.columns else None,
+                    "has_shingles": counts > 0,
+                    "band_keys": band_keys(signatures, bands, rows),
+                    "signature": signatures,
+                }).hstack(_keep_keys(batch, cfg)))
+                start += batch.height
+            spill_path = spill.close()
+            n_docs = start
+            sql_params = {"spill": str(spill_path)}
+            # Node ids follow the keep rule: the drop's documents by rank (a stable sort: ties keep row order, as
+            # ``sort_by_keep_rule`` does); index documents negative, all earlier. ``order`` (node -> row) is the one
+            # per-document array held in Python: 4 bytes per document.
+            order_by = ", ".join(f"{name} ASC NULLS LAST" for name in key_schema)
+            connection.execute(f"CREATE TEMP TABLE node_of_row AS SELECT _row, (row_number() OVER "
+                               f"(ORDER BY {order_by}, _row) - 1)::BIGINT AS node FROM read_parquet($spill)", sql_params)
+            order = connection.sql("SELECT _row FROM node_of_row ORDER BY node").fetchnumpy()["_row"].astype(np.int32)
+            _run_script(connection, _NEAR_SETUP_SQL.format(index=index_sql), sql_params)
+            n_index = connection.execute(_INDEX_IN_PLAY_SQL.format(index=index_sql)).fetchall()[0][0]
+            index_nodes = pl.from_arrow(connection.sql(
+                "SELECT node, doc_id, drop FROM index_nodes ORDER BY node").to_arrow_table()).cast(
+                {"node": pl.Int64, "doc_id": pl.String, "drop": pl.String})
+            without_shingles = connection.execute(
+                "SELECT count(*) FROM read_parquet($spill) WHERE NOT has_shingles", sql_params).fetchall()[0][0]
+
+            # The candidate pairs, sorted and distinct, are spilled to Parquet (one row group per batch of at most
+            # ``pairs_per_batch``); DuckDB is closed before the verification so its memory is not held meanwhile.
+            pairs_per_batch = min(cfg.verify_batch_rows, ooc.batch_rows)
+            pair_spill = SpillWriter(folder / "candidates.parquet", {"src": pl.Int64, "dst": pl.Int64})
+            for batch_src, batch_dst in (candidates or _candidate_batches)(connection, cfg, pairs_per_batch):
+                pair_spill.write(pl.DataFrame({"src": batch_src, "dst": batch_dst}))
+            candidates_path = pair_spill.close()
 
         # Each batch of candidates: the MinHash estimate screens out pairs that cannot reach the threshold
         # (more than ``estimate_margin`` below it), then the exact Jaccard of the shingle sets decides.
         kept_src, kept_dst, kept_jac, kept_est = [], [], [], []
         candidate_pairs = screened_pairs = unverifiable_pairs = 0
-        # At most batch_rows pairs at a time, so the texts read for one verification batch stay bounded too.
-        pairs_per_batch = min(cfg.verify_batch_rows, ooc.batch_rows)
-        for batch_src, batch_dst in (candidates or _candidate_batches)(connection, cfg, pairs_per_batch):
+        for batch_src, batch_dst in _spilled_pairs(candidates_path):
             candidate_pairs += len(batch_src)
             batch_src, batch_dst, jaccard, estimate, screened, unverifiable = _verify_batch(
                 batch_src, batch_dst, source, spill_path, order, index_nodes, index_content, cfg)
@@ -767,12 +783,13 @@ def near_duplicates(
             pl.format("near-duplicate (exact Jaccard {}) of taken-down document {}", pl.col("value").round(4),
                       "duplicate_of").alias("detail"),
         )
-        connection.register("blocked_docs", blocked_verdicts.select("doc_id").to_arrow())
-        entries = pl.from_arrow(connection.sql(
-            "SELECT doc_id, band_keys FROM read_parquet($spill) ANTI JOIN blocked_docs USING (doc_id) "
-            "WHERE has_shingles", params=sql_params).to_arrow_table())
-    entries = entries.select(pl.col("doc_id").cast(pl.String), pl.col("band_keys").cast(pl.List(pl.UInt64))).sort(
-        "doc_id").with_columns(pl.lit(params, dtype=NEAR_INDEX_SCHEMA["params"]).alias("params"))
+        with duckdb_connection(ooc, folder / "duckdb") as connection:
+            connection.register("blocked_docs", blocked_verdicts.select("doc_id").to_arrow())
+            entries = pl.from_arrow(connection.sql(
+                "SELECT doc_id, band_keys FROM read_parquet($spill) ANTI JOIN blocked_docs USING (doc_id) "
+                "WHERE has_shingles ORDER BY doc_id", params=sql_params).to_arrow_table())
+    entries = entries.select(pl.col("doc_id").cast(pl.String), pl.col("band_keys").cast(pl.List(pl.UInt64))
+                             ).with_columns(pl.lit(params, dtype=NEAR_INDEX_SCHEMA["params"]).alias("params"))
 
     flagged = pairs.join(blocked_verdicts.select("doc_id"), on="doc_id", how="anti")
     flags = flagged.select(
@@ -875,7 +892,7 @@ def _metrics(
     for size in sorted(sizes.tolist()):
         histogram[_size_bucket(size)] = histogram.get(_size_bucket(size), 0) + 1
     oversized = [
-        {"cluster_id": node_doc[int(root)], "size": int(size)}
+        {"cluster_id": node_doc[root], "size": int(size)}
         for root, size in zip(roots.tolist(), sizes.tolist())
         if size > cfg.max_cluster_size
     ]
