@@ -16,12 +16,13 @@ Pipeline, all column operations:
    folder unnests the other drops' index files in place, keeps only rows whose bucket the drop has, and does the
    join, the per-bucket ranking and the pair de-duplication, spilling instead of growing without bound. The index
    stores band keys only: an index document in a candidate pair has its content read for the exact verification
-   anyway, and its signature is recomputed from the same shingles.
+   anyway, and its signature is recomputed from the same shingles. The keep-rule rank is a DuckDB window over the
+   spilled sort keys, and the sorted candidate pairs are spilled to Parquet before DuckDB is closed.
 4. Verification: the MinHash estimate screens candidates (``estimate_margin`` below the threshold), then a pair
    counts only when the EXACT Jaccard of the two shingle sets (one vectorized join over the pairs' shingles)
    reaches ``verify_threshold``; that exact value is what the ledger records.
-5. Clusters: connected components of the verified pairs (numpy min-label propagation with pointer jumping);
-   the cluster id is the doc_id of the cluster's first document in keep-rule order. The stage records the pairs;
+5. Clusters: connected components of the verified pairs (numpy min-label propagation with pointer jumping over
+   the pairs' documents only); the cluster id is the doc_id of the cluster's first document in keep-rule order. The stage records the pairs;
    it drops no copy (only content of taken-down documents).
 6. Keep rule, per release (:func:`near_representatives`): documents are taken in keep-rule order among those the
    release's license profile allows; one is left out only if it has a verified near-duplicate among the documents
@@ -658,7 +659,8 @@ def near_duplicates(
     The drop is read in batches; each batch's signatures and band keys are spilled to Parquet. DuckDB joins the
     drop's band keys with the index files in place under the memory limit; the candidate pairs are screened by
     the MinHash estimate and verified by exact Jaccard in batches, reading only the candidates' texts. Held in
-    memory for the whole drop: its keep-rule columns (to rank it) and the verified pairs.
+    Python for the whole drop: a 4-byte node -> row array per document, the verified pairs (32 bytes each, numpy)
+    and the index entries returned; everything else per document is in the spill files or DuckDB.
 
     No copy is dropped as a duplicate: every verified pair is a ``flag`` row ``near_dedup.duplicate`` on the
     document of this drop (``duplicate_of`` the other document, ``value`` the exact Jaccard, ``cluster_id`` the
@@ -706,8 +708,8 @@ def near_duplicates(
             # ``sort_by_keep_rule`` does); index documents negative, all earlier. ``order`` (node -> row) is the one
             # per-document array held in Python: 4 bytes per document.
             order_by = ", ".join(f"{name} ASC NULLS LAST" for name in key_schema)
-            connection.execute(f"CREATE TEMP TABLE node_of_row AS SELECT _row, (row_number() OVER "
-                               f"(ORDER BY {order_by}, _row) - 1)::BIGINT AS node FROM read_parquet($spill)", sql_params)
+            connection.execute(f"CREATE TEMP TABLE node_of_row AS SELECT _row, (row_number() OVER (ORDER BY "
+                               f"{order_by}, _row) - 1)::BIGINT AS node FROM read_parquet($spill)", sql_params)
             order = connection.sql("SELECT _row FROM node_of_row ORDER BY node").fetchnumpy()["_row"].astype(np.int32)
             _run_script(connection, _NEAR_SETUP_SQL.format(index=index_sql), sql_params)
             n_index = connection.execute(_INDEX_IN_PLAY_SQL.format(index=index_sql)).fetchall()[0][0]
