@@ -16,12 +16,13 @@ Pipeline, all column operations:
    folder unnests the other drops' index files in place, keeps only rows whose bucket the drop has, and does the
    join, the per-bucket ranking and the pair de-duplication, spilling instead of growing without bound. The index
    stores band keys only: an index document in a candidate pair has its content read for the exact verification
-   anyway, and its signature is recomputed from the same shingles.
+   anyway, and its signature is recomputed from the same shingles. The keep-rule rank is a DuckDB window over the
+   spilled sort keys, and the sorted candidate pairs are spilled to Parquet before DuckDB is closed.
 4. Verification: the MinHash estimate screens candidates (``estimate_margin`` below the threshold), then a pair
    counts only when the EXACT Jaccard of the two shingle sets (one vectorized join over the pairs' shingles)
    reaches ``verify_threshold``; that exact value is what the ledger records.
-5. Clusters: connected components of the verified pairs (numpy min-label propagation with pointer jumping);
-   the cluster id is the doc_id of the cluster's first document in keep-rule order. The stage records the pairs;
+5. Clusters: connected components of the verified pairs (numpy min-label propagation with pointer jumping over
+   the pairs' documents only); the cluster id is the doc_id of the cluster's first document in keep-rule order. The stage records the pairs;
    it drops no copy (only content of taken-down documents).
 6. Keep rule, per release (:func:`near_representatives`): documents are taken in keep-rule order among those the
    release's license profile allows; one is left out only if it has a verified near-duplicate among the documents
@@ -38,6 +39,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import polars as pl
 import polars_hash as plh
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -52,6 +54,7 @@ from curation_platform.ops.dedup_exact import (
     content_expr,
     default_keep_rule,
     keep_columns,
+    keep_order,
     sort_by_keep_rule,
 )
 from curation_platform.outofcore import DuckDBSize, OutOfCore, SpillWriter, duckdb_connection, spill_folder
@@ -494,6 +497,14 @@ def bucket_candidates(rows: pa.Table, cfg: NearDedupConfig) -> pa.Table:
 CandidateGenerator = Callable[[duckdb.DuckDBPyConnection, NearDedupConfig, int], Iterator[tuple[np.ndarray, np.ndarray]]]
 
 
+def _spilled_pairs(path: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The spilled candidate pairs ``(src, dst)``, one row group (one generator batch) at a time."""
+    spilled = pq.ParquetFile(path)
+    for group in range(spilled.num_row_groups):
+        table = spilled.read_row_group(group)
+        yield (table.column("src").to_numpy().astype(np.int64), table.column("dst").to_numpy().astype(np.int64))
+
+
 def _signature_matrix(signatures: pl.Series, num_perm: int) -> np.ndarray:
     """``uint32 (len, num_perm)`` matrix of a list column of signatures."""
     if signatures.len() == 0:
@@ -538,9 +549,37 @@ def _shingled(texts: pl.Series, cfg: NearDedupConfig) -> tuple[np.ndarray, np.nd
     return shingle_hashes(texts, cfg) if len(texts) else (np.empty(0, np.uint64), np.empty(0, np.int64))
 
 
+def _keep_key_schema(cfg: NearDedupConfig) -> dict[str, pl.DataType]:
+    """Name and type of each keep-rule sort key (:func:`keep_order`) as spilled: ascending, nulls last."""
+    types = {"drop_order": pl.Int64, "quality_score": pl.Float64, "license": pl.Int32, "doc_id": pl.String}
+    rule = list(cfg.keep_rule) if "doc_id" in cfg.keep_rule else [*cfg.keep_rule, "doc_id"]
+    return {f"_keep_key_{i}": types[key] for i, key in enumerate(rule)}
+
+
+def _keep_keys(batch: pl.DataFrame, cfg: NearDedupConfig) -> pl.DataFrame:
+    """The keep-rule sort keys of one batch (each key is a function of its own row: batches can be ranked
+    together)."""
+    keys = keep_order(batch, cfg)
+    schema = _keep_key_schema(cfg)
+    return batch.with_columns(keys).select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
+
+
+def _node_ids(nodes: np.ndarray, order: np.ndarray, spill: Path, index_nodes: pl.DataFrame
+              ) -> tuple[pl.Series, pl.Series]:
+    """doc_id and drop of each of the sorted ``nodes`` (negative: index documents; else the drop's by rank)."""
+    index_part = pl.DataFrame({"node": nodes[nodes < 0]}).join(index_nodes, on="node", how="left",
+                                                               maintain_order="left")
+    rows = pl.Series("_row", order[nodes[nodes >= 0]].astype(np.int64))
+    spilled = (pl.scan_parquet(spill).filter(pl.col("_row").is_in(rows.implode())).select("_row", "doc_id", "drop")
+               .collect())
+    current = rows.to_frame().join(spilled, on="_row", how="left", maintain_order="left")
+    return (pl.concat([index_part["doc_id"], current["doc_id"]]).cast(pl.String),
+            pl.concat([index_part["drop"], current["drop"]]).cast(pl.String))
+
+
 def _verify_batch(
     batch_src: np.ndarray, batch_dst: np.ndarray, source: DropInput, spill: Path, order: np.ndarray,
-    ranked_ids: pl.Series, index_nodes: pl.DataFrame, index_content: IndexContent | None, cfg: NearDedupConfig,
+    index_nodes: pl.DataFrame, index_content: IndexContent | None, cfg: NearDedupConfig,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
     """Screen one batch of candidate pairs by the MinHash estimate, then verify by exact shingle-set Jaccard.
 
@@ -566,10 +605,10 @@ def _verify_batch(
         have_index = content.is_not_null().to_numpy()
         index_hashes, index_counts = _shingled(content.fill_null(""), cfg)
     index_sig = _signatures_from_shingles(index_hashes, index_counts, cfg)
-    # The drop's documents: signatures from the spill, by row.
-    rows = order[current_nodes]
+    # The drop's documents: doc_ids and signatures from the spill, by row.
+    rows = order[current_nodes].astype(np.int64)
     spilled = (pl.scan_parquet(spill).filter(pl.col("_row").is_in(pl.Series(rows).implode()))
-               .select("_row", "signature").collect())
+               .select("_row", "doc_id", "signature").collect())
     spilled = pl.DataFrame({"_row": rows}).join(spilled, on="_row", how="left", maintain_order="left")
     current_sig = _signature_matrix(spilled["signature"], cfg.num_perm)
     signatures = np.vstack([index_sig, current_sig]) if n_idx else current_sig
@@ -585,7 +624,7 @@ def _verify_batch(
     # Exact Jaccard: the drop's screened documents are read back and shingled (index ones already are).
     needed = np.unique(np.concatenate([left, right]))
     needed_current = needed[needed >= n_idx]
-    ids = ranked_ids.gather((current_nodes[needed_current - n_idx]).tolist())
+    ids = spilled["doc_id"].gather(needed_current - n_idx)
     fetched = source.take(ids, ["doc_id", "text", "messages"])
     fetched = fetched.select("doc_id", content_expr(fetched.columns))
     texts = pl.DataFrame({"doc_id": ids}).join(fetched, on="doc_id", how="left", maintain_order="left")["_content"]
@@ -620,7 +659,8 @@ def near_duplicates(
     The drop is read in batches; each batch's signatures and band keys are spilled to Parquet. DuckDB joins the
     drop's band keys with the index files in place under the memory limit; the candidate pairs are screened by
     the MinHash estimate and verified by exact Jaccard in batches, reading only the candidates' texts. Held in
-    memory for the whole drop: its keep-rule columns (to rank it) and the verified pairs.
+    Python for the whole drop: a 4-byte node -> row array per document, the verified pairs (32 bytes each, numpy)
+    and the index entries returned; everything else per document is in the spill files or DuckDB.
 
     No copy is dropped as a duplicate: every verified pair is a ``flag`` row ``near_dedup.duplicate`` on the
     document of this drop (``duplicate_of`` the other document, ``value`` the exact Jaccard, ``cluster_id`` the
@@ -637,63 +677,64 @@ def near_duplicates(
     params = signature_params(cfg)
     parts = index_parts(index)
 
-    with spill_folder(ooc, "near-dedup") as folder, duckdb_connection(ooc, folder / "duckdb") as connection:
-        index_sql = near_index_sql(connection, parts, cfg)
-        # Pass 1: signatures and band keys per batch, spilled; only the keep-rule columns stay in memory.
-        spill = SpillWriter(folder / "signatures.parquet", {
-            "_row": pl.Int64, "doc_id": pl.String, "drop": pl.String, "has_shingles": pl.Boolean,
-            "band_keys": pl.List(pl.UInt64), "signature": pl.List(pl.UInt32)})
-        keep_frames, start = [], 0
-        for batch in source.batches(_INPUT_COLUMNS):
-            texts = batch.select(content_expr(batch.columns))["_content"]
-            hashes, counts = _shingled(texts, cfg)
-            signatures = _signatures_from_shingles(hashes, counts, cfg)
-            del hashes
-            spill.write(pl.DataFrame({
-                "_row": np.arange(start, start + batch.height, dtype=np.int64),
-                "doc_id": batch["doc_id"].cast(pl.String),
-                "drop": batch["drop"].cast(pl.String) if "drop" in batch.columns else None,
-                "has_shingles": counts > 0,
-                "band_keys": band_keys(signatures, bands, rows),
-                "signature": signatures,
-            }))
-            keep_frames.append(batch.select([c for c in _KEEP_COLUMNS if c in batch.columns]))
-            start += batch.height
-        spill_path = spill.close()
-        n_docs = start
-        keep = pl.concat(keep_frames, how="diagonal_relaxed") if keep_frames else pl.DataFrame(
-            schema={"doc_id": pl.String})
-        del keep_frames
+    with spill_folder(ooc, "near-dedup") as folder:
+        with duckdb_connection(ooc, folder / "duckdb") as connection:
+            index_sql = near_index_sql(connection, parts, cfg)
+            # Pass 1: signatures, band keys and keep-rule sort keys per batch, spilled; nothing per document stays in
+            # Python. The keep-rule rank (the node id) is then a DuckDB window over the spill file.
+            key_schema = _keep_key_schema(cfg)
+            spill = SpillWriter(folder / "signatures.parquet", {
+                "_row": pl.Int64, "doc_id": pl.String, "drop": pl.String, "has_shingles": pl.Boolean,
+                "band_keys": pl.List(pl.UInt64), "signature": pl.List(pl.UInt32), **key_schema})
+            start = 0
+            for batch in source.batches(_INPUT_COLUMNS):
+                texts = batch.select(content_expr(batch.columns))["_content"]
+                hashes, counts = _shingled(texts, cfg)
+                signatures = _signatures_from_shingles(hashes, counts, cfg)
+                del hashes
+                spill.write(pl.DataFrame({
+                    "_row": np.arange(start, start + batch.height, dtype=np.int64),
+                    "doc_id": batch["doc_id"].cast(pl.String),
+                    "drop": batch["drop"].cast(pl.String) if "drop" in batch.columns else None,
+                    "has_shingles": counts > 0,
+                    "band_keys": band_keys(signatures, bands, rows),
+                    "signature": signatures,
+                }).hstack(_keep_keys(batch, cfg)))
+                start += batch.height
+            spill_path = spill.close()
+            n_docs = start
+            sql_params = {"spill": str(spill_path)}
+            # Node ids follow the keep rule: the drop's documents by rank (a stable sort: ties keep row order, as
+            # ``sort_by_keep_rule`` does); index documents negative, all earlier. ``order`` (node -> row) is the one
+            # per-document array held in Python: 4 bytes per document.
+            order_by = ", ".join(f"{name} ASC NULLS LAST" for name in key_schema)
+            connection.execute(f"CREATE TEMP TABLE node_of_row AS SELECT _row, (row_number() OVER (ORDER BY "
+                               f"{order_by}, _row) - 1)::BIGINT AS node FROM read_parquet($spill)", sql_params)
+            order = connection.sql("SELECT _row FROM node_of_row ORDER BY node").fetchnumpy()["_row"].astype(np.int32)
+            _run_script(connection, _NEAR_SETUP_SQL.format(index=index_sql), sql_params)
+            n_index = connection.execute(_INDEX_IN_PLAY_SQL.format(index=index_sql)).fetchall()[0][0]
+            index_nodes = pl.from_arrow(connection.sql(
+                "SELECT node, doc_id, drop FROM index_nodes ORDER BY node").to_arrow_table()).cast(
+                {"node": pl.Int64, "doc_id": pl.String, "drop": pl.String})
+            without_shingles = connection.execute(
+                "SELECT count(*) FROM read_parquet($spill) WHERE NOT has_shingles", sql_params).fetchall()[0][0]
 
-        # Node ids follow the keep rule: the drop's documents by rank; index documents negative, all earlier.
-        ranked = sort_by_keep_rule(keep.select(keep_columns(keep)).with_row_index("_row"), cfg)
-        order = ranked["_row"].to_numpy().astype(np.int64)
-        node_of_row = np.empty(n_docs, dtype=np.int64)
-        node_of_row[order] = np.arange(n_docs, dtype=np.int64)
-        ranked_ids = ranked["doc_id"].cast(pl.String)
-        ranked_drops = keep["drop"].cast(pl.String).gather(order.tolist()) if "drop" in keep.columns else None
-        del keep, ranked
-        connection.register("node_of_row", pa.table({"_row": pa.array(np.arange(n_docs, dtype=np.int64)),
-                                                     "node": pa.array(node_of_row)}))
-        sql_params = {"spill": str(spill_path)}
-        _run_script(connection, _NEAR_SETUP_SQL.format(index=index_sql), sql_params)
-        n_index = connection.execute(_INDEX_IN_PLAY_SQL.format(index=index_sql)).fetchall()[0][0]
-        index_nodes = pl.from_arrow(connection.sql(
-            "SELECT node, doc_id, drop FROM index_nodes ORDER BY node").to_arrow_table()).cast(
-            {"node": pl.Int64, "doc_id": pl.String, "drop": pl.String})
-        without_shingles = connection.execute(
-            "SELECT count(*) FROM read_parquet($spill) WHERE NOT has_shingles", sql_params).fetchall()[0][0]
+            # The candidate pairs, sorted and distinct, are spilled to Parquet (one row group per batch of at most
+            # ``pairs_per_batch``); DuckDB is closed before the verification so its memory is not held meanwhile.
+            pairs_per_batch = min(cfg.verify_batch_rows, ooc.batch_rows)
+            pair_spill = SpillWriter(folder / "candidates.parquet", {"src": pl.Int64, "dst": pl.Int64})
+            for batch_src, batch_dst in (candidates or _candidate_batches)(connection, cfg, pairs_per_batch):
+                pair_spill.write(pl.DataFrame({"src": batch_src, "dst": batch_dst}))
+            candidates_path = pair_spill.close()
 
         # Each batch of candidates: the MinHash estimate screens out pairs that cannot reach the threshold
         # (more than ``estimate_margin`` below it), then the exact Jaccard of the shingle sets decides.
         kept_src, kept_dst, kept_jac, kept_est = [], [], [], []
         candidate_pairs = screened_pairs = unverifiable_pairs = 0
-        # At most batch_rows pairs at a time, so the texts read for one verification batch stay bounded too.
-        pairs_per_batch = min(cfg.verify_batch_rows, ooc.batch_rows)
-        for batch_src, batch_dst in (candidates or _candidate_batches)(connection, cfg, pairs_per_batch):
+        for batch_src, batch_dst in _spilled_pairs(candidates_path):
             candidate_pairs += len(batch_src)
             batch_src, batch_dst, jaccard, estimate, screened, unverifiable = _verify_batch(
-                batch_src, batch_dst, source, spill_path, order, ranked_ids, index_nodes, index_content, cfg)
+                batch_src, batch_dst, source, spill_path, order, index_nodes, index_content, cfg)
             screened_pairs += screened
             unverifiable_pairs += unverifiable
             known = ~np.isnan(jaccard)
@@ -702,40 +743,33 @@ def near_duplicates(
             kept_dst.append(batch_dst[verified])
             kept_jac.append(jaccard[verified])
             kept_est.append(estimate[verified])
+        # The verified pairs: numpy columns, 32 bytes per pair (no Python object per pair or per document).
         src = np.concatenate(kept_src) if kept_src else np.empty(0, dtype=np.int64)
         dst = np.concatenate(kept_dst) if kept_dst else np.empty(0, dtype=np.int64)
         jaccard = np.concatenate(kept_jac) if kept_jac else np.empty(0, dtype=np.float64)
         estimated = np.concatenate(kept_est) if kept_est else np.empty(0, dtype=np.float64)
+        del kept_src, kept_dst, kept_jac, kept_est
 
-        # Compact ids: index documents with a verified pair first, then the drop's documents by rank.
-        involved = np.unique(src[src < 0])
-        n_inv = len(involved)
-        src = np.where(src < 0, np.searchsorted(involved, src), src + n_inv)
-        dst = dst + n_inv
-        n_nodes = n_inv + n_docs
-        label = _components(n_nodes, src, dst)
-        in_edge = np.zeros(n_nodes, dtype=bool)
-        in_edge[src] = True
-        in_edge[dst] = True
-        involved_rows = index_nodes.join(pl.DataFrame({"node": involved}), on="node", how="semi")
-        node_doc = np.concatenate([involved_rows["doc_id"].to_numpy(), ranked_ids.to_numpy()]).astype(object)
-        node_drop = np.concatenate([
-            involved_rows["drop"].to_numpy(),
-            ranked_drops.to_numpy() if ranked_drops is not None else np.full(n_docs, None, dtype=object),
-        ]).astype(object)
-        cluster_of = np.where(in_edge, node_doc[label], None)
+        # Components over the pairs' documents only (index documents first, then the drop's by rank: node order),
+        # so the graph scales with the verified pairs, not the drop. A component's id is its first document.
+        endpoints = np.unique(np.concatenate([src, dst]))
+        e_src, e_dst = np.searchsorted(endpoints, src), np.searchsorted(endpoints, dst)
+        label = _components(len(endpoints), e_src, e_dst)
+        endpoint_doc, endpoint_drop = _node_ids(endpoints, order, spill_path, index_nodes)
+        cross_drop = src < 0
 
         # One row per verified pair, on the pair's document of this drop (dst: src comes first in node order).
         threshold = f">= {cfg.verify_threshold:g}" if cfg.verify else f"LSH {bands}x{rows} band match"
         pairs = pl.DataFrame(
             {
-                "doc_id": _strings(node_doc[dst]),
-                "duplicate_of": _strings(node_doc[src]),
-                "other_drop": _strings(node_drop[src]),
+                "doc_id": endpoint_doc.gather(e_dst),
+                "duplicate_of": endpoint_doc.gather(e_src),
+                # Drop-less documents read "None", as the object arrays of the in-memory code rendered them.
+                "other_drop": endpoint_drop.gather(e_src).fill_null("None"),
                 "value": jaccard,
                 "estimated": estimated,
-                "cluster_id": _strings(cluster_of[dst]),
-                "cross_drop": src < n_inv,
+                "cluster_id": endpoint_doc.gather(label[e_dst]),
+                "cross_drop": cross_drop,
             },
             schema={"doc_id": pl.String, "duplicate_of": pl.String, "other_drop": pl.String, "value": pl.Float64,
                     "estimated": pl.Float64, "cluster_id": pl.String, "cross_drop": pl.Boolean},
@@ -751,12 +785,13 @@ def near_duplicates(
             pl.format("near-duplicate (exact Jaccard {}) of taken-down document {}", pl.col("value").round(4),
                       "duplicate_of").alias("detail"),
         )
-        connection.register("blocked_docs", blocked_verdicts.select("doc_id").to_arrow())
-        entries = pl.from_arrow(connection.sql(
-            "SELECT doc_id, band_keys FROM read_parquet($spill) ANTI JOIN blocked_docs USING (doc_id) "
-            "WHERE has_shingles", params=sql_params).to_arrow_table())
-    entries = entries.select(pl.col("doc_id").cast(pl.String), pl.col("band_keys").cast(pl.List(pl.UInt64))).sort(
-        "doc_id").with_columns(pl.lit(params, dtype=NEAR_INDEX_SCHEMA["params"]).alias("params"))
+        with duckdb_connection(ooc, folder / "duckdb") as connection:
+            connection.register("blocked_docs", blocked_verdicts.select("doc_id").to_arrow())
+            entries = pl.from_arrow(connection.sql(
+                "SELECT doc_id, band_keys FROM read_parquet($spill) ANTI JOIN blocked_docs USING (doc_id) "
+                "WHERE has_shingles ORDER BY doc_id", params=sql_params).to_arrow_table())
+    entries = entries.select(pl.col("doc_id").cast(pl.String), pl.col("band_keys").cast(pl.List(pl.UInt64))
+                             ).with_columns(pl.lit(params, dtype=NEAR_INDEX_SCHEMA["params"]).alias("params"))
 
     flagged = pairs.join(blocked_verdicts.select("doc_id"), on="doc_id", how="anti")
     flags = flagged.select(
@@ -777,11 +812,11 @@ def near_duplicates(
     )
     verdicts = pl.concat([verdict_frame(blocked_verdicts), verdict_frame(flags)]).sort("doc_id", "duplicate_of")
     metrics = _metrics(cfg, bands, rows, n_docs, n_index, without_shingles, candidate_pairs, screened_pairs,
-                       unverifiable_pairs, flagged, blocked_verdicts.height, label, in_edge, node_doc)
+                       unverifiable_pairs, flagged, blocked_verdicts.height, label, endpoint_doc)
     # Cluster ids of the drop's clustered documents only; every other document gets null.
-    clustered = np.flatnonzero(in_edge[n_inv:])
-    clusters = pl.DataFrame({"doc_id": ranked_ids.gather(clustered.tolist()),
-                             "cluster_id": _strings(cluster_of[n_inv:][clustered])},
+    clustered = np.flatnonzero(endpoints >= 0)
+    clusters = pl.DataFrame({"doc_id": endpoint_doc.gather(clustered),
+                             "cluster_id": endpoint_doc.gather(label[clustered])},
                             schema={"doc_id": pl.String, "cluster_id": pl.String})
     kept = _kept_batches(source, clusters, blocked_verdicts["doc_id"])
     if isinstance(docs, pl.DataFrame):  # a frame in, a frame out
@@ -851,14 +886,15 @@ def near_representatives(docs: pl.DataFrame, pairs: pl.DataFrame, cfg: NearDedup
 def _metrics(
     cfg: NearDedupConfig, bands: int, rows: int, n_docs: int, n_index: int, without_shingles: int,
     candidate_pairs: int, screened_pairs: int, unverifiable_pairs: int, pairs: pl.DataFrame, blocked: int,
-    label: np.ndarray, in_edge: np.ndarray, node_doc: np.ndarray,
+    label: np.ndarray, node_doc: pl.Series,
 ) -> dict:
-    roots, sizes = np.unique(label[in_edge], return_counts=True)
+    """``label``: the component of every document in a verified pair; ``node_doc`` their doc_ids."""
+    roots, sizes = np.unique(label, return_counts=True)
     histogram: dict[str, int] = {}
     for size in sorted(sizes.tolist()):
         histogram[_size_bucket(size)] = histogram.get(_size_bucket(size), 0) + 1
     oversized = [
-        {"cluster_id": str(node_doc[root]), "size": int(size)}
+        {"cluster_id": node_doc[root], "size": int(size)}
         for root, size in zip(roots.tolist(), sizes.tolist())
         if size > cfg.max_cluster_size
     ]
