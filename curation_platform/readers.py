@@ -386,7 +386,18 @@ def _table_candidates(rel: str, path: Path, fmt: str, batch_rows: int = 1 << 62)
             yield _table_problem(rel, source, fmt, error)
             return
         line = 1
-        for part in _rebatched(raw.collect_batches(chunk_size=chunk_rows), batch_rows):
+        parts = _rebatched(raw.collect_batches(chunk_size=chunk_rows), batch_rows)
+        while True:
+            try:
+                part = next(parts, None)
+            except (pl.exceptions.PolarsError, OSError, pl.exceptions.PanicException) as error:
+                # Only if the file changed since the first pass: keep what was read, name the row it stopped at.
+                problem = _table_problem(rel, source, fmt, error)
+                yield problem.with_columns(line=pl.lit(line, pl.Int64),
+                                           reason=pl.format("{} (at row {})", "reason", pl.lit(line)))
+                return
+            if part is None:
+                return
             yield part.with_row_index("line", offset=line).select(
                 pl.lit(rel).alias("file"),
                 pl.col("line").cast(pl.Int64),
