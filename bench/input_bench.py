@@ -73,8 +73,9 @@ def build(work: Path, source: Path, fmt: str, row_group_rows: int) -> Path:
 
 def measure(drop: Path, batch_rows: int, code: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code)}
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(drop), str(batch_rows)], env=env,
-                          capture_output=True, text=True)
+    # Run in ``code``: ``python -c`` puts the working directory first on sys.path, before PYTHONPATH.
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(drop.resolve()), str(batch_rows)], env=env,
+                          cwd=code, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"reading {drop} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -33,6 +33,8 @@ from typing import Any, Iterator
 
 import duckdb
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from pydantic import BaseModel, ConfigDict
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
@@ -380,17 +382,24 @@ def _table_candidates(rel: str, path: Path, fmt: str, batch_rows: int = 1 << 62)
             for _ in scan.collect_batches(chunk_size=chunk_rows):
                 pass
             # JSON has no bytes: binary columns travel as base64.
-            raw = scan.with_columns(pl.col(pl.Binary).bin.encode("base64")).select(
-                pl.struct(pl.all()).struct.json_encode().alias("raw"))
+            as_json = pl.struct(pl.all()).struct.json_encode().alias("raw")
+            if fmt == "parquet":
+                # pyarrow decodes one row group at a time; Polars' streaming engine reads several ahead.
+                batches = pq.ParquetFile(source).iter_batches(batch_size=chunk_rows)
+                raw = (pl.from_arrow(pa.Table.from_batches([batch]))
+                       .with_columns(pl.col(pl.Binary).bin.encode("base64")).select(as_json) for batch in batches)
+            else:
+                raw = scan.with_columns(pl.col(pl.Binary).bin.encode("base64")).select(as_json).collect_batches(
+                    chunk_size=chunk_rows)
         except (pl.exceptions.PolarsError, OSError, pl.exceptions.PanicException) as error:
             yield _table_problem(rel, source, fmt, error)
             return
         line = 1
-        parts = _rebatched(raw.collect_batches(chunk_size=chunk_rows), batch_rows)
+        parts = _rebatched(raw, batch_rows)
         while True:
             try:
                 part = next(parts, None)
-            except (pl.exceptions.PolarsError, OSError, pl.exceptions.PanicException) as error:
+            except (pl.exceptions.PolarsError, pa.ArrowException, OSError, pl.exceptions.PanicException) as error:
                 # Only if the file changed since the first pass: keep what was read, name the row it stopped at.
                 problem = _table_problem(rel, source, fmt, error)
                 yield problem.with_columns(line=pl.lit(line, pl.Int64),

@@ -139,3 +139,29 @@ def test_a_warc_file_is_never_held_whole(tmp_path):
         tracemalloc.stop()
     assert read == 120
     assert peak < total / 4, (peak, total)
+
+
+def test_parquet_rows_encode_as_polars_read_them(tmp_path):
+    """Rows come from pyarrow's row-group reader; their JSON must be what ``pl.read_parquet`` gives (the reader
+    used when files were read whole), for every common column type."""
+    from datetime import date, datetime
+    from decimal import Decimal
+
+    from curation_platform.readers import _table_candidates
+
+    frame = pl.DataFrame({
+        "text": ["a", None, "c"], "n": [1, None, -3], "u": pl.Series([1, 2, 3], dtype=pl.UInt8),
+        "f": [0.5, float("nan"), None], "b": [True, False, None], "blob": [b"\x00", b"\xff\xfe", None],
+        "day": [date(2024, 1, 2), None, date(1999, 12, 31)],
+        "at": [datetime(2024, 1, 2, 3, 4, 5), None, datetime(2000, 1, 1)],
+        "money": pl.Series([Decimal("1.50"), None, Decimal("-2.25")], dtype=pl.Decimal(10, 2)),
+        "tags": [["x", "y"], [], None], "meta": [{"k": 1}, None, {"k": 3}],
+        "cat": pl.Series(["p", "q", "p"], dtype=pl.Categorical),
+    })
+    frame.write_parquet(tmp_path / "t.parquet", row_group_size=2)
+    expected = (pl.read_parquet(tmp_path / "t.parquet").with_columns(pl.col(pl.Binary).bin.encode("base64"))
+                .select(pl.struct(pl.all()).struct.json_encode())).to_series().to_list()
+    for batch_rows in (1, 2, 100):
+        parts = list(_table_candidates("t.parquet", tmp_path / "t.parquet", "parquet", batch_rows))
+        assert pl.concat(parts)["raw"].to_list() == expected
+        assert pl.concat(parts)["line"].to_list() == [1, 2, 3]
