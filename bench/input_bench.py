@@ -10,7 +10,8 @@ one): ``parquet`` (written with Polars' streaming sink in row groups of ``--row-
 ``read_drop_batches`` with ``--batch-rows`` in its own subprocess (the batches are counted and dropped, as the
 ingest stage does once it has written them), and the subprocess reports its peak RSS (``getrusage``), the
 records read and the seconds. To compare with older code, run the script with ``PYTHONPATH`` pointing at the
-other checkout: the subprocess imports ``curation_platform`` from ``--code`` (default: this checkout).
+other checkout: the subprocess imports ``curation_platform`` from ``--code`` (default: this checkout). ``--reader-only`` measures the file reader alone (the candidate rows, without the
+field extraction and decisions every batch then goes through).
 """
 
 from __future__ import annotations
@@ -31,15 +32,22 @@ MANIFEST = ("source: web-crawl\nkind: web\nlicense: CC-BY-4.0\nprovenance:\n  de
 _CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from curation_platform.readers import IngestConfig, read_drop_batches
-drop, batch_rows = Path(sys.argv[1]), int(sys.argv[2])
+from curation_platform.manifest import load_manifest
+from curation_platform.readers import IngestConfig, _candidates, _data_files, read_drop_batches
+drop, batch_rows, reader_only = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 start = time.perf_counter()
 records = quarantined = batches = largest = 0
-for batch in read_drop_batches(drop, IngestConfig(), batch_rows=batch_rows):
-    records += len(batch.records)
-    quarantined += len(batch.quarantine)
-    batches += 1
-    largest = max(largest, batch.read_count)
+if reader_only:  # the file reader alone: candidate rows, no field extraction or decisions
+    for frame in _candidates(_data_files(drop), load_manifest(drop), IngestConfig(), batch_rows):
+        records += len(frame)
+        batches += 1
+        largest = max(largest, len(frame))
+else:
+    for batch in read_drop_batches(drop, IngestConfig(), batch_rows=batch_rows):
+        records += len(batch.records)
+        quarantined += len(batch.quarantine)
+        batches += 1
+        largest = max(largest, batch.read_count)
 print(json.dumps({"seconds": round(time.perf_counter() - start, 1), "records": records,
                   "quarantined": quarantined, "batches": batches, "largest_batch": largest,
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
@@ -71,11 +79,12 @@ def build(work: Path, source: Path, fmt: str, row_group_rows: int) -> Path:
     return drop
 
 
-def measure(drop: Path, batch_rows: int, code: Path) -> dict:
+def measure(drop: Path, batch_rows: int, code: Path, reader_only: bool) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code)}
     # Run in ``code``: ``python -c`` puts the working directory first on sys.path, before PYTHONPATH.
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(drop.resolve()), str(batch_rows)], env=env,
-                          cwd=code, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(drop.resolve()), str(batch_rows),
+                           str(int(reader_only))], env=env,
+                          cwd=code, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"reading {drop} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -89,13 +98,16 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=20_000)
     parser.add_argument("--row-group-rows", type=int, default=50_000)
     parser.add_argument("--code", type=Path, default=REPO, help="checkout whose curation_platform is measured")
+    parser.add_argument("--reader-only", action="store_true",
+                        help="measure the file reader alone (candidate rows), not the whole ingest")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    results = {"source": str(args.source), "batch_rows": args.batch_rows, "code": str(args.code), "formats": {}}
+    results = {"source": str(args.source), "batch_rows": args.batch_rows, "code": str(args.code),
+               "reader_only": args.reader_only, "formats": {}}
     for fmt in args.formats.split(","):
         drop = build(args.work, args.source, fmt, args.row_group_rows)
         size = sum(p.stat().st_size for p in drop.glob("data.*"))
-        row = {"file_gb": round(size / 1e9, 2), **measure(drop, args.batch_rows, args.code)}
+        row = {"file_gb": round(size / 1e9, 2), **measure(drop, args.batch_rows, args.code, args.reader_only)}
         results["formats"][fmt] = row
         print(f"{fmt:8} {row['file_gb']:.2f} GB  {row['records']:,} records in {row['batches']} batches "
               f"(largest {row['largest_batch']:,})  {row['seconds']} s  peak RSS {row['peak_rss_mb']:,} MB",
