@@ -5,10 +5,12 @@ len(quarantine)`` for every drop. Bad input never raises: a malformed line, a co
 becomes a quarantine row naming the file, the line and the reason. Only a bad manifest (ManifestError) or a path
 that escapes the drop (UnsafePathError) stops the read, because then nothing in the drop can be trusted.
 
-Streaming: ``read_drop_batches`` yields the drop in batches of at most ``batch_rows`` candidates; JSON Lines files
-(plain or gzip) are read line by line, so a multi-GB file is never in memory whole (Parquet, CSV and WARC files are
-still read one whole file at a time, then batched). Only the doc-id hashes seen so far are kept across batches
-(to number repeated records), about 50 bytes per document. ``read_drop`` concatenates the batches.
+Streaming: ``read_drop_batches`` yields the drop in batches of at most ``batch_rows`` candidates, and no data
+file is ever in memory whole: JSON Lines files (plain or gzip) are read line by line, Parquet and CSV files in
+Polars batches (a first pass over the file finds a corrupt file before any of its rows is yielded, so a bad file is
+still one quarantine row), WARC files record by record. One-document-per-file formats read one file (at most
+``max_record_bytes``) at a time. Only the doc-id hashes seen so far are kept across batches (to number repeated
+records), about 50 bytes per document. ``read_drop`` concatenates the batches.
 
 How it works: each data file becomes candidate rows ``(file, line, raw JSON object | text, format)``; problems
 found while reading bytes (invalid UTF-8, oversized lines, corrupt gzip) are marked there. One DuckDB query then
@@ -18,9 +20,12 @@ row's fate. Parquet and CSV rows are encoded as JSON objects so all record forma
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import shutil
+import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +33,8 @@ from typing import Any, Iterator
 
 import duckdb
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from pydantic import BaseModel, ConfigDict
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
@@ -41,6 +48,7 @@ from curation_platform.records import INGEST_SCHEMA, MESSAGES_DTYPE
 from curation_platform.storage import as_path, is_uri, list_objects
 
 EXCERPT_CHARS = 200
+_TABLE_CHUNK_ROWS = 8_192  # rows per Polars batch of a Parquet or CSV file: memory, not results
 
 QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "doc_id": pl.String,
@@ -334,44 +342,112 @@ def _line_frame(rel: str, first_line: int, chunks: list[bytes], corruption: str 
     return frame
 
 
-def _table_candidates(rel: str, path: Path, fmt: str) -> pl.DataFrame:
-    """Parquet or CSV: one candidate per row, encoded as a JSON object; a file that cannot be read is one
-    candidate with the error."""
-    try:
-        # An object is read through its fsspec file (ranged GETs), never copied to local disk.
-        source = path.open("rb") if is_uri(path) else path
-        if fmt == "parquet":
-            table = pl.read_parquet(source)
-        else:
-            # All columns as strings: a CSV has no types, and an empty cell is an empty text, not a null.
-            table = pl.read_csv(source, infer_schema=False, empty_string_is_null=False,
-                                raise_if_empty=False,
-                                separator="\t" if rel.lower().endswith(".tsv") else ",")
-        # JSON has no bytes: binary columns travel as base64.
-        table = table.with_columns(pl.col(pl.Binary).bin.encode("base64"))
-        raw = table.select(pl.struct(pl.all()).struct.json_encode().alias("raw")) if table.width else None
-    except (pl.exceptions.PolarsError, OSError, pl.exceptions.PanicException) as error:
-        message = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-        label = "Parquet" if fmt == "parquet" else "CSV"
-        with path.open("rb") as handle:
-            head = handle.read(EXCERPT_CHARS * 4)
-        return pl.DataFrame(
-            [_problem_row(rel, None, fmt, f"corrupt_{fmt}",
-                          f"corrupt {label} file ({message}); re-export the file", _lossy(head))],
-            schema=_CANDIDATE_SCHEMA,
-        )
-    if raw is None:  # a file with no columns has no records
-        return pl.DataFrame(schema=_CANDIDATE_SCHEMA)
-    return raw.with_row_index("line", offset=1).select(
-        pl.lit(rel).alias("file"),
-        pl.col("line").cast(pl.Int64),
-        pl.lit(fmt).alias("format"),
-        pl.lit(None, dtype=pl.String).alias("code_language"),
-        "raw",
-        pl.lit(None, dtype=pl.String).alias("text"),
-        pl.lit(None, dtype=pl.String).alias("excerpt"),
-        pl.lit(None, dtype=pl.String).alias("reason_code"),
-        pl.lit(None, dtype=pl.String).alias("reason"),
+def _table_scan(rel: str, source: Path, fmt: str) -> pl.LazyFrame:
+    """The lazy rows of a local Parquet or CSV file, read with the same Polars readers as ``pl.read_parquet`` and
+    ``pl.read_csv`` (same values, same error messages)."""
+    if fmt == "parquet":
+        return pl.scan_parquet(source)
+    # All columns as strings: a CSV has no types, and an empty cell is an empty text, not a null.
+    return pl.scan_csv(source, infer_schema=False, empty_string_is_null=False, raise_if_empty=False,
+                       separator="\t" if rel.lower().endswith(".tsv") else ",")
+
+
+@contextlib.contextmanager
+def _local_copy(path: Path) -> Iterator[Path]:
+    """``path`` itself, or for an object a temporary local copy written in 1 MiB pieces: Polars reads a Python
+    file object whole into memory, a local file in bounded pieces."""
+    if not is_uri(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="curate-input-") as folder:
+        local = Path(folder) / path.name
+        with path.open("rb") as source, local.open("wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+        yield local
+
+
+def _table_candidates(rel: str, path: Path, fmt: str, batch_rows: int = 1 << 62) -> Iterator[pl.DataFrame]:
+    """Parquet or CSV, streamed: one candidate per row, encoded as a JSON object, in frames of at most
+    ``batch_rows`` rows (``line`` is the row number, counted across frames; a CSV record spanning several lines
+    is one row, numbered like any other). A file that cannot be read is one candidate with the error, and then
+    none of its rows is a candidate, as when files were read whole: a first streaming pass reads the file to the
+    end and discards the rows, so that an error late in the file is known before any row is yielded (the file is
+    decoded twice; memory stays bounded by Polars' read-ahead and, for Parquet, the row group size)."""
+    chunk_rows = min(batch_rows, _TABLE_CHUNK_ROWS)  # rows per Polars batch; frames are then cut at batch_rows
+    with _local_copy(path) as source:
+        try:
+            scan = _table_scan(rel, source, fmt)
+            if not scan.collect_schema().len():  # a file with no columns has no records
+                return
+            for _ in scan.collect_batches(chunk_size=chunk_rows):
+                pass
+            # JSON has no bytes: binary columns travel as base64.
+            as_json = pl.struct(pl.all()).struct.json_encode().alias("raw")
+            if fmt == "parquet":
+                # pyarrow decodes one row group at a time; Polars' streaming engine reads several ahead.
+                batches = pq.ParquetFile(source).iter_batches(batch_size=chunk_rows)
+                raw = (pl.from_arrow(pa.Table.from_batches([batch]))
+                       .with_columns(pl.col(pl.Binary).bin.encode("base64")).select(as_json) for batch in batches)
+            else:
+                raw = scan.with_columns(pl.col(pl.Binary).bin.encode("base64")).select(as_json).collect_batches(
+                    chunk_size=chunk_rows)
+        except (pl.exceptions.PolarsError, OSError, pl.exceptions.PanicException) as error:
+            yield _table_problem(rel, source, fmt, error)
+            return
+        line = 1
+        parts = _rebatched(raw, batch_rows)
+        while True:
+            try:
+                part = next(parts, None)
+            except (pl.exceptions.PolarsError, pa.ArrowException, OSError, pl.exceptions.PanicException) as error:
+                # Only if the file changed since the first pass: keep what was read, name the row it stopped at.
+                problem = _table_problem(rel, source, fmt, error)
+                yield problem.with_columns(line=pl.lit(line, pl.Int64),
+                                           reason=pl.format("{} (at row {})", "reason", pl.lit(line)))
+                return
+            if part is None:
+                return
+            yield part.with_row_index("line", offset=line).select(
+                pl.lit(rel).alias("file"),
+                pl.col("line").cast(pl.Int64),
+                pl.lit(fmt).alias("format"),
+                pl.lit(None, dtype=pl.String).alias("code_language"),
+                "raw",
+                pl.lit(None, dtype=pl.String).alias("text"),
+                pl.lit(None, dtype=pl.String).alias("excerpt"),
+                pl.lit(None, dtype=pl.String).alias("reason_code"),
+                pl.lit(None, dtype=pl.String).alias("reason"),
+            )
+            line += part.height
+
+
+def _rebatched(parts: Iterator[pl.DataFrame], batch_rows: int) -> Iterator[pl.DataFrame]:
+    """The rows of ``parts`` again, in frames of exactly ``batch_rows`` rows (the last one: what remains)."""
+    pending: list[pl.DataFrame] = []
+    count = 0
+    for part in parts:
+        while part.height:
+            take = part.slice(0, batch_rows - count)
+            part = part.slice(take.height)
+            pending.append(take)
+            count += take.height
+            if count == batch_rows:
+                yield pl.concat(pending)
+                pending, count = [], 0
+    if count:
+        yield pl.concat(pending)
+
+
+def _table_problem(rel: str, path: Path, fmt: str, error: BaseException) -> pl.DataFrame:
+    """The one candidate of a Parquet or CSV file that cannot be read."""
+    message = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    label = "Parquet" if fmt == "parquet" else "CSV"
+    with path.open("rb") as handle:
+        head = handle.read(EXCERPT_CHARS * 4)
+    return pl.DataFrame(
+        [_problem_row(rel, None, fmt, f"corrupt_{fmt}",
+                      f"corrupt {label} file ({message}); re-export the file", _lossy(head))],
+        schema=_CANDIDATE_SCHEMA,
     )
 
 
@@ -402,17 +478,21 @@ def _decode_html(payload: bytes, charset: str | None) -> str:
     return bytes_to_str(payload, detect_encoding(payload))
 
 
-def _warc_candidates(rel: str, path: Path, cfg: IngestConfig) -> pl.DataFrame:
-    """WARC (plain or gzip), read with FastWARC: one candidate per response record, in file order (``line`` is
-    the record's number among the response records). HTML responses carry their decoded page as ``text`` (the
-    normalize stage extracts the main content); non-HTML, truncated (``WARC-Truncated`` or a failed block
-    digest), oversized and unreadable records are problem rows naming the WARC record id."""
+def _warc_candidates(rel: str, path: Path, cfg: IngestConfig, batch_rows: int = 1 << 62) -> Iterator[pl.DataFrame]:
+    """WARC (plain or gzip), streamed with FastWARC: one candidate per response record, in file order (``line``
+    is the record's number among the response records), in frames of at most ``batch_rows`` candidates. HTML
+    responses carry their decoded page as ``text`` (the normalize stage extracts the main content); non-HTML,
+    truncated (``WARC-Truncated`` or a failed block digest), oversized and unreadable records are problem rows
+    naming the WARC record id."""
     rows: list[dict] = []
     number = 0
     try:
         # An object streams through its fsspec file; FastWARC detects gzip on either.
         stream = path.open("rb") if is_uri(path) else str(path)
         for record in ArchiveIterator(stream, record_types=WarcRecordType.response, parse_http=False):
+            if len(rows) == batch_rows:
+                yield pl.DataFrame(rows, schema=_CANDIDATE_SCHEMA)
+                rows = []
             number += 1
             record_id = record.record_id
             # Digest first (it buffers the block), then the HTTP headers and the payload.
@@ -444,7 +524,8 @@ def _warc_candidates(rel: str, path: Path, cfg: IngestConfig) -> pl.DataFrame:
         rows.append(_problem_row(rel, number + 1, "warc", "corrupt_warc",
                                  f"corrupt WARC file after record {number} ({type(error).__name__}: {error}); "
                                  "the rest of the file could not be read", ""))
-    return pl.DataFrame(rows, schema=_CANDIDATE_SCHEMA)
+    for start in range(0, len(rows), batch_rows):  # the corrupt row may be one over
+        yield pl.DataFrame(rows[start : start + batch_rows], schema=_CANDIDATE_SCHEMA)
 
 
 def _candidates(files: list[tuple[str, Path]], manifest: Manifest, cfg: IngestConfig,
@@ -485,14 +566,14 @@ def _candidates(files: list[tuple[str, Path]], manifest: Manifest, cfg: IngestCo
                     _lossy(head)))
             elif fmt == "warc":
                 yield from flush_documents()
-                yield from sliced(_warc_candidates(rel, path, cfg))
+                yield from map(typed, _warc_candidates(rel, path, cfg, batch_rows))
             elif fmt == "jsonl":
                 yield from flush_documents()
                 for part in _line_candidates(rel, path, cfg, batch_rows):
                     yield from sliced(part)
             elif fmt in _RECORD_FORMATS:
                 yield from flush_documents()
-                yield from sliced(_table_candidates(rel, path, fmt))
+                yield from map(typed, _table_candidates(rel, path, fmt, batch_rows))
             else:
                 documents.append(_document_candidate(rel, path, fmt, language, cfg))
                 if len(documents) >= batch_rows:
