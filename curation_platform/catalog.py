@@ -115,6 +115,9 @@ def _views(ws: Workspace, stages: Iterable[str]) -> list[_View]:
     views = [_view(f"stage_{stage}", [f"{root}/stages/{stage}/*.parquet"], {"drop": "drop"})
              for stage in sorted(set(stages) | set(_subfolders(ws.lake / "stages")))]
     ledger_globs = [f"{root}/ledger/{name}/*.parquet" for name in _subfolders(ws.lake / "ledger") if name != "release"]
+    # In object storage each release is the version its pointer names (see Workspace.release_dir).
+    releases = ([str(ws.release_dir(name)) for name in ws.release_names()] if is_uri(ws.lake)
+                else [f"{root}/releases/*"])
     views += [
         _view("ledger", ledger_globs, {"stage": "folder", "drop": "drop"}, _LEDGER_COLUMNS),
         _view("release_ledger", [f"{root}/ledger/release/*.parquet"], {"release": "drop"}, _LEDGER_COLUMNS),
@@ -124,12 +127,12 @@ def _views(ws: Workspace, stages: Iterable[str]) -> list[_View]:
         *[_view(f"index_{index}", [f"{root}/index/{index}/*.parquet"], {"drop": "drop"}, {"doc_id": "VARCHAR"})
           for index in sorted({"exact", "near"} | set(_subfolders(ws.lake / "index")))],
         _view("takedowns", [f"{root}/takedowns.parquet"], {}, {"doc_id": "VARCHAR"}),
-        _view("release_shards", [f"{root}/releases/*/shards/*.parquet"], {"release": "release", "split": "split"},
+        _view("release_shards", [f"{r}/shards/*.parquet" for r in releases], {"release": "release", "split": "split"},
               {"doc_id": "VARCHAR", "drop": "VARCHAR", "source": "VARCHAR", "license": "VARCHAR", "kind": "VARCHAR",
                "domain": "VARCHAR", "epoch": "BIGINT", "token_count": "BIGINT"}),
-        _view("release_shard_index", [f"{root}/releases/*/shard_index.parquet"], {"release": "folder"},
+        _view("release_shard_index", [f"{r}/shard_index.parquet" for r in releases], {"release": "folder"},
               {"doc_id": "VARCHAR", "release_shard": "VARCHAR"}),
-        _view("releases", [f"{root}/releases/*/data_card.json"], {},
+        _view("releases", [f"{r}/data_card.json" for r in releases], {},
               {"release": "VARCHAR", "profile": "VARCHAR", "documents": "BIGINT", "tokens": "BIGINT"},
               json_select="SELECT string_split(_file, '/')[-2] AS release, * EXCLUDE (_file) FROM {source}"),
         _view("drops", [f"{ws.root}/registry/drops.json"], {},
@@ -180,7 +183,7 @@ def _view_sql(conn, view: _View) -> str:
         columns = {**{c: "VARCHAR" for c, _ in view.derived}, **dict(view.empty)}
         return "SELECT " + ", ".join(f"CAST(NULL AS {t}) AS {_ident(c)}" for c, t in columns.items()) + " WHERE false"
     if view.json_select:
-        return view.json_select.format(source=f"read_json({_quote(view.globs[0])}, union_by_name=true, filename='_file')")
+        return view.json_select.format(source=f"read_json([{', '.join(_quote(g) for g in view.globs)}], union_by_name=true, filename='_file')")
     source = f"read_parquet([{', '.join(_quote(g) for g in view.globs)}], union_by_name=true, filename='_file')"
     existing = {row[0] for row in conn.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
     if view.columns:

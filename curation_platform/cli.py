@@ -353,10 +353,12 @@ def status(
         typer.echo(f"not read: {message}" if name not in rejected else f"rejected drop {name}: {message}")
     for name in scan.waiting:
         typer.echo(f"settling: drop '{name}' changed less than {cfg.ingest.settle_seconds:g} s ago")
-    releases = ws.lake / "releases"
-    for card_path in sorted(releases.glob("*/data_card.json")) if releases.exists() else []:
+    for name in ws.release_names():
+        card_path = ws.release_dir(name) / "data_card.json"
+        if not card_path.exists():
+            continue
         card = json.loads(card_path.read_text())
-        dvc_file = ws.release_pointer(card_path.parent.name)
+        dvc_file = ws.release_pointer(name)
         typer.echo(f"release {card['name']}: {card['documents']} documents, {card['tokens']} tokens, "
                    f"config {card['config_hash']}" + (", versioned by DVC" if dvc_file.exists() else ""))
 

@@ -60,7 +60,7 @@ def release_shard_index(ws: Workspace, release: str | None) -> pl.DataFrame:
 
 def all_release_shards(ws: Workspace) -> pl.DataFrame:
     """(doc_id, release_shard) for every published release in the workspace."""
-    releases = sorted(p.parent.name for p in (ws.lake / "releases").glob("*/shard_index.parquet"))
+    releases = [name for name in ws.release_names() if (ws.release_dir(name) / "shard_index.parquet").exists()]
     frames = [release_shard_index(ws, name) for name in releases]
     return pl.concat(frames) if frames else release_shard_index(ws, None)
 

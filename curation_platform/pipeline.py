@@ -363,8 +363,9 @@ def _batches(ws: Workspace, cfg: CurationConfig, stage: str, drop: str
     if cfg.engine.executor == "ray":
         from curation_platform.executors import ray as ray_executor
 
-        input_ids, result = ray_executor.run_stage_output(ws, cfg, stage, drop, context)
-        yield input_ids, ws.scan_stage(upstream, drop).limit(0).collect(), result
+        columns = ws.scan_stage(upstream, drop).limit(0).collect()
+        for input_ids, result in ray_executor.stream_stage_output(ws, cfg, stage, drop, context):
+            yield input_ids, columns, result
         return
     seen = False
     for batch in ws.iter_stage(upstream, drop, batch_rows):

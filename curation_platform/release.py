@@ -25,7 +25,7 @@ from curation_platform.ops.dedup_minhash import near_representatives
 from curation_platform.ops.verify_code import verification_summary
 from curation_platform.records import DROP, FLAG, StageResult, split_by_verdicts, verdict_frame
 from curation_platform.selection import select, shard_plan, split_assignment
-from curation_platform.storage import move_tree, remove_tree
+from curation_platform.storage import child_folders, is_uri, move_tree, remove_tree
 from curation_platform.workspace import (Workspace, resolve_resource, write_bytes_atomic, write_parquet_atomic,
                                         write_text_atomic)
 
@@ -550,22 +550,59 @@ def stage_release(ws: Workspace, cfg: CurationConfig, final_stage: str, drops: l
 
 
 def publish_release(ws: Workspace, name: str, run_id: str, config_hash: str) -> Path:
-    """Move the audited staging folder into place (publish step of write-audit-publish)."""
-    staging, target = ws.staging_dir(name), ws.release_dir(name)
+    """Publish the audited staging folder (publish step of write-audit-publish) and return the release's folder.
+
+    Locally the folders are swapped by rename. In object storage (no rename) the staged objects are copied into a
+    new immutable version, and a one-object pointer written last makes it current (see ``Workspace.release_dir``):
+    a reader sees the previous release, whole, until that PUT completes, and the new one, whole, after it; a publish
+    that fails half-way leaves only an unreferenced version, removed by the next publish."""
+    staging = ws.staging_dir(name)
     if not staging.exists():
         from curation_platform.errors import CurationError
         raise CurationError(f"release '{name}' has no staged candidate at {staging}")
+    target = _publish_version(ws, name, staging) if is_uri(staging) else _publish_by_rename(ws, name, staging)
+    verdicts = pl.read_parquet(target / "release_verdicts.parquet")
+    ledger = verdicts.with_columns(
+        pl.lit("release").alias("stage"), pl.lit(run_id).alias("run_id"), pl.lit(config_hash).alias("config_hash")
+    ).select(list(LEDGER_SCHEMA))
+    write_parquet_atomic(ledger, ws.release_ledger_path(name))
+    return target
+
+
+def _publish_by_rename(ws: Workspace, name: str, staging: Path) -> Path:
+    target = ws.release_dir(name)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Swap, then delete: the previous release stays whole until the new one is in place.
     previous = target.with_name(f".{name}.previous")
     remove_tree(previous)
     if target.exists():
         move_tree(target, previous)
-    move_tree(staging, target)  # in object storage: copy, then delete (no rename there)
+    move_tree(staging, target)
     remove_tree(previous)
-    verdicts = pl.read_parquet(target / "release_verdicts.parquet")
-    ledger = verdicts.with_columns(
-        pl.lit("release").alias("stage"), pl.lit(run_id).alias("run_id"), pl.lit(config_hash).alias("config_hash")
-    ).select(list(LEDGER_SCHEMA))
-    write_parquet_atomic(ledger, ws.release_ledger_path(name))
+    return target
+
+
+def _publish_version(ws: Workspace, name: str, staging: Path) -> Path:
+    """Copy the staged release to ``releases/.versions/<version>/<name>``, then point ``releases/.current/<name>
+    .json`` at it (one PUT, the commit point). The previous version stays (a reader that resolved the pointer just
+    before may still be reading it); older versions, versions of failed publishes and a pre-versions
+    ``releases/<name>`` folder are removed after the commit."""
+    import datetime
+    import uuid
+
+    previous = ws.release_dir(name)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    version = f"{now:%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}"  # sorts by publish time; unique per publish
+    target = ws.lake / "releases" / ".versions" / version / name
+    move_tree(staging, target)  # every object copied (shards first, card and shard index last), then staging deleted
+    head = {"release": name, "version": version, "path": f"releases/.versions/{version}/{name}",
+            "published_at": now.isoformat()}
+    write_text_atomic(json.dumps(head, indent=2) + "\n", ws.release_head(name))
+    keep = {target, previous}
+    for folder in child_folders(ws.lake / "releases" / ".versions"):
+        if folder / name not in keep and (folder / name).exists():
+            remove_tree(folder / name)
+    legacy = ws.lake / "releases" / name
+    if legacy not in keep:
+        remove_tree(legacy)
     return target

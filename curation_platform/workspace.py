@@ -349,7 +349,36 @@ class Workspace:
         return self.lake / "takedowns.parquet"
 
     def release_dir(self, name: str) -> Path:
-        return self.lake / "releases" / name
+        """The folder of published release ``name``, as every reader finds it. In a local lake ``releases/<name>``
+        (published by renaming folders). In object storage, which has no rename, releases are immutable versions
+        ``releases/.versions/<version>/<name>`` and the small object ``releases/.current/<name>.json``, written last
+        by ``release.publish_release``, names the current one; without it (nothing published yet, or a lake
+        published before versions) ``releases/<name>``."""
+        folder = self.lake / "releases" / name
+        if not storage.is_uri(self.lake):
+            return folder
+        try:
+            current = json.loads(self.release_head(name).read_text())
+        except FileNotFoundError:
+            return folder
+        return self.lake / "releases" / ".versions" / current["version"] / name
+
+    def release_head(self, name: str) -> Path:
+        """The pointer object naming the current version of release ``name`` in an object-store lake."""
+        return self.lake / "releases" / ".current" / f"{name}.json"
+
+    def release_names(self) -> list[str]:
+        """Names of the published releases (folders under ``releases/``, and in object storage the releases a
+        pointer names), sorted."""
+        releases = self.lake / "releases"
+        if not releases.exists():
+            return []
+        if storage.is_uri(releases):
+            folders = [p.name for p in storage.child_folders(releases)]
+            heads = [p.stem for p in (releases / ".current").glob("*.json")]
+        else:
+            folders, heads = [p.name for p in releases.iterdir() if p.is_dir()], []
+        return sorted({n for n in folders if not n.startswith(".")} | set(heads))
 
     def release_pointer(self, name: str) -> Path:
         """The release's DVC pointer file (``releases/<name>.dvc``), always under the local root: it goes to git."""

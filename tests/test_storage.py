@@ -178,13 +178,17 @@ def test_curate_run_with_landing_lake_and_dvc_remote_on_s3(s3, tmp_path, monkeyp
         assert not (project / "data" / folder).exists(), folder
     assert {p.rsplit("/", 1)[-1] for p in s3.ls(f"{BUCKET}/lake/stages")} >= {"raw_documents", "decontaminated"}
     assert not (project / "data" / "releases" / "latest").exists()
-    shard_keys = s3.glob(f"{BUCKET}/lake/releases/latest/shards/*.parquet")
+    # The release is the immutable version that the pointer object names.
+    head = json.loads(s3.cat_file(f"{BUCKET}/lake/releases/.current/latest.json"))
+    release = f"{BUCKET}/lake/{head['path']}"
+    assert head["path"].startswith("releases/.versions/") and not s3.exists(f"{BUCKET}/lake/releases/latest")
+    shard_keys = s3.glob(f"{release}/shards/*.parquet")
     assert shard_keys
     shards = pl.concat([pl.read_parquet(s3.open(key, "rb")) for key in shard_keys])
     landed = pl.concat([first, second])
     assert shards.height == landed["text"].n_unique() == landed.height - 1
     assert set(shards["text"]) == set(landed["text"])
-    card = json.loads(s3.cat_file(f"{BUCKET}/lake/releases/latest/data_card.json"))
+    card = json.loads(s3.cat_file(f"{release}/data_card.json"))
     assert card["documents"] == shards.height
     registry = json.loads((project / "data" / "registry" / "drops.json").read_text())
     assert [d["path"] for d in registry] == [f"s3://{BUCKET}/landing/2026-01-a", f"s3://{BUCKET}/landing/2026-02-b"]
@@ -242,3 +246,69 @@ def test_moving_a_folder_in_s3_copies_every_object_then_deletes_the_source(s3):
     remove_tree(as_path(f"s3://{BUCKET}/move"))
     remove_tree(as_path(f"s3://{BUCKET}/move"))  # absent: nothing to do
     assert not s3.find(f"{BUCKET}/move")
+
+
+def _publish_candidate(ws, name: str, texts: list[str]) -> None:
+    """A staged release candidate of two shards (what `stage_release` writes and the gate audited)."""
+    from curation_platform.ledger import LEDGER_SCHEMA
+    from curation_platform.storage import write_parquet
+
+    staging = ws.staging_dir(name)
+    ids = [f"doc-{i}" for i in range(len(texts))]
+    half = len(texts) // 2
+    for shard, rows in (("shard-00000", slice(0, half)), ("shard-00001", slice(half, None))):
+        write_parquet(pl.DataFrame({"doc_id": ids[rows], "text": texts[rows]}), staging / "shards" / f"{shard}.parquet")
+    write_parquet(pl.DataFrame({"doc_id": ids, "release_shard": ["shard-00000"] * half + ["shard-00001"] * (len(ids) - half)}),
+                  staging / "shard_index.parquet")
+    verdicts = pl.DataFrame({"doc_id": ids, "verdict": ["keep"] * len(ids), "rule": ["release.selected"] * len(ids)})
+    write_parquet(verdicts.with_columns(*[pl.lit(None, dtype=t).alias(c) for c, t in LEDGER_SCHEMA.items()
+                                          if c not in verdicts.columns]).select(list(LEDGER_SCHEMA)),
+                  staging / "release_verdicts.parquet")
+    (staging / "data_card.json").write_text(json.dumps({"name": name, "documents": len(ids), "tokens": 0,
+                                                        "config_hash": "-"}))
+
+
+def _what_readers_see(ws, name: str) -> tuple[dict, list[str], list[str]]:
+    from curation_platform.explain import all_release_shards
+
+    folder = ws.release_dir(name)
+    card = json.loads((folder / "data_card.json").read_text())
+    texts = pl.concat([pl.read_parquet(p) for p in sorted((folder / "shards").glob("*.parquet"))])["text"].to_list()
+    return card, texts, sorted(all_release_shards(ws)["doc_id"])
+
+
+def test_a_publish_that_fails_half_way_leaves_the_previous_release_whole_for_readers(s3, tmp_path, monkeypatch):
+    from s3fs import S3FileSystem
+
+    from curation_platform.release import publish_release
+    from curation_platform.workspace import Workspace
+
+    ws = Workspace(tmp_path, lake=f"s3://{BUCKET}/publish-lake")
+    _publish_candidate(ws, "latest", ["first a", "first b", "first c", "first d"])
+    publish_release(ws, "latest", "run-1", "hash-1")
+    before = _what_readers_see(ws, "latest")
+    assert before[0]["documents"] == 4 and before[1] == ["first a", "first b", "first c", "first d"]
+
+    # The second publish dies uploading its second shard (the store refuses the copy).
+    _publish_candidate(ws, "latest", ["second a", "second b", "second c"])
+    real_copy = S3FileSystem._cp_file
+
+    async def failing_copy(self, path1, path2, **kwargs):
+        if "/.staging/" in path1 and path1.endswith("shards/shard-00001.parquet"):  # the new release's shard
+            raise OSError("simulated: upload of shard-00001 failed")
+        return await real_copy(self, path1, path2, **kwargs)
+
+    monkeypatch.setattr(S3FileSystem, "_cp_file", failing_copy)
+    with pytest.raises(OSError, match="shard-00001"):
+        publish_release(ws, "latest", "run-2", "hash-2")
+    monkeypatch.undo()
+    # Readers (the release folder, explain's shard index) still see the first release, every shard of it.
+    assert _what_readers_see(ws, "latest") == before
+    assert ws.release_names() == ["latest"]
+
+    # Published again, the second release replaces it whole; the failed attempt's objects are gone.
+    publish_release(ws, "latest", "run-2", "hash-2")
+    card, texts, ids = _what_readers_see(ws, "latest")
+    assert card["documents"] == 3 and texts == ["second a", "second b", "second c"] and len(ids) == 3
+    versions = s3.ls(f"{BUCKET}/publish-lake/releases/.versions")
+    assert len(versions) == 2  # the current release and the one before it (a reader may still be on it)

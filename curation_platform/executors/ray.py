@@ -2,9 +2,10 @@
 candidate generation as a shuffle by band key over the Ray workers.
 
 Nothing here re-implements a stage. A worker calls ``pipeline.apply_operator`` (the function the local executor
-calls on the whole drop) on one Arrow batch of ``engine.batch_rows`` documents; the driver puts the batches back in
-the drop's row order and hands one ``StageResult`` to ``pipeline.run_stage``, which writes the stage output and
-the ledger with the same writer as locally. Near dedup shuffles the (band, key, node) rows by (band, key), runs
+calls on each batch) on one Arrow batch of ``engine.batch_rows`` documents; the driver consumes the workers'
+results batch by batch in the drop's row order (Ray Data's ``preserve_order``) and hands them, as an iterator, to
+``pipeline.run_stage``, which writes the stage output and the ledger with the same streaming writers as locally:
+the driver holds a few batches, never the drop. Near dedup shuffles the (band, key, node) rows by (band, key), runs
 the in-process band join (``dedup_minhash.bucket_candidates``, the same SQL) on each partition of whole buckets,
 and the pairs go through the same exact verification and keep rule. So both executors give byte-identical files.
 
@@ -29,7 +30,7 @@ import pyarrow as pa
 from curation_platform.config import CurationConfig, EngineConfig
 from curation_platform.errors import CurationError
 from curation_platform.ops.dedup_minhash import CandidateGenerator, NearDedupConfig, bucket_candidates, bucket_rows
-from curation_platform.records import StageResult, merge_metrics
+from curation_platform.records import StageResult
 from curation_platform.workspace import ParquetStreamWriter, Workspace
 
 # Rows of (band, key, node) per shuffle partition: small enough that Ray Data never splits a partition's block
@@ -121,83 +122,144 @@ def _ipc(frame: pl.DataFrame) -> bytes:
 
 
 def _run_batch(batch: pa.Table, stage: str, cfg: CurationConfig, context: dict[str, Any]) -> pa.Table:
-    """On a worker: the stage's operator on one batch, returned as one row (first doc_id, rows, kept documents
-    and verdicts as Arrow IPC, metrics as JSON), since kept rows and verdicts have different schemas."""
+    """On a worker: the stage's operator on one batch, returned as one row (the batch's input doc_ids, kept
+    documents and verdicts as Arrow IPC, metrics as JSON), since kept rows and verdicts have different schemas."""
     from curation_platform.pipeline import apply_operator
 
     docs = pl.from_arrow(batch)
     result = apply_operator(stage, docs, cfg, context)
     return pa.table({
-        "first_doc_id": pa.array([docs["doc_id"][0] if docs.height else None], pa.string()),
-        "rows": pa.array([docs.height], pa.int64()),
+        "ids": pa.array([_ipc(docs.select("doc_id"))], pa.large_binary()),
         "kept": pa.array([_ipc(result.kept)], pa.large_binary()),
         "verdicts": pa.array([_ipc(result.verdicts)], pa.large_binary()),
         "metrics": pa.array([json.dumps(result.metrics, default=str)], pa.string()),
     })
 
 
+def _worker_error(ray, exc: BaseException) -> BaseException | None:
+    """The CurationError a worker raised (bad input, bad configuration) inside Ray's wrappers, if it is one."""
+    cause: BaseException | None = exc
+    # Ray wraps a worker's exception (RayTaskError.cause), Ray Data may chain it again (__cause__).
+    while cause is not None and not (isinstance(cause, CurationError)
+                                     and not isinstance(cause, ray.exceptions.RayTaskError)):
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    return cause
+
+
 def _collect(ray, dataset) -> list[pa.Table]:
-    """Run ``dataset`` and fetch its blocks. A CurationError raised in a worker (bad input, bad configuration)
-    reaches the caller as itself, so the CLI prints its one line and not the worker's traceback."""
+    """Run ``dataset`` and fetch its blocks. A CurationError raised in a worker reaches the caller as itself, so
+    the CLI prints its one line and not the worker's traceback."""
     try:
         return ray.get(dataset.to_arrow_refs())
     except Exception as exc:
-        cause: BaseException | None = exc
-        # Ray wraps a worker's exception (RayTaskError.cause), Ray Data may chain it again (__cause__).
-        while cause is not None and not (isinstance(cause, CurationError)
-                                         and not isinstance(cause, ray.exceptions.RayTaskError)):
-            cause = getattr(cause, "cause", None) or cause.__cause__
+        cause = _worker_error(ray, exc)
         if cause is None:
             raise
         raise cause from None
 
 
-def run_stage_output(ws: Workspace, cfg: CurationConfig, stage: str, drop: str,
-                     context: dict[str, Any]) -> tuple[pl.Series, StageResult]:
-    """The input doc_ids and the result of a per-document ``stage`` on ``drop``, computed by Ray Data workers from
-    the upstream stage's Parquet in the lake, in the drop's row order (what ``apply_operator`` gives locally)."""
+def _in_order(ray, dataset) -> Iterator[pa.Table]:
+    """The blocks of ``dataset`` as the workers finish them, in input order (``preserve_order``), streamed: Ray
+    Data's backpressure bounds how many finished blocks wait for the driver. Worker CurationErrors as themselves."""
+    blocks = iter(dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1))
+    while True:
+        try:
+            block = next(blocks)
+        except StopIteration:
+            return
+        except Exception as exc:
+            cause = _worker_error(ray, exc)
+            if cause is None:
+                raise
+            raise cause from None
+        yield block
+
+
+def _input_file(ws: Workspace, upstream: str, drop: str, batch_rows: int) -> tuple[Any, bool]:
+    """The Parquet file the workers read (full rows of the upstream stage) and whether it is a temporary file."""
+    path = ws.stage_path(upstream, drop)
+    if ws.decides_on(upstream, drop) is None:
+        return path, False
+    # A decide-only upstream stores its decisions, not rows: the workers read its composed view, written once
+    # (streamed, batch by batch) beside the workspace's spill files, and removed when the stage is done.
+    path = ws.spill_dir / "ray" / f"{upstream}-{drop}.parquet"
+    with ParquetStreamWriter(path) as out:
+        for batch in ws.iter_stage(upstream, drop, batch_rows):
+            out.write(batch)
+    return path, True
+
+
+def _next_ids(cursor: Iterator[pl.DataFrame], buffer: list[pl.Series], count: int) -> pl.Series:
+    """The next ``count`` doc_ids of the input (``buffer`` holds what was read but not yet consumed)."""
+    have = sum(len(s) for s in buffer)
+    while have < count:
+        chunk = next(cursor, None)
+        if chunk is None:
+            break
+        buffer.append(chunk["doc_id"])
+        have += chunk.height
+    joined = pl.concat(buffer) if buffer else pl.Series("doc_id", [], pl.String)
+    buffer[:] = [joined.slice(count)] if len(joined) > count else []
+    return joined.slice(0, count)
+
+
+def stream_stage_output(ws: Workspace, cfg: CurationConfig, stage: str, drop: str,
+                        context: dict[str, Any]) -> Iterator[tuple[pl.Series, StageResult]]:
+    """A per-document ``stage`` on ``drop``, computed by Ray Data workers from the upstream stage's Parquet in the
+    lake: (input doc_ids, result) per batch of ``engine.batch_rows`` documents, in the drop's row order, as
+    ``pipeline.run_stage`` writes them. The driver holds a few batches at a time, never the drop: workers return
+    each batch's result as one small envelope, consumed in input order as they finish.
+
+    Each batch's doc_ids are checked against the next doc_ids of the input file, read alongside (a few bytes per
+    document): a lost, repeated or reordered batch stops the stage with an error instead of writing a wrong file.
+    """
     from curation_platform.pipeline import UPSTREAM, apply_operator
 
     upstream = UPSTREAM[stage]
     batch_rows = cfg.engine.batch_rows
-    path = ws.stage_path(upstream, drop)
-    if ws.decides_on(upstream, drop) is not None:
-        # A decide-only upstream stores its decisions, not rows: the workers read its composed view, written
-        # once (streamed, batch by batch) beside the workspace's spill files.
-        path = ws.spill_dir / "ray" / f"{upstream}-{drop}.parquet"
-        with ParquetStreamWriter(path) as out:
-            for batch in ws.iter_stage(upstream, drop, batch_rows):
-                out.write(batch)
-    input_ids = pl.read_parquet(path, columns=["doc_id"])["doc_id"]
-    if input_ids.is_empty():  # nothing to distribute; the operator still gives the stage's empty schema
-        return input_ids, apply_operator(stage, ws.scan_stage(upstream, drop).collect(), cfg, context)
-    ray = ensure_ray(cfg.engine)
-    envelopes = (
-        ray.data.read_parquet(str(path))
-        # One block per batch, so the batches spread over the workers even when the file is one row group.
-        .repartition(target_num_rows_per_block=batch_rows)
-        .map_batches(_run_batch, batch_size=batch_rows, batch_format="pyarrow",
-                     fn_kwargs={"stage": stage, "cfg": cfg, "context": context})
-    )
-    tables = [t for t in _collect(ray, envelopes) if t.num_rows]
-    positions = input_ids.to_frame().with_row_index("_position").unique("doc_id", keep="first", maintain_order=True)
-    batches = (pl.from_arrow(pa.concat_tables(tables)).join(positions, left_on="first_doc_id", right_on="doc_id")
-               .sort("_position"))
-    if batches["rows"].sum() != len(input_ids):
-        raise CurationError(f"stage '{stage}' on drop '{drop}': the Ray workers returned "
-                            f"{batches['rows'].sum()} of {len(input_ids)} documents; run it again")
-    kept = pl.concat([pl.read_ipc(io.BytesIO(b)) for b in batches["kept"]], how="vertical_relaxed")
-    # Sorted by the original row order before writing, whatever order the workers finished in.
-    kept = (kept.join(positions, on="doc_id", how="left", maintain_order="left")
-            .sort("_position", maintain_order=True).drop("_position").rechunk())
-    verdicts = pl.concat([pl.read_ipc(io.BytesIO(b)) for b in batches["verdicts"]], how="vertical_relaxed")
-    metrics: dict[str, Any] = {}
-    done = 0
-    for part, rows in zip(batches["metrics"], batches["rows"]):
-        metrics = merge_metrics(metrics, json.loads(part), done, rows)
-        done += rows
-    metrics["ray_batches"] = batches.height
-    return input_ids, StageResult(kept=kept, verdicts=verdicts, metrics=metrics)
+    path, temporary = _input_file(ws, upstream, drop, batch_rows)
+    try:
+        import pyarrow.parquet as pq
+
+        from curation_platform.storage import arrow_filesystem, is_uri
+        from curation_platform.workspace import iter_parquet
+
+        if is_uri(path):
+            with path.open("rb") as handle:
+                total = pq.read_metadata(handle).num_rows
+        else:
+            total = pq.read_metadata(path).num_rows
+        if total == 0:  # nothing to distribute; the operator still gives the stage's empty schema
+            empty = ws.scan_stage(upstream, drop).limit(0).collect()
+            yield empty["doc_id"], apply_operator(stage, empty, cfg, context)
+            return
+        ray = ensure_ray(cfg.engine)
+        filesystem, location = arrow_filesystem(path)
+        envelopes = (
+            ray.data.read_parquet(location, filesystem=filesystem)
+            # One block per batch, so the batches spread over the workers even when the file is one row group.
+            .repartition(target_num_rows_per_block=batch_rows)
+            .map_batches(_run_batch, batch_size=batch_rows, batch_format="pyarrow",
+                         fn_kwargs={"stage": stage, "cfg": cfg, "context": context})
+        )
+        expected, pending, done = iter_parquet(path, batch_rows, ["doc_id"]), [], 0
+        for block in _in_order(ray, envelopes):
+            for ids_ipc, kept, verdicts, metrics in zip(*(block[c].to_pylist()
+                                                          for c in ("ids", "kept", "verdicts", "metrics"))):
+                ids = pl.read_ipc(io.BytesIO(ids_ipc))["doc_id"]
+                if not ids.equals(_next_ids(expected, pending, len(ids))):
+                    raise CurationError(f"stage '{stage}' on drop '{drop}': a Ray batch came back out of input "
+                                        f"order after {done} documents; run it again")
+                done += len(ids)
+                yield ids, StageResult(kept=pl.read_ipc(io.BytesIO(kept)),
+                                       verdicts=pl.read_ipc(io.BytesIO(verdicts)),
+                                       metrics={**json.loads(metrics), "ray_batches": 1})
+        if done != total:
+            raise CurationError(f"stage '{stage}' on drop '{drop}': the Ray workers returned {done} of {total} "
+                                "documents; run it again")
+    finally:
+        if temporary:
+            path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------- near dedup

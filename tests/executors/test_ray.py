@@ -232,3 +232,40 @@ def test_the_band_key_shuffle_gives_the_pairs_of_the_in_process_band_join(local_
     shuffled = collect(band_shuffle_candidates(CurationConfig().engine)(connection(), cfg, 500))
     assert len(expected) > 1000 and (expected[:, 0] < 0).any() and (expected[:, 0] >= 0).any()
     np.testing.assert_array_equal(shuffled, expected)
+
+
+def test_the_ray_driver_takes_a_stage_batch_by_batch_in_input_order(tmp_path, local_ray, monkeypatch):
+    """The driver gets a stage's results from the workers one batch at a time, in the drop's row order (it never
+    collects the drop), and a batch that comes back out of order stops the stage instead of writing a wrong file."""
+    import pyarrow as pa
+
+    from curation_platform.errors import CurationError
+    from curation_platform.executors import ray as ray_executor
+
+    landing = tmp_path / "landing"
+    write_corpus_drop(landing, "2026-04-wiki", synthetic_corpus(30, seed=6).select("id", "text"), source="wiki")
+    ws = Workspace(tmp_path / "data")
+    ws.register_drop("2026-04-wiki", landing / "2026-04-wiki")
+    local = CurationConfig.model_validate({"versioning": {"enabled": False}})
+    on_ray = local.model_copy(update={"engine": local.engine.model_copy(update={"executor": "ray", "batch_rows": 8})})
+    for stage in ("raw_documents", "url_filtered"):
+        run_stage(ws, local, stage, "2026-04-wiki")
+    expected = ws.read_stage("url_filtered", "2026-04-wiki", ["doc_id"])["doc_id"].to_list()
+
+    batches = ray_executor.stream_stage_output(ws, on_ray, "normalized", "2026-04-wiki", {})
+    first_ids, first = next(batches)  # one batch, before the driver has asked for the others
+    assert first_ids.to_list() == expected[:8] and first.kept["doc_id"].to_list() == expected[:8]
+    rest = list(batches)
+    assert [len(ids) for ids, _ in rest] == [8, 8, len(expected) - 24]
+    assert pl.concat([first_ids, *[ids for ids, _ in rest]]).to_list() == expected
+    assert not list((ws.spill_dir / "ray").glob("*.parquet"))  # the composed input of the decide-only upstream
+
+    real = ray_executor._in_order
+
+    def second_batch_first(ray, dataset):
+        envelopes = pa.concat_tables(list(real(ray, dataset)))
+        yield envelopes.take([1, 0, *range(2, envelopes.num_rows)])
+
+    monkeypatch.setattr(ray_executor, "_in_order", second_batch_first)
+    with pytest.raises(CurationError, match="came back out of input order after 0 documents"):
+        list(ray_executor.stream_stage_output(ws, on_ray, "normalized", "2026-04-wiki", {}))
