@@ -130,6 +130,24 @@ def test_second_run_is_incremental_and_byte_identical(project):
     assert before == after
 
 
+def test_a_run_with_nothing_to_do_imports_neither_dagster_nor_great_expectations_nor_dvc(project):
+    """Small drops are cheap: `curate run` decides there is nothing to do before it imports the orchestration."""
+    import os
+    import subprocess
+    import sys
+
+    root, _, _ = project
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    script = ("import sys\nfrom curation_platform.cli import main\ntry:\n    main()\nfinally:\n"
+              "    print('imported:', sorted(m for m in ('dagster', 'great_expectations', 'dvc', 'ray') "
+              "if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", script, "run", "--landing", str(root / "landing"), "--workspace",
+                           str(root / "data"), "--config", CONFIG], capture_output=True, text=True, cwd=root, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "0 to curate" in proc.stdout and "release latest: unchanged" in proc.stdout
+    assert "imported: []" in proc.stdout
+
+
 def test_explain_tells_why_a_document_was_dropped(project):
     root, _, _ = project
     table = pl.read_parquet(root / "ledger.parquet") if (root / "ledger.parquet").exists() else None
