@@ -18,18 +18,9 @@ from tests.conftest import REPO, run_cli
 CONFIG = str(REPO / "curation.yaml")
 
 
-# Session scope: tests/test_sample_outcomes.py asserts on the same run (one sample run saves a minute of the suite).
-# Tests here that rerun or interrupt it leave the release byte-identical, which they assert.
-@pytest.fixture(scope="session")
-def project(tmp_path_factory):
-    import subprocess
-
-    root = tmp_path_factory.mktemp("project")
-    subprocess.run(["git", "init", "-q", str(root)], check=True)
-    write_sample_landing(root / "landing")
-    code, output = run_cli("run", "--landing", str(root / "landing"), "--workspace", str(root / "data"),
-                           "--config", CONFIG)
-    return root, code, output
+# `project` (tests/conftest.py): one run of the sample drops per test session, shared with
+# tests/test_sample_outcomes.py. Tests here that rerun or interrupt it leave the release byte-identical, which they
+# assert.
 
 
 def test_run_succeeds_and_prints_progress_and_summary(project):
@@ -179,17 +170,6 @@ def test_a_failing_gate_stops_the_graph_with_a_clear_message(tmp_path):
     assert "gate" in output and "removal_rate" in output
     assert "blocking asset check" not in output  # the gate's own line says it; no second line for its step
     assert not (tmp_path / "data" / "releases" / "latest").exists()
-
-
-def test_a_fresh_workspace_gives_byte_identical_shards(project):
-    root, _, _ = project
-    code, output = run_cli("run", "--landing", str(root / "landing"), "--workspace", str(root / "data2"),
-                           "--config", CONFIG)
-    assert code == 0, output
-    first = sorted((root / "data" / "releases" / "latest" / "shards").glob("*.parquet"))
-    second = sorted((root / "data2" / "releases" / "latest" / "shards").glob("*.parquet"))
-    assert [p.name for p in first] == [p.name for p in second] and first
-    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(first, second))
 
 
 def test_rerun_after_a_crash_resumes_the_interrupted_drop(project):
