@@ -3,19 +3,15 @@ DuckDB engine for the SQL the assets run (``duckdb``: dagster-duckdb's ``DuckDBR
 workspace catalog (``<workspace>/catalog.duckdb``) current."""
 
 
-import functools
 import os
-from pathlib import Path
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 from dagster_ray import RayResource
-from pydantic import ValidationError
 
 from curation_platform.catalog import catalog_is_current, refresh_catalog
-from curation_platform.config import CurationConfig, describe_validation_error, load_config
-from curation_platform.errors import ConfigError
-from curation_platform.ops.decontaminate import BenchmarkSpec
+from curation_platform.config import CurationConfig
+from curation_platform.run_options import effective_config
 from curation_platform.workspace import Workspace
 
 
@@ -37,30 +33,9 @@ class CurationResource(dg.ConfigurableResource):
         return Workspace(self.workspace)
 
     def cfg(self) -> CurationConfig:
-        """curation.yaml with this run's overrides, validated like the file itself."""
-        path = Path(self.config_path)
-        stat = path.stat() if path.exists() else None
-        # Parsed once per process and file version: every asset asks, and YAML parsing is slow in pure Python.
-        return _effective_config(self.config_path if stat else None, stat and (stat.st_mtime_ns, stat.st_size),
-                                 self.release_name, self.profile, tuple(self.benchmarks), self.executor,
-                                 self.ray_address)
-
-
-@functools.lru_cache(maxsize=8)
-def _effective_config(config_path: str | None, version: tuple | None, release_name: str | None, profile: str | None,
-                      benchmarks: tuple[str, ...], executor: str | None = None,
-                      ray_address: str | None = None) -> CurationConfig:
-    cfg = load_config(config_path)
-    data = cfg.model_dump(mode="json")
-    data["release"].update({k: v for k, v in {"name": release_name, "profile": profile}.items() if v})
-    data["engine"].update({k: v for k, v in {"executor": executor, "ray_address": ray_address}.items() if v})
-    data["decontamination"]["benchmarks"] += [
-        parse_benchmark_option(b).model_dump(mode="json") for b in benchmarks
-    ]
-    try:
-        return CurationConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid run options: {describe_validation_error(exc)}") from None
+        """curation.yaml with this run's overrides, validated like the file itself (parsed once per process)."""
+        return effective_config(self.config_path, self.release_name, self.profile, self.benchmarks, self.executor,
+                                self.ray_address)
 
 
 class CurationRay(RayResource):
@@ -105,17 +80,6 @@ class CurationRay(RayResource):
         self._context = ray.init(address=engine.ray_address, **ray_init_options(engine))
         quiet_data_context()
         return self._context
-
-
-def parse_benchmark_option(option: str) -> BenchmarkSpec:
-    """``NAME=PATH:FIELD[,FIELD]`` to a benchmark spec."""
-    from curation_platform.errors import ConfigError
-
-    name, sep, rest = option.partition("=")
-    path, sep2, fields = rest.rpartition(":")
-    if not sep or not sep2 or not name or not path or not fields:
-        raise ConfigError(f"--benchmark {option!r}: expected NAME=PATH:FIELD[,FIELD], e.g. mmlu=evals/mmlu.jsonl:question")
-    return BenchmarkSpec(name=name, path=path, text_fields=[f for f in fields.split(",") if f])
 
 
 def resource_from_env() -> CurationResource:

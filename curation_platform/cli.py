@@ -141,19 +141,16 @@ def run(
                                               "ray://HOST:10001); without it --executor ray starts a local Ray."),
 ) -> None:
     """Register every ready drop, curate new ones through the Dagster graph, build and version the release."""
-    from assets import progress
-    from assets.definitions import build_definitions
-    from assets.partitions import drops
-    from assets.resources import CurationResource
+    from curation_platform.run_options import effective_config
     from curation_platform.storage import as_path
     from curation_platform.workspace import Workspace
 
-    cfg = _config(config)
+    # Everything up to "what is there to do?" runs without Dagster or Great Expectations: a run with nothing to do
+    # (or only a current release to confirm) never imports them.
+    if not config.exists() and config != Path("curation.yaml"):
+        _config(config)  # a --config that does not exist: one clear error (the default file may be absent)
     ws = Workspace(workspace)
-    resource = CurationResource(workspace=str(ws.root), config_path=str(config.resolve()), landing=str(landing),
-                                release_name=release, profile=profile, benchmarks=list(benchmark),
-                                executor=executor, ray_address=ray_address)
-    cfg = resource.cfg()
+    cfg = effective_config(str(config.resolve()), release, profile, list(benchmark), executor, ray_address)
     if cfg.engine.executor == "ray":
         from curation_platform.executors.ray import check_reachable, import_ray
 
@@ -177,50 +174,82 @@ def run(
     for name in gone:
         typer.secho(f"drop {name}: its folder is gone from the landing area; not curating it again "
                     f"(`curate takedown {name}` removes its documents from releases)", fg=typer.colors.YELLOW, err=True)
-    instance = dagster_instance(ws.root)
-    known = set(instance.get_dynamic_partitions(drops.name))
-    instance.add_dynamic_partitions(drops.name, [n for n in registered if n not in known])
     todo = sorted((set(_stale_drops(ws, cfg, registered)) | set(changed)) - set(gone), key=registered.index)
     typer.echo(f"workspace {ws.root}: {len(registered)} drop(s) registered, {len(todo)} to curate")
-    defs = build_definitions(resource)
-    # Our own progress lines and failure summary replace Dagster's console log (and its stack traces).
-    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-    progress.clear()
-    progress.listen(_print_progress)
+    release_todo = not no_release and (todo or not _release_state(ws, cfg)[1])
     problems: list[str] = []
-    for name in todo:
-        result = defs.resolve_job_def("curate_drop").execute_in_process(
-            partition_key=name, instance=instance, raise_on_error=False, run_config=quiet)
-        problems += _failures(result)
-    if not problems and not no_release:
-        from curation_platform.pipeline import FINAL_STAGE
-        from curation_platform.release import code_version
-        from curation_platform.versioning import record_release_inputs, release_inputs, release_is_current
+    if todo or release_todo:
+        problems = _run_in_dagster(ws, cfg, config, landing, todo, registered, release_todo, release, profile,
+                                   benchmark, executor, ray_address)
+    elif not no_release:
+        typer.echo(f"  release {cfg.release.name}: unchanged (same drops, ledger and configuration); not rebuilt")
+    if not problems and not no_release and cfg.engine.retention == "gc":
+        from curation_platform.gc import collect_garbage
 
-        inputs = release_inputs(ws, cfg, FINAL_STAGE, code_version())
-        if release_is_current(ws, cfg.release.name, inputs, cfg.versioning.enabled):
-            typer.echo(f"  release {cfg.release.name}: unchanged (same drops, ledger and configuration); not rebuilt")
-        else:
-            result = defs.resolve_job_def("build_release").execute_in_process(
-                instance=instance, raise_on_error=False, run_config=quiet)
-            failures = _failures(result)
-            problems += failures
-            if result.success and not failures:
-                record_release_inputs(ws, cfg.release.name, inputs, cfg.versioning.enabled)
-        if cfg.engine.retention == "gc" and not problems:
-            from curation_platform.gc import collect_garbage
-
-            freed = collect_garbage(ws, cfg)
-            if freed.drops:
-                typer.echo(f"  gc: freed {freed.freed_bytes / 1e6:.1f} MB of intermediate text of "
-                           f"{len(freed.drops)} drop(s) (engine.retention: gc)")
-    progress.clear()
+        freed = collect_garbage(ws, cfg)
+        if freed.drops:
+            typer.echo(f"  gc: freed {freed.freed_bytes / 1e6:.1f} MB of intermediate text of "
+                       f"{len(freed.drops)} drop(s) (engine.retention: gc)")
     _print_summary(ws, cfg)
     if scan.rejected or problems:
         for line in problems:
             typer.secho(line, fg=typer.colors.RED, err=True)
         _fail(f"{len(problems)} failure(s), {len(scan.rejected)} rejected drop(s); the stages after a failure did "
               "not run")
+
+
+def _release_state(ws, cfg) -> tuple[str, bool]:
+    """The release's input fingerprint, and whether the published release was built from exactly those inputs."""
+    from curation_platform.pipeline import FINAL_STAGE
+    from curation_platform.release import code_version
+    from curation_platform.versioning import release_inputs, release_is_current
+
+    inputs = release_inputs(ws, cfg, FINAL_STAGE, code_version())
+    return inputs, release_is_current(ws, cfg.release.name, inputs, cfg.versioning.enabled)
+
+
+def _run_in_dagster(ws, cfg, config: Path, landing: str, todo: list[str], registered: list[str], build: bool,
+                    release, profile, benchmark, executor, ray_address) -> list[str]:
+    """Curate ``todo`` (one ``curate_drop`` run per drop), then, when ``build`` and nothing failed, rebuild the
+    release if its inputs changed; in-process on the workspace's Dagster instance. Returns the failures."""
+    from assets import progress
+    from assets.definitions import build_definitions
+    from assets.partitions import drops
+    from assets.resources import CurationResource
+    from curation_platform.versioning import record_release_inputs
+
+    resource = CurationResource(workspace=str(ws.root), config_path=str(config.resolve()), landing=str(landing),
+                                release_name=release, profile=profile, benchmarks=list(benchmark),
+                                executor=executor, ray_address=ray_address)
+    instance = dagster_instance(ws.root)
+    known = set(instance.get_dynamic_partitions(drops.name))
+    instance.add_dynamic_partitions(drops.name, [n for n in registered if n not in known])
+    defs = build_definitions(resource)
+    # Our own progress lines and failure summary replace Dagster's console log (and its stack traces).
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    progress.clear()
+    progress.listen(_print_progress)
+    problems: list[str] = []
+    try:
+        for name in todo:
+            result = defs.resolve_job_def("curate_drop").execute_in_process(
+                partition_key=name, instance=instance, raise_on_error=False, run_config=quiet)
+            problems += _failures(result)
+        if build and not problems:
+            inputs, current = _release_state(ws, cfg)
+            if current:
+                typer.echo(f"  release {cfg.release.name}: unchanged (same drops, ledger and configuration); "
+                           "not rebuilt")
+            else:
+                result = defs.resolve_job_def("build_release").execute_in_process(
+                    instance=instance, raise_on_error=False, run_config=quiet)
+                failures = _failures(result)
+                problems += failures
+                if result.success and not failures:
+                    record_release_inputs(ws, cfg.release.name, inputs, cfg.versioning.enabled)
+    finally:
+        progress.clear()
+    return problems
 
 
 # Release removals in the user's words.

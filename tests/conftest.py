@@ -9,6 +9,60 @@ os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 
+# `make test` runs `pytest -n auto --dist loadgroup --no-loadscope-reorder`: a test module runs whole on one worker (its module-scoped
+# fixtures are computed once), except that modules sharing a session fixture are one group, so its value is computed
+# once per test session: the run of the sample drops (`project`) serves test_end_to_end.py, test_sample_outcomes.py
+# and test_catalog.py (which compares it with its own workspace). Groups start longest first, so the workers finish together (the order of tests inside a
+# module does not change).
+SHARED_GROUPS = {
+    "tests/test_end_to_end.py": "sample-run",
+    "tests/test_sample_outcomes.py": "sample-run",
+    "tests/test_catalog.py": "sample-run",
+}
+LONGEST_FIRST = ["sample-run", "tests/test_cli.py", "tests/executors/test_ray.py", "tests/test_storage.py",
+                 "tests/test_readme.py"]
+
+
+def _group(item: pytest.Item) -> str:
+    path = item.nodeid.split("::", 1)[0]
+    return SHARED_GROUPS.get(path, path)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group markers
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(_group(item)))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: each module keeps its order
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_stays_clean():
+    """No test writes into the checkout: a test that runs `curate` without ``--workspace`` (default ``data/``) or
+    without ``--landing`` in the repository's directory leaves files there (an untracked ``data/`` in a checkout)."""
+    def state():
+        return {p for top in ("data", "landing") if (REPO / top).exists() for p in (REPO / top).rglob("*")}
+
+    before = state()
+    yield
+    new = sorted(str(p.relative_to(REPO)) for p in state() - before)
+    assert not new, f"tests wrote into the repository checkout (use tmp_path): {new[:5]}"
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    """The bundled sample drops curated once per test session by `curate run` (the real Dagster graph, a git+DVC
+    repository, a local DVC remote): (project root, exit code, output)."""
+    root = tmp_path_factory.mktemp("project")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    from curation_platform.samples import write_sample_landing
+
+    write_sample_landing(root / "landing")
+    code, output = run_cli("run", "--landing", str(root / "landing"), "--workspace", str(root / "data"),
+                           "--config", str(REPO / "curation.yaml"))
+    return root, code, output
+
 
 @pytest.fixture()
 def git_project(tmp_path: Path) -> Path:

@@ -120,7 +120,7 @@ def test_curate_sql_prints_a_table_csv_json_and_one_line_errors(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def catalog_project(tmp_path_factory):
     """A sample run without the last drop (it is added later)."""
     root = tmp_path_factory.mktemp("catalog_project")
     subprocess.run(["git", "init", "-q", str(root)], check=True)
@@ -134,8 +134,8 @@ def project(tmp_path_factory):
     return root
 
 
-def test_views_return_the_lake_counts_after_a_sample_run(project):
-    ws = Workspace(project / "data")
+def test_views_return_the_lake_counts_after_a_sample_run(catalog_project):
+    ws = Workspace(catalog_project / "data")
     # The assets built the catalog: no `curate sql` has run yet.
     assert catalog_path(ws).exists()
     with duckdb.connect(str(catalog_path(ws)), read_only=True) as conn:
@@ -163,8 +163,8 @@ def test_views_return_the_lake_counts_after_a_sample_run(project):
         assert count("SELECT count(*) FROM index_exact") > 0 and count("SELECT count(*) FROM index_near") > 0
 
 
-def test_readme_queries_run_as_shown(project):
-    ws = Workspace(project / "data")
+def test_readme_queries_run_as_shown(catalog_project):
+    ws = Workspace(catalog_project / "data")
     removals, tokens, per_split, cross_drop = readme_queries()
     code, output = run_cli("sql", removals, "--workspace", str(ws.root), "--format", "csv")
     assert code == 0, output
@@ -191,12 +191,14 @@ def test_readme_queries_run_as_shown(project):
     assert ("2026-05-web-refresh", "2026-01-web-crawl") in set(table.select("drop", "duplicate_of_drop").iter_rows())
 
 
-def test_a_new_drop_appears_in_the_catalog_after_its_run(project):
-    ws = Workspace(project / "data")
+def test_a_new_drop_appears_in_the_catalog_and_a_fresh_workspace_gives_byte_identical_shards(catalog_project, project):
+    """Also: this workspace, curated in two runs (six drops, then the seventh), gives shards byte-identical to the
+    session's one-run curation of the same drops in another workspace (tests/conftest.py `project`)."""
+    ws = Workspace(catalog_project / "data")
     with duckdb.connect(str(catalog_path(ws)), read_only=True) as conn:
         assert conn.execute(f"SELECT count(*) FROM ledger WHERE drop = '{LATE_DROP}'").fetchone()[0] == 0
-    shutil.copytree(project / "all" / LATE_DROP, project / "landing" / LATE_DROP)
-    code, output = run_cli("run", "--landing", str(project / "landing"), "--workspace", str(ws.root),
+    shutil.copytree(catalog_project / "all" / LATE_DROP, catalog_project / "landing" / LATE_DROP)
+    code, output = run_cli("run", "--landing", str(catalog_project / "landing"), "--workspace", str(ws.root),
                            "--config", CONFIG)
     assert code == 0, output
     with duckdb.connect(str(catalog_path(ws)), read_only=True) as conn:
@@ -207,7 +209,12 @@ def test_a_new_drop_appears_in_the_catalog_after_its_run(project):
         released = conn.execute(f"SELECT rule, count(*) FROM release_ledger WHERE drop = '{LATE_DROP}' GROUP BY ALL")
         assert released.fetchall() == [("license.generator_terms", 10)]
     # Nothing new: no drop is curated and the release is not rebuilt.
-    code, output = run_cli("run", "--landing", str(project / "landing"), "--workspace", str(ws.root),
+    code, output = run_cli("run", "--landing", str(catalog_project / "landing"), "--workspace", str(ws.root),
                            "--config", CONFIG)
     assert code == 0, output
     assert "0 to curate" in output and "release latest: unchanged" in output
+    # A fresh workspace, curated incrementally, gives byte-identical shards.
+    first = sorted((project[0] / "data" / "releases" / "latest" / "shards").glob("*.parquet"))
+    second = sorted((catalog_project / "data" / "releases" / "latest" / "shards").glob("*.parquet"))
+    assert [p.name for p in first] == [p.name for p in second] and first
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(first, second))

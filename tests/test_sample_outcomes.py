@@ -23,7 +23,7 @@ from curation_platform.licenses import license_category, normalize_license
 from curation_platform.samples import SAMPLE_EXPECTATIONS
 from curation_platform.workspace import Workspace
 from tests.conftest import REPO, run_cli
-from tests.test_end_to_end import CONFIG, project  # noqa: F401  (the module-scoped run of the samples)
+from tests.test_end_to_end import CONFIG
 from tests.test_samples import (
     AWS_KEY, CARD, CODE_LANGUAGES, EMAIL, PHONE, jaccard, low_quality_kind, luhn_ok, read_drop, shingles,
 )
@@ -68,7 +68,7 @@ class Outcome:
 
 
 @pytest.fixture(scope="module")
-def outcome(project):  # noqa: F811
+def outcome(project):  # the session's run of the samples (tests/conftest.py)
     root, code, output = project
     assert code == 0, output
     return Outcome(root)
