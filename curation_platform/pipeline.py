@@ -367,14 +367,27 @@ def _batches(ws: Workspace, cfg: CurationConfig, stage: str, drop: str
         input_ids, result = ray_executor.run_stage_output(ws, cfg, stage, drop, context)
         yield input_ids, ws.scan_stage(upstream, drop).limit(0).collect(), result
         return
+    # The local executor: the batches over one worker process per core for the stages that gain from it.
+    from curation_platform.executors import local as local_executor
+
+    operator = functools.partial(apply_operator, stage, cfg=cfg, context=context)
     seen = False
-    for batch in ws.iter_stage(upstream, drop, batch_rows):
-        if batch.height or not seen:
-            seen = True
-            yield batch["doc_id"], batch.clear(), apply_operator(stage, batch, cfg, context)
+    for output in local_executor.run_batches(operator, _nonempty(ws.iter_stage(upstream, drop, batch_rows)),
+                                             local_executor.stage_workers(stage, cfg.engine)):
+        seen = True
+        yield output
     if not seen:  # an empty drop still gives an output file with the stage's columns
         empty = ws.scan_stage(upstream, drop).limit(0).collect()
         yield empty["doc_id"], empty, apply_operator(stage, empty, cfg, context)
+
+
+def _nonempty(batches: Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    """The first batch (even empty: it carries the stage's columns), then every non-empty batch."""
+    first = True
+    for batch in batches:
+        if batch.height or first:
+            first = False
+            yield batch
 
 
 def run_stage(ws: Workspace, cfg: CurationConfig, stage: str, drop: str, run_id: str = "local") -> StageSummary:
