@@ -36,13 +36,15 @@ import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import polars as pl
 
-from curation_platform.config import EngineConfig
 from curation_platform.errors import CurationError
-from curation_platform.records import StageResult
+
+if TYPE_CHECKING:  # a worker imports this module first: keep it light (the operators import what they need)
+    from curation_platform.config import EngineConfig
+    from curation_platform.records import StageResult
 
 # The per-document stages worth a worker pool (measured on 2 cores, see README "Performance", every core): their
 # operators spend their time in Python holding the GIL. Filters and scoring are Polars expressions over columns the
@@ -97,7 +99,9 @@ def run_batches(operator: Callable[[pl.DataFrame], StageResult], batches: Iterab
             yield _outcome(*pending.popleft())
         finished = True
     finally:
-        if not finished:  # an error, Ctrl-C, or the caller stopped early: stop the work still in flight
+        # An error, Ctrl-C, or the caller stopped early: stop the work still in flight (terminating the workers: a
+        # batch may run for minutes). A pool with nothing in flight is kept for the next stage.
+        if not finished and (_broken(pool) or not all(future.cancel() or future.done() for _, _, future in pending)):
             _discard(workers)
 
 
@@ -133,6 +137,9 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     """This process's pool of ``workers`` processes, started on first use."""
     with _POOLS_LOCK:
         pool = _POOLS.get(workers)
+        if pool is not None and _broken(pool):  # a worker died while idle (killed between two stages)
+            _discard(workers, locked=True)
+            pool = None
         if pool is None:
             pool = _POOLS[workers] = _start(workers)
         return pool
@@ -176,10 +183,17 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _discard(workers: int) -> None:
-    """Terminate the pool's workers now (a batch may run for minutes) and forget the pool."""
-    with _POOLS_LOCK:
+def _broken(pool: ProcessPoolExecutor) -> bool:
+    return bool(getattr(pool, "_broken", False))  # set by the executor when a worker died
+
+
+def _discard(workers: int, locked: bool = False) -> None:
+    """Terminate the pool's workers now and forget the pool."""
+    if locked:
         pool = _POOLS.pop(workers, None)
+    else:
+        with _POOLS_LOCK:
+            pool = _POOLS.pop(workers, None)
     if pool is None:
         return
     processes = list((pool._processes or {}).values())  # the executor has no public way to stop running tasks
