@@ -5,7 +5,9 @@ This is the one place that knows the stage order and where each stage's data liv
 
 Streaming: a per-document stage reads its input in batches of ``engine.batch_rows`` documents
 (``Workspace.iter_stage``), calls its operator once per batch and appends the kept rows and ledger rows to
-streaming Parquet writers, so peak memory is set by the batch size, not by the drop. A drop-global stage (line,
+streaming Parquet writers, so peak memory is set by the batch size, not by the drop. With the local executor the
+batches of the Python-heavy stages run in a pool of worker processes, one per core (``executors/local.py``), and
+come back in input order. A drop-global stage (line,
 exact and near dedup) gets a ``DropInput`` over its input instead. Outputs do not depend on the batching: files are
 written in fixed row groups, and ledger rows are in input order (each document's verdict rows, then its ``keep``).
 Batch metrics are merged with ``merge_metrics``: counts are summed, per-document statistics (means, medians,
