@@ -13,7 +13,7 @@ runs a drop's steps in one process), so a worker loads the fastText model or the
 the operator with its configuration and stage context: they pickle to under 1 MB (the benchmark n-gram index is the
 largest, 0.7 MB) against about 60 MB for a batch of 20,000 web pages, so sending them once per worker would not be
 measurably cheaper. Workers run Polars with ``cores // workers`` threads (``POLARS_MAX_THREADS``, set before they
-import Polars), so workers x threads does not oversubscribe the cores.
+import Polars, unless it is set already), so workers x threads does not oversubscribe the cores.
 
 Errors: an exception raised by an operator in a worker is re-raised here as itself (a ``CurationError`` keeps its
 one-line message; any other exception keeps the worker's traceback as its cause); a worker that dies (killed, out
@@ -148,9 +148,10 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 def _start(workers: int) -> ProcessPoolExecutor:
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(os.getpid(),))
-    # A spawned worker reads its environment once, at start: set its Polars threads for the moment the workers
-    # start (they start on demand; one quick task per worker starts them all now).
-    with _environment(POLARS_MAX_THREADS=str(polars_threads(workers))):
+    # A spawned worker reads its environment once, at start: set its Polars threads (unless the user set them) for
+    # the moment the workers start (they start on demand; one quick task per worker starts them all now).
+    threads = os.environ.get("POLARS_MAX_THREADS") or str(polars_threads(workers))
+    with _environment(POLARS_MAX_THREADS=threads):
         for _ in range(workers):
             pool.submit(os.getpid)
     return pool
