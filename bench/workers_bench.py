@@ -61,7 +61,7 @@ def measured(name, work):
     load, cpu, started = os.getloadavg()[0], cpu_seconds(), time.perf_counter()
     value = work()
     seconds = time.perf_counter() - started
-    print(json.dumps({{"stage": name, "seconds": seconds, "cpu_seconds": cpu_seconds() - cpu, "load_1min": load,
+    print("BENCH " + json.dumps({{"stage": name, "seconds": seconds, "cpu_seconds": cpu_seconds() - cpu, "load_1min": load,
                       "rss_mb_after": rss_mb(), **(value or {{}})}}), flush=True)
 
 if {workers} > 1:  # the pool starts once per run (as in `curate run`): measured on its own
@@ -88,7 +88,9 @@ def run(work: Path, drop: str, stages: list[str], workers: int, batch_rows: int,
     rows = []
     with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as child:
         for line in child.stdout:
-            result = json.loads(line)
+            if not line.startswith("BENCH "):  # a stage's own output
+                continue
+            result = json.loads(line.removeprefix("BENCH "))
             result.update(workers=workers, utilisation=round(result["cpu_seconds"] / result["seconds"], 2))
             if "input" in result:
                 result["docs_per_s"] = round(result["input"] / result["seconds"], 1)
