@@ -81,17 +81,19 @@ def run_batches(operator: Callable[[pl.DataFrame], StageResult], batches: Iterab
     With ``workers`` > 1 and more than one batch, the batches run in a pool of ``workers`` processes, at most
     ``workers + 1`` at a time; ``operator`` must then pickle (a module-level function, or a ``functools.partial``
     of one). Otherwise every batch runs here, one after the other."""
-    batches = iter(batches)
-    head = list(itertools.islice(batches, 2))
-    if workers <= 1 or len(head) < 2:
-        for batch in itertools.chain(head, batches):
+    rest = iter(batches)
+    head = list(itertools.islice(rest, 2))
+    parallel = workers > 1 and len(head) == 2
+    batches = _released(head, rest)  # the first two batches are not held for the whole stage
+    if not parallel:
+        for batch in batches:
             yield batch["doc_id"], batch.clear(), operator(batch)
         return
     pool = _pool(workers)
     pending: deque[tuple[pl.Series, pl.DataFrame, Future]] = deque()
     finished = False
     try:
-        for batch in itertools.chain(head, batches):
+        for batch in batches:
             pending.append((batch["doc_id"], batch.clear(), pool.submit(_call, operator, batch)))
             del batch  # the worker has its copy: hold only ids while it runs
             while len(pending) > workers:
@@ -104,6 +106,12 @@ def run_batches(operator: Callable[[pl.DataFrame], StageResult], batches: Iterab
         # batch may run for minutes). A pool with nothing in flight is kept for the next stage.
         if not finished and (_broken(pool) or not all(future.cancel() or future.done() for _, _, future in pending)):
             _discard(workers)
+
+
+def _released(head: list[pl.DataFrame], rest: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    while head:
+        yield head.pop(0)
+    yield from rest
 
 
 def _outcome(ids: pl.Series, columns: pl.DataFrame, future: Future) -> tuple[pl.Series, pl.DataFrame, StageResult]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import time
 from pathlib import Path
 
 import polars as pl
@@ -30,6 +31,8 @@ def _where(docs: pl.DataFrame) -> StageResult:
 def _fail_on(doc_id: str, docs: pl.DataFrame) -> StageResult:
     if doc_id in docs["doc_id"].to_list():
         raise CurationError(f"drop 'd': document {doc_id} is bad; fix it")
+    if docs["doc_id"][0] > doc_id:  # the batches after the bad one are still running when its error arrives
+        time.sleep(120)
     return _where(docs)
 
 
@@ -83,7 +86,7 @@ def test_a_worker_error_is_the_in_process_error_and_leaves_no_worker_behind():
     with pytest.raises(CurationError) as there:
         list(local.run_batches(failing, _frames(8), workers=2))
     assert type(there.value) is type(here.value) and str(there.value) == str(here.value)
-    assert not any(_alive(pid) for pid in pids)  # terminated and reaped, not orphaned
+    assert not any(_alive(pid) for pid in pids)  # the workers running later batches: terminated and reaped
     # An exception that cannot travel back whole is named, with the worker's traceback, instead of breaking the pool.
     with pytest.raises(RuntimeError, match="_Unpicklable: the operator broke") as unpicklable:
         list(local.run_batches(_fail_unpicklably, _frames(3), workers=2))
