@@ -61,8 +61,8 @@ def measured(name, work):
     load, cpu, started = os.getloadavg()[0], cpu_seconds(), time.perf_counter()
     value = work()
     seconds = time.perf_counter() - started
-    print("BENCH " + json.dumps({{"stage": name, "seconds": seconds, "cpu_seconds": cpu_seconds() - cpu, "load_1min": load,
-                      "rss_mb_after": rss_mb(), **(value or {{}})}}), flush=True)
+    print("BENCH " + json.dumps({{"stage": name, "seconds": seconds, "cpu_seconds": cpu_seconds() - cpu,
+                                 "load_1min": load, "rss_mb_after": rss_mb(), **(value or {{}})}}), flush=True)
 
 if {workers} > 1:  # the pool starts once per run (as in `curate run`): measured on its own
     def start():
