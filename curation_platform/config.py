@@ -113,6 +113,7 @@ class EngineConfig(_Strict):
     memory_limit: DuckDBSize = "2GB"  # DuckDB memory_limit of out-of-core queries
     spill_dir: str | None = None  # DuckDB temp_directory; default <workspace>/tmp/spill
     threads: int | None = Field(default=None, ge=1)  # DuckDB/Polars threads; None = every core
+    workers: int | None = Field(default=None, ge=1)  # local executor processes; None = every core, 1 = in-process
     # What `curate run` does after a successful release: `keep` every stage output, or `gc` the intermediate
     # outputs of the drops it released (as `curate gc` does).
     retention: Literal["keep", "gc"] = "keep"

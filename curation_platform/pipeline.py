@@ -5,8 +5,10 @@ This is the one place that knows the stage order and where each stage's data liv
 
 Streaming: a per-document stage reads its input in batches of ``engine.batch_rows`` documents
 (``Workspace.iter_stage``), calls its operator once per batch and appends the kept rows and ledger rows to
-streaming Parquet writers, so peak memory is set by the batch size, not by the drop. A drop-global stage (line,
-exact and near dedup) gets a ``DropInput`` over its input instead; its verdicts are put in input order out of core
+streaming Parquet writers, so peak memory is set by the batch size, not by the drop. With the local executor the
+batches of the Python-heavy stages run in a pool of worker processes, one per core (``executors/local.py``), and
+come back in input order. A drop-global stage (line, exact and near dedup) gets a ``DropInput`` over its input
+instead; its verdicts are put in input order out of core
 (spilled with the input's doc_ids, sorted by DuckDB) and its ledger is written batch by batch too. Outputs do not depend on the batching: files are
 written in fixed row groups, and ledger rows are in input order (each document's verdict rows, then its ``keep``).
 Batch metrics are merged with ``merge_metrics``: counts are summed, per-document statistics (means, medians,
@@ -367,11 +369,15 @@ def _batches(ws: Workspace, cfg: CurationConfig, stage: str, drop: str
         for input_ids, result in ray_executor.stream_stage_output(ws, cfg, stage, drop, context):
             yield input_ids, columns, result
         return
+    # The local executor: the batches over one worker process per core for the stages that gain from it.
+    from curation_platform.executors import local as local_executor
+
+    operator = functools.partial(apply_operator, stage, cfg=cfg, context=context)
     seen = False
-    for batch in ws.iter_stage(upstream, drop, batch_rows):
-        if batch.height or not seen:
-            seen = True
-            yield batch["doc_id"], batch.clear(), apply_operator(stage, batch, cfg, context)
+    for output in local_executor.run_batches(operator, _nonempty(ws.iter_stage(upstream, drop, batch_rows)),
+                                             local_executor.stage_workers(stage, cfg.engine)):
+        seen = True
+        yield output
     if not seen:  # an empty drop still gives an output file with the stage's columns
         empty = ws.scan_stage(upstream, drop).limit(0).collect()
         yield empty["doc_id"], empty, apply_operator(stage, empty, cfg, context)
@@ -443,6 +449,13 @@ def _drop_global_batches(ws: Workspace, cfg: CurationConfig, stage: str, source:
 def _before(position: int | None, stop: int) -> bool:
     """True when a verdict at input ``position`` (None: on no input document, ordered last) is before ``stop``."""
     return position is not None and position < stop
+def _nonempty(batches: Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    """The first batch (even empty: it carries the stage's columns), then every non-empty batch."""
+    first = True
+    for batch in batches:
+        if batch.height or first:
+            first = False
+            yield batch
 
 
 def run_stage(ws: Workspace, cfg: CurationConfig, stage: str, drop: str, run_id: str = "local") -> StageSummary:

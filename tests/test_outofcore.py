@@ -98,7 +98,8 @@ def test_dedup_stages_give_identical_results_for_batch_rows_1_and_large(two_drop
 
 
 def test_engine_settings_do_not_change_the_configuration_hashes():
-    tuned = CurationConfig.model_validate({"engine": {"batch_rows": 1, "memory_limit": "16MB", "threads": 1}})
+    tuned = CurationConfig.model_validate({"engine": {"batch_rows": 1, "memory_limit": "16MB", "threads": 1,
+                                                      "workers": 2}})
     assert tuned.drop_stages_hash == CurationConfig().drop_stages_hash and tuned.hash == CurationConfig().hash
 
 

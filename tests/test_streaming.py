@@ -18,10 +18,12 @@ import pytest
 
 from curation_platform import pipeline
 from curation_platform.config import CurationConfig
+from curation_platform.executors.local import PARALLEL_STAGES
 from curation_platform.explain import document_journey
 from curation_platform.gc import GC_STAGES, collect_garbage
 from curation_platform.pipeline import (DROP_GLOBAL_STAGES, FINAL_STAGE, STAGES, UPSTREAM, StageInput, drop_state,
                                         run_stage, stores_rows)
+from curation_platform.pipeline import apply_operator as _apply_operator
 from curation_platform.release import publish_release, stage_release
 from curation_platform.samples import synthetic_corpus, write_corpus_drop
 from curation_platform.workspace import Workspace
@@ -42,8 +44,10 @@ def _land(landing: Path) -> None:
         handle.write('{"id": "broken", "text": \n')  # quarantined with its line number
 
 
-def _config(batch_rows: int) -> CurationConfig:
-    return CurationConfig.model_validate({"versioning": {"enabled": False}, "engine": {"batch_rows": batch_rows}})
+def _config(batch_rows: int, workers: int = 1) -> CurationConfig:
+    # One worker (in-process) unless a test asks for more: the batch-size test observes its operators here.
+    return CurationConfig.model_validate({"versioning": {"enabled": False},
+                                          "engine": {"batch_rows": batch_rows, "workers": workers}})
 
 
 def _curate(root: Path, landing: Path, cfg: CurationConfig) -> Workspace:
@@ -118,6 +122,39 @@ def test_outputs_are_byte_identical_for_any_batch_size(tmp_path, landing, curate
     # Every per-document operator ran, in batches of at most batch_rows documents; so did the dedup inputs.
     assert set(largest) >= set(pipeline.PER_DOCUMENT_OPERATORS)
     assert max(largest.values()) == batch_rows
+
+
+def _recording_apply_operator(stage, docs, cfg, context):
+    """``pipeline.apply_operator``, plus the process that ran the batch as a metric (counts per pid; metrics merge
+    by summing). Module-level, so it pickles to the local executor's worker processes."""
+    result = _apply_operator(stage, docs, cfg, context)
+    result.metrics = {**result.metrics, "processes": {str(os.getpid()): 1}}
+    return result
+
+
+def test_outputs_are_byte_identical_with_worker_processes(tmp_path, landing, curated, monkeypatch):
+    monkeypatch.setattr(pipeline, "apply_operator", _recording_apply_operator)
+    cfg = _config(5, workers=2)
+    ws = Workspace(tmp_path / "ws")
+    processes: dict[tuple[str, str], dict[str, int]] = {}
+    for name in DROPS:
+        ws.register_drop(name, landing / name)
+        for stage in STAGES:
+            processes[stage, name] = run_stage(ws, cfg, stage, name).metrics.get("processes", {})
+    folders = ("stages", "ledger", "index", "quarantine")
+    expected = {path: digest for path, digest in _digests(curated[0].root, folders).items()
+                if not path.startswith("ledger/release")}  # the fixture also released; this test does not
+    assert len(expected) == len(DROPS) * (2 * len(STAGES) + 4)
+    assert _digests(ws.root, folders) == expected
+    # The parallel stages ran their batches (several per drop) in the workers, the others here.
+    here = str(os.getpid())
+    for (stage, name), pids in processes.items():
+        if stage not in pipeline.PER_DOCUMENT_OPERATORS:
+            continue
+        assert sum(pids.values()) > 1, (stage, name)  # several batches
+        assert (here not in pids) if stage in PARALLEL_STAGES else (set(pids) == {here}), (stage, name, pids)
+    workers = {pid for (stage, _), pids in processes.items() if stage in PARALLEL_STAGES for pid in pids}
+    assert len(workers) == 2
 
 
 def test_decide_only_stages_compose_into_what_the_operator_returned(curated):
