@@ -729,7 +729,9 @@ def near_duplicates(
 
             # The candidate pairs, sorted and distinct, are spilled to Parquet (one row group per batch of at most
             # ``pairs_per_batch``); DuckDB is closed before the verification so its memory is not held meanwhile.
-            pairs_per_batch = min(cfg.verify_batch_rows, ooc.batch_rows)
+            # Half of batch_rows pairs: a verification batch reads and shingles at most batch_rows documents, as a
+            # signature batch does, so both passes peak alike.
+            pairs_per_batch = max(1, min(cfg.verify_batch_rows, ooc.batch_rows // 2))
             pair_spill = SpillWriter(folder / "candidates.parquet", {"src": pl.Int64, "dst": pl.Int64})
             for batch_src, batch_dst in (candidates or _candidate_batches)(connection, cfg, pairs_per_batch):
                 pair_spill.write(pl.DataFrame({"src": batch_src, "dst": batch_dst}))
