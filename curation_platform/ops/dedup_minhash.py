@@ -343,6 +343,9 @@ def _size_bucket(size: int) -> str:
     return str(size) if size <= 2 else f"{lower}-{upper}"
 
 
+_JACCARD_CHUNK_PAIRS = 1024  # pairs whose shingle rows are sorted together in exact_jaccard
+
+
 def exact_jaccard(hashes: np.ndarray, counts: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Exact Jaccard of the shingle SETS of text pairs ``(left[i], right[i])``, for all pairs at once.
 
@@ -368,17 +371,22 @@ def exact_jaccard(hashes: np.ndarray, counts: np.ndarray, left: np.ndarray, righ
     def members(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # (pair, shingle) rows of the given side's sets, one block per pair.
         lengths = sizes[texts]
-        pair = np.repeat(np.arange(n_pairs, dtype=np.int64), lengths)
+        pair = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
         offset = np.arange(lengths.sum(), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         return pair, set_hash[np.repeat(starts[texts], lengths) + offset]
 
-    pair_a, hash_a = members(left)
-    pair_b, hash_b = members(right)
-    pair, shingle = np.concatenate([pair_a, pair_b]), np.concatenate([hash_a, hash_b])
-    both = np.lexsort((shingle, pair))
-    pair, shingle = pair[both], shingle[both]
-    repeated = (pair[1:] == pair[:-1]) & (shingle[1:] == shingle[:-1])
-    common = np.bincount(pair[1:][repeated], minlength=n_pairs).astype(np.float64)
+    common = np.zeros(n_pairs, dtype=np.float64)
+    # Pairs in chunks: the (pair, shingle) rows and their sort grow with the pairs, so a chunk bounds them.
+    for first in range(0, n_pairs, _JACCARD_CHUNK_PAIRS):
+        chunk = slice(first, first + _JACCARD_CHUNK_PAIRS)
+        pair_a, hash_a = members(left[chunk])
+        pair_b, hash_b = members(right[chunk])
+        pair, shingle = np.concatenate([pair_a, pair_b]), np.concatenate([hash_a, hash_b])
+        del pair_a, hash_a, pair_b, hash_b
+        both = np.lexsort((shingle, pair))
+        pair, shingle = pair[both], shingle[both]
+        repeated = (pair[1:] == pair[:-1]) & (shingle[1:] == shingle[:-1])
+        common[chunk] = np.bincount(pair[1:][repeated], minlength=len(left[chunk]))
     union = (sizes[left] + sizes[right]).astype(np.float64) - common
     return np.divide(common, union, out=np.zeros(n_pairs, dtype=np.float64), where=union > 0)
 
@@ -721,7 +729,9 @@ def near_duplicates(
 
             # The candidate pairs, sorted and distinct, are spilled to Parquet (one row group per batch of at most
             # ``pairs_per_batch``); DuckDB is closed before the verification so its memory is not held meanwhile.
-            pairs_per_batch = min(cfg.verify_batch_rows, ooc.batch_rows)
+            # Half of batch_rows pairs: a verification batch reads and shingles at most batch_rows documents, as a
+            # signature batch does, so both passes peak alike.
+            pairs_per_batch = max(1, min(cfg.verify_batch_rows, ooc.batch_rows // 2))
             pair_spill = SpillWriter(folder / "candidates.parquet", {"src": pl.Int64, "dst": pl.Int64})
             for batch_src, batch_dst in (candidates or _candidate_batches)(connection, cfg, pairs_per_batch):
                 pair_spill.write(pl.DataFrame({"src": batch_src, "dst": batch_dst}))
