@@ -94,7 +94,11 @@ def run_batches(operator: Callable[[pl.DataFrame], StageResult], batches: Iterab
     finished = False
     try:
         for batch in batches:
-            pending.append((batch["doc_id"], batch.clear(), pool.submit(_call, operator, batch)))
+            try:
+                future = pool.submit(_call, operator, batch)
+            except BrokenProcessPool:  # a worker died since the last result
+                raise _lost() from None
+            pending.append((batch["doc_id"], batch.clear(), future))
             del batch  # the worker has its copy: hold only ids while it runs
             while len(pending) > workers:
                 yield _outcome(*pending.popleft())
@@ -118,9 +122,13 @@ def _outcome(ids: pl.Series, columns: pl.DataFrame, future: Future) -> tuple[pl.
     try:
         return ids, columns, future.result()
     except BrokenProcessPool:
-        raise WorkerLostError(
-            "a worker process of the local executor died while running a batch (killed, or out of memory?); "
-            "lower engine.batch_rows or engine.workers in curation.yaml and run again") from None
+        raise _lost() from None
+
+
+def _lost() -> WorkerLostError:
+    return WorkerLostError(
+        "a worker process of the local executor died while running a batch (killed, or out of memory?); "
+        "lower engine.batch_rows or engine.workers in curation.yaml and run again")
 
 
 def _call(operator: Callable[[pl.DataFrame], StageResult], batch: pl.DataFrame) -> StageResult:
