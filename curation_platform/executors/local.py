@@ -74,13 +74,14 @@ def polars_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def run_batches(operator: Callable[[pl.DataFrame], StageResult], batches: Iterable[pl.DataFrame], workers: int
-                ) -> Iterator[tuple[pl.Series, pl.DataFrame, StageResult]]:
+def run_batches(operator: Callable[[pl.DataFrame], StageResult], batches: Iterable[pl.DataFrame], workers: int,
+                label: str = "the local executor") -> Iterator[tuple[pl.Series, pl.DataFrame, StageResult]]:
     """``operator`` on every batch, as (the batch's doc_ids, its columns as a 0-row frame, result), in input order.
 
     With ``workers`` > 1 and more than one batch, the batches run in a pool of ``workers`` processes, at most
     ``workers + 1`` at a time; ``operator`` must then pickle (a module-level function, or a ``functools.partial``
-    of one). Otherwise every batch runs here, one after the other."""
+    of one). Otherwise every batch runs here, one after the other. ``label`` (e.g. the stage and drop) starts the
+    message of a ``WorkerLostError``."""
     rest = iter(batches)
     head = list(itertools.islice(rest, 2))
     parallel = workers > 1 and len(head) == 2
@@ -97,13 +98,13 @@ def run_batches(operator: Callable[[pl.DataFrame], StageResult], batches: Iterab
             try:
                 future = pool.submit(_call, operator, batch)
             except BrokenProcessPool:  # a worker died since the last result
-                raise _lost() from None
+                raise _lost(label) from None
             pending.append((batch["doc_id"], batch.clear(), future))
             del batch  # the worker has its copy: hold only ids while it runs
             while len(pending) > workers:
-                yield _outcome(*pending.popleft())
+                yield _outcome(*pending.popleft(), label)
         while pending:
-            yield _outcome(*pending.popleft())
+            yield _outcome(*pending.popleft(), label)
         finished = True
     finally:
         # An error, Ctrl-C, or the caller stopped early: stop the work still in flight (terminating the workers: a
@@ -118,16 +119,17 @@ def _released(head: list[pl.DataFrame], rest: Iterator[pl.DataFrame]) -> Iterato
     yield from rest
 
 
-def _outcome(ids: pl.Series, columns: pl.DataFrame, future: Future) -> tuple[pl.Series, pl.DataFrame, StageResult]:
+def _outcome(ids: pl.Series, columns: pl.DataFrame, future: Future, label: str
+             ) -> tuple[pl.Series, pl.DataFrame, StageResult]:
     try:
         return ids, columns, future.result()
     except BrokenProcessPool:
-        raise _lost() from None
+        raise _lost(label) from None
 
 
-def _lost() -> WorkerLostError:
+def _lost(label: str) -> WorkerLostError:
     return WorkerLostError(
-        "a worker process of the local executor died while running a batch (killed, or out of memory?); "
+        f"{label}: a worker process died while running a batch (killed, or out of memory?); "
         "lower engine.batch_rows or engine.workers in curation.yaml and run again")
 
 
