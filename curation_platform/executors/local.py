@@ -1,7 +1,7 @@
 """The local executor: a per-document stage's batches over a pool of worker processes, one per core.
 
-fastText language ID, ftfy, the PII patterns, the filters' signals and the decontamination n-grams run Python code
-that holds the GIL, so threads would keep one core busy. ``run_batches`` maps a stage's operator over its input
+fastText language ID, the quality signals, the PII patterns and the decontamination n-grams run Python code that
+holds the GIL, so threads would keep one core busy. ``run_batches`` maps a stage's operator over its input
 batches with a standard-library ``ProcessPoolExecutor`` (``spawn`` start method: the caller may have threads, as
 Dagster, DuckDB and Polars do, and forking a threaded process is unsafe) and yields the results in input order, so
 the stage files and the ledger are byte-identical to an in-process run. At most ``workers + 1`` batches are in
@@ -47,12 +47,12 @@ if TYPE_CHECKING:  # a worker imports this module first: keep it light (the oper
     from curation_platform.records import StageResult
 
 # The per-document stages worth a worker pool (measured on 2 cores, see README "Every core"): their operators spend
-# their time in Python holding the GIL (0.1 to 1 ms of CPU per document). URL filtering, filters and scoring are
+# their time in Python holding the GIL (0.2 to 1 ms of CPU per document). URL filtering, filters and scoring are
 # Polars expressions and joins (already multi-threaded) costing 10 to 30 us per document, less than pickling the
-# batch to a worker and back (about 20 to 40 us per 3 KB document): they stay in-process. A worker would also load
-# the UT1 lists (4.5 million domains) again.
-PARALLEL_STAGES: frozenset[str] = frozenset({
-    "normalized", "language", "quality_signals", "pii_redacted", "decontaminated"})
+# batch to a worker and back (about 20 to 40 us per 3 KB document); normalize costs about 150 us per document but
+# sends its text back, and took 50 to 70% more CPU in workers with no gain in time: they stay in-process. A worker
+# would also load the UT1 lists (4.5 million domains) again.
+PARALLEL_STAGES: frozenset[str] = frozenset({"language", "quality_signals", "pii_redacted", "decontaminated"})
 
 
 class WorkerLostError(CurationError):
