@@ -375,7 +375,8 @@ def _batches(ws: Workspace, cfg: CurationConfig, stage: str, drop: str
     operator = functools.partial(apply_operator, stage, cfg=cfg, context=context)
     seen = False
     for output in local_executor.run_batches(operator, _nonempty(ws.iter_stage(upstream, drop, batch_rows)),
-                                             local_executor.stage_workers(stage, cfg.engine)):
+                                             local_executor.stage_workers(stage, cfg.engine),
+                                             label=f"stage '{stage}' on drop '{drop}'"):
         seen = True
         yield output
     if not seen:  # an empty drop still gives an output file with the stage's columns

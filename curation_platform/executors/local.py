@@ -1,7 +1,7 @@
 """The local executor: a per-document stage's batches over a pool of worker processes, one per core.
 
-fastText language ID, ftfy, the PII patterns, the filters' signals and the decontamination n-grams run Python code
-that holds the GIL, so threads would keep one core busy. ``run_batches`` maps a stage's operator over its input
+fastText language ID, the quality signals, the PII patterns and the decontamination n-grams run Python code that
+holds the GIL, so threads would keep one core busy. ``run_batches`` maps a stage's operator over its input
 batches with a standard-library ``ProcessPoolExecutor`` (``spawn`` start method: the caller may have threads, as
 Dagster, DuckDB and Polars do, and forking a threaded process is unsafe) and yields the results in input order, so
 the stage files and the ledger are byte-identical to an in-process run. At most ``workers + 1`` batches are in
@@ -47,12 +47,12 @@ if TYPE_CHECKING:  # a worker imports this module first: keep it light (the oper
     from curation_platform.records import StageResult
 
 # The per-document stages worth a worker pool (measured on 2 cores, see README "Every core"): their operators spend
-# their time in Python holding the GIL (0.1 to 1 ms of CPU per document). URL filtering, filters and scoring are
+# their time in Python holding the GIL (0.2 to 1 ms of CPU per document). URL filtering, filters and scoring are
 # Polars expressions and joins (already multi-threaded) costing 10 to 30 us per document, less than pickling the
-# batch to a worker and back (about 20 to 40 us per 3 KB document): they stay in-process. A worker would also load
-# the UT1 lists (4.5 million domains) again.
-PARALLEL_STAGES: frozenset[str] = frozenset({
-    "normalized", "language", "quality_signals", "pii_redacted", "decontaminated"})
+# batch to a worker and back (about 20 to 40 us per 3 KB document); normalize costs about 150 us per document but
+# sends its text back, and took 50 to 70% more CPU in workers with no gain in time: they stay in-process. A worker
+# would also load the UT1 lists (4.5 million domains) again.
+PARALLEL_STAGES: frozenset[str] = frozenset({"language", "quality_signals", "pii_redacted", "decontaminated"})
 
 
 class WorkerLostError(CurationError):
@@ -74,13 +74,14 @@ def polars_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def run_batches(operator: Callable[[pl.DataFrame], StageResult], batches: Iterable[pl.DataFrame], workers: int
-                ) -> Iterator[tuple[pl.Series, pl.DataFrame, StageResult]]:
+def run_batches(operator: Callable[[pl.DataFrame], StageResult], batches: Iterable[pl.DataFrame], workers: int,
+                label: str = "the local executor") -> Iterator[tuple[pl.Series, pl.DataFrame, StageResult]]:
     """``operator`` on every batch, as (the batch's doc_ids, its columns as a 0-row frame, result), in input order.
 
     With ``workers`` > 1 and more than one batch, the batches run in a pool of ``workers`` processes, at most
     ``workers + 1`` at a time; ``operator`` must then pickle (a module-level function, or a ``functools.partial``
-    of one). Otherwise every batch runs here, one after the other."""
+    of one). Otherwise every batch runs here, one after the other. ``label`` (e.g. the stage and drop) starts the
+    message of a ``WorkerLostError``."""
     rest = iter(batches)
     head = list(itertools.islice(rest, 2))
     parallel = workers > 1 and len(head) == 2
@@ -94,12 +95,16 @@ def run_batches(operator: Callable[[pl.DataFrame], StageResult], batches: Iterab
     finished = False
     try:
         for batch in batches:
-            pending.append((batch["doc_id"], batch.clear(), pool.submit(_call, operator, batch)))
+            try:
+                future = pool.submit(_call, operator, batch)
+            except BrokenProcessPool:  # a worker died since the last result
+                raise _lost(label) from None
+            pending.append((batch["doc_id"], batch.clear(), future))
             del batch  # the worker has its copy: hold only ids while it runs
             while len(pending) > workers:
-                yield _outcome(*pending.popleft())
+                yield _outcome(*pending.popleft(), label)
         while pending:
-            yield _outcome(*pending.popleft())
+            yield _outcome(*pending.popleft(), label)
         finished = True
     finally:
         # An error, Ctrl-C, or the caller stopped early: stop the work still in flight (terminating the workers: a
@@ -114,13 +119,18 @@ def _released(head: list[pl.DataFrame], rest: Iterator[pl.DataFrame]) -> Iterato
     yield from rest
 
 
-def _outcome(ids: pl.Series, columns: pl.DataFrame, future: Future) -> tuple[pl.Series, pl.DataFrame, StageResult]:
+def _outcome(ids: pl.Series, columns: pl.DataFrame, future: Future, label: str
+             ) -> tuple[pl.Series, pl.DataFrame, StageResult]:
     try:
         return ids, columns, future.result()
     except BrokenProcessPool:
-        raise WorkerLostError(
-            "a worker process of the local executor died while running a batch (killed, or out of memory?); "
-            "lower engine.batch_rows or engine.workers in curation.yaml and run again") from None
+        raise _lost(label) from None
+
+
+def _lost(label: str) -> WorkerLostError:
+    return WorkerLostError(
+        f"{label}: a worker process died while running a batch (killed, or out of memory?); "
+        "lower engine.batch_rows or engine.workers in curation.yaml and run again")
 
 
 def _call(operator: Callable[[pl.DataFrame], StageResult], batch: pl.DataFrame) -> StageResult:
