@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from curation_platform.errors import ConfigError, CurationError
 from curation_platform.formatting import FormattingConfig
 from curation_platform.licenses import LicensePolicy
+from curation_platform.manifest import load_yaml
 from curation_platform.outofcore import DuckDBSize
 from curation_platform.ops.decontaminate import DecontaminationConfig
 from curation_platform.ops.dedup_exact import ExactDedupConfig
@@ -141,7 +142,6 @@ class CurationConfig(_Strict):
     formatting: FormattingConfig = Field(default_factory=FormattingConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
     versioning: VersioningConfig = Field(default_factory=VersioningConfig)
-    engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @property
     def hash(self) -> str:
@@ -176,7 +176,7 @@ def load_config(path: str | Path | None) -> CurationConfig:
     if not path.exists():
         raise ConfigError(f"configuration file {path} does not exist; pass --config or create it")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     try:

@@ -110,6 +110,26 @@ def _manifest_error(drop_dir: Path, path: Path, field: str, problem: str) -> Man
     return ManifestError(f"drop '{drop_dir.name}': {path}: field '{field}' {problem}; {hint}.")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error, not a silent overwrite."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' on line {key_node.start_mark.line + 1} repeats line {seen[key]}; the "
+                    "second would silently replace the first: merge them", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text like ``yaml.safe_load``, refusing duplicate keys (``yaml.YAMLError`` naming the line)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_manifest(drop_dir: Path, policy: LicensePolicy | None = None) -> Manifest:
     """Read and validate ``<drop_dir>/manifest.yaml``.
 
@@ -125,7 +145,7 @@ def load_manifest(drop_dir: Path, policy: LicensePolicy | None = None) -> Manife
             "license and provenance."
         )
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ManifestError(

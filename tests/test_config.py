@@ -48,3 +48,12 @@ def test_filter_profiles_edit_the_default_rules_and_sources_must_name_one(tmp_pa
     bad.write_text("filters:\n  sources: {team-notes: tiny}\n")
     with pytest.raises(ConfigError, match="unknown profile"):
         load_config(bad)
+
+
+def test_a_section_given_twice_is_an_error_not_a_silent_override(tmp_path):
+    # The bundled curation.yaml once had two `engine:` sections; YAML kept only the second, so edits to the first
+    # did nothing. Loading must refuse it and name the lines.
+    path = tmp_path / "curation.yaml"
+    path.write_text("engine:\n  batch_rows: 10\ningest:\n  min_text_chars: 1\nengine:\n  batch_rows: 20\n")
+    with pytest.raises(ConfigError, match=r"'engine' on line 5 repeats line 1"):
+        load_config(path)

@@ -300,3 +300,10 @@ def test_landing_scan_rejects_a_drop_with_unknown_terms(tmp_path):
     scan = scan_landing(tmp_path, 0, CurationConfig().licenses)
     assert scan.ready == [] and [name for name, _ in scan.rejected] == ["synthetic-drop"]
     assert "known terms: no-training-of-competing-models" in scan.rejected[0][1]
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):
+    # YAML itself lets the second `license:` silently replace the first: a drop could ship under the wrong license.
+    text = "source: news\nkind: web\nlicense: CC-BY-4.0\nprovenance: {url: https://example.org}\nlicense: LicenseRef-proprietary\n"
+    message = load_error(write_drop(tmp_path, text))
+    assert "not valid YAML" in message and "'license' on line 5 repeats line 3" in message
