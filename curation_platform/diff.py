@@ -37,9 +37,7 @@ class ReleaseDiff:
 
 
 def _known(ws: Workspace) -> str:
-    root = ws.root / "releases"
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
-    return ", ".join(names) or "none yet"
+    return ", ".join(ws.release_names()) or "none yet"
 
 
 @contextlib.contextmanager

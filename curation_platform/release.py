@@ -591,7 +591,7 @@ def _publish_version(ws: Workspace, name: str, staging: Path) -> Path:
     import uuid
 
     previous = ws.release_dir(name)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     version = f"{now:%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}"  # sorts by publish time; unique per publish
     target = ws.lake / "releases" / ".versions" / version / name
     move_tree(staging, target)  # every object copied (shards first, card and shard index last), then staging deleted

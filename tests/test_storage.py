@@ -312,3 +312,12 @@ def test_a_publish_that_fails_half_way_leaves_the_previous_release_whole_for_rea
     assert card["documents"] == 3 and texts == ["second a", "second b", "second c"] and len(ids) == 3
     versions = s3.ls(f"{BUCKET}/publish-lake/releases/.versions")
     assert len(versions) == 2  # the current release and the one before it (a reader may still be on it)
+    # The catalog's release views read the current version only.
+    import duckdb
+
+    from curation_platform.catalog import query, refresh_catalog
+
+    with duckdb.connect() as scratch:
+        refresh_catalog(scratch, ws, rebuild="always")
+    shipped = query(ws, "SELECT release, count(*) AS n FROM release_shards GROUP BY release")
+    assert shipped.rows() == [("latest", 3)]
