@@ -8,11 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from curation_platform.config import (
-    CurationConfig,
-    describe_validation_error,
-    load_config,
-)
+from curation_platform.config import CurationConfig, describe_validation_error, load_config
 from curation_platform.errors import ConfigError
 from curation_platform.ops.decontaminate import BenchmarkSpec
 
