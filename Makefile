@@ -23,9 +23,9 @@ run: install
 	$(BIN)/curate samples --landing $(LANDING)
 	$(BIN)/curate run --landing $(LANDING) --workspace $(WORKSPACE)
 
-## Whole test suite, one worker per core (each test module runs whole on one worker; see tests/conftest.py).
+## Whole test suite, one worker per core (each test module runs whole on one worker).
 test: install
-	$(BIN)/python -m pytest -q -n auto --dist loadgroup --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 ## Dagster web UI on http://127.0.0.1:$(PORT) (the landing sensor runs while it is up).
 ui: install

@@ -9,12 +9,12 @@ os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 
-# `make test` runs `pytest -n auto --dist loadgroup --no-loadscope-reorder`: a test module runs whole on one worker (its module-scoped
-# fixtures are computed once), except that modules sharing a session fixture are one group, so its value is computed
-# once per test session: the run of the sample drops (`project`) serves test_end_to_end.py, test_sample_outcomes.py
-# and test_catalog.py (which compares it with its own workspace). Groups start longest first, so the workers finish together (the order of tests inside a
-# module does not change).
-SHARED_GROUPS = {
+# `make test` runs `pytest -n auto --dist loadfile`: each test module runs whole on one worker, so its
+# module-scoped fixtures are computed once. Here modules that share a session fixture are one scope too, so its value
+# is computed once per test session: the run of the sample drops (`project`) serves test_end_to_end.py,
+# test_sample_outcomes.py and test_catalog.py (which compares it with its own workspace). Scopes start longest
+# first, so the workers finish together (the order of the tests inside a module does not change).
+SHARED_SCOPES = {
     "tests/test_end_to_end.py": "sample-run",
     "tests/test_sample_outcomes.py": "sample-run",
     "tests/test_catalog.py": "sample-run",
@@ -23,18 +23,29 @@ LONGEST_FIRST = ["sample-run", "tests/test_cli.py", "tests/executors/test_ray.py
                  "tests/test_readme.py"]
 
 
-def _group(item: pytest.Item) -> str:
-    path = item.nodeid.split("::", 1)[0]
-    return SHARED_GROUPS.get(path, path)
+def _scope(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return SHARED_SCOPES.get(path, path)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group markers
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(_group(item)))
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: each module keeps its order
+    items.sort(key=lambda item: rank.get(_scope(item.nodeid), len(rank)))  # stable: each module keeps its order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the scopes above (pytest-xdist's ``xdist_group`` marks do not reach its scheduler
+    under pytest 9), in collection order rather than by number of tests."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFixtureScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _scope(nodeid)
+
+    config.option.loadscopereorder = False
+    return SharedFixtureScheduling(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
