@@ -386,7 +386,7 @@ def _table_candidates(rel: str, path: Path, fmt: str, batch_rows: int = 1 << 62)
             as_json = pl.struct(pl.all()).struct.json_encode().alias("raw")
             if fmt == "parquet":
                 # pyarrow decodes one row group at a time; Polars' streaming engine reads several ahead.
-                batches = pq.ParquetFile(source).iter_batches(batch_size=chunk_rows)
+                batches = pq.ParquetFile(source, pre_buffer=False).iter_batches(batch_size=chunk_rows)
                 raw = (pl.from_arrow(pa.Table.from_batches([batch]))
                        .with_columns(pl.col(pl.Binary).bin.encode("base64")).select(as_json) for batch in batches)
             else:
