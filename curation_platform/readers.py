@@ -6,9 +6,9 @@ becomes a quarantine row naming the file, the line and the reason. Only a bad ma
 that escapes the drop (UnsafePathError) stops the read, because then nothing in the drop can be trusted.
 
 Streaming: ``read_drop_batches`` yields the drop in batches of at most ``batch_rows`` candidates, and no data
-file is ever in memory whole: JSON Lines files (plain or gzip) are read line by line, Parquet and CSV files in
-Polars batches (a first pass over the file finds a corrupt file before any of its rows is yielded, so a bad file is
-still one quarantine row), WARC files record by record. One-document-per-file formats read one file (at most
+file is ever in memory whole: JSON Lines files (plain or gzip) are read line by line, Parquet files row group by
+row group (pyarrow), CSV files in Polars batches (for both, a first pass over the file finds a corrupt file before
+any of its rows is yielded, so a bad file is still one quarantine row), WARC files record by record. One-document-per-file formats read one file (at most
 ``max_record_bytes``) at a time. Only the doc-id hashes seen so far are kept across batches (to number repeated
 records), about 50 bytes per document. ``read_drop`` concatenates the batches.
 
@@ -372,7 +372,8 @@ def _table_candidates(rel: str, path: Path, fmt: str, batch_rows: int = 1 << 62)
     is one row, numbered like any other). A file that cannot be read is one candidate with the error, and then
     none of its rows is a candidate, as when files were read whole: a first streaming pass reads the file to the
     end and discards the rows, so that an error late in the file is known before any row is yielded (the file is
-    decoded twice; memory stays bounded by Polars' read-ahead and, for Parquet, the row group size)."""
+    decoded twice). Memory: a Parquet row group (pyarrow decodes one at a time), or Polars' bounded CSV read-ahead.
+    An object on S3 is copied to a local temporary file first (see ``_local_copy``)."""
     chunk_rows = min(batch_rows, _TABLE_CHUNK_ROWS)  # rows per Polars batch; frames are then cut at batch_rows
     with _local_copy(path) as source:
         try:
@@ -385,7 +386,7 @@ def _table_candidates(rel: str, path: Path, fmt: str, batch_rows: int = 1 << 62)
             as_json = pl.struct(pl.all()).struct.json_encode().alias("raw")
             if fmt == "parquet":
                 # pyarrow decodes one row group at a time; Polars' streaming engine reads several ahead.
-                batches = pq.ParquetFile(source).iter_batches(batch_size=chunk_rows)
+                batches = pq.ParquetFile(source, pre_buffer=False).iter_batches(batch_size=chunk_rows)
                 raw = (pl.from_arrow(pa.Table.from_batches([batch]))
                        .with_columns(pl.col(pl.Binary).bin.encode("base64")).select(as_json) for batch in batches)
             else:

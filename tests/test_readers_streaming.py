@@ -165,3 +165,28 @@ def test_parquet_rows_encode_as_polars_read_them(tmp_path):
         parts = list(_table_candidates("t.parquet", tmp_path / "t.parquet", "parquet", batch_rows))
         assert pl.concat(parts)["raw"].to_list() == expected
         assert pl.concat(parts)["line"].to_list() == [1, 2, 3]
+
+
+def test_a_parquet_file_damaged_between_the_two_passes_keeps_what_was_read(tmp_path):
+    """The first pass found the file sound; if it is then damaged while its rows are handed on, the rows already
+    read stay and one quarantine row names the row where reading stopped: never a traceback, nothing lost. The
+    damage is seen at all only because row groups are read as they are needed (pyarrow's default pre-buffering
+    read every row group of the file before the first batch)."""
+    from curation_platform.readers import _table_candidates
+
+    path = tmp_path / "t.parquet"
+    pl.DataFrame({"text": [f"Row {n} " + "y" * 200 for n in range(1, 13)]}).write_parquet(
+        path, row_group_size=2, compression="uncompressed")
+    size = path.stat().st_size
+    parts = _table_candidates("t.parquet", path, "parquet", batch_rows=2)
+    first = next(parts)  # the whole file was read once; now row groups 2 to 6 are damaged
+    with path.open("r+b") as handle:
+        handle.seek(size // 4)
+        handle.write(b"\xff" * (size // 2))
+    rest = list(parts)
+    lines = [line for part in [first, *rest] for line in part["line"].to_list()]
+    last = rest[-1]
+    assert last["reason_code"].to_list() == ["corrupt_parquet"]
+    stopped = last["line"][0]
+    assert lines == [*range(1, stopped), stopped] and 2 <= stopped < 12
+    assert last["reason"][0].startswith("corrupt Parquet file (") and last["reason"][0].endswith(f"(at row {stopped})")
