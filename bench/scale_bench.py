@@ -121,10 +121,15 @@ def cpu():
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 cpu_started, started = cpu(), time.perf_counter()
 summary = run_stage(ws, cfg, {stage!r}, {drop!r})
-seconds, cpu_seconds = time.perf_counter() - started, cpu() - cpu_started
-peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+seconds = time.perf_counter() - started
+# Stop the local executor's worker pool first: RUSAGE_CHILDREN counts a worker's CPU and peak RSS once it is reaped.
+from curation_platform.executors.local import shutdown
+shutdown()
+cpu_seconds = cpu() - cpu_started
+own, worker = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(json.dumps({{"input": summary.input, "kept": summary.kept, "seconds": seconds, "cpu_seconds": cpu_seconds,
-                  "peak_rss_mb": peak / 1024}}))
+                  "peak_rss_mb": max(own, worker) / 1024, "process_rss_mb": own / 1024,
+                  "worker_rss_mb": worker / 1024}}))
 """
 
 
