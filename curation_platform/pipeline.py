@@ -418,8 +418,9 @@ def _drop_global_batches(ws: Workspace, cfg: CurationConfig, stage: str, source:
             batches = iter_parquet(folder / "ids.parquet", ooc.batch_rows, ["doc_id"])
             for ids in itertools.chain((b["doc_id"] for b in batches), [None]):
                 stop += 0 if ids is None else len(ids)
-                # Read verdicts until one lies beyond this batch (or is on no input document).
-                while not exhausted and (pending.is_empty() or _before(pending["_position"][-1], stop)):
+                # Read verdicts until one lies beyond this batch (or is on no input document); after the last batch,
+                # read the rest (the verdicts on no input document).
+                while not exhausted and (ids is None or pending.is_empty() or _before(pending["_position"][-1], stop)):
                     chunk = next(ordered, None)
                     if chunk is None:
                         exhausted = True

@@ -240,3 +240,21 @@ def test_streaming_a_parquet_file_holds_as_much_arrow_memory_for_4x_the_rows(tmp
         count, peaks[groups] = map(int, done.stdout.split())
         assert count == groups * 1000
     assert peaks[32] <= 1.2 * peaks[8], peaks
+
+
+def test_drop_global_verdicts_reach_the_ledger_batches_in_input_order_and_none_is_lost(tmp_path):
+    # Verdicts in any order, some on documents not in the input (more of them than one batch): each batch gets the
+    # verdicts on its own documents in the operator's order, and the rest come last, all of them.
+    from curation_platform.records import FrameDropInput, StageResult
+
+    docs = pl.DataFrame({"doc_id": [f"d{i}" for i in range(7)]})
+    verdicts = pl.DataFrame({"doc_id": ["d5", "x1", "d0", "x2", "d5", "x3", "x4", "x5", "d6"],
+                             "verdict": ["drop", "flag", "flag", "flag", "flag", "flag", "flag", "flag", "drop"],
+                             "rule": [f"r{i}" for i in range(9)]})
+    result = StageResult(kept=iter(()), verdicts=verdicts, metrics={"pairs": 1})
+    items = list(pipeline._drop_global_batches(Workspace(tmp_path), _config(2), "exact_deduped",
+                                               FrameDropInput(docs, batch_rows=2), result))
+    assert [(ids.to_list(), r.verdicts["rule"].to_list()) for ids, _, r in items] == [
+        (["d0", "d1"], ["r2"]), (["d2", "d3"], []), (["d4", "d5"], ["r0", "r4"]), (["d6"], ["r8"]),
+        ([], ["r1", "r3", "r5", "r6", "r7"])]
+    assert [r.metrics for _, _, r in items] == [{"pairs": 1}, {}, {}, {}, {}]
