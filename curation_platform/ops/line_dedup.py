@@ -20,6 +20,7 @@ exact dedup still sees them as copies (and records which document they copy).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -29,7 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation_platform.outofcore import OutOfCore, SpillWriter, duckdb_connection, spill_folder
+from curation_platform.outofcore import (OutOfCore, SpillWriter, duckdb_connection, frames_then_remove,
+                                         new_spill_folder, spill_folder, sql_path)
 from curation_platform.records import DROP, FLAG, DropInput, FrameDropInput, StageResult, verdict_frame
 from curation_platform.storage import as_path, register
 
@@ -132,7 +134,7 @@ def _rewrite(batch: pl.DataFrame, start: int, removed: pl.DataFrame, cfg: LineDe
 
 def line_dedup(
     docs: pl.DataFrame | DropInput, index_files: list[Path], cfg: LineDedupConfig, ooc: OutOfCore | None = None,
-) -> tuple[StageResult, pl.DataFrame]:
+) -> tuple[StageResult, pl.DataFrame | Iterator[pl.DataFrame]]:
     """Remove corpus-wide repeated lines from ``docs`` of the configured kinds.
 
     In: documents (``doc_id``, ``kind``, ``text``; a DropInput or a frame) in keep order (earlier rows win), and
@@ -140,7 +142,8 @@ def line_dedup(
     iterator of batches in row order, a frame when ``docs`` is a frame; a ``flag`` verdict
     ``line_dedup.removed_lines`` per edited document with the number of lines removed; a ``drop`` verdict
     ``line_dedup.too_short`` per document left under ``min_chars``) and this drop's index entries (``line_hash``,
-    ``documents``).
+    ``documents``, sorted by hash; like ``kept``, an iterator of frames read from a spill file that DuckDB wrote,
+    a frame when ``docs`` is a frame: 12 bytes per distinct line never all in memory).
 
     Out of core: the drop is read in batches and its line hashes spilled to Parquet; DuckDB counts them and joins
     the earlier drops' index files under the memory limit, writing the lines to remove sorted by row; a second
@@ -178,15 +181,26 @@ def line_dedup(
                 if statement.strip():
                     connection.execute(statement, {k: v for k, v in params.items() if f"${k}" in statement}
                                        ).fetchall()
-            entries = pl.from_arrow(connection.sql(
-                "SELECT line_hash, documents FROM here ORDER BY line_hash").to_arrow_table()).cast(LINE_INDEX_SCHEMA)
+            entries_folder = new_spill_folder(ooc, "line-entries")
+            try:
+                connection.execute(
+                    f"COPY (SELECT line_hash, documents FROM here ORDER BY line_hash) TO "
+                    f"{sql_path(entries_folder / 'entries.parquet')} (FORMAT parquet)").fetchall()
+            except BaseException:
+                shutil.rmtree(entries_folder, ignore_errors=True)
+                raise
+            entries = frames_then_remove(entries_folder / "entries.parquet", LINE_INDEX_SCHEMA, ooc.batch_rows,
+                                         entries_folder)
+            if frame_in:  # a frame in, a frame out
+                entries = pl.concat(list(entries) or [empty_entries])
+            distinct_lines = connection.execute("SELECT count(*) FROM here").fetchall()[0][0]
             boilerplate = connection.execute("SELECT count(*) FROM boiler").fetchall()[0][0]
             removed_lines, removed_chars, edited_docs = connection.execute(
                 "SELECT count(*), coalesce(sum(chars), 0), count(DISTINCT _row) FROM read_parquet($removed)",
                 {"removed": str(removed_path)}).fetchall()[0]
         if removed_lines == 0:
             folder_context.__exit__(None, None, None)
-            metrics = {"lines_removed": 0, "documents_edited": 0, "distinct_lines": entries.height}
+            metrics = {"lines_removed": 0, "documents_edited": 0, "distinct_lines": distinct_lines}
             return StageResult(kept=docs if frame_in else source.batches(), metrics=metrics), entries
 
         # Pass 2: rewrite the edited documents to know what is left of them (verdicts only; no text is kept).
@@ -212,7 +226,7 @@ def line_dedup(
             schema={"doc_id": pl.String}))
         dropped = verdicts.filter(pl.col("verdict") == DROP)["doc_id"]
         metrics = {
-            "distinct_lines": entries.height,
+            "distinct_lines": distinct_lines,
             "boilerplate_lines": boilerplate,
             "lines_removed": removed_lines,
             "chars_removed": int(removed_chars),
