@@ -105,10 +105,10 @@ def new_spill_folder(ooc: OutOfCore, prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=base))
 
 
-def frames_then_remove(path: Path, schema: dict[str, pl.DataType], batch_rows: int, folder: Path
+def frames_then_remove(path: Path, schema: dict[str, pl.DataType], batch_rows: int, folder: Path | None
                        ) -> Iterator[pl.DataFrame]:
     """The rows of a spilled Parquet file as frames of at most ``batch_rows`` rows, in file order, one row group
-    read at a time; ``folder`` (holding the file) is removed once they are read or the iterator is closed. How a
+    read at a time; ``folder`` (holding the file; None: nothing) is removed once they are read or the iterator is closed. How a
     drop-global stage hands back what grows with the drop (index entries) without holding it."""
     try:
         with pq.ParquetFile(path) as handle:
@@ -118,7 +118,8 @@ def frames_then_remove(path: Path, schema: dict[str, pl.DataType], batch_rows: i
             if not handle.metadata.num_rows:  # no rows: one empty frame, so a writer still gets the schema
                 yield pl.DataFrame(schema=schema)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def sql_path(path: Path | str) -> str:

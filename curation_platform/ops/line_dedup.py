@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curation_platform.outofcore import (OutOfCore, SpillWriter, duckdb_connection, frames_then_remove,
                                          new_spill_folder, spill_folder, sql_path)
-from curation_platform.records import DROP, FLAG, DropInput, FrameDropInput, StageResult, verdict_frame
+from curation_platform.records import (DROP, FLAG, VERDICT_SCHEMA, DropInput, FrameDropInput, StageResult,
+                                       verdict_frame)
 from curation_platform.storage import as_path, register
 
 LINE_INDEX_SCHEMA = {"line_hash": pl.UInt64, "documents": pl.UInt32}
@@ -158,6 +159,7 @@ def line_dedup(
         return StageResult(kept=docs if frame_in else source.batches(), metrics={"lines_removed": 0}), empty_entries
     folder_context = spill_folder(ooc, "line-dedup")
     folder = folder_context.__enter__()
+    entries_folder = verdicts_folder = None  # owned by the iterators returned (removed here on error)
     try:
         lines_spill = SpillWriter(folder / "lines.parquet", _LINES_SCHEMA)
         start = 0
@@ -182,13 +184,9 @@ def line_dedup(
                     connection.execute(statement, {k: v for k, v in params.items() if f"${k}" in statement}
                                        ).fetchall()
             entries_folder = new_spill_folder(ooc, "line-entries")
-            try:
-                connection.execute(
-                    f"COPY (SELECT line_hash, documents FROM here ORDER BY line_hash) TO "
-                    f"{sql_path(entries_folder / 'entries.parquet')} (FORMAT parquet)").fetchall()
-            except BaseException:
-                shutil.rmtree(entries_folder, ignore_errors=True)
-                raise
+            connection.execute(
+                f"COPY (SELECT line_hash, documents FROM here ORDER BY line_hash) TO "
+                f"{sql_path(entries_folder / 'entries.parquet')} (FORMAT parquet)").fetchall()
             entries = frames_then_remove(entries_folder / "entries.parquet", LINE_INDEX_SCHEMA, ooc.batch_rows,
                                          entries_folder)
             if frame_in:  # a frame in, a frame out
@@ -203,8 +201,13 @@ def line_dedup(
             metrics = {"lines_removed": 0, "documents_edited": 0, "distinct_lines": distinct_lines}
             return StageResult(kept=docs if frame_in else source.batches(), metrics=metrics), entries
 
-        # Pass 2: rewrite the edited documents to know what is left of them (verdicts only; no text is kept).
-        flag_frames, short_frames, start = [], [], 0
+        # Pass 2: rewrite the edited documents to know what is left of them (verdicts only; no text is kept). The
+        # verdicts (a row per edited document) are spilled and read back batch by batch; only the ids of the
+        # documents left too short stay in memory (the kept batches leave them out).
+        verdicts_folder = new_spill_folder(ooc, "line-verdicts")
+        flags_out = SpillWriter(verdicts_folder / "flags.parquet", VERDICT_SCHEMA)
+        short_out = SpillWriter(verdicts_folder / "short.parquet", VERDICT_SCHEMA)
+        short_ids, start = [], 0
         for batch, removed in _with_removed(source.batches(["doc_id", "kind", "text"]), removed_path):
             if removed.is_empty():
                 start += batch.height
@@ -219,12 +222,16 @@ def line_dedup(
                 "doc_id", pl.lit(DROP).alias("verdict"), pl.lit("line_dedup.too_short").alias("rule"),
                 pl.col("_left").cast(pl.Float64).alias("value"), pl.lit(f"< {cfg.min_chars}").alias("threshold"),
                 pl.format("{} characters left after removing {} repeated lines", "_left", "_n").alias("detail"))
-            flag_frames.append(verdict_frame(flags))
-            short_frames.append(verdict_frame(short))
+            flags_out.write(verdict_frame(flags))
+            short_out.write(verdict_frame(short))
+            short_ids.append(short["doc_id"])
+        flags_out.close()
+        short_out.close()
         # Every flag in row order, then every drop: the same rows in the same order for any batch size.
-        verdicts = pl.concat(flag_frames + short_frames) if flag_frames else verdict_frame(pl.DataFrame(
-            schema={"doc_id": pl.String}))
-        dropped = verdicts.filter(pl.col("verdict") == DROP)["doc_id"]
+        verdicts = _verdict_batches(verdicts_folder, ooc.batch_rows)
+        if frame_in:  # a frame in, a frame out
+            verdicts = pl.concat(list(verdicts))
+        dropped = pl.concat(short_ids) if short_ids else pl.Series("doc_id", [], pl.String)
         metrics = {
             "distinct_lines": distinct_lines,
             "boilerplate_lines": boilerplate,
@@ -235,11 +242,24 @@ def line_dedup(
         }
     except BaseException:
         folder_context.__exit__(None, None, None)
+        for owned in (entries_folder, verdicts_folder):
+            if owned is not None:
+                shutil.rmtree(owned, ignore_errors=True)
         raise
     kept = _kept_batches(source, removed_path, dropped, cfg, folder_context)
     if frame_in:  # a frame in, a frame out
         kept = pl.concat(list(kept))
     return StageResult(kept=kept, verdicts=verdicts, metrics=metrics), entries
+
+
+def _verdict_batches(folder: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
+    """The spilled verdicts, every flag then every drop, in frames of at most ``batch_rows``; ``folder`` is
+    removed once they are read."""
+    try:
+        yield from frames_then_remove(folder / "flags.parquet", VERDICT_SCHEMA, batch_rows, None)
+        yield from frames_then_remove(folder / "short.parquet", VERDICT_SCHEMA, batch_rows, None)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _with_removed(batches, removed_path: Path):

@@ -117,5 +117,12 @@ def test_a_drop_input_gets_its_index_entries_as_batches_from_disk_not_one_frame(
     lines_per_text = [{line.strip() for line in text.split("\n") if line.strip()} for text in set(docs["text"])]
     assert got.height == len(set().union(*lines_per_text))
     assert int(got["documents"].sum()) == sum(len(lines) for lines in lines_per_text)
+    # Its verdicts (a flag per edited document) come back the same way, read from disk in batches.
+    assert not isinstance(result.verdicts, pl.DataFrame)
+    verdicts = list(result.verdicts)
+    assert max(f.height for f in verdicts) <= 7
+    flagged = pl.concat(verdicts).filter(pl.col("rule") == "line_dedup.removed_lines")["doc_id"]
+    planted = docs.filter(pl.col("text").str.contains(BANNER, literal=True))["doc_id"]
+    assert flagged.len() == planted.len() - 1 and set(flagged) < set(planted)  # all but the first occurrence
     list(result.kept)  # the stage reads on; its spill folders are gone once everything is read
     assert not any((tmp_path / "spill").iterdir())
