@@ -97,6 +97,31 @@ class SpillWriter:
         return self.path
 
 
+def new_spill_folder(ooc: OutOfCore, prefix: str) -> Path:
+    """A fresh spill folder that outlives the call creating it (for :func:`frames_then_remove`)."""
+    base = Path(ooc.spill_dir) if ooc.spill_dir else None
+    if base is not None:
+        base.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=base))
+
+
+def frames_then_remove(path: Path, schema: dict[str, pl.DataType], batch_rows: int, folder: Path | None
+                       ) -> Iterator[pl.DataFrame]:
+    """The rows of a spilled Parquet file as frames of at most ``batch_rows`` rows, in file order, one row group
+    read at a time; ``folder`` (holding the file; None: nothing) is removed once they are read or the iterator is closed. How a
+    drop-global stage hands back what grows with the drop (index entries) without holding it."""
+    try:
+        with pq.ParquetFile(path) as handle:
+            for group in range(handle.num_row_groups):
+                for batch in handle.iter_batches(batch_size=batch_rows, row_groups=[group]):
+                    yield pl.from_arrow(batch).select([pl.col(c).cast(t) for c, t in schema.items()])
+            if not handle.metadata.num_rows:  # no rows: one empty frame, so a writer still gets the schema
+                yield pl.DataFrame(schema=schema)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def sql_path(path: Path | str) -> str:
     """A path as a SQL string literal."""
     return "'" + str(path).replace("'", "''") + "'"

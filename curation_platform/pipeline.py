@@ -50,7 +50,7 @@ from curation_platform.ops.dedup_exact import IndexPart
 from curation_platform.outofcore import OutOfCore, SpillWriter, duckdb_connection, spill_folder
 from curation_platform.takedown import read_takedowns
 from curation_platform.workspace import (DECIDES_ON_KEY, ParquetStreamWriter, Workspace, file_lock,
-                                         iter_parquet, write_parquet_atomic)
+                                         iter_parquet)
 
 # Scoring runs before dedup so the keep rule that picks each duplicate cluster's representative can use the score.
 STAGES: list[str] = [
@@ -245,13 +245,19 @@ def _ray_band_shuffle(cfg: CurationConfig) -> dedup_minhash.CandidateGenerator |
     return ray_executor.band_shuffle_candidates(cfg.engine)
 
 
-def _write_index(ws: Workspace, index_name: str, drop: str, entries: pl.DataFrame) -> None:
+def _write_index(ws: Workspace, index_name: str, drop: str,
+                 entries: pl.DataFrame | Iterable[pl.DataFrame]) -> None:
+    """Write a drop's index entries (a frame or an iterator of frames) batch by batch with a streaming writer, so
+    the drop's entries are never all in memory."""
     # Under the registry lock, so a takedown running now cannot be undone by this write.
     with file_lock(ws.root / "registry" / ".lock"):
-        if ws.takedowns_path.exists():  # taken-down documents never re-enter the index
-            entries = entries.join(pl.read_parquet(ws.takedowns_path, columns=["doc_id"]), on="doc_id", how="anti")
+        taken_down = (pl.read_parquet(ws.takedowns_path, columns=["doc_id"])
+                      if index_name != "lines" and ws.takedowns_path.exists() else None)
         # Re-materializing a drop replaces its own entries (idempotent).
-        write_parquet_atomic(entries, ws.index_path(index_name, drop))
+        with ParquetStreamWriter(ws.index_path(index_name, drop)) as out:
+            for frame in _frames(entries):
+                # Taken-down documents never re-enter the index.
+                out.write(frame if taken_down is None else frame.join(taken_down, on="doc_id", how="anti"))
 
 
 def _line_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: DropInput) -> StageResult:
@@ -260,8 +266,7 @@ def _line_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: DropInput) 
     earlier = [ws.index_path("lines", d.name) for d in ws.drops()
                if d.order < order and drop_state(ws, cfg, d.name) == "current"]
     result, entries = line_dedup(docs, earlier, cfg.line_dedup, ooc=_out_of_core(ws, cfg))
-    with file_lock(ws.root / "registry" / ".lock"):
-        write_parquet_atomic(entries, ws.index_path("lines", drop))
+    _write_index(ws, "lines", drop, entries)
     return result
 
 
@@ -426,8 +431,9 @@ def _drop_global_batches(ws: Workspace, cfg: CurationConfig, stage: str, source:
             batches = iter_parquet(folder / "ids.parquet", ooc.batch_rows, ["doc_id"])
             for ids in itertools.chain((b["doc_id"] for b in batches), [None]):
                 stop += 0 if ids is None else len(ids)
-                # Read verdicts until one lies beyond this batch (or is on no input document).
-                while not exhausted and (pending.is_empty() or _before(pending["_position"][-1], stop)):
+                # Read verdicts until one lies beyond this batch (or is on no input document); after the last batch,
+                # read the rest (the verdicts on no input document).
+                while not exhausted and (ids is None or pending.is_empty() or _before(pending["_position"][-1], stop)):
                     chunk = next(ordered, None)
                     if chunk is None:
                         exhausted = True

@@ -226,8 +226,10 @@ def iter_parquet(path: Path, batch_rows: int, columns: list[str] | None = None) 
     Row groups are read one at a time, each with its own reader: pyarrow's one reader over a whole file
     (``iter_batches`` without ``row_groups``) keeps more memory the more row groups it has passed (measured: peak
     RSS 260 -> 410 MB for a file 4x larger at 20,000 rows a batch; 240 -> 270 MB one row group at a time)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    pool = pa.default_memory_pool()
     with pq.ParquetFile(_source(path)) as handle:
         pending: list[pl.DataFrame] = []
         rows = 0
@@ -239,6 +241,9 @@ def iter_parquet(path: Path, batch_rows: int, columns: list[str] | None = None) 
                 while rows >= batch_rows:
                     frame = pl.concat(pending, how="vertical") if len(pending) > 1 else pending[0]
                     yield frame.slice(0, batch_rows)
+                    # pyarrow's default pool (mimalloc) keeps the pages of the buffers the consumer freed: without
+                    # this, RSS grew about 5 KB per document read while the pool's own count stayed flat.
+                    pool.release_unused()
                     rest = frame.slice(batch_rows)
                     pending, rows = ([rest] if rest.height else []), rest.height
         if rows:

@@ -277,3 +277,61 @@ def test_streaming_a_parquet_file_holds_as_much_arrow_memory_for_4x_the_rows(tmp
         count, peaks[groups] = map(int, done.stdout.split())
         assert count == groups * 1000
     assert peaks[32] <= 1.2 * peaks[8], peaks
+
+
+def test_drop_global_verdicts_reach_the_ledger_batches_in_input_order_and_none_is_lost(tmp_path):
+    # Verdicts in any order, some on documents not in the input (more of them than one batch): each batch gets the
+    # verdicts on its own documents in the operator's order, and the rest come last, all of them.
+    from curation_platform.records import FrameDropInput, StageResult
+
+    docs = pl.DataFrame({"doc_id": [f"d{i}" for i in range(7)]})
+    verdicts = pl.DataFrame({"doc_id": ["d5", "x1", "d0", "x2", "d5", "x3", "x4", "x5", "d6"],
+                             "verdict": ["drop", "flag", "flag", "flag", "flag", "flag", "flag", "flag", "drop"],
+                             "rule": [f"r{i}" for i in range(9)]})
+    result = StageResult(kept=iter(()), verdicts=verdicts, metrics={"pairs": 1})
+    items = list(pipeline._drop_global_batches(Workspace(tmp_path), _config(2), "exact_deduped",
+                                               FrameDropInput(docs, batch_rows=2), result))
+    assert [(ids.to_list(), r.verdicts["rule"].to_list()) for ids, _, r in items] == [
+        (["d0", "d1"], ["r2"]), (["d2", "d3"], []), (["d4", "d5"], ["r0", "r4"]), (["d6"], ["r8"]),
+        ([], ["r1", "r3", "r5", "r6", "r7"])]
+    assert [r.metrics for _, _, r in items] == [{"pairs": 1}, {}, {}, {}, {}]
+
+
+_RSS_GROWTH = """
+import os, sys
+from pathlib import Path
+import polars as pl
+from curation_platform.workspace import iter_parquet
+page = os.sysconf("SC_PAGE_SIZE")
+seen = []
+for batch in iter_parquet(Path(sys.argv[1]), 2000):
+    batch.with_columns(pl.col("text").str.to_uppercase())  # an operator's work on the batch, then freed
+    seen.append(int(open("/proc/self/statm").read().split()[1]) * page // 2**20)
+print(len(seen), seen[-1] - seen[1])
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads RSS from /proc")
+def test_streaming_a_parquet_file_does_not_keep_the_pages_of_freed_batches(tmp_path):
+    # pyarrow's default pool (mimalloc) kept the pages of every batch the consumer had freed: RSS grew about
+    # 20 MB over this 80,000-document file (5 KB per document at 0.05 GB of text) while the pool's own count
+    # stayed flat. Measured in a fresh process, from after the first batch to the end.
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    words = pl.Series(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"])
+    path = tmp_path / "drop.parquet"
+    with pq.ParquetWriter(path, pa.schema([("doc_id", pa.large_string()), ("text", pa.large_string())])) as writer:
+        for group in range(40):
+            picks = words.sample(400_000, with_replacement=True, seed=group)
+            rows = pl.DataFrame({"doc_id": [f"{group}-{i}" for i in range(2000)],
+                                 "text": picks.reshape((2000, 200)).arr.join(" ")})
+            writer.write_table(rows.to_arrow(compat_level=pl.CompatLevel.oldest()))
+    done = subprocess.run([sys.executable, "-c", _RSS_GROWTH, str(path)], capture_output=True, text=True,
+                          check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    batches, growth_mb = map(int, done.stdout.split())
+    assert batches == 40
+    assert growth_mb < 10, growth_mb

@@ -12,6 +12,7 @@ The keep rule lives here (:func:`keep_order`) and is shared with near-duplicate 
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Iterator, Literal, Protocol, Sequence
@@ -25,7 +26,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from curation_platform.errors import CurationError
 from curation_platform.hashing import xxh128_hex
 from curation_platform.licenses import license_restrictiveness
-from curation_platform.outofcore import OutOfCore, SpillWriter, duckdb_connection, spill_folder, sql_path
+from curation_platform.outofcore import (OutOfCore, SpillWriter, duckdb_connection, frames_then_remove,
+                                         new_spill_folder, spill_folder, sql_path)
 from curation_platform.records import DROP, FLAG, DropInput, FrameDropInput, StageResult, verdict_frame
 from curation_platform.storage import is_uri, register
 
@@ -292,7 +294,7 @@ WHERE i.drop NOT IN (SELECT drop FROM drop_names) AND i.doc_id NOT IN (SELECT do
 def exact_duplicates(
     docs: pl.DataFrame | DropInput, index: pl.DataFrame | Sequence[IndexPart] | None, cfg: ExactDedupConfig,
     blocked: pl.DataFrame | None = None, ooc: OutOfCore | None = None,
-) -> tuple[StageResult, pl.DataFrame]:
+) -> tuple[StageResult, pl.DataFrame | Iterator[pl.DataFrame]]:
     """Record exact-duplicate clusters of ``docs`` (within the drop and with the index of other drops); drop only
     documents whose content was taken down.
 
@@ -312,7 +314,9 @@ def exact_duplicates(
     gets a ``flag`` row ``exact_dedup.duplicate`` (``cluster_id`` the content hash, ``duplicate_of`` the copy the
     keep rule prefers among the others). A document with the content of a taken-down document is dropped with
     ``takedown.blocked``. Returns the StageResult (``kept``: an iterator of the input's batches gaining
-    ``content_hash``, in row order) and the index entries (EXACT_INDEX_SCHEMA) of the documents that go on.
+    ``content_hash``, in row order) and the index entries (EXACT_INDEX_SCHEMA) of the documents that go on, sorted
+    by hash: an iterator of frames of at most ``batch_rows`` entries read from a spill file (removed once read),
+    a frame when ``docs`` is a frame.
     """
     ooc = ooc or OutOfCore()
     source = docs if not isinstance(docs, pl.DataFrame) else FrameDropInput(docs, batch_rows=ooc.batch_rows)
@@ -361,9 +365,16 @@ def exact_duplicates(
         pool_index = pl.from_arrow(connection.sql(
             "SELECT doc_id, drop, drop_order, lower(printf('%016x%016x', hash_hi, hash_lo)) AS content_hash "
             "FROM index_copies SEMI JOIN shared USING (hash_hi, hash_lo)").to_arrow_table())
-        entries = pl.from_arrow(connection.sql(
-            "SELECT hash_hi, hash_lo, doc_id FROM live ORDER BY hash_hi, hash_lo, doc_id").to_arrow_table())
-    entries = entries.select([pl.col(c).cast(t) for c, t in EXACT_INDEX_SCHEMA.items()])
+        # The entries grow with the drop: DuckDB writes them sorted to a spill file, read back batch by batch.
+        entries_folder = new_spill_folder(ooc, "exact-entries")
+        try:
+            connection.execute(f"COPY (SELECT hash_hi, hash_lo, doc_id FROM live ORDER BY hash_hi, hash_lo, doc_id) "
+                               f"TO {sql_path(entries_folder / 'entries.parquet')} (FORMAT parquet)").fetchall()
+        except BaseException:
+            shutil.rmtree(entries_folder, ignore_errors=True)
+            raise
+    entries = frames_then_remove(entries_folder / "entries.parquet", EXACT_INDEX_SCHEMA, ooc.batch_rows,
+                                 entries_folder)
 
     # Every copy of each shared content, this drop's and other drops', best first by the keep rule.
     pool = sort_by_keep_rule(
@@ -412,6 +423,7 @@ def exact_duplicates(
     kept = _kept_batches(source, cfg, blocked_verdicts["doc_id"])
     if isinstance(docs, pl.DataFrame):  # a frame in, a frame out
         kept = pl.concat(list(kept))
+        entries = pl.concat(list(entries) or [pl.DataFrame(schema=EXACT_INDEX_SCHEMA)])
     return StageResult(kept=kept, verdicts=verdicts, metrics=metrics), entries
 
 

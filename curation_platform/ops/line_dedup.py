@@ -20,6 +20,7 @@ exact dedup still sees them as copies (and records which document they copy).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -29,8 +30,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation_platform.outofcore import OutOfCore, SpillWriter, duckdb_connection, spill_folder
-from curation_platform.records import DROP, FLAG, DropInput, FrameDropInput, StageResult, verdict_frame
+from curation_platform.outofcore import (OutOfCore, SpillWriter, duckdb_connection, frames_then_remove,
+                                         new_spill_folder, spill_folder, sql_path)
+from curation_platform.records import (DROP, FLAG, VERDICT_SCHEMA, DropInput, FrameDropInput, StageResult,
+                                       verdict_frame)
 from curation_platform.storage import as_path, register
 
 LINE_INDEX_SCHEMA = {"line_hash": pl.UInt64, "documents": pl.UInt32}
@@ -132,7 +135,7 @@ def _rewrite(batch: pl.DataFrame, start: int, removed: pl.DataFrame, cfg: LineDe
 
 def line_dedup(
     docs: pl.DataFrame | DropInput, index_files: list[Path], cfg: LineDedupConfig, ooc: OutOfCore | None = None,
-) -> tuple[StageResult, pl.DataFrame]:
+) -> tuple[StageResult, pl.DataFrame | Iterator[pl.DataFrame]]:
     """Remove corpus-wide repeated lines from ``docs`` of the configured kinds.
 
     In: documents (``doc_id``, ``kind``, ``text``; a DropInput or a frame) in keep order (earlier rows win), and
@@ -140,7 +143,8 @@ def line_dedup(
     iterator of batches in row order, a frame when ``docs`` is a frame; a ``flag`` verdict
     ``line_dedup.removed_lines`` per edited document with the number of lines removed; a ``drop`` verdict
     ``line_dedup.too_short`` per document left under ``min_chars``) and this drop's index entries (``line_hash``,
-    ``documents``).
+    ``documents``, sorted by hash; like ``kept``, an iterator of frames read from a spill file that DuckDB wrote,
+    a frame when ``docs`` is a frame: 12 bytes per distinct line never all in memory).
 
     Out of core: the drop is read in batches and its line hashes spilled to Parquet; DuckDB counts them and joins
     the earlier drops' index files under the memory limit, writing the lines to remove sorted by row; a second
@@ -155,6 +159,7 @@ def line_dedup(
         return StageResult(kept=docs if frame_in else source.batches(), metrics={"lines_removed": 0}), empty_entries
     folder_context = spill_folder(ooc, "line-dedup")
     folder = folder_context.__enter__()
+    entries_folder = verdicts_folder = None  # owned by the iterators returned (removed here on error)
     try:
         lines_spill = SpillWriter(folder / "lines.parquet", _LINES_SCHEMA)
         start = 0
@@ -178,19 +183,31 @@ def line_dedup(
                 if statement.strip():
                     connection.execute(statement, {k: v for k, v in params.items() if f"${k}" in statement}
                                        ).fetchall()
-            entries = pl.from_arrow(connection.sql(
-                "SELECT line_hash, documents FROM here ORDER BY line_hash").to_arrow_table()).cast(LINE_INDEX_SCHEMA)
+            entries_folder = new_spill_folder(ooc, "line-entries")
+            connection.execute(
+                f"COPY (SELECT line_hash, documents FROM here ORDER BY line_hash) TO "
+                f"{sql_path(entries_folder / 'entries.parquet')} (FORMAT parquet)").fetchall()
+            entries = frames_then_remove(entries_folder / "entries.parquet", LINE_INDEX_SCHEMA, ooc.batch_rows,
+                                         entries_folder)
+            if frame_in:  # a frame in, a frame out
+                entries = pl.concat(list(entries) or [empty_entries])
+            distinct_lines = connection.execute("SELECT count(*) FROM here").fetchall()[0][0]
             boilerplate = connection.execute("SELECT count(*) FROM boiler").fetchall()[0][0]
             removed_lines, removed_chars, edited_docs = connection.execute(
                 "SELECT count(*), coalesce(sum(chars), 0), count(DISTINCT _row) FROM read_parquet($removed)",
                 {"removed": str(removed_path)}).fetchall()[0]
         if removed_lines == 0:
             folder_context.__exit__(None, None, None)
-            metrics = {"lines_removed": 0, "documents_edited": 0, "distinct_lines": entries.height}
+            metrics = {"lines_removed": 0, "documents_edited": 0, "distinct_lines": distinct_lines}
             return StageResult(kept=docs if frame_in else source.batches(), metrics=metrics), entries
 
-        # Pass 2: rewrite the edited documents to know what is left of them (verdicts only; no text is kept).
-        flag_frames, short_frames, start = [], [], 0
+        # Pass 2: rewrite the edited documents to know what is left of them (verdicts only; no text is kept). The
+        # verdicts (a row per edited document) are spilled and read back batch by batch; only the ids of the
+        # documents left too short stay in memory (the kept batches leave them out).
+        verdicts_folder = new_spill_folder(ooc, "line-verdicts")
+        flags_out = SpillWriter(verdicts_folder / "flags.parquet", VERDICT_SCHEMA)
+        short_out = SpillWriter(verdicts_folder / "short.parquet", VERDICT_SCHEMA)
+        short_ids, start = [], 0
         for batch, removed in _with_removed(source.batches(["doc_id", "kind", "text"]), removed_path):
             if removed.is_empty():
                 start += batch.height
@@ -205,14 +222,18 @@ def line_dedup(
                 "doc_id", pl.lit(DROP).alias("verdict"), pl.lit("line_dedup.too_short").alias("rule"),
                 pl.col("_left").cast(pl.Float64).alias("value"), pl.lit(f"< {cfg.min_chars}").alias("threshold"),
                 pl.format("{} characters left after removing {} repeated lines", "_left", "_n").alias("detail"))
-            flag_frames.append(verdict_frame(flags))
-            short_frames.append(verdict_frame(short))
+            flags_out.write(verdict_frame(flags))
+            short_out.write(verdict_frame(short))
+            short_ids.append(short["doc_id"])
+        flags_out.close()
+        short_out.close()
         # Every flag in row order, then every drop: the same rows in the same order for any batch size.
-        verdicts = pl.concat(flag_frames + short_frames) if flag_frames else verdict_frame(pl.DataFrame(
-            schema={"doc_id": pl.String}))
-        dropped = verdicts.filter(pl.col("verdict") == DROP)["doc_id"]
+        verdicts = _verdict_batches(verdicts_folder, ooc.batch_rows)
+        if frame_in:  # a frame in, a frame out
+            verdicts = pl.concat(list(verdicts))
+        dropped = pl.concat(short_ids) if short_ids else pl.Series("doc_id", [], pl.String)
         metrics = {
-            "distinct_lines": entries.height,
+            "distinct_lines": distinct_lines,
             "boilerplate_lines": boilerplate,
             "lines_removed": removed_lines,
             "chars_removed": int(removed_chars),
@@ -221,11 +242,24 @@ def line_dedup(
         }
     except BaseException:
         folder_context.__exit__(None, None, None)
+        for owned in (entries_folder, verdicts_folder):
+            if owned is not None:
+                shutil.rmtree(owned, ignore_errors=True)
         raise
     kept = _kept_batches(source, removed_path, dropped, cfg, folder_context)
     if frame_in:  # a frame in, a frame out
         kept = pl.concat(list(kept))
     return StageResult(kept=kept, verdicts=verdicts, metrics=metrics), entries
+
+
+def _verdict_batches(folder: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
+    """The spilled verdicts, every flag then every drop, in frames of at most ``batch_rows``; ``folder`` is
+    removed once they are read."""
+    try:
+        yield from frames_then_remove(folder / "flags.parquet", VERDICT_SCHEMA, batch_rows, None)
+        yield from frames_then_remove(folder / "short.parquet", VERDICT_SCHEMA, batch_rows, None)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _with_removed(batches, removed_path: Path):

@@ -290,3 +290,25 @@ def test_properties_unique_survivors_and_order_independence(rows, rnd):
     assert again.verdicts.equals(result.verdicts)
     assert again_entries.equals(entries)
     assert representatives(shuffled).sort("doc_id").equals(chosen.sort("doc_id"))
+
+
+def test_a_drop_input_gets_its_index_entries_as_batches_from_disk_not_one_frame(tmp_path):
+    # ~40 bytes a document for the whole drop: the entries come back as an iterator of at most batch_rows rows
+    # each (DuckDB wrote them sorted to a spill file), never as one frame.
+    from curation_platform.outofcore import OutOfCore
+    from curation_platform.records import FrameDropInput
+
+    docs = make_docs([{"doc_id": f"d{i}", "text": f"page {i % 4}"} for i in range(9)])
+    ooc = OutOfCore(batch_rows=2, spill_dir=str(tmp_path / "spill"))
+    result, entries = exact_duplicates(FrameDropInput(docs, batch_rows=2), empty_exact_index(), ExactDedupConfig(),
+                                       ooc=ooc)
+    assert not isinstance(entries, pl.DataFrame)
+    frames = list(entries)
+    assert len(frames) > 1 and max(f.height for f in frames) <= 2
+    got = pl.concat(frames)
+    assert got.schema == pl.Schema(EXACT_INDEX_SCHEMA)
+    assert sorted(got["doc_id"]) == sorted(docs["doc_id"])
+    pairs = list(zip(got["hash_hi"], got["hash_lo"]))
+    assert pairs == sorted(pairs) and len(set(pairs)) == 4
+    list(result.kept)
+    assert not any((tmp_path / "spill").iterdir())

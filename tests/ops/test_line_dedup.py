@@ -96,3 +96,33 @@ def test_counts_persist_across_drops_through_the_index(tmp_path):
     # Without the earlier index the second drop alone (2 documents) is under the bar.
     alone, _ = line_dedup(second, [], LineDedupConfig())
     assert alone.verdicts.is_empty()
+
+
+def test_a_drop_input_gets_its_index_entries_as_batches_from_disk_not_one_frame(tmp_path):
+    # A drop's distinct lines grow with the drop (tens of millions at 4 GB of text): the entries come back as an
+    # iterator of at most batch_rows rows each (DuckDB wrote them to a spill file), never as one frame.
+    from curation_platform.outofcore import OutOfCore
+    from curation_platform.records import FrameDropInput
+
+    docs = corpus(30, seed=3, planted={BANNER: 0.5})
+    ooc = OutOfCore(batch_rows=7, spill_dir=str(tmp_path / "spill"))
+    result, entries = line_dedup(FrameDropInput(docs, batch_rows=7), [], LineDedupConfig(), ooc=ooc)
+    assert not isinstance(entries, pl.DataFrame)
+    frames = list(entries)
+    assert len(frames) > 1 and max(f.height for f in frames) <= 7
+    got = pl.concat(frames)
+    assert got.schema == pl.Schema({"line_hash": pl.UInt64, "documents": pl.UInt32})
+    assert got["line_hash"].is_sorted()
+    # Counted independently: one entry per distinct stripped line, documents summing to the (text, line) pairs.
+    lines_per_text = [{line.strip() for line in text.split("\n") if line.strip()} for text in set(docs["text"])]
+    assert got.height == len(set().union(*lines_per_text))
+    assert int(got["documents"].sum()) == sum(len(lines) for lines in lines_per_text)
+    # Its verdicts (a flag per edited document) come back the same way, read from disk in batches.
+    assert not isinstance(result.verdicts, pl.DataFrame)
+    verdicts = list(result.verdicts)
+    assert max(f.height for f in verdicts) <= 7
+    flagged = pl.concat(verdicts).filter(pl.col("rule") == "line_dedup.removed_lines")["doc_id"]
+    planted = docs.filter(pl.col("text").str.contains(BANNER, literal=True))["doc_id"]
+    assert flagged.len() == planted.len() - 1 and set(flagged) < set(planted)  # all but the first occurrence
+    list(result.kept)  # the stage reads on; its spill folders are gone once everything is read
+    assert not any((tmp_path / "spill").iterdir())
