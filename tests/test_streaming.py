@@ -259,19 +259,10 @@ def test_streaming_a_parquet_file_holds_as_much_arrow_memory_for_4x_the_rows(tmp
     import subprocess
     import sys
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    words = pl.Series(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"])
     peaks = {}
     for groups in (8, 32):
         path = tmp_path / f"{groups}.parquet"
-        with pq.ParquetWriter(path, pa.schema([("doc_id", pa.large_string()), ("text", pa.large_string())])) as writer:
-            for group in range(groups):
-                picks = words.sample(60_000, with_replacement=True, seed=group)
-                rows = pl.DataFrame({"doc_id": [f"{group}-{i}" for i in range(1000)],
-                                     "text": picks.reshape((1000, 60)).arr.join(" ")})
-                writer.write_table(rows.to_arrow(compat_level=pl.CompatLevel.oldest()))
+        _write_word_parquet(path, groups, rows=1000, words=60)
         done = subprocess.run([sys.executable, "-c", _POOL_PEAK, str(path)], capture_output=True, text=True,
                               check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
         count, peaks[groups] = map(int, done.stdout.split())
@@ -319,19 +310,24 @@ def test_streaming_a_parquet_file_does_not_keep_the_pages_of_freed_batches(tmp_p
     import subprocess
     import sys
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    words = pl.Series(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"])
     path = tmp_path / "drop.parquet"
-    with pq.ParquetWriter(path, pa.schema([("doc_id", pa.large_string()), ("text", pa.large_string())])) as writer:
-        for group in range(40):
-            picks = words.sample(400_000, with_replacement=True, seed=group)
-            rows = pl.DataFrame({"doc_id": [f"{group}-{i}" for i in range(2000)],
-                                 "text": picks.reshape((2000, 200)).arr.join(" ")})
-            writer.write_table(rows.to_arrow(compat_level=pl.CompatLevel.oldest()))
+    _write_word_parquet(path, 40, rows=2000, words=200)
     done = subprocess.run([sys.executable, "-c", _RSS_GROWTH, str(path)], capture_output=True, text=True,
                           check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     batches, growth_mb = map(int, done.stdout.split())
     assert batches == 40
     assert growth_mb < 10, growth_mb
+
+
+def _write_word_parquet(path: Path, groups: int, rows: int, words: int) -> None:
+    """A stage-like Parquet file: ``groups`` row groups of ``rows`` documents of ``words`` random words each."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vocabulary = pl.Series(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"])
+    with pq.ParquetWriter(path, pa.schema([("doc_id", pa.large_string()), ("text", pa.large_string())])) as writer:
+        for group in range(groups):
+            picks = vocabulary.sample(rows * words, with_replacement=True, seed=group)
+            frame = pl.DataFrame({"doc_id": [f"{group}-{i}" for i in range(rows)],
+                                  "text": picks.reshape((rows, words)).arr.join(" ")})
+            writer.write_table(frame.to_arrow(compat_level=pl.CompatLevel.oldest()))
