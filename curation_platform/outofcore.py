@@ -110,13 +110,15 @@ def frames_then_remove(path: Path, schema: dict[str, pl.DataType], batch_rows: i
     """The rows of a spilled Parquet file as frames of at most ``batch_rows`` rows, in file order, one row group
     read at a time; ``folder`` (holding the file; None: nothing) is removed once they are read or the iterator is closed. How a
     drop-global stage hands back what grows with the drop (index entries) without holding it."""
+    from curation_platform.workspace import iter_parquet
+
     try:
-        with pq.ParquetFile(path) as handle:
-            for group in range(handle.num_row_groups):
-                for batch in handle.iter_batches(batch_size=batch_rows, row_groups=[group]):
-                    yield pl.from_arrow(batch).select([pl.col(c).cast(t) for c, t in schema.items()])
-            if not handle.metadata.num_rows:  # no rows: one empty frame, so a writer still gets the schema
-                yield pl.DataFrame(schema=schema)
+        empty = True
+        for frame in iter_parquet(path, batch_rows):
+            empty = False
+            yield frame.select([pl.col(c).cast(t) for c, t in schema.items()])
+        if empty:  # no rows: one empty frame, so a writer still gets the schema
+            yield pl.DataFrame(schema=schema)
     finally:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
