@@ -8,12 +8,12 @@ Streaming: a per-document stage reads its input in batches of ``engine.batch_row
 streaming Parquet writers, so peak memory is set by the batch size, not by the drop. With the local executor the
 batches of the Python-heavy stages run in a pool of worker processes, one per core (``executors/local.py``), and
 come back in input order. A drop-global stage (line, exact and near dedup) gets a ``DropInput`` over its input
-instead; its verdicts are put in input order out of core
-(spilled with the input's doc_ids, sorted by DuckDB) and its ledger is written batch by batch too. Outputs do not depend on the batching: files are
-written in fixed row groups, and ledger rows are in input order (each document's verdict rows, then its ``keep``).
-Batch metrics are merged with ``merge_metrics``: counts are summed, per-document statistics (means, medians,
-quantiles, rates) become the mean over batches weighted by batch size (exact for means and rates, an approximation
-for medians and quantiles), and anything else keeps its first value.
+instead; its verdicts are put in input order out of core (spilled with the input's doc_ids, sorted by DuckDB) and
+its ledger is written batch by batch too. Outputs do not depend on the batching: files are written in fixed row
+groups, and ledger rows are in input order (each document's verdict rows, then its ``keep``). Batch metrics are
+merged with ``merge_metrics``: counts are summed, per-document statistics (means, medians, quantiles, rates) become
+the mean over batches weighted by batch size (exact for means and rates, an approximation for medians and
+quantiles), and anything else keeps its first value.
 """
 
 from __future__ import annotations
