@@ -326,6 +326,14 @@ def apply_operator(stage: str, docs: pl.DataFrame, cfg: CurationConfig, context:
     return PER_DOCUMENT_OPERATORS[stage](docs, cfg, **context)
 
 
+def _decisions_only(operator: Callable[[pl.DataFrame], StageResult], docs: pl.DataFrame) -> StageResult:
+    """``operator`` of a stage that only decides, its kept documents cut to doc_id plus the columns the operator
+    added (what the stage stores), so a worker process sends back ids and decisions, not the batch's text."""
+    result = operator(docs)
+    result.kept = result.kept.select("doc_id", *[c for c in result.kept.columns if c not in docs.columns])
+    return result
+
+
 # The operator behind each drop-global stage: (workspace, config, drop, the drop's input) -> StageResult.
 _DROP_OPERATORS: dict[str, Callable[[Workspace, CurationConfig, str, DropInput], StageResult]] = {
     "line_deduped": _line_dedup,
@@ -377,7 +385,11 @@ def _batches(ws: Workspace, cfg: CurationConfig, stage: str, drop: str
     # The local executor: the batches over one worker process per core for the stages that gain from it.
     from curation_platform.executors import local as local_executor
 
+    # A stage that only decides stores doc_id and its added columns: its batches come back with nothing else (a
+    # worker then sends back no text).
     operator = functools.partial(apply_operator, stage, cfg=cfg, context=context)
+    if not stores_rows(stage, cfg):
+        operator = functools.partial(_decisions_only, operator)
     seen = False
     for output in local_executor.run_batches(operator, _nonempty(ws.iter_stage(upstream, drop, batch_rows)),
                                              local_executor.stage_workers(stage, cfg.engine),
