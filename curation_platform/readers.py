@@ -597,29 +597,38 @@ WITH parsed AS (
     SELECT row_nr, raw IS NOT NULL AND json_valid(raw) AS json_ok,
         CASE WHEN raw IS NOT NULL AND json_valid(raw) THEN raw END AS doc
     FROM candidates
-), fields AS (
-    SELECT row_nr, json_ok,
-        json_type(doc) AS root_type,
-        json_type(doc, $text_path) AS text_type,
-        json_extract_string(doc, $text_path) AS field_text,
-        json_extract_string(doc, $id_path) AS record_id,
-        json_extract_string(doc, $license_path) AS record_license,
-        CASE WHEN json_type(doc, '/url') = 'VARCHAR' THEN json_extract_string(doc, '/url') END AS record_url,
-        -- OpenAI-style `messages`, else ShareGPT-style `conversations` (see curation_platform.formatting).
-        coalesce(json_type(doc, '/messages'), json_type(doc, '/conversations')) AS messages_type,
-        coalesce(json_extract_string(doc, '/messages'), json_extract_string(doc, '/conversations')) AS messages_string,
-        coalesce(json_extract(doc, '/messages'), json_extract(doc, '/conversations')) AS messages_json,
-        CASE WHEN json_type(doc, '/prompt') = 'VARCHAR' THEN json_extract_string(doc, '/prompt') END AS prompt,
-        CASE WHEN json_type(doc, '/response') = 'VARCHAR' THEN json_extract_string(doc, '/response') END AS response,
-        CASE WHEN json_type(doc, '/system') = 'VARCHAR' THEN json_extract_string(doc, '/system') END AS system_prompt,
-        CASE WHEN json_type(doc, '/instruction') = 'VARCHAR' THEN json_extract_string(doc, '/instruction') END
-            AS instruction,
-        CASE WHEN json_type(doc, '/input') = 'VARCHAR' THEN json_extract_string(doc, '/input') END AS instruction_input,
-        CASE WHEN json_type(doc, '/output') = 'VARCHAR' THEN json_extract_string(doc, '/output') END AS output,
-        CASE WHEN json_type(doc, '/tests') = 'VARCHAR' THEN json_extract_string(doc, '/tests')
-             WHEN json_type(doc, '/tests') = 'ARRAY'
-             THEN array_to_string(json_extract_string(doc, '$.tests[*]'), chr(10)) END AS record_tests
+), paths AS (
+    -- Each JSON function parses its document again: one call per function over a list of paths parses it once.
+    SELECT row_nr, json_ok, json_type(doc) AS root_type,
+        json_type(doc, [$text_path, '/url', '/messages', '/conversations', '/prompt', '/response', '/system',
+                        '/instruction', '/input', '/output', '/tests']) AS t,
+        json_extract_string(doc, [$text_path, $id_path, $license_path, '/url', '/messages', '/conversations',
+                                  '/prompt', '/response', '/system', '/instruction', '/input', '/output', '/tests'])
+            AS s,
+        json_extract(doc, ['/messages', '/conversations']) AS j,
+        doc
     FROM parsed
+), fields AS (
+    SELECT row_nr, json_ok, root_type,
+        t[1] AS text_type,
+        s[1] AS field_text,
+        s[2] AS record_id,
+        s[3] AS record_license,
+        CASE WHEN t[2] = 'VARCHAR' THEN s[4] END AS record_url,
+        -- OpenAI-style `messages`, else ShareGPT-style `conversations` (see curation_platform.formatting).
+        coalesce(t[3], t[4]) AS messages_type,
+        coalesce(s[5], s[6]) AS messages_string,
+        coalesce(j[1], j[2]) AS messages_json,
+        CASE WHEN t[5] = 'VARCHAR' THEN s[7] END AS prompt,
+        CASE WHEN t[6] = 'VARCHAR' THEN s[8] END AS response,
+        CASE WHEN t[7] = 'VARCHAR' THEN s[9] END AS system_prompt,
+        CASE WHEN t[8] = 'VARCHAR' THEN s[10] END AS instruction,
+        CASE WHEN t[9] = 'VARCHAR' THEN s[11] END AS instruction_input,
+        CASE WHEN t[10] = 'VARCHAR' THEN s[12] END AS output,
+        CASE WHEN t[11] = 'VARCHAR' THEN s[13]
+             WHEN t[11] = 'ARRAY'
+             THEN array_to_string(json_extract_string(doc, '$.tests[*]'), chr(10)) END AS record_tests
+    FROM paths
 ), turns AS (
     SELECT *,
         -- CSV cells can only carry the turns as a JSON string, so a string holding a JSON array counts too.
