@@ -134,7 +134,8 @@ def _ingest(ws: Workspace, cfg: CurationConfig, drop: str) -> Iterator[tuple[pl.
     drop_dir = as_path(entry.path)  # a folder, or a prefix in object storage
     load_manifest(drop_dir, cfg.licenses)  # reject the whole drop early with one clear message
     with ParquetStreamWriter(ws.quarantine_path(drop)) as quarantine_out:
-        for batch in read_drop_batches(drop_dir, cfg.ingest, drop=drop, batch_rows=cfg.engine.batch_rows):
+        for batch in read_drop_batches(drop_dir, cfg.ingest, drop=drop, batch_rows=cfg.engine.batch_rows,
+                                       workers=_ingest_workers(cfg)):
             quarantine = batch.quarantine
             quarantine_out.write(quarantine)
             verdicts = verdict_frame(
@@ -148,6 +149,15 @@ def _ingest(ws: Workspace, cfg: CurationConfig, drop: str) -> Iterator[tuple[pl.
             )
             yield batch.input_ids, StageResult(kept=batch.records, verdicts=verdicts,
                                                metrics={"read": batch.read_count})
+
+
+def _ingest_workers(cfg: CurationConfig) -> int:
+    """Worker processes that decide ingest's batches: the local executor's (ingest runs in this process with Ray)."""
+    if cfg.engine.executor != "local":
+        return 1
+    from curation_platform.executors import local as local_executor
+
+    return local_executor.worker_count(cfg.engine)
 
 
 def _out_of_core(ws: Workspace, cfg: CurationConfig) -> OutOfCore:

@@ -21,6 +21,7 @@ row's fate. Parquet and CSV rows are encoded as JSON objects so all record forma
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -780,15 +781,18 @@ def _decide(candidates: pl.DataFrame, fields: pl.DataFrame, manifest: Manifest, 
     return frame.with_columns(code.alias("reason_code"), reason.alias("reason"))
 
 
+def _doc_keys(kept: pl.DataFrame, source: str, drop: str) -> pl.Series:
+    key = pl.concat_str([pl.lit(source), pl.lit(drop), pl.col("source_id"), pl.col("text")], separator="\x1f")
+    return kept.select(key.alias("key"))["key"]
+
+
 def _with_doc_ids(kept: pl.DataFrame, source: str, drop: str, seen: pl.DataFrame) -> tuple[pl.Series, pl.DataFrame]:
     """xxh128 of ``source \x1f drop \x1f source_id \x1f text``; the n-th repeat (n >= 2) of a (source_id, text)
     pair in the drop gets ``\x1f<n>`` appended so every input record keeps its own id. The drop is part of the key
     because a record republished in a later drop is a second record (an exact duplicate of the first), and
     fallback source ids such as ``part-0000.jsonl:1`` repeat across drops. ``seen`` counts the base hashes of the
     earlier batches (``h``, ``n``); returns the ids and the updated counts."""
-    key = pl.concat_str([pl.lit(source), pl.lit(drop), pl.col("source_id"), pl.col("text")], separator="\x1f")
-    keys = kept.select(key.alias("key"))["key"]
-    base = xxh128_hex(keys)
+    base = kept["_base_id"] if "_base_id" in kept.columns else xxh128_hex(_doc_keys(kept, source, drop))
     hashes = pl.DataFrame({"h": base})
     earlier = hashes.join(seen, on="h", how="left", maintain_order="left")["n"].fill_null(0)
     occurrence = hashes.select(pl.int_range(pl.len()).over("h") + 1).to_series() + earlier
@@ -796,7 +800,7 @@ def _with_doc_ids(kept: pl.DataFrame, source: str, drop: str, seen: pl.DataFrame
         pl.col("n").sum())
     if len(occurrence) == 0 or int(occurrence.max() or 1) == 1:
         return base.alias("doc_id"), seen
-    suffixed = pl.DataFrame({"k": keys, "n": occurrence}).select(
+    suffixed = pl.DataFrame({"k": _doc_keys(kept, source, drop), "n": occurrence}).select(
         pl.when(pl.col("n") > 1).then(pl.format("{}\x1f{}", "k", "n")).otherwise("k")
     ).to_series()
     return xxh128_hex(suffixed).alias("doc_id"), seen
@@ -810,10 +814,34 @@ class IngestBatch(IngestResult):
     input_ids: pl.Series = field(default_factory=lambda: pl.Series("doc_id", [], pl.String))
 
 
+def _nonempty_drop(batches: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    """The candidate batches, or one empty batch for a drop without any."""
+    empty = True
+    for batch in batches:
+        empty = False
+        yield batch
+    if empty:
+        yield pl.DataFrame(schema=_CANDIDATE_SCHEMA)
+
+
+def _decided_batch(candidates: pl.DataFrame | pa.Table, manifest: Manifest, cfg: IngestConfig, drop: str
+                   ) -> tuple[int, pa.Table, pa.Table]:
+    """One batch of candidates decided (maybe in a worker process): (candidates read, the kept rows with their
+    ingest columns, ``_row`` and ``_base_id`` (the doc-id hash before numbering repeats), the rejected rows), both
+    as Arrow tables (cheaper to send back than Polars frames)."""
+    candidates = pl.from_arrow(candidates) if isinstance(candidates, pa.Table) else candidates
+    decided = _decide(candidates, _extract_fields(candidates, manifest), manifest, cfg).with_row_index("_row")
+    kept = decided.filter(pl.col("reason_code").is_null())
+    kept = kept.select("_row", *[c for c in INGEST_SCHEMA if c in kept.columns]).with_columns(
+        xxh128_hex(_doc_keys(kept, manifest.source, drop)).alias("_base_id"))
+    return len(candidates), kept.to_arrow(), decided.filter(pl.col("reason_code").is_not_null()).to_arrow()
+
+
 def read_drop_batches(drop_dir: Path, cfg: IngestConfig, drop: str | None = None,
-                      batch_rows: int = 1 << 62) -> Iterator[IngestBatch]:
+                      batch_rows: int = 1 << 62, workers: int = 1) -> Iterator[IngestBatch]:
     """``read_drop`` as batches of at most ``batch_rows`` input records, in input order (see the module docstring).
-    Their records and quarantine rows concatenated are exactly ``read_drop``'s."""
+    Their records and quarantine rows concatenated are exactly ``read_drop``'s. With ``workers`` > 1 the batches
+    are decided (JSON fields, rules, hashes) in the local executor's worker pool; the results are the same."""
     drop_dir = as_path(drop_dir)
     manifest = load_manifest(drop_dir)
     drop = drop or drop_dir.name
@@ -827,16 +855,21 @@ def read_drop_batches(drop_dir: Path, cfg: IngestConfig, drop: str | None = None
     }
     seen = pl.DataFrame(schema={"h": pl.String, "n": pl.Int64})
     first = True
-    for candidates in itertools.chain(_candidates(files, manifest, cfg, batch_rows), [None]):
-        if candidates is None:
-            if not first:
-                return
-            candidates = pl.DataFrame(schema=_CANDIDATE_SCHEMA)  # an empty drop is one empty batch
-        decided = _decide(candidates, _extract_fields(candidates, manifest), manifest, cfg).with_row_index("_row")
-        kept = decided.filter(pl.col("reason_code").is_null())
+    # Deciding a batch needs nothing from the batches before it (only the doc-id numbering does, done here), so the
+    # batches are decided in the worker pool when there are workers, their candidates sent as Arrow tables.
+    batches = _nonempty_drop(_candidates(files, manifest, cfg, batch_rows))
+    decide = functools.partial(_decided_batch, manifest=manifest, cfg=cfg, drop=drop)
+    if workers > 1:
+        from curation_platform.executors.local import map_in_order
+
+        decided_batches = map_in_order(decide, (batch.to_arrow() for batch in batches), workers,
+                                       label=f"ingest of drop '{drop}'")
+    else:
+        decided_batches = map(decide, batches)
+    for read_count, kept, rejected in decided_batches:
+        kept, rejected = pl.from_arrow(kept), pl.from_arrow(rejected)
         doc_ids, seen = _with_doc_ids(kept, manifest.source, drop, seen)
         records = kept.with_columns(doc_ids, **constants)
-        rejected = decided.filter(pl.col("reason_code").is_not_null())
         quarantine_key = pl.concat_str(
             [pl.lit(manifest.source), pl.lit(drop), pl.col("file"), pl.col("line").cast(pl.String).fill_null("")],
             separator="\x1f",
@@ -854,7 +887,7 @@ def read_drop_batches(drop_dir: Path, cfg: IngestConfig, drop: str | None = None
         reasons = rejected.group_by("reason_code").len().sort("reason_code")
         formats = records.group_by("format").len().sort("format")
         metrics = {
-            "read_count": len(candidates),
+            "read_count": read_count,
             "records": len(records),
             "quarantined": len(quarantine),
             **({"files": len(files)} if first else {}),
@@ -863,7 +896,7 @@ def read_drop_batches(drop_dir: Path, cfg: IngestConfig, drop: str | None = None
             "text_bytes": int(records["text"].str.len_bytes().sum() or 0),
         }
         first = False
-        yield IngestBatch(records=records, quarantine=quarantine, read_count=len(candidates), metrics=metrics,
+        yield IngestBatch(records=records, quarantine=quarantine, read_count=read_count, metrics=metrics,
                           input_ids=input_ids)
 
 

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import shutil
+import tempfile
 import tracemalloc
+import uuid
+from pathlib import Path
 
 import polars as pl
 import pytest
 from warcio.warcwriter import WARCWriter
 
+from curation_platform import readers
 from curation_platform.readers import IngestConfig, read_drop, read_drop_batches
 from tests.test_readers import check_contract, make_drop
 from tests.test_readers_warc import page, response
@@ -190,3 +196,41 @@ def test_a_parquet_file_damaged_between_the_two_passes_keeps_what_was_read(tmp_p
     stopped = last["line"][0]
     assert lines == [*range(1, stopped), stopped] and 2 <= stopped < 12
     assert last["reason"][0].startswith("corrupt Parquet file (") and last["reason"][0].endswith(f"(at row {stopped})")
+
+
+_DECIDED_BATCH = readers._decided_batch
+
+
+def _decided_batch_recording_pid(candidates, manifest, cfg, drop):
+    """``_decided_batch`` that leaves its process id in a folder named after the drop (the workers' only way to say
+    where they ran: a spawned worker shares nothing else with the test)."""
+    folder = Path(tempfile.gettempdir()) / f"ingest-pids-{drop}"
+    folder.mkdir(exist_ok=True)
+    (folder / str(os.getpid())).touch()
+    return _DECIDED_BATCH(candidates, manifest, cfg, drop)
+
+
+def test_ingest_decides_batches_in_worker_processes_with_the_same_result(mixed_drop, monkeypatch):
+    # Repeated records across batches (their doc ids are numbered in input order) and a malformed line.
+    repeated = [json.dumps({"id": "same", "text": "The same record."})] * 4 + ['{"text": broken']
+    (mixed_drop / "g.jsonl").write_text("\n".join(repeated) + "\n")
+    drop = f"pool-{uuid.uuid4().hex}"
+    expected = list(read_drop_batches(mixed_drop, CFG, drop=drop, batch_rows=3))
+    monkeypatch.setattr(readers, "_decided_batch", _decided_batch_recording_pid)
+    pids = Path(tempfile.gettempdir()) / f"ingest-pids-{drop}"
+    try:
+        pooled = list(read_drop_batches(mixed_drop, CFG, drop=drop, batch_rows=3, workers=2))
+        ran_in = {int(p.name) for p in pids.iterdir()}
+    finally:
+        shutil.rmtree(pids, ignore_errors=True)
+    assert len(pooled) == len(expected) > 2
+    for mine, theirs in zip(pooled, expected):
+        assert mine.records.equals(theirs.records) and mine.quarantine.equals(theirs.quarantine)
+        assert mine.input_ids.equals(theirs.input_ids) and mine.metrics == theirs.metrics
+    assert len(ran_in) == 2 and os.getpid() not in ran_in
+    # Errors still name the file and line; repeats keep distinct ids.
+    quarantine = pl.concat([b.quarantine for b in pooled])
+    assert ("g.jsonl", 5, "malformed JSON: the line is not valid JSON") in quarantine.select(
+        "file", "line", "reason").rows()
+    records = pl.concat([b.records for b in pooled]).filter(pl.col("file") == "g.jsonl")
+    assert records.height == 4 and records["doc_id"].n_unique() == 4

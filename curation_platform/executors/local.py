@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import itertools
 import multiprocessing
 import os
@@ -36,7 +37,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import polars as pl
 import pyarrow as pa
@@ -91,26 +92,54 @@ def run_batches(operator: Callable[[pl.DataFrame], StageResult], batches: Iterab
         for batch in batches:
             yield batch["doc_id"], batch.clear(), operator(batch)
         return
+    inputs: deque[tuple[pl.Series, pl.DataFrame]] = deque()
+
+    def sent() -> Iterator[pa.Table]:
+        for batch in batches:
+            inputs.append((batch["doc_id"], batch.clear()))  # the worker has its copy: hold only ids while it runs
+            yield batch.to_arrow()
+
+    with contextlib.closing(_in_pool(functools.partial(_on_arrow, operator), sent(), workers, label)) as results:
+        for result in results:
+            yield *inputs.popleft(), result
+
+
+def map_in_order(function: Callable[[Any], Any], items: Iterable[Any], workers: int,
+                 label: str = "the local executor") -> Iterator[Any]:
+    """``function`` on every item, the results in input order: in the pool of ``workers`` processes (at most
+    ``workers + 1`` items in flight) when ``workers`` > 1 and there is more than one item, else here. ``function``
+    and the items must pickle (send Polars frames as Arrow tables: cheaper, see ``run_batches``)."""
+    rest = iter(items)
+    head = list(itertools.islice(rest, 2))
+    items = _released(head, rest)
+    if workers > 1 and len(head) == 2:
+        with contextlib.closing(_in_pool(function, items, workers, label)) as results:
+            yield from results
+    else:
+        yield from map(function, items)
+
+
+def _in_pool(function: Callable[[Any], Any], items: Iterator[Any], workers: int, label: str) -> Iterator[Any]:
     pool = _pool(workers)
-    pending: deque[tuple[pl.Series, pl.DataFrame, Future]] = deque()
+    pending: deque[Future] = deque()
     finished = False
     try:
-        for batch in batches:
+        for item in items:
             try:
-                future = pool.submit(_call, operator, batch.to_arrow())
+                future = pool.submit(_call, function, item)
             except BrokenProcessPool:  # a worker died since the last result
                 raise _lost(label) from None
-            pending.append((batch["doc_id"], batch.clear(), future))
-            del batch  # the worker has its copy: hold only ids while it runs
+            pending.append(future)
+            del item
             while len(pending) > workers:
-                yield _outcome(*pending.popleft(), label)
+                yield _outcome(pending.popleft(), label)
         while pending:
-            yield _outcome(*pending.popleft(), label)
+            yield _outcome(pending.popleft(), label)
         finished = True
     finally:
         # An error, Ctrl-C, or the caller stopped early: stop the work still in flight (terminating the workers: a
         # batch may run for minutes). A pool with nothing in flight is kept for the next stage.
-        if not finished and (_broken(pool) or not all(future.cancel() or future.done() for _, _, future in pending)):
+        if not finished and (_broken(pool) or not all(future.cancel() or future.done() for future in pending)):
             _discard(workers)
 
 
@@ -120,10 +149,9 @@ def _released(head: list[pl.DataFrame], rest: Iterator[pl.DataFrame]) -> Iterato
     yield from rest
 
 
-def _outcome(ids: pl.Series, columns: pl.DataFrame, future: Future, label: str
-             ) -> tuple[pl.Series, pl.DataFrame, StageResult]:
+def _outcome(future: Future, label: str) -> Any:
     try:
-        return ids, columns, future.result()
+        return future.result()
     except BrokenProcessPool:
         raise _lost(label) from None
 
@@ -134,12 +162,17 @@ def _lost(label: str) -> WorkerLostError:
         "lower engine.batch_rows or engine.workers in curation.yaml and run again")
 
 
-def _call(operator: Callable[[pl.DataFrame], StageResult], batch: pa.Table) -> StageResult:
-    """In a worker: the operator on one batch. The batch travels as an Arrow table (its Arrow IPC pickle costs a
-    third of a Polars frame's, see README "Every core"). An exception that would not arrive whole in the parent (one
-    that does not pickle) becomes a RuntimeError naming it, with its traceback, rather than a broken pool."""
+def _on_arrow(operator: Callable[[pl.DataFrame], StageResult], batch: pa.Table) -> StageResult:
+    """In a worker: the operator on a batch sent as an Arrow table (its pickle costs a third of a Polars frame's,
+    see README "Every core")."""
+    return operator(pl.from_arrow(batch))
+
+
+def _call(function: Callable[[Any], Any], item: Any) -> Any:
+    """In a worker: the function on one item. An exception that would not arrive whole in the parent (one that does
+    not pickle) becomes a RuntimeError naming it, with its traceback, rather than a broken pool."""
     try:
-        return operator(pl.from_arrow(batch))
+        return function(item)
     except Exception as exc:
         try:
             pickle.loads(pickle.dumps(exc))
