@@ -10,7 +10,9 @@ file is ever in memory whole: JSON Lines files (plain or gzip) are read line by 
 row group (pyarrow), CSV files in Polars batches (for both, a first pass over the file finds a corrupt file before
 any of its rows is yielded, so a bad file is still one quarantine row), WARC files record by record. One-document-per-file formats read one file (at most
 ``max_record_bytes``) at a time. Only the doc-id hashes seen so far are kept across batches (to number repeated
-records), about 50 bytes per document. ``read_drop`` concatenates the batches.
+records), about 50 bytes per document. ``read_drop`` concatenates the batches. With ``workers`` > 1 the batches
+are decided (JSON fields, rules, doc-id hashes) in the local executor's worker pool, results in input order; only
+the numbering of repeated records runs here, so the output is the same for any number of workers.
 
 How it works: each data file becomes candidate rows ``(file, line, raw JSON object | text, format)``; problems
 found while reading bytes (invalid UTF-8, oversized lines, corrupt gzip) are marked there. One DuckDB query then

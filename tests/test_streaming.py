@@ -157,6 +157,21 @@ def test_outputs_are_byte_identical_with_worker_processes(tmp_path, landing, cur
     assert len(workers) == 2
 
 
+def test_workers_send_back_only_what_a_decide_only_stage_stores(curated):
+    ws, _ = curated
+    cfg = _config(5, workers=2)
+    # Each stage's own columns: the language and its score, the signals; decontamination in drop mode adds none.
+    own = {"language": {"language", "language_score"}, "quality_signals": {"word_count"}, "decontaminated": set()}
+    for stage, columns in own.items():
+        assert not stores_rows(stage, cfg)
+        results = list(pipeline._batches(ws, cfg, stage, DROPS[0]))
+        assert len(results) > 1, stage  # several batches: they ran in the worker pool
+        for _, input_frame, result in results:
+            assert "text" in input_frame.columns
+            assert set(result.kept.columns) & set(input_frame.columns) == {"doc_id"}, stage
+            assert columns <= set(result.kept.columns), stage
+
+
 def test_decide_only_stages_compose_into_what_the_operator_returned(curated):
     ws, cfg = curated
     drop = DROPS[1]
