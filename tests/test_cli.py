@@ -139,21 +139,6 @@ def test_a_symlink_out_of_the_drop_stops_it_with_a_clear_message(tmp_path):
     assert not (tmp_path / "data" / "stages" / "raw_documents" / "2026-01-web.parquet").exists()
 
 
-def test_a_drop_whose_files_change_is_curated_again(tmp_path):
-    drop = write_corpus_drop(tmp_path / "landing", "2026-01-web", _clean(5, 7), source="web")
-    args = ["--landing", str(tmp_path / "landing"), "--workspace", str(tmp_path / "data"), "--config", CONFIG,
-            "--no-release"]
-    assert run_cli("run", *args)[0] == 0
-    code, output = run_cli("run", *args)
-    assert "0 to curate" in output
-    more = _clean(6, 7).tail(1).with_columns(pl.lit("extra").alias("id"))
-    with open(drop / "data.jsonl", "a") as handle:
-        handle.write(more.select("id", "text").write_ndjson())
-    code, output = run_cli("run", *args)
-    assert code == 0 and "1 to curate" in output
-    assert Workspace(tmp_path / "data").read_stage("raw_documents", "2026-01-web").height == 6
-
-
 def test_unsafe_release_and_drop_names_are_refused(tmp_path):
     write_corpus_drop(tmp_path / "landing", "2026-01-web", _clean(4, 8), source="web")
     write_corpus_drop(tmp_path / "landing", "c[1]", _clean(3, 9), source="odd")
@@ -202,33 +187,43 @@ def test_an_empty_release_is_not_published(tmp_path):
             in output)
 
 
-def test_a_moved_landing_area_is_read_from_its_new_place(tmp_path):
-    write_corpus_drop(tmp_path / "landing", "2026-01-web", _clean(4, 13), source="web")
-    args = ["--workspace", str(tmp_path / "data"), "--config", CONFIG, "--no-release"]
-    assert run_cli("run", "--landing", str(tmp_path / "landing"), *args)[0] == 0
-    (tmp_path / "landing").rename(tmp_path / "moved")
-    with open(tmp_path / "moved" / "2026-01-web" / "data.jsonl", "a") as handle:
-        handle.write(_clean(5, 13).tail(1).with_columns(pl.lit("new").alias("id")).select("id", "text").write_ndjson())
-    code, output = run_cli("run", "--landing", str(tmp_path / "moved"), *args)
-    assert code == 0 and "1 to curate" in output, output
-    assert Workspace(tmp_path / "data").read_stage("raw_documents", "2026-01-web").height == 5
-
-
-def test_run_does_not_read_a_drop_that_is_still_being_written(tmp_path):
+def test_a_drop_is_read_once_settled_and_again_when_its_files_change_or_its_landing_area_moves(tmp_path):
+    """One drop through four runs: still being written (not read), settled (curated), unchanged (nothing to do),
+    a file appended (curated again), then the landing area moved and a file appended there (read from its new
+    place)."""
     import time
 
-    drop = write_corpus_drop(tmp_path / "landing", "2026-01-web", _clean(4, 14), source="web")
+    drop = write_corpus_drop(tmp_path / "landing", "2026-01-web", _clean(5, 7), source="web")
     (drop / "_READY").unlink()  # a copy in progress: files written just now, no marker
-    args = ["--landing", str(tmp_path / "landing"), "--workspace", str(tmp_path / "data"), "--config", CONFIG,
-            "--no-release"]
+    args = ["--workspace", str(tmp_path / "data"), "--config", CONFIG, "--no-release"]
+    landing = ["--landing", str(tmp_path / "landing")]
+    raw = tmp_path / "data" / "stages" / "raw_documents" / "2026-01-web.parquet"
     written = time.time()
-    code, output = run_cli("run", *args, "--now", str(written + 3))  # 3 s later; settle_seconds is 10
+    code, output = run_cli("run", *landing, *args, "--now", str(written + 3))  # 3 s later; settle_seconds is 10
     assert code == 0, output
     assert "2026-01-web' is still being written" in output and "0 drop(s) registered" in output
-    assert not (tmp_path / "data" / "stages" / "raw_documents" / "2026-01-web.parquet").exists()
-    code, output = run_cli("run", *args, "--now", str(written + 60))  # settled
+    assert not raw.exists()
+    code, output = run_cli("run", *landing, *args, "--now", str(written + 60))  # settled
     assert code == 0 and "1 to curate" in output, output
-    assert (tmp_path / "data" / "stages" / "raw_documents" / "2026-01-web.parquet").exists()
+    assert raw.exists()
+
+    # Files unchanged: nothing to curate. A file that changes: the drop is curated again.
+    code, output = run_cli("run", *landing, *args, "--now", str(time.time() + 60))
+    assert "0 to curate" in output
+    more = _clean(6, 7).tail(1).with_columns(pl.lit("extra").alias("id"))
+    with open(drop / "data.jsonl", "a") as handle:
+        handle.write(more.select("id", "text").write_ndjson())
+    code, output = run_cli("run", *landing, *args, "--now", str(time.time() + 60))
+    assert code == 0 and "1 to curate" in output
+    assert Workspace(tmp_path / "data").read_stage("raw_documents", "2026-01-web").height == 6
+
+    # A moved landing area is read from its new place.
+    (tmp_path / "landing").rename(tmp_path / "moved")
+    with open(tmp_path / "moved" / "2026-01-web" / "data.jsonl", "a") as handle:
+        handle.write(_clean(7, 7).tail(1).with_columns(pl.lit("new").alias("id")).select("id", "text").write_ndjson())
+    code, output = run_cli("run", "--landing", str(tmp_path / "moved"), *args, "--now", str(time.time() + 60))
+    assert code == 0 and "1 to curate" in output, output
+    assert Workspace(tmp_path / "data").read_stage("raw_documents", "2026-01-web").height == 7
 
 
 SHORT_NOTES = [

@@ -11,7 +11,7 @@ import yaml
 
 from curation_platform.ledger import reconcile, stage_counts
 from curation_platform.pipeline import STAGES
-from curation_platform.samples import write_sample_landing
+from curation_platform.samples import synthetic_corpus, write_corpus_drop
 from curation_platform.workspace import Workspace
 from tests.conftest import REPO, run_cli
 
@@ -158,7 +158,10 @@ def test_a_failing_gate_stops_the_graph_with_a_clear_message(tmp_path):
     import subprocess
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    write_sample_landing(tmp_path / "landing")
+    # One small drop with planted duplicates and low-quality pages (the graph and its gates are the same for the
+    # seven sample drops, which took a whole sample run here).
+    docs = synthetic_corpus(20, seed=3, dup_rate=0.15, near_dup_rate=0.1, low_quality_rate=0.2)
+    write_corpus_drop(tmp_path / "landing", "2026-01-web", docs.select("id", "text"), source="web")
     config = tmp_path / "strict.yaml"
     # No stage may remove anything: the first stage that drops a document must stop its drop.
     strict = yaml.safe_load((REPO / "curation.yaml").read_text())
