@@ -525,6 +525,13 @@ def run_stage(ws: Workspace, cfg: CurationConfig, stage: str, drop: str, run_id:
                 ledger_out.write(_ordered_ledger(ids.clear(), stray, stage, drop, run_id, cfg.drop_stages_hash))
             metrics = merge_metrics(metrics, result.metrics, seen_rows, len(ids))
             seen_rows += len(ids)
+    if not rows and out.rows:  # a stage that only decides stored no text: preview its first documents whole
+        frames: list[pl.DataFrame] = []
+        for frame in ws.iter_stage(stage, drop, 64):
+            frames.append(frame)
+            if sum(f.height for f in frames) >= 5:
+                break
+        preview = pl.concat(frames, how="vertical_relaxed").head(5)
     return StageSummary(
         stage=stage,
         drop=drop,

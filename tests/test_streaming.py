@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -170,6 +171,20 @@ def test_workers_send_back_only_what_a_decide_only_stage_stores(curated):
             assert "text" in input_frame.columns
             assert set(result.kept.columns) & set(input_frame.columns) == {"doc_id"}, stage
             assert columns <= set(result.kept.columns), stage
+
+
+def test_a_decide_only_stage_previews_its_first_kept_documents_with_their_text(tmp_path, curated):
+    # The preview shown in the UI: the operators of decide-only stages return no text, the preview must still show it.
+    ws, cfg = curated
+    copy = Workspace(tmp_path / "ws")
+    shutil.copytree(ws.root, copy.root)
+    for stage in ("language", "filtered"):
+        summary = pipeline.run_stage(copy, cfg, stage, DROPS[0])
+        stored = copy.read_stage(stage, DROPS[0])
+        assert {"text", "doc_id"} <= set(summary.preview.columns), stage
+        assert summary.preview.height == min(5, stored.height) > 0, stage
+        assert summary.preview["doc_id"].to_list() == stored["doc_id"].head(5).to_list(), stage
+        assert summary.preview["text"].to_list() == stored["text"].head(5).to_list(), stage
 
 
 def test_decide_only_stages_compose_into_what_the_operator_returned(curated):
