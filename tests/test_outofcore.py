@@ -150,3 +150,24 @@ def test_exact_dedup_spills_to_disk_under_a_tiny_memory_limit_and_still_answers(
         # The index copy is in the earlier drop, so it comes first by the keep rule when there is one.
         assert other == index_first.get(texts[doc_id], expected_first[doc_id])
     assert _whole(entries).height == n and list(spill.iterdir()) == []
+
+
+def test_near_dedup_hands_its_index_entries_back_in_batches(two_drops, tmp_path):
+    """Near dedup's index entries (about 150 bytes per document) come back as batches of at most ``batch_rows``
+    read from a spill file, as line and exact dedup's do, never as one frame of the whole drop; the same rows as
+    a frame in gives."""
+    folder, _, near, drop_a = two_drops
+    ooc = OutOfCore(batch_rows=7, memory_limit="256MB", spill_dir=str(tmp_path / "spill"))
+
+    def content(rows: pl.DataFrame) -> pl.DataFrame:
+        return drop_a.join(rows.select("doc_id"), on="doc_id", how="semi").select("doc_id", "text")
+
+    _, entries = near_duplicates(ParquetDropInput(folder / "b.parquet", "b", 7), [IndexPart(near, "a", 0)],
+                                 NearDedupConfig(), index_content=content, ooc=ooc)
+    assert not isinstance(entries, pl.DataFrame)
+    batches = list(entries)
+    assert len(batches) >= 5 and all(0 < batch.height <= 7 for batch in batches)
+    _, whole = near_duplicates(pl.read_parquet(folder / "b.parquet"), [IndexPart(near, "a", 0)], NearDedupConfig(),
+                               index_content=content)
+    assert pl.concat(batches).equals(whole) and whole.height >= 35
+    assert list((tmp_path / "spill").iterdir()) == []  # the entries' spill folder went once they were read

@@ -32,6 +32,7 @@ Pipeline, all column operations:
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -57,7 +58,8 @@ from curation_platform.ops.dedup_exact import (
     keep_order,
     sort_by_keep_rule,
 )
-from curation_platform.outofcore import DuckDBSize, OutOfCore, SpillWriter, duckdb_connection, spill_folder
+from curation_platform.outofcore import (DuckDBSize, OutOfCore, SpillWriter, duckdb_connection, frames_then_remove,
+                                         new_spill_folder, spill_folder, sql_path)
 from curation_platform.records import DROP, FLAG, DropInput, FrameDropInput, StageResult, verdict_frame
 
 RULE_DUPLICATE = "near_dedup.duplicate"
@@ -652,7 +654,7 @@ def near_duplicates(
     docs: pl.DataFrame | DropInput, index: pl.DataFrame | Sequence[IndexPart] | None, cfg: NearDedupConfig,
     index_content: IndexContent | None = None, blocked_ids: pl.Series | None = None, ooc: OutOfCore | None = None,
     candidates: CandidateGenerator | None = None,
-) -> tuple[StageResult, pl.DataFrame]:
+) -> tuple[StageResult, pl.DataFrame | Iterator[pl.DataFrame]]:
     """Find the near-duplicate pairs of ``docs``, within the drop and with the index of other drops, verified by
     exact Jaccard on the shingle sets; drop only documents near a taken-down one.
 
@@ -795,13 +797,22 @@ def near_duplicates(
             pl.format("near-duplicate (exact Jaccard {}) of taken-down document {}", pl.col("value").round(4),
                       "duplicate_of").alias("detail"),
         )
-        with duckdb_connection(ooc, folder / "duckdb") as connection:
-            connection.register("blocked_docs", blocked_verdicts.select("doc_id").to_arrow())
-            entries = pl.from_arrow(connection.sql(
-                "SELECT doc_id, band_keys FROM read_parquet($spill) ANTI JOIN blocked_docs USING (doc_id) "
-                "WHERE has_shingles ORDER BY doc_id", params=sql_params).to_arrow_table())
-    entries = entries.select(pl.col("doc_id").cast(pl.String), pl.col("band_keys").cast(pl.List(pl.UInt64))
-                             ).with_columns(pl.lit(params, dtype=NEAR_INDEX_SCHEMA["params"]).alias("params"))
+        # The index entries (about 150 bytes per document) are written sorted by DuckDB to a file of their own and
+        # handed back as an iterator of frames read from it (the index writer consumes them; the folder goes then).
+        entries_folder = new_spill_folder(ooc, "near-entries")
+        try:
+            with duckdb_connection(ooc, folder / "duckdb") as connection:
+                connection.register("blocked_docs", blocked_verdicts.select("doc_id").to_arrow())
+                connection.execute(
+                    "COPY (SELECT doc_id, band_keys FROM read_parquet($spill) ANTI JOIN blocked_docs USING (doc_id) "
+                    f"WHERE has_shingles ORDER BY doc_id) TO {sql_path(entries_folder / 'entries.parquet')} "
+                    "(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)", sql_params).fetchall()
+        except BaseException:
+            shutil.rmtree(entries_folder, ignore_errors=True)
+            raise
+    entries = _entry_batches(entries_folder, params, ooc.batch_rows)
+    if isinstance(docs, pl.DataFrame):  # a frame in, a frame out
+        entries = pl.concat(list(entries))
 
     flagged = pairs.join(blocked_verdicts.select("doc_id"), on="doc_id", how="anti")
     flags = flagged.select(
@@ -832,6 +843,14 @@ def near_duplicates(
     if isinstance(docs, pl.DataFrame):  # a frame in, a frame out
         kept = pl.concat(list(kept))
     return StageResult(kept=kept, verdicts=verdicts, metrics=metrics), entries
+
+
+def _entry_batches(folder: Path, params: str, batch_rows: int) -> Iterator[pl.DataFrame]:
+    """The drop's index entries (NEAR_INDEX_SCHEMA) in frames of at most ``batch_rows`` rows, in doc_id order, read
+    from the file DuckDB wrote in ``folder``; the folder is removed once they are read (or the iterator closed)."""
+    spilled = {"doc_id": pl.String, "band_keys": pl.List(pl.UInt64)}
+    for frame in frames_then_remove(folder / "entries.parquet", spilled, batch_rows, folder):
+        yield frame.with_columns(pl.lit(params, dtype=NEAR_INDEX_SCHEMA["params"]).alias("params"))
 
 
 def _kept_batches(source: DropInput, clusters: pl.DataFrame, blocked_ids: pl.Series) -> Iterator[pl.DataFrame]:
