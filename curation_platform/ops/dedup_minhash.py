@@ -401,13 +401,18 @@ def exact_jaccard(hashes: np.ndarray, counts: np.ndarray, left: np.ndarray, righ
 # drop, first row per doc_id) unnested to (band, key) and kept only where the drop has the same bucket: the index
 # files are scanned in place and only their matching rows are held. ``index_nodes``: those entries numbered in
 # canonical keep order (drop order, doc_id), negative, so every index node sorts before every drop node.
+# What grows with the drop (its doc_ids, 14 (band, key, node) rows per document) is not a DuckDB table, which an
+# in-memory database holds in its buffer pool until ``memory_limit``: ``drop_ids`` is a view over the spill file and
+# ``current_rows`` a view over a Parquet file written once ({current}); only rows matched in the index are tables.
 _NEAR_SETUP_SQL = """
 CREATE TEMP TABLE drop_names AS SELECT DISTINCT drop FROM read_parquet($spill) WHERE drop IS NOT NULL;
-CREATE TEMP TABLE drop_ids AS SELECT doc_id FROM read_parquet($spill);
-CREATE TEMP TABLE current_rows AS
+CREATE TEMP VIEW drop_ids AS SELECT doc_id FROM read_parquet({spill});
+COPY (
     SELECT unnest(range(len(s.band_keys))) AS band, unnest(s.band_keys) AS key, n.node
     FROM read_parquet($spill) AS s JOIN node_of_row AS n USING (_row)
-    WHERE s.has_shingles;
+    WHERE s.has_shingles
+) TO {current} (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1);
+CREATE TEMP VIEW current_rows AS SELECT band, key, node FROM read_parquet({current});
 CREATE TEMP TABLE index_hits AS
     WITH in_play AS (
         SELECT * FROM {index} AS i
@@ -718,10 +723,17 @@ def near_duplicates(
             # ``sort_by_keep_rule`` does); index documents negative, all earlier. ``order`` (node -> row) is the one
             # per-document array held in Python: 4 bytes per document.
             order_by = ", ".join(f"{name} ASC NULLS LAST" for name in key_schema)
-            connection.execute(f"CREATE TEMP TABLE node_of_row AS SELECT _row, (row_number() OVER (ORDER BY "
-                               f"{order_by}, _row) - 1)::BIGINT AS node FROM read_parquet($spill)", sql_params)
+            # Written to a file (a view reads it), not held as a table: 16 bytes per document.
+            nodes_path = folder / "nodes.parquet"
+            connection.execute(f"COPY (SELECT _row, (row_number() OVER (ORDER BY {order_by}, _row) - 1)::BIGINT AS "
+                               f"node FROM read_parquet($spill)) TO {sql_path(nodes_path)} (FORMAT parquet, "
+                               "COMPRESSION zstd, COMPRESSION_LEVEL 1)", sql_params)
+            connection.execute(f"CREATE TEMP VIEW node_of_row AS SELECT _row, node FROM "
+                               f"read_parquet({sql_path(nodes_path)})")
             order = connection.sql("SELECT _row FROM node_of_row ORDER BY node").fetchnumpy()["_row"].astype(np.int32)
-            _run_script(connection, _NEAR_SETUP_SQL.format(index=index_sql), sql_params)
+            _run_script(connection, _NEAR_SETUP_SQL.format(index=index_sql, spill=sql_path(spill_path),
+                                                           current=sql_path(folder / "current_rows.parquet")),
+                        sql_params)
             n_index = connection.execute(_INDEX_IN_PLAY_SQL.format(index=index_sql)).fetchall()[0][0]
             index_nodes = pl.from_arrow(connection.sql(
                 "SELECT node, doc_id, drop FROM index_nodes ORDER BY node").to_arrow_table()).cast(
