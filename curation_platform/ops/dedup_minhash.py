@@ -674,8 +674,8 @@ def near_duplicates(
     The drop is read in batches; each batch's signatures and band keys are spilled to Parquet. DuckDB joins the
     drop's band keys with the index files in place under the memory limit; the candidate pairs are screened by
     the MinHash estimate and verified by exact Jaccard in batches, reading only the candidates' texts. Held in
-    Python for the whole drop: a 4-byte node -> row array per document, the verified pairs (32 bytes each, numpy)
-    and the index entries returned; everything else per document is in the spill files or DuckDB.
+    Python for the whole drop: a 4-byte node -> row array per document and the verified pairs (32 bytes each,
+    numpy); everything else per document is in spill files (DuckDB holds no table per document either).
 
     No copy is dropped as a duplicate: every verified pair is a ``flag`` row ``near_dedup.duplicate`` on the
     document of this drop (``duplicate_of`` the other document, ``value`` the exact Jaccard, ``cluster_id`` the
@@ -683,7 +683,8 @@ def near_duplicates(
     representative (:func:`near_representatives`). A document paired with a taken-down document is dropped with
     ``takedown.blocked``. Kept documents gain ``cluster_id`` (null without a verified pair). Returns the
     StageResult (``kept`` an iterator of batches in row order, a frame when ``docs`` is a frame) and the index
-    entries (NEAR_INDEX_SCHEMA) of the kept documents that have shingles.
+    entries (NEAR_INDEX_SCHEMA) of the kept documents that have shingles, sorted by doc_id: like ``kept``, an
+    iterator of frames of at most ``batch_rows`` read from a file DuckDB wrote, a frame when ``docs`` is a frame.
     """
     ooc = ooc or OutOfCore(batch_rows=cfg.signature_batch_docs, memory_limit=cfg.memory_limit,
                            spill_dir=cfg.temp_directory)
