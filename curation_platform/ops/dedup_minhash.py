@@ -402,8 +402,10 @@ def exact_jaccard(hashes: np.ndarray, counts: np.ndarray, left: np.ndarray, righ
 # files are scanned in place and only their matching rows are held. ``index_nodes``: those entries numbered in
 # canonical keep order (drop order, doc_id), negative, so every index node sorts before every drop node.
 # What grows with the drop (its doc_ids, 14 (band, key, node) rows per document) is not a DuckDB table, which an
-# in-memory database holds in its buffer pool until ``memory_limit``: ``drop_ids`` is a view over the spill file and
-# ``current_rows`` a view over a Parquet file written once ({current}); only rows matched in the index are tables.
+# in-memory database holds in its buffer pool until ``memory_limit``: ``drop_ids`` is a view over the spill file,
+# ``current_rows`` a view over a Parquet file written once ({current}) and the drop's distinct buckets are written
+# to a file ({buckets}) before the index is semi-joined to them (a DISTINCT over the view inside that join ran out of
+# memory under a 512MB limit at 1.28M documents); only rows matched in the index are tables.
 _NEAR_SETUP_SQL = """
 CREATE TEMP TABLE drop_names AS SELECT DISTINCT drop FROM read_parquet($spill) WHERE drop IS NOT NULL;
 CREATE TEMP VIEW drop_ids AS SELECT doc_id FROM read_parquet({spill});
@@ -413,6 +415,7 @@ COPY (
     WHERE s.has_shingles
 ) TO {current} (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1);
 CREATE TEMP VIEW current_rows AS SELECT band, key, node FROM read_parquet({current});
+COPY (SELECT DISTINCT band, key FROM current_rows) TO {buckets} (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1);
 CREATE TEMP TABLE index_hits AS
     WITH in_play AS (
         SELECT * FROM {index} AS i
@@ -423,7 +426,7 @@ CREATE TEMP TABLE index_hits AS
                unnest(range(len(band_keys))) AS band, unnest(band_keys) AS key
         FROM in_play
     )
-    SELECT * FROM unnested SEMI JOIN (SELECT DISTINCT band, key FROM current_rows) USING (band, key);
+    SELECT * FROM unnested SEMI JOIN read_parquet({buckets}) USING (band, key);
 CREATE TEMP TABLE index_nodes AS
     SELECT _part, _row, doc_id, drop,
            row_number() OVER (ORDER BY drop_order NULLS LAST, doc_id, _part, _row) - 1 - count(*) OVER () AS node
@@ -733,7 +736,8 @@ def near_duplicates(
                                f"read_parquet({sql_path(nodes_path)})")
             order = connection.sql("SELECT _row FROM node_of_row ORDER BY node").fetchnumpy()["_row"].astype(np.int32)
             _run_script(connection, _NEAR_SETUP_SQL.format(index=index_sql, spill=sql_path(spill_path),
-                                                           current=sql_path(folder / "current_rows.parquet")),
+                                                           current=sql_path(folder / "current_rows.parquet"),
+                                                           buckets=sql_path(folder / "buckets.parquet")),
                         sql_params)
             n_index = connection.execute(_INDEX_IN_PLAY_SQL.format(index=index_sql)).fetchall()[0][0]
             index_nodes = pl.from_arrow(connection.sql(
