@@ -70,6 +70,7 @@ def _stage(stage: str, drop: str, order: int, folder: str, batch_rows: int, memo
     from curation_platform.ops.line_dedup import LineDedupConfig, line_dedup
     from curation_platform.outofcore import OutOfCore
     from curation_platform.records import ParquetDropInput
+    from curation_platform.workspace import ParquetStreamWriter
 
     root = Path(folder)
     ooc = OutOfCore(batch_rows=batch_rows, memory_limit=memory_limit, spill_dir=str(root / "spill"))
@@ -92,17 +93,24 @@ def _stage(stage: str, drop: str, order: int, folder: str, batch_rows: int, memo
         result, entries = exact_duplicates(docs, parts, ExactDedupConfig(), ooc=ooc)
     else:
         result, entries = near_duplicates(docs, parts, NearDedupConfig(), index_content=content, ooc=ooc)
-    kept = 0
+    # As the pipeline does: the index entries (a frame or an iterator of frames) are written first, with the
+    # workspace's streaming writer (or only counted), then the kept batches and the verdicts are consumed.
+    entry_count = 0
+    index.mkdir(parents=True, exist_ok=True)
+    with ParquetStreamWriter(index / f"{drop}.parquet" if write_index else root / "scratch-index.parquet") as out:
+        for frame in ([entries] if isinstance(entries, pl.DataFrame) else entries):
+            entry_count += frame.height
+            out.write(frame)
+    kept = verdicts = 0
     for batch in ([result.kept] if isinstance(result.kept, pl.DataFrame) else result.kept):
         kept += batch.height
+    for frame in ([result.verdicts] if isinstance(result.verdicts, pl.DataFrame) else result.verdicts):
+        verdicts += frame.height
     seconds = time.perf_counter() - start
-    if write_index:
-        index.mkdir(parents=True, exist_ok=True)
-        entries.write_parquet(index / f"{drop}.parquet", compression="zstd", compression_level=3)
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    return {"seconds": round(seconds, 2), "kept": kept, "verdicts": result.verdicts.height, "metrics": metrics,
+    return {"seconds": round(seconds, 2), "kept": kept, "verdicts": verdicts, "metrics": metrics,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "index_entries": entries.height}
+            "index_entries": entry_count}
 
 
 def _call(target: Any, *args: Any) -> Any:

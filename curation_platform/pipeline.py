@@ -47,7 +47,7 @@ from curation_platform.records import (DROP, KEEP, QUARANTINE, VERDICT_SCHEMA, D
 from curation_platform.storage import as_path
 from curation_platform.ops.verify_code import verify_code
 from curation_platform.ops.dedup_exact import IndexPart
-from curation_platform.outofcore import OutOfCore, SpillWriter, duckdb_connection, spill_folder
+from curation_platform.outofcore import OutOfCore, SpillWriter, duckdb_connection, spill_folder, sql_path
 from curation_platform.takedown import read_takedowns
 from curation_platform.workspace import (DECIDES_ON_KEY, ParquetStreamWriter, Workspace, file_lock,
                                          iter_parquet)
@@ -444,35 +444,39 @@ def _drop_global_batches(ws: Workspace, cfg: CurationConfig, stage: str, source:
                 pl.int_range(row, row + frame.height, dtype=pl.Int64).alias("_row")))
             row += frame.height
         verdicts_out.close()
+        # DuckDB writes the ordered verdicts to a file and is closed before the stage's kept batches stream: its
+        # sorted result is not held (it grows with the drop) while the drop is written.
         with duckdb_connection(ooc, folder / "duckdb") as connection:
-            ordered = iter(connection.sql(_VERDICTS_IN_INPUT_ORDER_SQL, params={
-                "verdicts": str(folder / "verdicts.parquet"), "ids": str(folder / "ids.parquet")}
-            ).to_arrow_reader(ooc.batch_rows))
-            pending = pl.DataFrame(schema={**VERDICT_SCHEMA, "_position": pl.Int64})
-            first, exhausted, stop = True, False, 0
-            batches = iter_parquet(folder / "ids.parquet", ooc.batch_rows, ["doc_id"])
-            for ids in itertools.chain((b["doc_id"] for b in batches), [None]):
-                stop += 0 if ids is None else len(ids)
-                # Read verdicts until one lies beyond this batch (or is on no input document); after the last batch,
-                # read the rest (the verdicts on no input document).
-                while not exhausted and (ids is None or pending.is_empty() or _before(pending["_position"][-1], stop)):
-                    chunk = next(ordered, None)
-                    if chunk is None:
-                        exhausted = True
-                        break
-                    pending = pl.concat([pending, pl.from_arrow(chunk).select(pending.columns).cast(pending.schema)])
-                if ids is None:
-                    mine, pending = pending, pending.clear()
-                    if mine.is_empty() and not first:
-                        return
-                    ids = pl.Series("doc_id", [], pl.String)
-                else:
-                    inside = pending["_position"].is_not_null() & (pending["_position"] < stop)
-                    mine, pending = pending.filter(inside), pending.filter(~inside)
-                yield ids, input_frame, StageResult(kept=result.kept if first else iter(()),
-                                                    verdicts=mine.drop("_position"),
-                                                    metrics=result.metrics if first else {})
-                first = False
+            sql = _VERDICTS_IN_INPUT_ORDER_SQL.replace("$verdicts", sql_path(folder / "verdicts.parquet")).replace(
+                "$ids", sql_path(folder / "ids.parquet"))
+            connection.execute(f"COPY ({sql}) TO {sql_path(folder / 'ordered.parquet')} "
+                               "(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, PRESERVE_ORDER)").fetchall()
+        ordered = iter_parquet(folder / "ordered.parquet", ooc.batch_rows)
+        pending = pl.DataFrame(schema={**VERDICT_SCHEMA, "_position": pl.Int64})
+        first, exhausted, stop = True, False, 0
+        batches = iter_parquet(folder / "ids.parquet", ooc.batch_rows, ["doc_id"])
+        for ids in itertools.chain((b["doc_id"] for b in batches), [None]):
+            stop += 0 if ids is None else len(ids)
+            # Read verdicts until one lies beyond this batch (or is on no input document); after the last batch,
+            # read the rest (the verdicts on no input document).
+            while not exhausted and (ids is None or pending.is_empty() or _before(pending["_position"][-1], stop)):
+                chunk = next(ordered, None)
+                if chunk is None:
+                    exhausted = True
+                    break
+                pending = pl.concat([pending, chunk.select(pending.columns).cast(pending.schema)])
+            if ids is None:
+                mine, pending = pending, pending.clear()
+                if mine.is_empty() and not first:
+                    return
+                ids = pl.Series("doc_id", [], pl.String)
+            else:
+                inside = pending["_position"].is_not_null() & (pending["_position"] < stop)
+                mine, pending = pending.filter(inside), pending.filter(~inside)
+            yield ids, input_frame, StageResult(kept=result.kept if first else iter(()),
+                                                verdicts=mine.drop("_position"),
+                                                metrics=result.metrics if first else {})
+            first = False
 
 
 def _before(position: int | None, stop: int) -> bool:

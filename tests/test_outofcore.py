@@ -17,7 +17,7 @@ from curation_platform.ops.dedup_exact import ExactDedupConfig, IndexPart, exact
 from curation_platform.ops.dedup_minhash import NearDedupConfig, near_duplicates
 from curation_platform.ops.line_dedup import LineDedupConfig, line_dedup
 from curation_platform.outofcore import OutOfCore
-from curation_platform.records import ParquetDropInput
+from curation_platform.records import FrameDropInput, ParquetDropInput
 
 WORDS = ("river valley farm wheat rain village school stone market bread cheese honey wool trader visitor harbour "
          "museum ship model curator wing garden bridge tower lantern orchard meadow mill baker candle").split()
@@ -150,3 +150,63 @@ def test_exact_dedup_spills_to_disk_under_a_tiny_memory_limit_and_still_answers(
         # The index copy is in the earlier drop, so it comes first by the keep rule when there is one.
         assert other == index_first.get(texts[doc_id], expected_first[doc_id])
     assert _whole(entries).height == n and list(spill.iterdir()) == []
+
+
+def test_near_dedup_hands_its_index_entries_back_in_batches(two_drops, tmp_path):
+    """Near dedup's index entries (about 150 bytes per document) come back as batches of at most ``batch_rows``
+    read from a spill file, as line and exact dedup's do, never as one frame of the whole drop; the same rows as
+    a frame in gives."""
+    folder, _, near, drop_a = two_drops
+    ooc = OutOfCore(batch_rows=7, memory_limit="256MB", spill_dir=str(tmp_path / "spill"))
+
+    def content(rows: pl.DataFrame) -> pl.DataFrame:
+        return drop_a.join(rows.select("doc_id"), on="doc_id", how="semi").select("doc_id", "text")
+
+    _, entries = near_duplicates(ParquetDropInput(folder / "b.parquet", "b", 7), [IndexPart(near, "a", 0)],
+                                 NearDedupConfig(), index_content=content, ooc=ooc)
+    assert not isinstance(entries, pl.DataFrame)
+    batches = list(entries)
+    assert len(batches) >= 5 and all(0 < batch.height <= 7 for batch in batches)
+    _, whole = near_duplicates(pl.read_parquet(folder / "b.parquet"), [IndexPart(near, "a", 0)], NearDedupConfig(),
+                               index_content=content)
+    assert pl.concat(batches).equals(whole) and whole.height >= 35
+    assert list((tmp_path / "spill").iterdir()) == []  # the entries' spill folder went once they were read
+
+
+@pytest.mark.parametrize("stage", ["line", "near"])
+def test_duckdb_holds_no_table_that_grows_with_the_drop(stage, monkeypatch, tmp_path):
+    """What line and near dedup compute per document or per distinct line (line counts; doc_ids, keep ranks and 14
+    band rows per document) lives in spill files that DuckDB reads, not in tables of its in-memory database, which
+    stay in its buffer pool up to ``memory_limit`` and so grew with the drop. Measured on the real connections,
+    just before each is closed: the bytes of in-memory tables for a drop of 4,000 documents are no more than for
+    one of 1,000."""
+    from contextlib import contextmanager
+
+    import curation_platform.ops.dedup_minhash as near_module
+    import curation_platform.ops.line_dedup as line_module
+    from curation_platform.outofcore import duckdb_connection
+
+    held: list[int] = []
+    module = line_module if stage == "line" else near_module
+
+    @contextmanager
+    def observed(ooc, temp_directory):
+        with duckdb_connection(ooc, temp_directory) as connection:
+            yield connection
+            held.append(connection.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() "
+                                           "WHERE tag = 'IN_MEMORY_TABLE'").fetchall()[0][0])
+
+    monkeypatch.setattr(module, "duckdb_connection", observed)
+    peaks = []
+    for n in (1_000, 4_000):
+        held.clear()
+        docs = _drop([f"{BANNER}\n\n{t}" for t in _texts(n, seed=n)], "d", "d", 0)
+        ooc = OutOfCore(batch_rows=1_000, memory_limit="256MB", spill_dir=str(tmp_path / "spill"))
+        if stage == "line":
+            result, entries = line_dedup(FrameDropInput(docs, batch_rows=1_000), [], LineDedupConfig(), ooc=ooc)
+        else:
+            result, entries = near_duplicates(FrameDropInput(docs, batch_rows=1_000), [], NearDedupConfig(), ooc=ooc)
+        assert sum(batch.height for batch in result.kept) == n  # it ran through (the banner is no text of its own)
+        list(entries)
+        peaks.append(max(held))
+    assert peaks[1] <= peaks[0], peaks

@@ -361,3 +361,40 @@ def _write_word_parquet(path: Path, groups: int, rows: int, words: int) -> None:
             frame = pl.DataFrame({"doc_id": [f"{group}-{i}" for i in range(rows)],
                                   "text": picks.reshape((rows, words)).arr.join(" ")})
             writer.write_table(frame.to_arrow(compat_level=pl.CompatLevel.oldest()))
+
+
+def test_drop_global_ledger_holds_no_duckdb_connection_while_the_kept_batches_stream(tmp_path, monkeypatch):
+    # DuckDB orders a drop-global stage's verdicts into a file and is closed before the stage's kept batches are
+    # consumed: its sorted result (which grows with the drop) is not held while the drop is written.
+    from contextlib import contextmanager
+
+    from curation_platform.outofcore import duckdb_connection
+    from curation_platform.records import FrameDropInput, StageResult
+
+    open_connections, seen = [0], []
+
+    @contextmanager
+    def counted(ooc, temp_directory):
+        with duckdb_connection(ooc, temp_directory) as connection:
+            open_connections[0] += 1
+            try:
+                yield connection
+            finally:
+                open_connections[0] -= 1
+
+    def kept():
+        for start in range(0, 7, 2):
+            seen.append(open_connections[0])
+            yield pl.DataFrame({"doc_id": [f"d{i}" for i in range(start, min(start + 2, 7))]})
+
+    monkeypatch.setattr(pipeline, "duckdb_connection", counted)
+    docs = pl.DataFrame({"doc_id": [f"d{i}" for i in range(7)]})
+    verdicts = pl.DataFrame({"doc_id": ["d5", "d0"], "verdict": ["flag", "flag"], "rule": ["r0", "r1"]})
+    result = StageResult(kept=kept(), verdicts=verdicts, metrics={})
+    items = pipeline._drop_global_batches(Workspace(tmp_path), _config(2), "exact_deduped",
+                                          FrameDropInput(docs, batch_rows=2), result)
+    ids, _, first = next(items)
+    assert ids.to_list() == ["d0", "d1"] and first.verdicts["rule"].to_list() == ["r1"]
+    assert sum(batch.height for batch in first.kept) == 7
+    assert seen == [0, 0, 0, 0]
+    assert [r.verdicts["rule"].to_list() for _, _, r in items] == [[], ["r0"], []]

@@ -32,6 +32,7 @@ Pipeline, all column operations:
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -57,7 +58,8 @@ from curation_platform.ops.dedup_exact import (
     keep_order,
     sort_by_keep_rule,
 )
-from curation_platform.outofcore import DuckDBSize, OutOfCore, SpillWriter, duckdb_connection, spill_folder
+from curation_platform.outofcore import (DuckDBSize, OutOfCore, SpillWriter, duckdb_connection, frames_then_remove,
+                                         new_spill_folder, spill_folder, sql_path)
 from curation_platform.records import DROP, FLAG, DropInput, FrameDropInput, StageResult, verdict_frame
 
 RULE_DUPLICATE = "near_dedup.duplicate"
@@ -399,13 +401,21 @@ def exact_jaccard(hashes: np.ndarray, counts: np.ndarray, left: np.ndarray, righ
 # drop, first row per doc_id) unnested to (band, key) and kept only where the drop has the same bucket: the index
 # files are scanned in place and only their matching rows are held. ``index_nodes``: those entries numbered in
 # canonical keep order (drop order, doc_id), negative, so every index node sorts before every drop node.
+# What grows with the drop (its doc_ids, 14 (band, key, node) rows per document) is not a DuckDB table, which an
+# in-memory database holds in its buffer pool until ``memory_limit``: ``drop_ids`` is a view over the spill file,
+# ``current_rows`` a view over a Parquet file written once ({current}) and the drop's distinct buckets are written
+# to a file ({buckets}) before the index is semi-joined to them (a DISTINCT over the view inside that join ran out of
+# memory under a 512MB limit at 1.28M documents); only rows matched in the index are tables.
 _NEAR_SETUP_SQL = """
 CREATE TEMP TABLE drop_names AS SELECT DISTINCT drop FROM read_parquet($spill) WHERE drop IS NOT NULL;
-CREATE TEMP TABLE drop_ids AS SELECT doc_id FROM read_parquet($spill);
-CREATE TEMP TABLE current_rows AS
+CREATE TEMP VIEW drop_ids AS SELECT doc_id FROM read_parquet({spill});
+COPY (
     SELECT unnest(range(len(s.band_keys))) AS band, unnest(s.band_keys) AS key, n.node
     FROM read_parquet($spill) AS s JOIN node_of_row AS n USING (_row)
-    WHERE s.has_shingles;
+    WHERE s.has_shingles
+) TO {current} (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1);
+CREATE TEMP VIEW current_rows AS SELECT band, key, node FROM read_parquet({current});
+COPY (SELECT DISTINCT band, key FROM current_rows) TO {buckets} (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1);
 CREATE TEMP TABLE index_hits AS
     WITH in_play AS (
         SELECT * FROM {index} AS i
@@ -416,7 +426,7 @@ CREATE TEMP TABLE index_hits AS
                unnest(range(len(band_keys))) AS band, unnest(band_keys) AS key
         FROM in_play
     )
-    SELECT * FROM unnested SEMI JOIN (SELECT DISTINCT band, key FROM current_rows) USING (band, key);
+    SELECT * FROM unnested SEMI JOIN read_parquet({buckets}) USING (band, key);
 CREATE TEMP TABLE index_nodes AS
     SELECT _part, _row, doc_id, drop,
            row_number() OVER (ORDER BY drop_order NULLS LAST, doc_id, _part, _row) - 1 - count(*) OVER () AS node
@@ -652,7 +662,7 @@ def near_duplicates(
     docs: pl.DataFrame | DropInput, index: pl.DataFrame | Sequence[IndexPart] | None, cfg: NearDedupConfig,
     index_content: IndexContent | None = None, blocked_ids: pl.Series | None = None, ooc: OutOfCore | None = None,
     candidates: CandidateGenerator | None = None,
-) -> tuple[StageResult, pl.DataFrame]:
+) -> tuple[StageResult, pl.DataFrame | Iterator[pl.DataFrame]]:
     """Find the near-duplicate pairs of ``docs``, within the drop and with the index of other drops, verified by
     exact Jaccard on the shingle sets; drop only documents near a taken-down one.
 
@@ -667,8 +677,8 @@ def near_duplicates(
     The drop is read in batches; each batch's signatures and band keys are spilled to Parquet. DuckDB joins the
     drop's band keys with the index files in place under the memory limit; the candidate pairs are screened by
     the MinHash estimate and verified by exact Jaccard in batches, reading only the candidates' texts. Held in
-    Python for the whole drop: a 4-byte node -> row array per document, the verified pairs (32 bytes each, numpy)
-    and the index entries returned; everything else per document is in the spill files or DuckDB.
+    Python for the whole drop: a 4-byte node -> row array per document and the verified pairs (32 bytes each,
+    numpy); everything else per document is in spill files (DuckDB holds no table per document either).
 
     No copy is dropped as a duplicate: every verified pair is a ``flag`` row ``near_dedup.duplicate`` on the
     document of this drop (``duplicate_of`` the other document, ``value`` the exact Jaccard, ``cluster_id`` the
@@ -676,7 +686,8 @@ def near_duplicates(
     representative (:func:`near_representatives`). A document paired with a taken-down document is dropped with
     ``takedown.blocked``. Kept documents gain ``cluster_id`` (null without a verified pair). Returns the
     StageResult (``kept`` an iterator of batches in row order, a frame when ``docs`` is a frame) and the index
-    entries (NEAR_INDEX_SCHEMA) of the kept documents that have shingles.
+    entries (NEAR_INDEX_SCHEMA) of the kept documents that have shingles, sorted by doc_id: like ``kept``, an
+    iterator of frames of at most ``batch_rows`` read from a file DuckDB wrote, a frame when ``docs`` is a frame.
     """
     ooc = ooc or OutOfCore(batch_rows=cfg.signature_batch_docs, memory_limit=cfg.memory_limit,
                            spill_dir=cfg.temp_directory)
@@ -716,10 +727,18 @@ def near_duplicates(
             # ``sort_by_keep_rule`` does); index documents negative, all earlier. ``order`` (node -> row) is the one
             # per-document array held in Python: 4 bytes per document.
             order_by = ", ".join(f"{name} ASC NULLS LAST" for name in key_schema)
-            connection.execute(f"CREATE TEMP TABLE node_of_row AS SELECT _row, (row_number() OVER (ORDER BY "
-                               f"{order_by}, _row) - 1)::BIGINT AS node FROM read_parquet($spill)", sql_params)
+            # Written to a file (a view reads it), not held as a table: 16 bytes per document.
+            nodes_path = folder / "nodes.parquet"
+            connection.execute(f"COPY (SELECT _row, (row_number() OVER (ORDER BY {order_by}, _row) - 1)::BIGINT AS "
+                               f"node FROM read_parquet($spill)) TO {sql_path(nodes_path)} (FORMAT parquet, "
+                               "COMPRESSION zstd, COMPRESSION_LEVEL 1)", sql_params)
+            connection.execute(f"CREATE TEMP VIEW node_of_row AS SELECT _row, node FROM "
+                               f"read_parquet({sql_path(nodes_path)})")
             order = connection.sql("SELECT _row FROM node_of_row ORDER BY node").fetchnumpy()["_row"].astype(np.int32)
-            _run_script(connection, _NEAR_SETUP_SQL.format(index=index_sql), sql_params)
+            _run_script(connection, _NEAR_SETUP_SQL.format(index=index_sql, spill=sql_path(spill_path),
+                                                           current=sql_path(folder / "current_rows.parquet"),
+                                                           buckets=sql_path(folder / "buckets.parquet")),
+                        sql_params)
             n_index = connection.execute(_INDEX_IN_PLAY_SQL.format(index=index_sql)).fetchall()[0][0]
             index_nodes = pl.from_arrow(connection.sql(
                 "SELECT node, doc_id, drop FROM index_nodes ORDER BY node").to_arrow_table()).cast(
@@ -795,13 +814,22 @@ def near_duplicates(
             pl.format("near-duplicate (exact Jaccard {}) of taken-down document {}", pl.col("value").round(4),
                       "duplicate_of").alias("detail"),
         )
-        with duckdb_connection(ooc, folder / "duckdb") as connection:
-            connection.register("blocked_docs", blocked_verdicts.select("doc_id").to_arrow())
-            entries = pl.from_arrow(connection.sql(
-                "SELECT doc_id, band_keys FROM read_parquet($spill) ANTI JOIN blocked_docs USING (doc_id) "
-                "WHERE has_shingles ORDER BY doc_id", params=sql_params).to_arrow_table())
-    entries = entries.select(pl.col("doc_id").cast(pl.String), pl.col("band_keys").cast(pl.List(pl.UInt64))
-                             ).with_columns(pl.lit(params, dtype=NEAR_INDEX_SCHEMA["params"]).alias("params"))
+        # The index entries (about 150 bytes per document) are written sorted by DuckDB to a file of their own and
+        # handed back as an iterator of frames read from it (the index writer consumes them; the folder goes then).
+        entries_folder = new_spill_folder(ooc, "near-entries")
+        try:
+            with duckdb_connection(ooc, folder / "duckdb") as connection:
+                connection.register("blocked_docs", blocked_verdicts.select("doc_id").to_arrow())
+                connection.execute(
+                    "COPY (SELECT doc_id, band_keys FROM read_parquet($spill) ANTI JOIN blocked_docs USING (doc_id) "
+                    f"WHERE has_shingles ORDER BY doc_id) TO {sql_path(entries_folder / 'entries.parquet')} "
+                    "(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)", sql_params).fetchall()
+        except BaseException:
+            shutil.rmtree(entries_folder, ignore_errors=True)
+            raise
+    entries = _entry_batches(entries_folder, params, ooc.batch_rows)
+    if isinstance(docs, pl.DataFrame):  # a frame in, a frame out
+        entries = pl.concat(list(entries))
 
     flagged = pairs.join(blocked_verdicts.select("doc_id"), on="doc_id", how="anti")
     flags = flagged.select(
@@ -832,6 +860,14 @@ def near_duplicates(
     if isinstance(docs, pl.DataFrame):  # a frame in, a frame out
         kept = pl.concat(list(kept))
     return StageResult(kept=kept, verdicts=verdicts, metrics=metrics), entries
+
+
+def _entry_batches(folder: Path, params: str, batch_rows: int) -> Iterator[pl.DataFrame]:
+    """The drop's index entries (NEAR_INDEX_SCHEMA) in frames of at most ``batch_rows`` rows, in doc_id order, read
+    from the file DuckDB wrote in ``folder``; the folder is removed once they are read (or the iterator closed)."""
+    spilled = {"doc_id": pl.String, "band_keys": pl.List(pl.UInt64)}
+    for frame in frames_then_remove(folder / "entries.parquet", spilled, batch_rows, folder):
+        yield frame.with_columns(pl.lit(params, dtype=NEAR_INDEX_SCHEMA["params"]).alias("params"))
 
 
 def _kept_batches(source: DropInput, clusters: pl.DataFrame, blocked_ids: pl.Series) -> Iterator[pl.DataFrame]:

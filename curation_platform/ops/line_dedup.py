@@ -26,8 +26,6 @@ from typing import Iterator
 
 import polars as pl
 import polars_hash as plh
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation_platform.outofcore import (OutOfCore, SpillWriter, duckdb_connection, frames_then_remove,
@@ -68,11 +66,15 @@ _LINES_SCHEMA = {"_row": pl.Int64, "line_nr": pl.Int64, "text_hash": pl.UInt64, 
 # Out of core over the spilled (row, line) hashes: per distinct line, the documents (distinct texts) of this drop
 # holding it and the text of its first occurrence; the earlier drops' counts for the same lines, read from their
 # index files in place; the lines to remove (boilerplate, except the first occurrence unless an earlier drop has
-# it), written to a Parquet file sorted by row for the rewrite.
+# it), written to a Parquet file sorted by row for the rewrite. The per-line counts (about 20 bytes per distinct
+# line, so they grow with the drop) go to a Parquet file read through a view, not to a table that an in-memory
+# DuckDB holds in its buffer pool up to ``memory_limit``.
 _LINE_SQL = """
-CREATE TEMP TABLE here AS
+COPY (
     SELECT line_hash, count(DISTINCT text_hash)::UINTEGER AS documents, arg_min(text_hash, _row) AS first_text
-    FROM read_parquet($lines) GROUP BY line_hash;
+    FROM read_parquet($lines) GROUP BY line_hash
+) TO '{here}' (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1);
+CREATE TEMP VIEW here AS SELECT line_hash, documents, first_text FROM read_parquet('{here}');
 CREATE TEMP TABLE earlier AS
     SELECT i.line_hash, sum(i.documents)::UBIGINT AS earlier
     FROM read_parquet($index_files) AS i SEMI JOIN here USING (line_hash) GROUP BY i.line_hash;
@@ -179,7 +181,9 @@ def line_dedup(
                 empty_entries.write_parquet(folder / "no_index.parquet")
                 files = [str(folder / "no_index.parquet")]
             params = {"lines": str(lines_path), "index_files": files, "min_documents": cfg.min_documents}
-            for statement in _LINE_SQL.format(removed=str(removed_path).replace("'", "''")).split(";"):
+            script = _LINE_SQL.format(removed=str(removed_path).replace("'", "''"),
+                                      here=str(folder / "here.parquet").replace("'", "''"))
+            for statement in script.split(";"):
                 if statement.strip():
                     connection.execute(statement, {k: v for k, v in params.items() if f"${k}" in statement}
                                        ).fetchall()
@@ -264,7 +268,11 @@ def _verdict_batches(folder: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
 
 def _with_removed(batches, removed_path: Path):
     """Each batch with the removed lines of its rows (the removed file is sorted by row: read once, in step)."""
-    reader = pq.ParquetFile(removed_path).iter_batches(batch_size=65_536)
+    from curation_platform.workspace import iter_parquet
+
+    # One row group at a time, pyarrow's pool pages released (``iter_batches`` over the whole file kept more memory
+    # the more row groups it had passed).
+    reader = iter_parquet(removed_path, 65_536)
     pending = pl.DataFrame(schema={"_row": pl.Int64, "line_nr": pl.Int64, "chars": pl.UInt32})
     exhausted, start = False, 0
     for batch in batches:
@@ -274,8 +282,7 @@ def _with_removed(batches, removed_path: Path):
             if chunk is None:
                 exhausted = True
                 break
-            pending = pl.concat([pending, pl.from_arrow(pa.Table.from_batches([chunk])).cast(
-                {"_row": pl.Int64, "line_nr": pl.Int64, "chars": pl.UInt32})])
+            pending = pl.concat([pending, chunk.select(pending.columns).cast(pending.schema)])
         yield batch, pending.filter(pl.col("_row") < stop)
         pending = pending.filter(pl.col("_row") >= stop)
         start = stop
