@@ -442,19 +442,29 @@ WHERE (i.drop IS NULL OR i.drop NOT IN (SELECT drop FROM drop_names)) AND i.doc_
 # keep order and index nodes are negative, so src < dst throughout.
 # ``index_rows`` (band, key, node): the index side of every bucket the drop has (a view over ``index_hits`` and
 # ``index_nodes`` in process; one partition's rows on a Ray worker, see :func:`bucket_candidates`).
+# Only buckets with two or more of the drop's rows can give within-drop pairs, and in a drop of mostly distinct
+# documents almost every bucket has one: ``shared`` finds the others with a hash aggregate (which spills), so the
+# window ranks only their rows. Ranking every row (14 per document) ran out of memory under a 2GB limit at
+# 1.28M documents (18M rows), and needed 3 GB of RSS without a limit.
 _INDEX_ROWS_VIEW = """
 CREATE TEMP VIEW index_rows AS
     SELECT h.band, h.key, n.node FROM index_hits AS h JOIN index_nodes AS n USING (_part, _row)
 """
 _CANDIDATES_SQL = """
-WITH index_heads AS (
+WITH shared AS (
+    SELECT band, key FROM current_rows GROUP BY band, key HAVING count(*) > 1
+),
+current_shared AS (
+    SELECT band, key, node FROM current_rows SEMI JOIN shared USING (band, key)
+),
+index_heads AS (
     SELECT band, key, node
     FROM index_rows
     QUALIFY row_number() OVER (PARTITION BY band, key ORDER BY node) <= $limit
 ),
 current_heads AS (
     SELECT band, key, node
-    FROM current_rows
+    FROM current_shared
     QUALIFY row_number() OVER (PARTITION BY band, key ORDER BY node) <= $limit
 )
 SELECT DISTINCT src, dst FROM (
@@ -462,7 +472,7 @@ SELECT DISTINCT src, dst FROM (
     FROM current_rows AS member JOIN index_heads AS head USING (band, key)
     UNION ALL
     SELECT head.node AS src, member.node AS dst
-    FROM current_rows AS member JOIN current_heads AS head USING (band, key)
+    FROM current_shared AS member JOIN current_heads AS head USING (band, key)
     WHERE head.node < member.node
 )
 ORDER BY src, dst

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from curation_platform.ops.dedup_exact import DedupIndexError, IndexPart, sort_by_keep_rule
 from curation_platform.ops.dedup_minhash import (
+    _CANDIDATES_SQL,
     NEAR_INDEX_SCHEMA,
     NearDedupConfig,
     band_keys,
@@ -26,6 +27,7 @@ from curation_platform.ops.dedup_minhash import (
     optimal_lsh_params,
     shingle_hashes,
 )
+from curation_platform.outofcore import OutOfCore, duckdb_connection
 from curation_platform.records import VERDICT_SCHEMA
 
 RNG_SEED = 20240601
@@ -677,3 +679,25 @@ def test_python_memory_does_not_hold_the_drop():
     _python_peak_bytes(100)  # one-time allocations (imports, caches) out of the measurement
     growth = _python_peak_bytes(large) - _python_peak_bytes(small)
     assert growth < 40 * (large - small), f"Python peak grew {growth / (large - small):.0f} bytes per document"
+
+
+def test_candidate_pairs_of_a_drop_of_mostly_distinct_buckets_stay_within_the_memory_limit(tmp_path):
+    # 2M (band, key, node) rows (143k documents), nearly every bucket with one member, as in a drop of distinct
+    # documents, under a 64MB DuckDB limit: ranking every row inside its bucket ran out of memory here. Planted:
+    # document 1 shares every band with document 0; documents 5, 6 and 7 share band 3; document 9 shares band 0 with
+    # index entry -2, and band 1 with index entries -5..-1 (only the first ``limit`` = 4 of them link).
+    rows = 2_000_000
+    rng = np.random.default_rng(0)
+    band = np.arange(rows) % 14
+    node = np.arange(rows) // 14
+    key = rng.integers(0, 2**62, rows)
+    key[14:28] = key[0:14]
+    key[[6 * 14 + 3, 7 * 14 + 3]] = key[5 * 14 + 3]
+    current = pl.DataFrame({"band": band, "key": key, "node": node})
+    index = pl.DataFrame({"band": [0, 1, 1, 1, 1, 1], "key": [key[9 * 14]] + [key[9 * 14 + 1]] * 5,
+                          "node": [-2, -5, -4, -3, -2, -1]})
+    with duckdb_connection(OutOfCore(memory_limit="64MB", threads=2), tmp_path) as connection:
+        connection.register("current_rows", current.to_arrow())
+        connection.register("index_rows", index.to_arrow())
+        pairs = connection.sql(_CANDIDATES_SQL, params={"limit": 4}).pl()
+    assert pairs.rows() == [(-5, 9), (-4, 9), (-3, 9), (-2, 9), (0, 1), (5, 6), (5, 7), (6, 7)]
