@@ -36,7 +36,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
 import polars as pl
 
@@ -45,6 +45,8 @@ from curation_platform.errors import CurationError
 if TYPE_CHECKING:  # a worker imports this module first: keep it light (the operators import what they need)
     from curation_platform.config import EngineConfig
     from curation_platform.records import StageResult
+
+T, R, H = TypeVar("T"), TypeVar("R"), TypeVar("H")
 
 # The per-document stages worth a worker pool (measured on 2 cores, see README "Every core"): their operators spend
 # their time in Python holding the GIL (0.2 to 1 ms of CPU per document). URL filtering, filters and scoring are
@@ -82,25 +84,36 @@ def run_batches(operator: Callable[[pl.DataFrame], StageResult], batches: Iterab
     ``workers + 1`` at a time; ``operator`` must then pickle (a module-level function, or a ``functools.partial``
     of one). Otherwise every batch runs here, one after the other. ``label`` (e.g. the stage and drop) starts the
     message of a ``WorkerLostError``."""
-    rest = iter(batches)
+    for (ids, columns), result in run_tasks(operator, batches, workers, label,
+                                            hold=lambda batch: (batch["doc_id"], batch.clear())):
+        yield ids, columns, result
+
+
+def run_tasks(function: Callable[[T], R], tasks: Iterable[T], workers: int, label: str = "the local executor",
+              hold: Callable[[T], H] | None = None) -> Iterator[tuple[H | None, R]]:
+    """``function`` on every task, as (``hold(task)``, result), in input order: what ``run_batches`` does for a
+    stage's batches, for any picklable tasks (near dedup's verification batches of candidate pairs). The same
+    pool, at most ``workers + 1`` tasks in flight; one task, or ``workers`` 1, runs here. ``hold``: what of a task
+    to keep here while a worker runs it (the task itself is released once sent)."""
+    rest = iter(tasks)
     head = list(itertools.islice(rest, 2))
     parallel = workers > 1 and len(head) == 2
-    batches = _released(head, rest)  # the first two batches are not held for the whole stage
+    tasks = _released(head, rest)  # the first two tasks are not held for the whole run
     if not parallel:
-        for batch in batches:
-            yield batch["doc_id"], batch.clear(), operator(batch)
+        for task in tasks:
+            yield (hold(task) if hold else None), function(task)
         return
     pool = _pool(workers)
-    pending: deque[tuple[pl.Series, pl.DataFrame, Future]] = deque()
+    pending: deque[tuple[H | None, Future]] = deque()
     finished = False
     try:
-        for batch in batches:
+        for task in tasks:
             try:
-                future = pool.submit(_call, operator, batch)
+                future = pool.submit(_call, function, task)
             except BrokenProcessPool:  # a worker died since the last result
                 raise _lost(label) from None
-            pending.append((batch["doc_id"], batch.clear(), future))
-            del batch  # the worker has its copy: hold only ids while it runs
+            pending.append(((hold(task) if hold else None), future))
+            del task  # the worker has its copy: hold only what ``hold`` keeps while it runs
             while len(pending) > workers:
                 yield _outcome(*pending.popleft(), label)
         while pending:
@@ -109,20 +122,19 @@ def run_batches(operator: Callable[[pl.DataFrame], StageResult], batches: Iterab
     finally:
         # An error, Ctrl-C, or the caller stopped early: stop the work still in flight (terminating the workers: a
         # batch may run for minutes). A pool with nothing in flight is kept for the next stage.
-        if not finished and (_broken(pool) or not all(future.cancel() or future.done() for _, _, future in pending)):
+        if not finished and (_broken(pool) or not all(future.cancel() or future.done() for _, future in pending)):
             _discard(workers)
 
 
-def _released(head: list[pl.DataFrame], rest: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+def _released(head: list[T], rest: Iterator[T]) -> Iterator[T]:
     while head:
         yield head.pop(0)
     yield from rest
 
 
-def _outcome(ids: pl.Series, columns: pl.DataFrame, future: Future, label: str
-             ) -> tuple[pl.Series, pl.DataFrame, StageResult]:
+def _outcome(held: H | None, future: Future, label: str) -> tuple[H | None, R]:
     try:
-        return ids, columns, future.result()
+        return held, future.result()
     except BrokenProcessPool:
         raise _lost(label) from None
 
@@ -133,8 +145,8 @@ def _lost(label: str) -> WorkerLostError:
         "lower engine.batch_rows or engine.workers in curation.yaml and run again")
 
 
-def _call(operator: Callable[[pl.DataFrame], StageResult], batch: pl.DataFrame) -> StageResult:
-    """In a worker: the operator on one batch. An exception that would not arrive whole in the parent (one that does
+def _call(operator: Callable[[T], R], batch: T) -> R:
+    """In a worker: the operator on one batch (or task). An exception that would not arrive whole in the parent (one that does
     not pickle) becomes a RuntimeError naming it, with its traceback, rather than a broken pool."""
     try:
         return operator(batch)
