@@ -6,7 +6,9 @@ batches with a standard-library ``ProcessPoolExecutor`` (``spawn`` start method:
 Dagster, DuckDB and Polars do, and forking a threaded process is unsafe) and yields the results in input order, so
 the stage files and the ledger are byte-identical to an in-process run. At most ``workers + 1`` batches are in
 flight (memory stays bounded by ``engine.batch_rows`` times that). A drop of one batch runs in-process: it would
-not use a second core anyway, and it does not pay the pool's start-up.
+not use a second core anyway, and it does not pay the pool's start-up. ``run_tasks`` is the same loop for any
+picklable tasks: near dedup's exact verification sends its batches of candidate pairs through it (pair ids and
+where to read the texts, never the texts), so the drop-global stage uses every core too, on the same pool.
 
 The pool is started on first use and reused by every later stage of the process (the Dagster in-process executor
 runs a drop's steps in one process), so a worker loads the fastText model or the UT1 lists once. Each task carries

@@ -7,7 +7,8 @@ results batch by batch in the drop's row order (Ray Data's ``preserve_order``) a
 ``pipeline.run_stage``, which writes the stage output and the ledger with the same streaming writers as locally:
 the driver holds a few batches, never the drop. Near dedup shuffles the (band, key, node) rows by (band, key), runs
 the in-process band join (``dedup_minhash.bucket_candidates``, the same SQL) on each partition of whole buckets,
-and the pairs go through the same exact verification and keep rule. So both executors give byte-identical files.
+and the pairs go through the same exact verification (its batches as Ray tasks, :func:`verify_on_ray`) and keep
+rule. So both executors give byte-identical files.
 
 Ray is imported lazily: the local executor never needs it. Ray is started (or connected to) once per process:
 by the Dagster ``ray`` resource before a step runs, else here on first use.

@@ -20,7 +20,10 @@ Pipeline, all column operations:
    spilled sort keys, and the sorted candidate pairs are spilled to Parquet before DuckDB is closed.
 4. Verification: the MinHash estimate screens candidates (``estimate_margin`` below the threshold), then a pair
    counts only when the EXACT Jaccard of the two shingle sets (one vectorized join over the pairs' shingles)
-   reaches ``verify_threshold``; that exact value is what the ledger records.
+   reaches ``verify_threshold``; that exact value is what the ledger records. The batches of candidate pairs are
+   independent (:class:`VerifyTask`: pair ids and where their documents are; each reads its texts itself), so a
+   ``Verifier`` runs them in worker processes or on Ray; results are merged in batch order, identical to one
+   process.
 5. Clusters: connected components of the verified pairs (numpy min-label propagation with pointer jumping over
    the pairs' documents only); the cluster id is the doc_id of the cluster's first document in keep-rule order. The stage records the pairs;
    it drops no copy (only content of taken-down documents).
