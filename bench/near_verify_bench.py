@@ -5,8 +5,8 @@ Curates one generated drop (``scale_bench.generate_drop``, cached under ``--work
 the pipeline does, once per worker count and ``--repeat`` times in alternation (1, N, 1, N...: the machine may be
 shared, so neighbouring runs see a similar load), each in its own process. Per run: the stage's seconds and CPU
 seconds (the process and its pool workers), and the same for the verification alone (the time the stage spends
-consuming the verification batches' results) and the signature pass alone, the number of verification batches
-and how many ran in a worker (and signature batches), and the 1-minute load average at the start.
+consuming the verification batches' results), the number of verification batches and how many ran in a worker,
+and the 1-minute load average at the start.
 
     .venv/bin/python bench/near_verify_bench.py --gb 0.2 --batch-rows 20000 --workers 1 2 --work /tmp/scale_work
 """
@@ -51,19 +51,19 @@ if {workers} > 1:  # the pool starts once per process, as in `curate run` (not p
     pool = local._pool({workers})
     for future in [pool.submit(exec, "import curation_platform.pipeline") for _ in range({workers})]:
         future.result()
-passes = []  # (seconds, CPU seconds) of each pass the runner ran: the signature pass, then the verification
-near_runner = pipeline._near_runner
+verification = {{}}
+near_verifier = pipeline._near_verifier
 
-def timed_runner(cfg, drop):
-    inner = near_runner(cfg, drop)
+def timed_verifier(cfg, drop):
+    inner = near_verifier(cfg, drop)
 
-    def run(function, tasks):
+    def verify(function, tasks):
         cpu, started = cpu_seconds(), time.perf_counter()
         yield from inner(function, tasks)
-        passes.append((time.perf_counter() - started, cpu_seconds() - cpu))
-    return run
+        verification.update(verify_seconds=time.perf_counter() - started, verify_cpu_seconds=cpu_seconds() - cpu)
+    return verify
 
-pipeline._near_runner = timed_runner
+pipeline._near_verifier = timed_verifier
 if {stages!r}:
     for stage in {stages!r}:
         pipeline.run_stage(ws, cfg, stage, {drop!r})
@@ -72,13 +72,10 @@ load, cpu, started = os.getloadavg()[0], cpu_seconds(), time.perf_counter()
 summary = pipeline.run_stage(ws, cfg, "near_deduped", {drop!r})
 seconds = time.perf_counter() - started
 print("BENCH " + json.dumps({{"workers": {workers}, "docs": summary.input, "seconds": seconds,
-                             "cpu_seconds": cpu_seconds() - cpu, "load_1min": load,
-                             "signature_seconds": passes[0][0], "signature_cpu_seconds": passes[0][1],
-                             "verify_seconds": passes[-1][0], "verify_cpu_seconds": passes[-1][1],
+                             "cpu_seconds": cpu_seconds() - cpu, "load_1min": load, **verification,
                              **{{k: summary.metrics[k] for k in ("candidate_pairs", "pairs_checked_exactly",
                                                                 "verified_pairs", "verify_batches",
-                                                                "verify_batches_in_workers",
-                                                                "signature_batches_in_workers")}}}}), flush=True)
+                                                                "verify_batches_in_workers")}}}}), flush=True)
 """
 
 
@@ -124,9 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
             row["docs_per_s"] = round(row["docs"] / row["seconds"], 1)
             rows.append(row)
             print(f"  workers {workers}: {row['docs']} docs {row['seconds']:6.1f} s ({row['docs_per_s']:.0f} docs/s) "
-                  f"CPU {row['cpu_seconds']:6.1f} s (x{row['utilisation']:.2f}); signatures "
-                  f"{row['signature_seconds']:6.1f} s CPU {row['signature_cpu_seconds']:6.1f} s "
-                  f"({row['signature_batches_in_workers']} batches in workers); verification "
+                  f"CPU {row['cpu_seconds']:6.1f} s (x{row['utilisation']:.2f}); verification "
                   f"{row['verify_seconds']:6.1f} s CPU {row['verify_cpu_seconds']:6.1f} s "
                   f"(x{row['verify_utilisation']:.2f}), {row['verify_batches']} batches "
                   f"({row['verify_batches_in_workers']} in workers), {row['candidate_pairs']} candidate pairs; "

@@ -232,27 +232,26 @@ def _near_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: DropInput) 
     result, entries = dedup_minhash.near_duplicates(
         docs, parts, cfg.near_dedup, index_content=functools.partial(_index_content, ws),
         blocked_ids=takedowns["doc_id"], ooc=_out_of_core(ws, cfg), candidates=_ray_band_shuffle(cfg),
-        runner=_near_runner(cfg, drop))
+        verifier=_near_verifier(cfg, drop))
     _write_index(ws, "near", drop, entries)
     return result
 
 
-def _near_runner(cfg: CurationConfig, drop: str) -> dedup_minhash.BatchRunner:
-    """Near dedup's signature batches and exact verification batches on every core: Ray tasks with the Ray
-    executor, else the local executor's worker pool (``engine.workers``). A verification task carries pair ids and
-    the readers' parameters, not text."""
+def _near_verifier(cfg: CurationConfig, drop: str) -> dedup_minhash.Verifier:
+    """Near dedup's exact verification batches on every core: Ray tasks with the Ray executor, else the local
+    executor's worker pool (``engine.workers``). A task carries pair ids and the readers' parameters, not text."""
     if cfg.engine.executor == "ray":
         from curation_platform.executors import ray as ray_executor
 
-        return ray_executor.run_on_ray(cfg.engine)
+        return ray_executor.verify_on_ray(cfg.engine)
     from curation_platform.executors import local as local_executor
 
-    def run(function, tasks):
+    def verify(function, tasks):
         for _, outcome in local_executor.run_tasks(function, tasks, local_executor.worker_count(cfg.engine),
                                                    label=f"stage 'near_deduped' on drop '{drop}'"):
             yield outcome
 
-    return run
+    return verify
 
 
 def _ray_band_shuffle(cfg: CurationConfig) -> dedup_minhash.CandidateGenerator | None:

@@ -22,7 +22,7 @@ Pipeline, all column operations:
    counts only when the EXACT Jaccard of the two shingle sets (one vectorized join over the pairs' shingles)
    reaches ``verify_threshold``; that exact value is what the ledger records. The batches of candidate pairs are
    independent (:class:`VerifyTask`: pair ids and where their documents are; each reads its texts itself), so a
-   ``BatchRunner`` runs them in worker processes or on Ray; results are merged in batch order, identical to one
+   ``Verifier`` runs them in worker processes or on Ray; results are merged in batch order, identical to one
    process.
 5. Clusters: connected components of the verified pairs (numpy min-label propagation with pointer jumping over
    the pairs' documents only); the cluster id is the doc_id of the cluster's first document in keep-rule order. The stage records the pairs;
@@ -39,7 +39,7 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import duckdb
 import numpy as np
@@ -631,32 +631,14 @@ class VerifiedPairs:
     process: int
 
 
-# How near dedup's independent batches run (the signature pass over the input batches, the verification over the
-# candidate-pair batches): ``(function, tasks) -> function(task) for every task``, in task order. Here, one after
-# the other, by default; the pipeline passes the local executor's worker pool or Ray tasks.
-BatchRunner = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
+# How the verification batches run: ``(verify, tasks) -> verify(task) for every task``, in task order. Here, one
+# after the other, by default; the pipeline passes the local executor's worker pool or Ray tasks.
+Verifier = Callable[[Callable[[VerifyTask], VerifiedPairs], Iterable[VerifyTask]], Iterator[VerifiedPairs]]
 
 
-def _run_here(function: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
-    return map(function, tasks)
-
-
-def _signature_rows(batch: pl.DataFrame, cfg: NearDedupConfig) -> tuple[pl.DataFrame, int]:
-    """One input batch's signature spill rows (all but ``_row``), and the process that computed them: shingles,
-    MinHash signature, band keys and keep-rule sort keys, each a function of its own document, so the batches run
-    anywhere (worker processes, Ray) with the same rows."""
-    bands, rows = lsh_params(cfg)
-    texts = batch.select(content_expr(batch.columns))["_content"]
-    hashes, counts = _shingled(texts, cfg)
-    signatures = _signatures_from_shingles(hashes, counts, cfg)
-    del hashes
-    return pl.DataFrame({
-        "doc_id": batch["doc_id"].cast(pl.String),
-        "drop": batch["drop"].cast(pl.String) if "drop" in batch.columns else None,
-        "has_shingles": counts > 0,
-        "band_keys": band_keys(signatures, bands, rows),
-        "signature": signatures,
-    }).hstack(_keep_keys(batch, cfg)), os.getpid()
+def _verify_here(verify: Callable[[VerifyTask], VerifiedPairs], tasks: Iterable[VerifyTask]
+                 ) -> Iterator[VerifiedPairs]:
+    return map(verify, tasks)
 
 
 def _verify_tasks(pairs: Path, order: np.ndarray, index_nodes: pl.DataFrame) -> Iterator[VerifyTask]:
@@ -734,7 +716,7 @@ def verify_pairs(task: VerifyTask, reader: VerifyReader) -> VerifiedPairs:
 def near_duplicates(
     docs: pl.DataFrame | DropInput, index: pl.DataFrame | Sequence[IndexPart] | None, cfg: NearDedupConfig,
     index_content: IndexContent | None = None, blocked_ids: pl.Series | None = None, ooc: OutOfCore | None = None,
-    candidates: CandidateGenerator | None = None, runner: BatchRunner | None = None,
+    candidates: CandidateGenerator | None = None, verifier: Verifier | None = None,
 ) -> tuple[StageResult, pl.DataFrame]:
     """Find the near-duplicate pairs of ``docs``, within the drop and with the index of other drops, verified by
     exact Jaccard on the shingle sets; drop only documents near a taken-down one.
@@ -746,9 +728,8 @@ def near_duplicates(
     taken-down documents. ``ooc``: batch size, DuckDB memory limit and spill folder (default: the config's
     ``memory_limit``, ``temp_directory`` and ``signature_batch_docs``). ``candidates``: how the band join runs
     (default in-process DuckDB; the Ray executor shuffles by band key), with the same pairs either way.
-    ``runner``: where the signature batches and the verification batches run (default here, one after the
-    other; the pipeline passes the local worker pool or Ray tasks), with the same outcome either way: results are
-    taken in batch order.
+    ``verifier``: where the verification batches run (default here, one after the other; the pipeline passes the
+    local worker pool or Ray tasks), with the same outcome either way: results are taken in batch order.
 
     The drop is read in batches; each batch's signatures and band keys are spilled to Parquet. DuckDB joins the
     drop's band keys with the index files in place under the memory limit; the candidate pairs are screened by
@@ -780,13 +761,21 @@ def near_duplicates(
             spill = SpillWriter(folder / "signatures.parquet", {
                 "_row": pl.Int64, "doc_id": pl.String, "drop": pl.String, "has_shingles": pl.Boolean,
                 "band_keys": pl.List(pl.UInt64), "signature": pl.List(pl.UInt32), **key_schema})
-            start = signature_batches_elsewhere = 0
-            for rows_out, process in (runner or _run_here)(functools.partial(_signature_rows, cfg=cfg),
-                                                           source.batches(_INPUT_COLUMNS)):
-                spill.write(pl.DataFrame({"_row": np.arange(start, start + rows_out.height, dtype=np.int64)}
-                                         ).hstack(rows_out))
-                start += rows_out.height
-                signature_batches_elsewhere += process != os.getpid()
+            start = 0
+            for batch in source.batches(_INPUT_COLUMNS):
+                texts = batch.select(content_expr(batch.columns))["_content"]
+                hashes, counts = _shingled(texts, cfg)
+                signatures = _signatures_from_shingles(hashes, counts, cfg)
+                del hashes
+                spill.write(pl.DataFrame({
+                    "_row": np.arange(start, start + batch.height, dtype=np.int64),
+                    "doc_id": batch["doc_id"].cast(pl.String),
+                    "drop": batch["drop"].cast(pl.String) if "drop" in batch.columns else None,
+                    "has_shingles": counts > 0,
+                    "band_keys": band_keys(signatures, bands, rows),
+                    "signature": signatures,
+                }).hstack(_keep_keys(batch, cfg)))
+                start += batch.height
             spill_path = spill.close()
             n_docs = start
             sql_params = {"spill": str(spill_path)}
@@ -817,11 +806,11 @@ def near_duplicates(
 
         # Each batch of candidates: the MinHash estimate screens out pairs that cannot reach the threshold
         # (more than ``estimate_margin`` below it), then the exact Jaccard of the shingle sets decides. The batches
-        # are independent: ``runner`` may run them elsewhere (worker processes, Ray); results come in batch order.
+        # are independent: ``verifier`` may run them elsewhere (worker processes, Ray); results come in batch order.
         kept_src, kept_dst, kept_jac, kept_est = [], [], [], []
         candidate_pairs = screened_pairs = unverifiable_pairs = verify_batches = verify_batches_elsewhere = 0
         reader = VerifyReader(source, spill_path, index_content, cfg)
-        for outcome in (runner or _run_here)(functools.partial(verify_pairs, reader=reader),
+        for outcome in (verifier or _verify_here)(functools.partial(verify_pairs, reader=reader),
                                                   _verify_tasks(candidates_path, order, index_nodes)):
             candidate_pairs += outcome.candidates
             screened_pairs += outcome.screened
@@ -903,8 +892,7 @@ def near_duplicates(
     metrics = _metrics(cfg, bands, rows, n_docs, n_index, without_shingles, candidate_pairs, screened_pairs,
                        unverifiable_pairs, flagged, blocked_verdicts.height, label, endpoint_doc)
     # How many verification batches ran, and how many of them in another process (a worker, a Ray worker).
-    metrics.update(verify_batches=verify_batches, verify_batches_in_workers=verify_batches_elsewhere,
-                   signature_batches_in_workers=signature_batches_elsewhere)
+    metrics.update(verify_batches=verify_batches, verify_batches_in_workers=verify_batches_elsewhere)
     # Cluster ids of the drop's clustered documents only; every other document gets null.
     clustered = np.flatnonzero(endpoints >= 0)
     clusters = pl.DataFrame({"doc_id": endpoint_doc.gather(clustered),
