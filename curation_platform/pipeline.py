@@ -240,10 +240,24 @@ def _near_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: DropInput) 
         "doc_id", "drop", "drop_order", "band_keys", "params")
     parts = _index_parts(ws, "near", drop) + ([IndexPart(removed)] if removed.height else [])
     result, entries = dedup_minhash.near_duplicates(
-        docs, parts, cfg.near_dedup, index_content=lambda rows: _index_content(ws, rows),
-        blocked_ids=takedowns["doc_id"], ooc=_out_of_core(ws, cfg), candidates=_ray_band_shuffle(cfg))
+        docs, parts, cfg.near_dedup, index_content=functools.partial(_index_content, ws),
+        blocked_ids=takedowns["doc_id"], ooc=_out_of_core(ws, cfg), candidates=_ray_band_shuffle(cfg),
+        verifier=_near_verifier(cfg, drop))
     _write_index(ws, "near", drop, entries)
     return result
+
+
+def _near_verifier(cfg: CurationConfig, drop: str) -> dedup_minhash.Verifier:
+    """Near dedup's exact verification batches on every core: Ray tasks with the Ray executor, else the local
+    executor's worker pool (``engine.workers``). A task carries pair ids and the readers' parameters, not text."""
+    if cfg.engine.executor == "ray":
+        from curation_platform.executors import ray as ray_executor
+
+        return ray_executor.verify_on_ray(cfg.engine)
+    from curation_platform.executors import local as local_executor
+
+    return functools.partial(local_executor.map_in_order, workers=local_executor.worker_count(cfg.engine),
+                             label=f"stage 'near_deduped' on drop '{drop}'")
 
 
 def _ray_band_shuffle(cfg: CurationConfig) -> dedup_minhash.CandidateGenerator | None:

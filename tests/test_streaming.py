@@ -138,10 +138,14 @@ def test_outputs_are_byte_identical_with_worker_processes(tmp_path, landing, cur
     cfg = _config(5, workers=2)
     ws = Workspace(tmp_path / "ws")
     processes: dict[tuple[str, str], dict[str, int]] = {}
+    verification: dict[str, dict] = {}
     for name in DROPS:
         ws.register_drop(name, landing / name)
         for stage in STAGES:
-            processes[stage, name] = run_stage(ws, cfg, stage, name).metrics.get("processes", {})
+            metrics = run_stage(ws, cfg, stage, name).metrics
+            processes[stage, name] = metrics.get("processes", {})
+            if stage == "near_deduped":
+                verification[name] = metrics
     folders = ("stages", "ledger", "index", "quarantine")
     expected = {path: digest for path, digest in _digests(curated[0].root, folders).items()
                 if not path.startswith("ledger/release")}  # the fixture also released; this test does not
@@ -156,6 +160,12 @@ def test_outputs_are_byte_identical_with_worker_processes(tmp_path, landing, cur
         assert (here not in pids) if stage in PARALLEL_STAGES else (set(pids) == {here}), (stage, name, pids)
     workers = {pid for (stage, _), pids in processes.items() if stage in PARALLEL_STAGES for pid in pids}
     assert len(workers) == 2
+    # Near dedup's exact verification ran its batches of candidate pairs (2 pairs each at batch_rows 5) in the
+    # workers too, and the second drop's near pairs (in the drop and with the first drop) are the fixture's.
+    for name in DROPS:
+        near = verification[name]
+        assert near["verify_batches"] > 1 and near["verify_batches_in_workers"] == near["verify_batches"], near
+    assert verification[DROPS[1]]["cross_drop_pairs"] >= 1 and verification[DROPS[1]]["within_drop_pairs"] >= 1
 
 
 def test_workers_send_back_only_what_a_decide_only_stage_stores(curated):

@@ -20,7 +20,10 @@ Pipeline, all column operations:
    spilled sort keys, and the sorted candidate pairs are spilled to Parquet before DuckDB is closed.
 4. Verification: the MinHash estimate screens candidates (``estimate_margin`` below the threshold), then a pair
    counts only when the EXACT Jaccard of the two shingle sets (one vectorized join over the pairs' shingles)
-   reaches ``verify_threshold``; that exact value is what the ledger records.
+   reaches ``verify_threshold``; that exact value is what the ledger records. The batches of candidate pairs are
+   independent (:class:`VerifyTask`: pair ids and where their documents are; each reads its texts itself), so a
+   ``Verifier`` runs them in worker processes or on Ray; results are merged in batch order, identical to one
+   process.
 5. Clusters: connected components of the verified pairs (numpy min-label propagation with pointer jumping over
    the pairs' documents only); the cluster id is the doc_id of the cluster's first document in keep-rule order. The stage records the pairs;
    it drops no copy (only content of taken-down documents).
@@ -32,9 +35,12 @@ Pipeline, all column operations:
 
 from __future__ import annotations
 
+import functools
+import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import duckdb
 import numpy as np
@@ -605,19 +611,77 @@ def _node_ids(nodes: np.ndarray, order: np.ndarray, spill: Path, index_nodes: pl
             pl.concat([index_part["drop"], current["drop"]]).cast(pl.String))
 
 
-def _verify_batch(
-    batch_src: np.ndarray, batch_dst: np.ndarray, source: DropInput, spill: Path, order: np.ndarray,
-    index_nodes: pl.DataFrame, index_content: IndexContent | None, cfg: NearDedupConfig,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
-    """Screen one batch of candidate pairs by the MinHash estimate, then verify by exact shingle-set Jaccard.
+@dataclass(frozen=True)
+class VerifyReader:
+    """What a verification batch reads, wherever it runs (here, a worker process, a Ray worker): the drop's input
+    (a ``DropInput``: the pipeline's reads the lake by path), the spill file of the drop's signatures, the reader
+    of index documents' content and the settings. Small, and it pickles when its readers do."""
+
+    source: DropInput
+    spill: Path
+    index_content: IndexContent | None
+    cfg: NearDedupConfig
+
+
+@dataclass(frozen=True)
+class VerifyTask:
+    """One batch of candidate pairs ``(src, dst)`` (node ids), with what locates its documents: ``rows``, the spill
+    row of each of the batch's drop nodes (in node order), and ``index_docs``, the (doc_id, drop) of each of its
+    index nodes (in node order). Ids only, no text: a few hundred kB for the default batch."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    rows: np.ndarray
+    index_docs: pl.DataFrame
+
+
+@dataclass(frozen=True)
+class VerifiedPairs:
+    """A verification batch's outcome: its verified pairs ``(src, dst)`` with their exact Jaccard and MinHash
+    estimate; the batch's candidate, screened (checked exactly) and unverifiable (index content gone) pair counts;
+    and the process that ran it."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    jaccard: np.ndarray
+    estimate: np.ndarray
+    candidates: int
+    screened: int
+    unverifiable: int
+    process: int
+
+
+# How the verification batches run: ``(verify, tasks) -> verify(task) for every task``, in task order. Here, one
+# after the other, by default; the pipeline passes the local executor's worker pool or Ray tasks.
+Verifier = Callable[[Callable[[VerifyTask], VerifiedPairs], Iterable[VerifyTask]], Iterator[VerifiedPairs]]
+
+
+def _verify_here(verify: Callable[[VerifyTask], VerifiedPairs], tasks: Iterable[VerifyTask]
+                 ) -> Iterator[VerifiedPairs]:
+    return map(verify, tasks)
+
+
+def _verify_tasks(pairs: Path, order: np.ndarray, index_nodes: pl.DataFrame) -> Iterator[VerifyTask]:
+    """The spilled candidate pairs as verification tasks, one per spilled batch, in (src, dst) order."""
+    for batch_src, batch_dst in _spilled_pairs(pairs):
+        nodes = np.unique(np.concatenate([batch_src, batch_dst]))
+        index_docs = pl.DataFrame({"node": nodes[nodes < 0]}).join(
+            index_nodes, on="node", how="left", maintain_order="left").select("doc_id", "drop")
+        yield VerifyTask(batch_src, batch_dst, order[nodes[nodes >= 0]].astype(np.int64), index_docs)
+
+
+def verify_pairs(task: VerifyTask, reader: VerifyReader) -> VerifiedPairs:
+    """Screen one batch of candidate pairs by the MinHash estimate, then verify by exact shingle-set Jaccard; keep
+    the pairs that pass (every screened pair with a known Jaccard when ``verify`` is off).
 
     Signatures of the drop's documents come from the spill file; index documents' content is read (only theirs)
-    and shingled once, for both their signature and the exact Jaccard. Returns the screened pairs (src, dst),
-    their exact Jaccard (NaN where an index document's content is gone: not verifiable) and estimate, and the
-    counts of screened and unverifiable pairs."""
+    and shingled once, for both their signature and the exact Jaccard; the screened drop documents' content is
+    read through the DropInput. Everything is read here, so a batch runs as well in a worker process or on a Ray
+    worker as in the driver."""
+    cfg, spill, source, index_content = reader.cfg, reader.spill, reader.source, reader.index_content
+    batch_src, batch_dst, n_candidates = task.src, task.dst, len(task.src)
     nodes = np.unique(np.concatenate([batch_src, batch_dst]))
-    index_nodes_here, current_nodes = nodes[nodes < 0], nodes[nodes >= 0]
-    n_idx = len(index_nodes_here)
+    n_idx = int((nodes < 0).sum())
     # Index documents: content read once, shingled once (signature for the screen, sets for the verification).
     index_hashes, index_counts = np.empty(0, np.uint64), np.zeros(0, np.int64)
     have_index = np.ones(n_idx, dtype=bool)
@@ -625,8 +689,7 @@ def _verify_batch(
         if index_content is None:
             raise DedupIndexError("near dedup needs the content of index documents to verify cross-drop pairs by "
                                   "exact Jaccard; pass index_content")
-        wanted = pl.DataFrame({"node": index_nodes_here}).join(index_nodes, on="node", how="left",
-                                                               maintain_order="left").select("doc_id", "drop")
+        wanted = task.index_docs
         found = index_content(wanted)
         found = found.select("doc_id", content_expr(found.columns)).unique("doc_id", keep="first")
         content = wanted.select("doc_id").join(found, on="doc_id", how="left", maintain_order="left")["_content"]
@@ -634,7 +697,7 @@ def _verify_batch(
         index_hashes, index_counts = _shingled(content.fill_null(""), cfg)
     index_sig = _signatures_from_shingles(index_hashes, index_counts, cfg)
     # The drop's documents: doc_ids and signatures from the spill, by row.
-    rows = order[current_nodes].astype(np.int64)
+    rows = task.rows
     spilled = (pl.scan_parquet(spill).filter(pl.col("_row").is_in(pl.Series(rows).implode()))
                .select("_row", "doc_id", "signature").collect())
     spilled = pl.DataFrame({"_row": rows}).join(spilled, on="_row", how="left", maintain_order="left")
@@ -664,14 +727,16 @@ def _verify_batch(
     hashes = np.concatenate([index_hashes, current_hashes])
     counts = np.concatenate([index_counts if n_idx else np.zeros(0, np.int64), current_counts])
     jaccard = exact_jaccard(hashes, counts, position[left], position[right])
-    jaccard[~known] = np.nan
-    return batch_src, batch_dst, jaccard, estimate, int(screen.sum()), int((~known).sum())
+    verified = known & (jaccard >= cfg.verify_threshold) if cfg.verify else known
+    return VerifiedPairs(batch_src[verified], batch_dst[verified], jaccard[verified], estimate[verified],
+                         candidates=n_candidates, screened=int(screen.sum()), unverifiable=int((~known).sum()),
+                         process=os.getpid())
 
 
 def near_duplicates(
     docs: pl.DataFrame | DropInput, index: pl.DataFrame | Sequence[IndexPart] | None, cfg: NearDedupConfig,
     index_content: IndexContent | None = None, blocked_ids: pl.Series | None = None, ooc: OutOfCore | None = None,
-    candidates: CandidateGenerator | None = None,
+    candidates: CandidateGenerator | None = None, verifier: Verifier | None = None,
 ) -> tuple[StageResult, pl.DataFrame | Iterator[pl.DataFrame]]:
     """Find the near-duplicate pairs of ``docs``, within the drop and with the index of other drops, verified by
     exact Jaccard on the shingle sets; drop only documents near a taken-down one.
@@ -683,6 +748,8 @@ def near_duplicates(
     taken-down documents. ``ooc``: batch size, DuckDB memory limit and spill folder (default: the config's
     ``memory_limit``, ``temp_directory`` and ``signature_batch_docs``). ``candidates``: how the band join runs
     (default in-process DuckDB; the Ray executor shuffles by band key), with the same pairs either way.
+    ``verifier``: where the verification batches run (default here, one after the other; the pipeline passes the
+    local worker pool or Ray tasks), with the same outcome either way: results are taken in batch order.
 
     The drop is read in batches; each batch's signatures and band keys are spilled to Parquet. DuckDB joins the
     drop's band keys with the index files in place under the memory limit; the candidate pairs are screened by
@@ -767,21 +834,22 @@ def near_duplicates(
             candidates_path = pair_spill.close()
 
         # Each batch of candidates: the MinHash estimate screens out pairs that cannot reach the threshold
-        # (more than ``estimate_margin`` below it), then the exact Jaccard of the shingle sets decides.
+        # (more than ``estimate_margin`` below it), then the exact Jaccard of the shingle sets decides. The batches
+        # are independent: ``verifier`` may run them elsewhere (worker processes, Ray); results come in batch order.
         kept_src, kept_dst, kept_jac, kept_est = [], [], [], []
-        candidate_pairs = screened_pairs = unverifiable_pairs = 0
-        for batch_src, batch_dst in _spilled_pairs(candidates_path):
-            candidate_pairs += len(batch_src)
-            batch_src, batch_dst, jaccard, estimate, screened, unverifiable = _verify_batch(
-                batch_src, batch_dst, source, spill_path, order, index_nodes, index_content, cfg)
-            screened_pairs += screened
-            unverifiable_pairs += unverifiable
-            known = ~np.isnan(jaccard)
-            verified = known & (jaccard >= cfg.verify_threshold) if cfg.verify else known
-            kept_src.append(batch_src[verified])
-            kept_dst.append(batch_dst[verified])
-            kept_jac.append(jaccard[verified])
-            kept_est.append(estimate[verified])
+        candidate_pairs = screened_pairs = unverifiable_pairs = verify_batches = verify_batches_elsewhere = 0
+        reader = VerifyReader(source, spill_path, index_content, cfg)
+        for outcome in (verifier or _verify_here)(functools.partial(verify_pairs, reader=reader),
+                                                  _verify_tasks(candidates_path, order, index_nodes)):
+            candidate_pairs += outcome.candidates
+            screened_pairs += outcome.screened
+            unverifiable_pairs += outcome.unverifiable
+            verify_batches += 1
+            verify_batches_elsewhere += outcome.process != os.getpid()
+            kept_src.append(outcome.src)
+            kept_dst.append(outcome.dst)
+            kept_jac.append(outcome.jaccard)
+            kept_est.append(outcome.estimate)
         # The verified pairs: numpy columns, 32 bytes per pair (no Python object per pair or per document).
         src = np.concatenate(kept_src) if kept_src else np.empty(0, dtype=np.int64)
         dst = np.concatenate(kept_dst) if kept_dst else np.empty(0, dtype=np.int64)
@@ -861,6 +929,8 @@ def near_duplicates(
     verdicts = pl.concat([verdict_frame(blocked_verdicts), verdict_frame(flags)]).sort("doc_id", "duplicate_of")
     metrics = _metrics(cfg, bands, rows, n_docs, n_index, without_shingles, candidate_pairs, screened_pairs,
                        unverifiable_pairs, flagged, blocked_verdicts.height, label, endpoint_doc)
+    # How many verification batches ran, and how many of them in another process (a worker, a Ray worker).
+    metrics.update(verify_batches=verify_batches, verify_batches_in_workers=verify_batches_elsewhere)
     # Cluster ids of the drop's clustered documents only; every other document gets null.
     clustered = np.flatnonzero(endpoints >= 0)
     clusters = pl.DataFrame({"doc_id": endpoint_doc.gather(clustered),

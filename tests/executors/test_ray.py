@@ -97,6 +97,10 @@ def test_ray_and_local_give_byte_identical_stages_ledger_and_release(tmp_path, l
     # The per-document stages really ran as Ray Data batches (42 documents at most, 16 per batch).
     assert metrics["url_filtered"]["ray_batches"] == 3
     assert metrics["pii_redacted"]["ray_batches"] >= 2
+    # Near dedup's exact verification ran as Ray tasks, several batches of candidate pairs (8 pairs each).
+    near_metrics = metrics["near_deduped"]
+    assert near_metrics["verify_batches"] > 1, near_metrics
+    assert near_metrics["verify_batches_in_workers"] == near_metrics["verify_batches"]
     local_files, ray_files = _files(local), _files(remote)
     assert sorted(ray_files) == sorted(local_files)
     assert len([f for f in local_files if f.startswith("stages/")]) == 2 * len(STAGES)
