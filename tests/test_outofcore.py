@@ -94,7 +94,10 @@ def test_dedup_stages_give_identical_results_for_batch_rows_1_and_large(two_drop
         kept_1, verdicts_1, entries_1, metrics_1 = one[stage]
         kept_n, verdicts_n, entries_n, metrics_n = large[stage]
         assert kept_1.equals(kept_n) and verdicts_1.equals(verdicts_n), stage
-        assert entries_1.equals(entries_n) and metrics_1 == metrics_n, stage
+        assert entries_1.equals(entries_n), stage
+        batching = ("verify_batches", "verify_batches_in_workers")  # how the work was cut, not what it found
+        assert {k: v for k, v in metrics_1.items() if k not in batching} == \
+            {k: v for k, v in metrics_n.items() if k not in batching}, stage
     # The planted duplicates were found (the comparison is not between two empty results).
     assert one["line"][3]["lines_removed"] >= 11
     assert int(one["line"][0]["text"].str.contains(BANNER, literal=True).sum()) == 1  # its first occurrence
