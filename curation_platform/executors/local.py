@@ -141,8 +141,9 @@ def _in_pool(function: Callable[[Any], Any], items: Iterator[Any], workers: int,
         finished = True
     finally:
         # An error, Ctrl-C, or the caller stopped early: stop the work still in flight (terminating the workers: a
-        # batch may run for minutes). A pool with nothing in flight is kept for the next stage.
-        if not finished and (_broken(pool) or not all(future.cancel() or future.done() for future in pending)):
+        # batch may run for minutes). Always, not only when a batch is seen running: whether a queued batch has
+        # reached a worker yet is a race, and a failed run pays one pool start-up at most.
+        if not finished:
             _discard(workers)
 
 
