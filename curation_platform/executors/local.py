@@ -259,8 +259,13 @@ def _discard(workers: int, locked: bool = False) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
+    deadline = time.monotonic() + 10
     for process in processes:
-        process.join(timeout=10)
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+        # join can return as the worker's pipe closes, a moment before its exit can be reaped (it would linger as a
+        # zombie): poll until it is reaped.
+        while process.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 def shutdown() -> None:
