@@ -9,6 +9,7 @@ The operators below are module-level functions, so they pickle to the spawned wo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import psutil
 import pytest
 
 from curation_platform.errors import CurationError
@@ -58,11 +60,24 @@ def _frames(n: int, size: int = 3) -> list[pl.DataFrame]:
 
 
 def _alive(pid: int) -> bool:
+    """The process runs (a zombie, exited but not yet reaped, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return True
+
+
+def _left_running(pids: set[int], timeout: float = 10.0) -> list[str]:
+    """The processes of ``pids`` still running after ``timeout`` seconds, described (pid, status, parent, command)."""
+    deadline = time.monotonic() + timeout
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    described = []
+    for pid in sorted(pid for pid in pids if _alive(pid)):
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(pid)
+            described.append(f"{pid} {process.status()} ppid={process.ppid()} {' '.join(process.cmdline())[:200]}")
+    return described
 
 
 def test_batches_run_in_worker_processes_in_input_order():
@@ -86,7 +101,7 @@ def test_a_worker_error_is_the_in_process_error_and_leaves_no_worker_behind():
     with pytest.raises(CurationError) as there:
         list(local.run_batches(failing, _frames(8), workers=2))
     assert type(there.value) is type(here.value) and str(there.value) == str(here.value)
-    assert not any(_alive(pid) for pid in pids)  # the workers running later batches: terminated and reaped
+    assert not _left_running(pids)  # the workers running later batches: terminated
     # An exception that cannot travel back whole is named, with the worker's traceback, instead of breaking the pool.
     with pytest.raises(RuntimeError, match="_Unpicklable: the operator broke") as unpicklable:
         list(local.run_batches(_fail_unpicklably, _frames(3), workers=2))
