@@ -259,13 +259,15 @@ def _discard(workers: int, locked: bool = False) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 2
     for process in processes:
         process.join(timeout=max(0.0, deadline - time.monotonic()))
-        # join can return as the worker's pipe closes, a moment before its exit can be reaped (it would linger as a
-        # zombie): poll until it is reaped.
-        while process.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
+    # A worker started from a thread that blocks SIGTERM (threads of Dagster, gRPC or Ray may) inherits the blocked
+    # signal and survives terminate(): SIGKILL cannot be blocked. Then poll until each exit is reaped.
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=10)
 
 
 def shutdown() -> None:
