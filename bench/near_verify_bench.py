@@ -21,6 +21,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from workers_bench import CPU_SECONDS  # noqa: E402  (the child's CPU-seconds helper)
 
 _CHILD = """
 import json, os, sys, time
@@ -36,17 +39,7 @@ cfg.engine.workers = {workers}
 ws = Workspace({workspace!r})
 me = psutil.Process()
 
-def cpu_seconds():
-    own = me.cpu_times()
-    total = own.user + own.system + own.children_user + own.children_system
-    for child in me.children(recursive=True):
-        try:
-            times = child.cpu_times()
-            total += times.user + times.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
+{cpu_seconds}
 if {workers} > 1:  # the pool starts once per process, as in `curate run` (not part of the stage's time)
     pool = local._pool({workers})
     for future in [pool.submit(exec, "import curation_platform.pipeline") for _ in range({workers})]:
@@ -80,7 +73,8 @@ print("BENCH " + json.dumps({{"workers": {workers}, "docs": summary.input, "seco
 
 
 def _child(work: Path, drop: str, workers: int, batch_rows: int, config: Path, stages: list[str]) -> dict | None:
-    code = _CHILD.format(repo=str(REPO), config=str(config), batch_rows=batch_rows, workers=workers,
+    code = _CHILD.format(cpu_seconds=CPU_SECONDS, repo=str(REPO), config=str(config), batch_rows=batch_rows,
+                         workers=workers,
                          workspace=str(work / "ws-near-verify"), drop=drop, stages=stages)
     proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]

@@ -22,6 +22,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+# The child's CPU seconds: user + system of the process, its reaped children and its live ones (the pool's
+# workers). Shared with near_verify_bench.py.
+CPU_SECONDS = """
+def cpu_seconds():
+    # user + system CPU of this process, its reaped children and its live ones (the pool's workers)
+    own = me.cpu_times()
+    total = own.user + own.system + own.children_user + own.children_system
+    for child in me.children(recursive=True):
+        try:
+            times = child.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+"""
+
 _CHILD = """
 import json, os, sys, time
 import psutil
@@ -36,18 +52,7 @@ cfg.engine.workers = {workers}
 ws = Workspace({workspace!r})
 me = psutil.Process()
 
-def cpu_seconds():
-    # user + system CPU of this process, its reaped children and its live ones (the pool's workers)
-    own = me.cpu_times()
-    total = own.user + own.system + own.children_user + own.children_system
-    for child in me.children(recursive=True):
-        try:
-            times = child.cpu_times()
-            total += times.user + times.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
+{cpu_seconds}
 def rss_mb():
     total = me.memory_info().rss
     for child in me.children(recursive=True):
@@ -83,7 +88,8 @@ def run(work: Path, drop: str, stages: list[str], workers: int, batch_rows: int,
     workspace = work / f"ws-workers{workers}"
     shutil.rmtree(workspace, ignore_errors=True)
     Workspace(workspace).register_drop(drop, work / "landing" / drop)
-    code = _CHILD.format(repo=str(REPO), config=str(config), batch_rows=batch_rows, workers=workers,
+    code = _CHILD.format(cpu_seconds=CPU_SECONDS, repo=str(REPO), config=str(config), batch_rows=batch_rows,
+                         workers=workers,
                          workspace=str(workspace), drop=drop)
     rows = []
     with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as child:
