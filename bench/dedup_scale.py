@@ -79,7 +79,8 @@ def _stage(stage: str, drop: str, order: int, folder: str, batch_rows: int, memo
     index = root / "index" / stage
 
     def content(rows: pl.DataFrame) -> pl.DataFrame:
-        return pl.concat([ParquetDropInput(root / f"{d}.parquet", d).take(group["doc_id"], ["doc_id", "text"])
+        return pl.concat([pl.scan_parquet(root / f"{d}.parquet").select("doc_id", "text")
+                          .filter(pl.col("doc_id").is_in(group["doc_id"].implode())).collect()
                           for (d,), group in rows.group_by("drop")])
 
     from curation_platform.licenses import license_restrictiveness

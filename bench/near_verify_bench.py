@@ -45,18 +45,20 @@ if {workers} > 1:  # the pool starts once per process, as in `curate run` (not p
     for future in [pool.submit(exec, "import curation_platform.pipeline") for _ in range({workers})]:
         future.result()
 verification = {{}}
-near_verifier = pipeline._near_verifier
+near_mapper = pipeline._near_mapper
 
-def timed_verifier(cfg, drop):
-    inner = near_verifier(cfg, drop)
+def timed_mapper(cfg, drop):
+    inner = near_mapper(cfg, drop)
+    calls = iter(["signature", "verify"])  # the stage maps its signature batches, then its verification batches
 
-    def verify(function, tasks):
-        cpu, started = cpu_seconds(), time.perf_counter()
+    def timed(function, tasks):
+        name, cpu, started = next(calls), cpu_seconds(), time.perf_counter()
         yield from inner(function, tasks)
-        verification.update(verify_seconds=time.perf_counter() - started, verify_cpu_seconds=cpu_seconds() - cpu)
-    return verify
+        verification.update({{f"{{name}}_seconds": time.perf_counter() - started,
+                             f"{{name}}_cpu_seconds": cpu_seconds() - cpu}})
+    return timed
 
-pipeline._near_verifier = timed_verifier
+pipeline._near_mapper = timed_mapper
 if {stages!r}:
     for stage in {stages!r}:
         pipeline.run_stage(ws, cfg, stage, {drop!r})

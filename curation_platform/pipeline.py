@@ -209,10 +209,6 @@ class StageInput:
             if batch.height:
                 yield self._with_order(batch, columns)
 
-    def take(self, doc_ids: pl.Series, columns: list[str] | None = None) -> pl.DataFrame:
-        view = self.scan()
-        return (view.select(columns) if columns else view).filter(pl.col("doc_id").is_in(doc_ids.implode())).collect()
-
     def scan(self) -> pl.LazyFrame:
         return self._with_order(self.ws.scan_stage(self.stage, self.drop), None)
 
@@ -242,18 +238,19 @@ def _near_dedup(ws: Workspace, cfg: CurationConfig, drop: str, docs: DropInput) 
     result, entries = dedup_minhash.near_duplicates(
         docs, parts, cfg.near_dedup, index_content=functools.partial(_index_content, ws),
         blocked_ids=takedowns["doc_id"], ooc=_out_of_core(ws, cfg), candidates=_ray_band_shuffle(cfg),
-        verifier=_near_verifier(cfg, drop))
+        mapper=_near_mapper(cfg, drop))
     _write_index(ws, "near", drop, entries)
     return result
 
 
-def _near_verifier(cfg: CurationConfig, drop: str) -> dedup_minhash.Verifier:
-    """Near dedup's exact verification batches on every core: Ray tasks with the Ray executor, else the local
-    executor's worker pool (``engine.workers``). A task carries pair ids and the readers' parameters, not text."""
+def _near_mapper(cfg: CurationConfig, drop: str) -> dedup_minhash.BatchMapper:
+    """Near dedup's signature and exact verification batches on every core: Ray tasks with the Ray executor, else
+    the local executor's worker pool (``engine.workers``). A signature task carries its input batch (Arrow), a
+    verification task pair ids and where its documents are, not text."""
     if cfg.engine.executor == "ray":
         from curation_platform.executors import ray as ray_executor
 
-        return ray_executor.verify_on_ray(cfg.engine)
+        return ray_executor.map_on_ray(cfg.engine)
     from curation_platform.executors import local as local_executor
 
     return functools.partial(local_executor.map_in_order, workers=local_executor.worker_count(cfg.engine),

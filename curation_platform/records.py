@@ -81,16 +81,12 @@ def verdict_frame(frame: pl.DataFrame) -> pl.DataFrame:
 
 class DropInput(Protocol):
     """A drop-global stage's input (line, exact and near dedup): the upstream stage's kept documents of one drop,
-    streamed or fetched by id, never the whole drop in memory unless the operator asks for it."""
+    streamed, never the whole drop in memory unless the operator asks for it."""
 
     drop: str
 
     def batches(self, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
         """Frames of at most ``engine.batch_rows`` rows, in row order."""
-        ...
-
-    def take(self, doc_ids: pl.Series, columns: list[str] | None = None) -> pl.DataFrame:
-        """Random access to a few rows by ``doc_id``."""
         ...
 
     def scan(self) -> pl.LazyFrame:
@@ -179,10 +175,6 @@ class FrameDropInput:
         for start in range(0, frame.height, self.batch_rows):
             yield frame.slice(start, self.batch_rows)
 
-    def take(self, doc_ids: pl.Series, columns: list[str] | None = None) -> pl.DataFrame:
-        found = self.frame.filter(pl.col("doc_id").is_in(doc_ids.cast(pl.String).implode()))
-        return found.select(self._present(columns))
-
     def scan(self) -> pl.LazyFrame:
         return self.frame.lazy()
 
@@ -214,14 +206,6 @@ class ParquetDropInput:
         lazy = lazy.select(file_columns) if file_columns is not None else lazy
         for start in range(0, max(rows, 1), self.batch_rows):
             yield self._extend(lazy.slice(start, self.batch_rows).collect(), columns)
-
-    def take(self, doc_ids: pl.Series, columns: list[str] | None = None) -> pl.DataFrame:
-        # Prefiltered: the doc_id column is scanned first, other columns are decoded only for matching rows.
-        file_columns = self._file_columns(columns)
-        found = (pl.scan_parquet(self.path, parallel="prefiltered")
-                 .filter(pl.col("doc_id").is_in(doc_ids.cast(pl.String).implode())))
-        found = found.select(file_columns) if file_columns is not None else found
-        return self._extend(found.collect(), columns)
 
     def scan(self) -> pl.LazyFrame:
         lazy = pl.scan_parquet(self.path)

@@ -160,11 +160,13 @@ def test_outputs_are_byte_identical_with_worker_processes(tmp_path, landing, cur
         assert (here not in pids) if stage in PARALLEL_STAGES else (set(pids) == {here}), (stage, name, pids)
     workers = {pid for (stage, _), pids in processes.items() if stage in PARALLEL_STAGES for pid in pids}
     assert len(workers) == 2
-    # Near dedup's exact verification ran its batches of candidate pairs (2 pairs each at batch_rows 5) in the
-    # workers too, and the second drop's near pairs (in the drop and with the first drop) are the fixture's.
+    # Near dedup ran its signature batches and its exact verification batches of candidate pairs (2 pairs each at
+    # batch_rows 5) in the workers too, and the second drop's near pairs (in the drop and with the first drop) are
+    # the fixture's.
     for name in DROPS:
         near = verification[name]
         assert near["verify_batches"] > 1 and near["verify_batches_in_workers"] == near["verify_batches"], near
+        assert near["signature_batches"] > 1 and near["signature_batches_in_workers"] == near["signature_batches"]
     assert verification[DROPS[1]]["cross_drop_pairs"] >= 1 and verification[DROPS[1]]["within_drop_pairs"] >= 1
 
 

@@ -7,8 +7,8 @@ results batch by batch in the drop's row order (Ray Data's ``preserve_order``) a
 ``pipeline.run_stage``, which writes the stage output and the ledger with the same streaming writers as locally:
 the driver holds a few batches, never the drop. Near dedup shuffles the (band, key, node) rows by (band, key), runs
 the in-process band join (``dedup_minhash.bucket_candidates``, the same SQL) on each partition of whole buckets,
-and the pairs go through the same exact verification (its batches as Ray tasks, :func:`verify_on_ray`) and keep
-rule. So both executors give byte-identical files.
+and the pairs go through the same exact verification (its batches, like the signature batches before the shuffle, as
+Ray tasks: :func:`map_on_ray`) and keep rule. So both executors give byte-identical files.
 
 Ray is imported lazily: the local executor never needs it. Ray is started (or connected to) once per process:
 by the Dagster ``ray`` resource before a step runs, else here on first use.
@@ -31,8 +31,7 @@ import pyarrow as pa
 
 from curation_platform.config import CurationConfig, EngineConfig
 from curation_platform.errors import CurationError
-from curation_platform.ops.dedup_minhash import (CandidateGenerator, NearDedupConfig, Verifier, VerifiedPairs,
-                                                 VerifyTask, bucket_candidates, bucket_rows)
+from curation_platform.ops.dedup_minhash import BatchMapper, CandidateGenerator, NearDedupConfig, bucket_candidates, bucket_rows
 from curation_platform.records import StageResult
 from curation_platform.workspace import ParquetStreamWriter, Workspace
 
@@ -301,24 +300,23 @@ def band_shuffle_candidates(engine: EngineConfig) -> CandidateGenerator:
     return generate
 
 
-def _verify_task(function: Callable[[VerifyTask], VerifiedPairs], task: VerifyTask) -> VerifiedPairs:
-    """On a Ray worker: one verification batch (it reads its documents' texts itself, from the lake)."""
-    return function(task)
+def _map_task(function: Callable[[Any], Any], item: Any) -> Any:
+    """On a Ray worker: one batch (an input batch to sign, or a verification batch that reads its documents
+    itself)."""
+    return function(item)
 
 
-def verify_on_ray(engine: EngineConfig) -> Verifier:
-    """Near dedup's exact verification batches as Ray tasks, one per batch of candidate pairs, results taken in
-    batch order. The batches are independent (a pair's verdict needs only its two documents), so no shuffle is
-    needed: a task carries its pair ids and the documents' locations, and the verification function with its
-    readers (the stage input's and the index content's parameters, and the drop's signature spill file, which
-    the workers read: spill_dir must be on storage they see, as for the Ray stages' composed inputs) is put in
-    the object store once. At most twice the cluster's CPUs tasks are in flight: the pairs stream from their
-    spill file, never all held."""
+def map_on_ray(engine: EngineConfig) -> BatchMapper:
+    """Near dedup's signature and verification batches as Ray tasks, one per batch, results taken in batch order.
+    The batches are independent (a signature needs only its document, a pair's verdict only its two documents),
+    so no shuffle is needed: a signature task carries its input batch (Arrow), a verification task its pair ids
+    and the slice of the batch documents file to read (spill_dir must be on storage the workers see, as for the
+    Ray stages' composed inputs); the function with its settings is put in the object store once. At most twice
+    the cluster's CPUs tasks are in flight: the batches stream, never all held."""
 
-    def verify(function: Callable[[VerifyTask], VerifiedPairs], tasks: Iterable[VerifyTask]
-               ) -> Iterator[VerifiedPairs]:
+    def run(function: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
         ray = ensure_ray(engine)
-        remote = ray.remote(num_cpus=1)(_verify_task)
+        remote = ray.remote(num_cpus=1)(_map_task)
         function_ref = ray.put(function)
         in_flight = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
         pending: deque = deque()
@@ -333,7 +331,7 @@ def verify_on_ray(engine: EngineConfig) -> Verifier:
             for ref in pending:  # an error or the caller stopped early: the rest is not needed
                 ray.cancel(ref)
 
-    return verify
+    return run
 
 
 def _result(ray, ref) -> Any:

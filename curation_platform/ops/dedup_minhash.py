@@ -22,8 +22,8 @@ Pipeline, all column operations:
    counts only when the EXACT Jaccard of the two shingle sets (one vectorized join over the pairs' shingles)
    reaches ``verify_threshold``; that exact value is what the ledger records. The batches of candidate pairs are
    independent (:class:`VerifyTask`: pair ids and where their documents are; each reads its texts itself), so a
-   ``Verifier`` runs them in worker processes or on Ray; results are merged in batch order, identical to one
-   process.
+   ``BatchMapper`` runs them in worker processes or on Ray, as it does the signature batches of step 2; results
+   are merged in batch order, identical to one process.
 5. Clusters: connected components of the verified pairs (numpy min-label propagation with pointer jumping over
    the pairs' documents only); the cluster id is the doc_id of the cluster's first document in keep-rule order. The stage records the pairs;
    it drops no copy (only content of taken-down documents).
@@ -40,7 +40,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import duckdb
 import numpy as np
@@ -630,7 +630,7 @@ COPY (
     LEFT JOIN read_parquet({content}) AS c ON c._row = n._row
     LEFT JOIN read_parquet({index_content}) AS i ON i.node = e.node
     ORDER BY e.batch, e.node
-) TO {out} (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, ROW_GROUP_SIZE {row_group})
+) TO {out} (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, ROW_GROUP_SIZE {row_group}, PRESERVE_ORDER)
 """
 
 
@@ -675,12 +675,13 @@ class VerifyReader:
 
 @dataclass(frozen=True)
 class VerifyTask:
-    """One batch of candidate pairs ``(src, dst)`` (node ids) and where its documents are: rows ``offset`` to
-    ``offset + length`` of the batch documents file, one per node of the batch in node order. Ids only, no text:
+    """One batch of candidate pairs ``(src, dst)`` (node ids), its number and where its documents are: rows ``offset``
+    to ``offset + length`` of the batch documents file, one per node of the batch in node order. Ids only, no text:
     a few hundred kB for the default batch."""
 
     src: np.ndarray
     dst: np.ndarray
+    batch: int
     offset: int
     length: int
 
@@ -701,14 +702,33 @@ class VerifiedPairs:
     process: int
 
 
-# How the verification batches run: ``(verify, tasks) -> verify(task) for every task``, in task order. Here, one
-# after the other, by default; the pipeline passes the local executor's worker pool or Ray tasks.
-Verifier = Callable[[Callable[[VerifyTask], VerifiedPairs], Iterable[VerifyTask]], Iterator[VerifiedPairs]]
+# How the signature and verification batches run: ``(function, items) -> function(item) for every item``, in item
+# order (the function and items pickle). Here, one after the other, by default; the pipeline passes the local
+# executor's worker pool or Ray tasks.
+BatchMapper = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
 
 
-def _verify_here(verify: Callable[[VerifyTask], VerifiedPairs], tasks: Iterable[VerifyTask]
-                 ) -> Iterator[VerifiedPairs]:
-    return map(verify, tasks)
+def _signature_batch(batch: pa.Table, cfg: NearDedupConfig) -> tuple[pa.Table, int]:
+    """The spill columns (but ``_row``) of one input batch: doc_id, drop, whether it has shingles, its band keys,
+    signature and keep-rule sort keys; and the process that computed them. A function of the batch alone, so
+    batches run anywhere (a worker process, a Ray worker); Arrow in and out (cheaper to send than Polars
+    frames)."""
+    frame = pl.from_arrow(batch)
+    texts = frame.select(content_expr(frame.columns))["_content"]
+    hashes, counts = _shingled(texts, cfg)
+    signatures = _signatures_from_shingles(hashes, counts, cfg)
+    del hashes
+    return pl.DataFrame({
+        "doc_id": frame["doc_id"].cast(pl.String),
+        "drop": frame["drop"].cast(pl.String) if "drop" in frame.columns else None,
+        "has_shingles": counts > 0,
+        "band_keys": band_keys(signatures, *lsh_params(cfg)),
+        "signature": signatures,
+    }).hstack(_keep_keys(frame, cfg)).to_arrow(), os.getpid()
+
+
+def _map_here(function: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+    return map(function, items)
 
 
 def _verify_tasks(pairs: Path, counts: np.ndarray) -> Iterator[VerifyTask]:
@@ -721,7 +741,7 @@ def _verify_tasks(pairs: Path, counts: np.ndarray) -> Iterator[VerifyTask]:
         batch = table.column("batch")[0].as_py()
         yield VerifyTask(table.column("src").to_numpy().astype(np.int64),
                          table.column("dst").to_numpy().astype(np.int64),
-                         int(offsets[batch]), int(counts[batch]))
+                         batch, int(offsets[batch]), int(counts[batch]))
 
 
 def verify_pairs(task: VerifyTask, reader: VerifyReader) -> VerifiedPairs:
@@ -736,6 +756,10 @@ def verify_pairs(task: VerifyTask, reader: VerifyReader) -> VerifiedPairs:
     batch_src, batch_dst, n_candidates = task.src, task.dst, len(task.src)
     docs = pl.scan_parquet(reader.docs).slice(task.offset, task.length).collect()
     nodes = docs["node"].to_numpy()
+    if not ((docs["batch"] == task.batch).all() and np.array_equal(nodes, np.unique(np.concatenate([batch_src,
+                                                                                                      batch_dst])))):
+        raise DedupIndexError(f"near dedup: the batch documents file does not hold batch {task.batch}'s documents "
+                              f"at rows {task.offset} to {task.offset + task.length} (a bug: please report it)")
     n_idx = int((nodes < 0).sum())
     content = docs["_content"]
     # Index documents: shingled once (signature for the screen, sets for the verification).
@@ -773,7 +797,7 @@ def verify_pairs(task: VerifyTask, reader: VerifyReader) -> VerifiedPairs:
 def near_duplicates(
     docs: pl.DataFrame | DropInput, index: pl.DataFrame | Sequence[IndexPart] | None, cfg: NearDedupConfig,
     index_content: IndexContent | None = None, blocked_ids: pl.Series | None = None, ooc: OutOfCore | None = None,
-    candidates: CandidateGenerator | None = None, verifier: Verifier | None = None,
+    candidates: CandidateGenerator | None = None, mapper: BatchMapper | None = None,
 ) -> tuple[StageResult, pl.DataFrame | Iterator[pl.DataFrame]]:
     """Find the near-duplicate pairs of ``docs``, within the drop and with the index of other drops, verified by
     exact Jaccard on the shingle sets; drop only documents near a taken-down one.
@@ -785,8 +809,8 @@ def near_duplicates(
     taken-down documents. ``ooc``: batch size, DuckDB memory limit and spill folder (default: the config's
     ``memory_limit``, ``temp_directory`` and ``signature_batch_docs``). ``candidates``: how the band join runs
     (default in-process DuckDB; the Ray executor shuffles by band key), with the same pairs either way.
-    ``verifier``: where the verification batches run (default here, one after the other; the pipeline passes the
-    local worker pool or Ray tasks), with the same outcome either way: results are taken in batch order.
+    ``mapper``: where the signature and verification batches run (default here, one after the other; the pipeline
+    passes the local worker pool or Ray tasks), with the same outcome either way: results are taken in batch order.
 
     The drop is read in batches; each batch's signatures and band keys are spilled to Parquet. DuckDB joins the
     drop's band keys with the index files in place under the memory limit; the candidate pairs are screened by
@@ -819,21 +843,16 @@ def near_duplicates(
             spill = SpillWriter(folder / "signatures.parquet", {
                 "_row": pl.Int64, "doc_id": pl.String, "drop": pl.String, "has_shingles": pl.Boolean,
                 "band_keys": pl.List(pl.UInt64), "signature": pl.List(pl.UInt32), **key_schema})
-            start = 0
-            for batch in source.batches(_INPUT_COLUMNS):
-                texts = batch.select(content_expr(batch.columns))["_content"]
-                hashes, counts = _shingled(texts, cfg)
-                signatures = _signatures_from_shingles(hashes, counts, cfg)
-                del hashes
-                spill.write(pl.DataFrame({
-                    "_row": np.arange(start, start + batch.height, dtype=np.int64),
-                    "doc_id": batch["doc_id"].cast(pl.String),
-                    "drop": batch["drop"].cast(pl.String) if "drop" in batch.columns else None,
-                    "has_shingles": counts > 0,
-                    "band_keys": band_keys(signatures, bands, rows),
-                    "signature": signatures,
-                }).hstack(_keep_keys(batch, cfg)))
-                start += batch.height
+            start = signature_batches = signature_batches_elsewhere = 0
+            for signed, process in (mapper or _map_here)(
+                    functools.partial(_signature_batch, cfg=cfg),
+                    (batch.to_arrow() for batch in source.batches(_INPUT_COLUMNS))):
+                signature_batches += 1
+                signature_batches_elsewhere += process != os.getpid()
+                signed = pl.from_arrow(signed)
+                spill.write(signed.with_columns(pl.int_range(start, start + signed.height, dtype=pl.Int64)
+                                                .alias("_row")))
+                start += signed.height
             spill_path = spill.close()
             n_docs = start
             sql_params = {"spill": str(spill_path)}
@@ -900,7 +919,7 @@ def near_duplicates(
         kept_src, kept_dst, kept_jac, kept_est = [], [], [], []
         candidate_pairs = screened_pairs = unverifiable_pairs = verify_batches = verify_batches_elsewhere = 0
         reader = VerifyReader(batch_docs, cfg)
-        for outcome in (verifier or _verify_here)(functools.partial(verify_pairs, reader=reader),
+        for outcome in (mapper or _map_here)(functools.partial(verify_pairs, reader=reader),
                                                   _verify_tasks(candidates_path, counts)):
             candidate_pairs += outcome.candidates
             screened_pairs += outcome.screened
@@ -990,8 +1009,10 @@ def near_duplicates(
     verdicts = pl.concat([verdict_frame(blocked_verdicts), verdict_frame(flags)]).sort("doc_id", "duplicate_of")
     metrics = _metrics(cfg, bands, rows, n_docs, n_index, without_shingles, candidate_pairs, screened_pairs,
                        unverifiable_pairs, flagged, blocked_verdicts.height, label, endpoint_doc)
-    # How many verification batches ran, and how many of them in another process (a worker, a Ray worker).
-    metrics.update(verify_batches=verify_batches, verify_batches_in_workers=verify_batches_elsewhere)
+    # How many signature and verification batches ran, and how many of them in another process (a worker, a Ray
+    # worker).
+    metrics.update(signature_batches=signature_batches, signature_batches_in_workers=signature_batches_elsewhere,
+                   verify_batches=verify_batches, verify_batches_in_workers=verify_batches_elsewhere)
     # Cluster ids of the drop's clustered documents only; every other document gets null.
     clustered = np.flatnonzero(endpoints >= 0)
     clusters = pl.DataFrame({"doc_id": endpoint_doc.gather(clustered),

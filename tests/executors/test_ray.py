@@ -101,6 +101,7 @@ def test_ray_and_local_give_byte_identical_stages_ledger_and_release(tmp_path, l
     near_metrics = metrics["near_deduped"]
     assert near_metrics["verify_batches"] > 1, near_metrics
     assert near_metrics["verify_batches_in_workers"] == near_metrics["verify_batches"]
+    assert near_metrics["signature_batches_in_workers"] == near_metrics["signature_batches"] > 1
     local_files, ray_files = _files(local), _files(remote)
     assert sorted(ray_files) == sorted(local_files)
     assert len([f for f in local_files if f.startswith("stages/")]) == 2 * len(STAGES)

@@ -574,11 +574,49 @@ def test_spill_settings_and_batching_do_not_change_results(two_drops, tmp_path):
     assert spilled.verdicts.equals(default.verdicts)
     assert spilled.kept.equals(default.kept)
     assert spilled_entries.equals(entries)
-    batching = ("verify_batches", "verify_batches_in_workers")  # how the work was cut, not what it found
+    batching = ("signature_batches", "signature_batches_in_workers", "verify_batches",
+                "verify_batches_in_workers")  # how the work was cut, not what it found
     assert ({k: v for k, v in spilled.metrics.items() if k not in batching}
             == {k: v for k, v in default.metrics.items() if k not in batching})
     assert default.metrics["candidate_pairs"] > 7
     assert spilled.metrics["verify_batches"] > default.metrics["verify_batches"] == 1
+
+
+class _CountingInput:
+    """A DropInput over a frame that counts the rows it hands out: what a Parquet-backed input would decode."""
+
+    def __init__(self, frame: pl.DataFrame, batch_rows: int):
+        from curation_platform.records import FrameDropInput
+
+        self.inner, self.drop, self.rows_read = FrameDropInput(frame, batch_rows=batch_rows), "", 0
+
+    def batches(self, columns=None):
+        for batch in self.inner.batches(columns):
+            self.rows_read += batch.height
+            yield batch
+
+    def scan(self):
+        self.rows_read += self.inner.frame.height  # a lazy scan reads the whole input
+        return self.inner.scan()
+
+
+def test_verification_reads_the_drop_a_fixed_number_of_times_not_once_per_batch(two_drops):
+    """Verification batches read their documents from one file of every batch's documents: the input is read by
+    the signature pass, one pass gathering the pairs' content and the kept pass, however many batches there are
+    (each batch scanned the whole input for its few documents: quadratic in the drop)."""
+    drop1, drop2 = two_drops
+    _, index1 = near_duplicates(drop1, empty_near_index(), NearDedupConfig())
+    found = {}
+    for verify_batch_rows in (10_000, 3):
+        source = _CountingInput(drop2, batch_rows=40)
+        result, _ = near_duplicates(source, part(index1, "2024-01", 0),
+                                    NearDedupConfig(verify_batch_rows=verify_batch_rows),
+                                    index_content=content_of(drop1))
+        kept = pl.concat(list(result.kept))
+        found[verify_batch_rows] = (result.verdicts, kept, source.rows_read, result.metrics["verify_batches"])
+    assert found[3][3] >= 10 * found[10_000][3]
+    assert found[3][0].equals(found[10_000][0]) and found[3][1].equals(found[10_000][1])
+    assert found[3][2] == found[10_000][2] <= 3 * drop2.height
 
 
 def test_memory_limit_is_validated():
