@@ -611,79 +611,105 @@ def _node_ids(nodes: np.ndarray, order: np.ndarray, spill: Path, index_nodes: pl
             pl.concat([index_part["drop"], current["drop"]]).cast(pl.String))
 
 
-# Every verification batch's documents, gathered once for all batches: one row per (batch, node) with the drop
-# document's signature (from the signature spill) and the content of both kinds of document (gathered by
-# :func:`_gather_content` and :func:`_gather_index_content`), sorted by batch and node, so that a batch reads one
-# contiguous slice. One DuckDB join of the sorted pairs to their documents: linear in the pairs and the drop.
-# (Reading each batch's few rows from the whole spill file and the whole stage input made verification quadratic
-# in the drop: near dedup's docs/s halved from N to 4N documents.)
-_BATCH_DOCS_SQL = """
-COPY (
-    WITH ends AS (
-        SELECT DISTINCT batch, node FROM (SELECT batch, src AS node FROM read_parquet({pairs})
-                                          UNION ALL SELECT batch, dst AS node FROM read_parquet({pairs}))
-    )
-    SELECT e.batch, e.node, s.signature, coalesce(c._content, i._content) AS _content
-    FROM ends AS e
-    LEFT JOIN read_parquet({nodes}) AS n ON n.node = e.node
-    LEFT JOIN read_parquet({spill}) AS s ON s._row = n._row
-    LEFT JOIN read_parquet({content}) AS c ON c._row = n._row
-    LEFT JOIN read_parquet({index_content}) AS i ON i.node = e.node
-    ORDER BY e.batch, e.node
-) TO {out} (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, ROW_GROUP_SIZE {row_group}, PRESERVE_ORDER)
-"""
+# The documents of the candidate pairs are gathered once for all verification batches, in files a batch reads by
+# position without scanning them: the drop's documents in a pair (sorted by input row) as an Arrow IPC file of their
+# content and a numpy file of their signatures, the index's (sorted by node) as an Arrow IPC file of their content.
+# Both formats are memory-mapped, so a batch copies only its own documents' bytes. (Reading each batch's few
+# documents from the whole signature spill and the whole stage input made verification quadratic in the drop: near
+# dedup's docs/s fell by a fifth from N to 4N documents; sorting every batch's documents into one file in DuckDB ran
+# out of memory under 512MB.)
 
 
 def _gather_content(source: DropInput, rows: np.ndarray, path: Path) -> Path:
-    """The content of the drop's documents at the sorted input positions ``rows`` (``_row``, ``_content``), in one
-    pass over the drop (batches in the order the signature pass numbered them)."""
-    spill = SpillWriter(path, {"_row": pl.Int64, "_content": pl.String})
-    start = 0
-    for batch in source.batches(["doc_id", "text", "messages"]) if len(rows) else ():
-        low, high = np.searchsorted(rows, [start, start + batch.height])
+    """The content of the drop's documents at the sorted input positions ``rows``, in that order, as an Arrow IPC
+    file (one record batch per input batch with one of them), in one pass over the drop."""
+    schema = pa.schema([("_content", pa.large_string())])
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        start = 0
+        for batch in source.batches(["doc_id", "text", "messages"]) if len(rows) else ():
+            low, high = np.searchsorted(rows, [start, start + batch.height])
+            if high > low:
+                content = batch.select(content_expr(batch.columns))["_content"].gather(rows[low:high] - start)
+                writer.write_batch(pa.record_batch([content.to_arrow().cast(pa.large_string())], schema=schema))
+            start += batch.height
+    return path
+
+
+def _gather_signatures(spill: Path, rows: np.ndarray, num_perm: int, path: Path) -> Path:
+    """The signatures of the drop's documents at the sorted input positions ``rows``, in that order, as a numpy
+    ``uint32 (len(rows), num_perm)`` file, read from the signature spill one row group at a time."""
+    signatures = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint32, shape=(len(rows), num_perm))
+    spilled = pq.ParquetFile(spill)
+    for group in range(spilled.num_row_groups) if len(rows) else ():
+        table = spilled.read_row_group(group, columns=["_row", "signature"])
+        first = table.column("_row")[0].as_py()  # a row group holds consecutive rows
+        low, high = np.searchsorted(rows, [first, first + table.num_rows])
         if high > low:
-            content = batch.select(content_expr(batch.columns))["_content"].gather(rows[low:high] - start)
-            spill.write(pl.DataFrame({"_row": rows[low:high], "_content": content}))
-        start += batch.height
-    return spill.close()
+            picked = pl.from_arrow(table.column("signature")).gather(rows[low:high] - first)
+            signatures[low:high] = _signature_matrix(picked, num_perm)
+    signatures.flush()
+    del signatures
+    return path
 
 
 def _gather_index_content(index_content: IndexContent | None, wanted: pl.DataFrame, path: Path, chunk_rows: int
                           ) -> Path:
-    """The content of the index documents ``wanted`` (``node``, ``doc_id``, ``drop``) as (``node``, ``_content``),
-    read ``chunk_rows`` documents at a time; documents whose content is gone are left out (unverifiable)."""
-    spill = SpillWriter(path, {"node": pl.Int64, "_content": pl.String})
+    """The content of the index documents ``wanted`` (``node``, ``doc_id``, ``drop``; sorted by node), in that
+    order, as an Arrow IPC file, read ``chunk_rows`` documents at a time; null where it is gone (unverifiable)."""
     if wanted.height and index_content is None:
         raise DedupIndexError("near dedup needs the content of index documents to verify cross-drop pairs by "
                               "exact Jaccard; pass index_content")
-    for start in range(0, wanted.height, chunk_rows):
-        chunk = wanted.slice(start, chunk_rows)
-        found = index_content(chunk.select("doc_id", "drop"))
-        found = found.select("doc_id", content_expr(found.columns)).unique("doc_id", keep="first")
-        spill.write(chunk.join(found, on="doc_id", how="inner").select("node", "_content"))
-    return spill.close()
+    schema = pa.schema([("_content", pa.large_string())])
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for start in range(0, wanted.height, chunk_rows):
+            chunk = wanted.slice(start, chunk_rows)
+            found = index_content(chunk.select("doc_id", "drop"))
+            found = found.select("doc_id", content_expr(found.columns)).unique("doc_id", keep="first")
+            content = chunk.join(found, on="doc_id", how="left", maintain_order="left")["_content"]
+            writer.write_batch(pa.record_batch([content.to_arrow().cast(pa.large_string())], schema=schema))
+    return path
+
+
+def _take_content(path: Path, positions: np.ndarray) -> pl.Series:
+    """Rows ``positions`` (any order) of a content file, in that order; only their bytes are copied."""
+    with pa.memory_map(str(path)) as source:
+        reader = pa.ipc.open_file(source)
+        batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        offsets = np.cumsum([0] + [batch.num_rows for batch in batches])
+        chunk = np.searchsorted(offsets, positions, side="right") - 1
+        pieces, placed = [], []
+        for c in np.unique(chunk):
+            at = np.flatnonzero(chunk == c)
+            pieces.append(batches[c].column(0).take(pa.array(positions[at] - offsets[c])))
+            placed.append(at)
+        if not pieces:
+            return pl.Series("_content", [], dtype=pl.String)
+        content = pa.concat_arrays(pieces).take(pa.array(np.argsort(np.concatenate(placed), kind="stable")))
+    return pl.Series("_content", content, dtype=pl.String)
 
 
 @dataclass(frozen=True)
 class VerifyReader:
-    """What a verification batch reads, wherever it runs (here, a worker process, a Ray worker): the file of every
-    batch's documents (:data:`_BATCH_DOCS_SQL`) and the settings. Small, and it pickles."""
+    """What a verification batch reads, wherever it runs (here, a worker process, a Ray worker): the gathered
+    documents' files (the drop's content and signatures, the index's content) and the settings. Small, and it
+    pickles."""
 
-    docs: Path
+    content: Path
+    signatures: Path
+    index_content: Path
     cfg: NearDedupConfig
 
 
 @dataclass(frozen=True)
 class VerifyTask:
-    """One batch of candidate pairs ``(src, dst)`` (node ids), its number and where its documents are: rows ``offset``
-    to ``offset + length`` of the batch documents file, one per node of the batch in node order. Ids only, no text:
-    a few hundred kB for the default batch."""
+    """One batch of candidate pairs ``(src, dst)`` (node ids) and where its documents are in the gathered files:
+    ``index_positions`` for its index nodes and ``positions`` for its drop nodes, each in node order. Ids only, no
+    text: a few hundred kB for the default batch."""
 
     src: np.ndarray
     dst: np.ndarray
-    batch: int
-    offset: int
-    length: int
+    index_positions: np.ndarray
+    positions: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -731,42 +757,33 @@ def _map_here(function: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[
     return map(function, items)
 
 
-def _verify_tasks(pairs: Path, counts: np.ndarray) -> Iterator[VerifyTask]:
-    """The spilled candidate pairs as verification tasks, one per spilled batch (row group), in (src, dst) order;
-    ``counts[b]``: how many documents batch ``b`` has in the batch documents file."""
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    spilled = pq.ParquetFile(pairs)
-    for group in range(spilled.num_row_groups):
-        table = spilled.read_row_group(group)
-        batch = table.column("batch")[0].as_py()
-        yield VerifyTask(table.column("src").to_numpy().astype(np.int64),
-                         table.column("dst").to_numpy().astype(np.int64),
-                         batch, int(offsets[batch]), int(counts[batch]))
+def _verify_tasks(pairs: Path, order: np.ndarray, rows: np.ndarray, index_nodes: np.ndarray
+                  ) -> Iterator[VerifyTask]:
+    """The spilled candidate pairs as verification tasks, one per spilled batch, in (src, dst) order. ``order``:
+    node -> input row; ``rows`` and ``index_nodes``: the gathered drop rows and index nodes (sorted)."""
+    for batch_src, batch_dst in _spilled_pairs(pairs):
+        nodes = np.unique(np.concatenate([batch_src, batch_dst]))
+        yield VerifyTask(batch_src, batch_dst, np.searchsorted(index_nodes, nodes[nodes < 0]),
+                         np.searchsorted(rows, order[nodes[nodes >= 0]]))
 
 
 def verify_pairs(task: VerifyTask, reader: VerifyReader) -> VerifiedPairs:
     """Screen one batch of candidate pairs by the MinHash estimate, then verify by exact shingle-set Jaccard; keep
     the pairs that pass (every screened pair with a known Jaccard when ``verify`` is off).
 
-    The batch's documents are one slice of the batch documents file: the drop's with their signature and content,
-    the index's with their content (shingled once, for both their signature and the exact Jaccard; null when it is
-    gone). Everything is read here, so a batch runs as well in a worker process or on a Ray worker as in the
-    driver."""
+    The batch's documents are read by position from the gathered files: the drop's signatures and content, the
+    index's content (shingled once, for both their signature and the exact Jaccard; null when it is gone).
+    Everything is read here, so a batch runs as well in a worker process or on a Ray worker as in the driver."""
     cfg = reader.cfg
     batch_src, batch_dst, n_candidates = task.src, task.dst, len(task.src)
-    docs = pl.scan_parquet(reader.docs).slice(task.offset, task.length).collect()
-    nodes = docs["node"].to_numpy()
-    if not ((docs["batch"] == task.batch).all() and np.array_equal(nodes, np.unique(np.concatenate([batch_src,
-                                                                                                      batch_dst])))):
-        raise DedupIndexError(f"near dedup: the batch documents file does not hold batch {task.batch}'s documents "
-                              f"at rows {task.offset} to {task.offset + task.length} (a bug: please report it)")
-    n_idx = int((nodes < 0).sum())
-    content = docs["_content"]
+    nodes = np.unique(np.concatenate([batch_src, batch_dst]))
+    n_idx = len(task.index_positions)
     # Index documents: shingled once (signature for the screen, sets for the verification).
-    have_index = content.head(n_idx).is_not_null().to_numpy()
-    index_hashes, index_counts = _shingled(content.head(n_idx).fill_null(""), cfg)
+    index_text = _take_content(reader.index_content, task.index_positions)
+    have_index = index_text.is_not_null().to_numpy()
+    index_hashes, index_counts = _shingled(index_text.fill_null(""), cfg)
     index_sig = _signatures_from_shingles(index_hashes, index_counts, cfg)
-    current_sig = _signature_matrix(docs["signature"].slice(n_idx), cfg.num_perm)
+    current_sig = np.asarray(np.load(reader.signatures, mmap_mode="r")[task.positions])
     signatures = np.vstack([index_sig, current_sig]) if n_idx else current_sig
     local = np.searchsorted(nodes, np.concatenate([batch_src, batch_dst]))
     left, right = local[: len(batch_src)], local[len(batch_src):]
@@ -780,7 +797,8 @@ def verify_pairs(task: VerifyTask, reader: VerifyReader) -> VerifiedPairs:
     # Exact Jaccard: the drop's screened documents are shingled (index ones already are).
     needed = np.unique(np.concatenate([left, right]))
     needed_current = needed[needed >= n_idx]
-    current_hashes, current_counts = _shingled(content.gather(needed_current).fill_null(""), cfg)
+    current_text = _take_content(reader.content, task.positions[needed_current - n_idx])
+    current_hashes, current_counts = _shingled(current_text.fill_null(""), cfg)
     # Text t of the combined list: index documents first (all of them), then the needed drop documents.
     position = np.full(len(nodes), -1, dtype=np.int64)
     position[:n_idx] = np.arange(n_idx)
@@ -884,43 +902,35 @@ def near_duplicates(
             # Half of batch_rows pairs: a verification batch reads and shingles at most batch_rows documents, as a
             # signature batch does, so both passes peak alike.
             pairs_per_batch = max(1, min(cfg.verify_batch_rows, ooc.batch_rows // 2))
-            pair_spill = SpillWriter(folder / "candidates.parquet",
-                                     {"batch": pl.Int64, "src": pl.Int64, "dst": pl.Int64})
-            for number, (batch_src, batch_dst) in enumerate(
-                    (candidates or _candidate_batches)(connection, cfg, pairs_per_batch)):
-                pair_spill.write(pl.DataFrame({"batch": number, "src": batch_src, "dst": batch_dst}))
+            pair_spill = SpillWriter(folder / "candidates.parquet", {"src": pl.Int64, "dst": pl.Int64})
+            for batch_src, batch_dst in (candidates or _candidate_batches)(connection, cfg, pairs_per_batch):
+                pair_spill.write(pl.DataFrame({"src": batch_src, "dst": batch_dst}))
             candidates_path = pair_spill.close()
-            # The pairs' documents: the drop's by input row (sorted), the index's by node.
+            # The pairs' documents: the drop's by input row, the index's by node (sorted, distinct).
             ends = (f"(SELECT src AS node FROM read_parquet({sql_path(candidates_path)}) UNION ALL "
                     f"SELECT dst FROM read_parquet({sql_path(candidates_path)}))")
             needed_rows = connection.sql(f"SELECT DISTINCT _row FROM node_of_row SEMI JOIN {ends} USING (node) "
                                          "ORDER BY _row").fetchnumpy()["_row"].astype(np.int64)
-            index_ends = connection.sql(f"SELECT DISTINCT node FROM {ends} WHERE node < 0").fetchnumpy()["node"]
+            index_ends = connection.sql(f"SELECT DISTINCT node FROM {ends} WHERE node < 0 ORDER BY node"
+                                        ).fetchnumpy()["node"].astype(np.int64)
 
-        # Every batch's documents in one file, in batch order (:data:`_BATCH_DOCS_SQL`): the content of the pairs'
-        # documents is gathered in one pass over the drop and one read of the index documents per batch_rows.
-        batch_docs = folder / "batch_docs.parquet"
-        _gather_content(source, needed_rows, folder / "content.parquet")
-        _gather_index_content(index_content, index_nodes.filter(pl.col("node").is_in(pl.Series(
-            index_ends, dtype=pl.Int64).implode())), folder / "index_content.parquet", ooc.batch_rows)
-        with duckdb_connection(ooc, folder / "duckdb") as connection:
-            connection.execute(_BATCH_DOCS_SQL.format(
-                pairs=sql_path(candidates_path), nodes=sql_path(nodes_path), spill=sql_path(spill_path),
-                content=sql_path(folder / "content.parquet"), index_content=sql_path(folder / "index_content.parquet"),
-                out=sql_path(batch_docs), row_group=max(1024, pairs_per_batch))).fetchall()
-            counts = np.zeros(pq.ParquetFile(candidates_path).num_row_groups, dtype=np.int64)
-            batch_counts = connection.sql(f"SELECT batch, count(*) AS n FROM read_parquet({sql_path(batch_docs)}) "
-                                          "GROUP BY batch").fetchnumpy()
-            counts[batch_counts["batch"].astype(np.int64)] = batch_counts["n"]
+        # The pairs' documents, gathered once for every batch: one pass over the drop for their content, one over
+        # the signature spill, the index's read batch_rows documents at a time.
+        reader = VerifyReader(
+            _gather_content(source, needed_rows, folder / "content.arrow"),
+            _gather_signatures(spill_path, needed_rows, cfg.num_perm, folder / "signatures.npy"),
+            _gather_index_content(index_content, pl.DataFrame({"node": index_ends}).join(
+                index_nodes, on="node", how="left", maintain_order="left"), folder / "index_content.arrow",
+                ooc.batch_rows),
+            cfg)
 
         # Each batch of candidates: the MinHash estimate screens out pairs that cannot reach the threshold
         # (more than ``estimate_margin`` below it), then the exact Jaccard of the shingle sets decides. The batches
         # are independent: ``verifier`` may run them elsewhere (worker processes, Ray); results come in batch order.
         kept_src, kept_dst, kept_jac, kept_est = [], [], [], []
         candidate_pairs = screened_pairs = unverifiable_pairs = verify_batches = verify_batches_elsewhere = 0
-        reader = VerifyReader(batch_docs, cfg)
         for outcome in (mapper or _map_here)(functools.partial(verify_pairs, reader=reader),
-                                                  _verify_tasks(candidates_path, counts)):
+                                             _verify_tasks(candidates_path, order, needed_rows, index_ends)):
             candidate_pairs += outcome.candidates
             screened_pairs += outcome.screened
             unverifiable_pairs += outcome.unverifiable
