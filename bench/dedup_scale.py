@@ -1,7 +1,7 @@
 """Throughput, peak memory and index size of the three out-of-core dedup stages at N and 4N documents.
 
     python bench/dedup_scale.py [--docs 50000] [--scale 4] [--index 1000000] [--batch-rows 20000]
-                                [--memory-limit 2GB] [--mean-chars 3600] [--out bench/results/dedup_scale.json]
+                                [--memory-limit 512MB] [--mean-chars 3600] [--out bench/results/dedup_scale.json]
 
 1. A child process builds ``synthetic_corpus(docs * (1 + scale) + earlier)`` (~3.6 KB English documents with planted
    exact and near copies) and writes three Parquet files: an earlier drop (``--earlier`` documents), a drop of N
@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--earlier", type=int, default=10_000, help="documents of the real earlier drop")
     parser.add_argument("--index", type=int, default=1_000_000, help="padded index entries of earlier documents")
     parser.add_argument("--batch-rows", type=int, default=20_000)
-    parser.add_argument("--memory-limit", default="2GB")
+    parser.add_argument("--memory-limit", default="512MB")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mean-chars", type=int, default=3600)
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here")

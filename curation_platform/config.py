@@ -111,7 +111,7 @@ class EngineConfig(_Strict):
     value."""
 
     batch_rows: int = Field(default=20_000, ge=1)  # documents per batch in every streaming stage
-    memory_limit: DuckDBSize = "2GB"  # DuckDB memory_limit of out-of-core queries
+    memory_limit: DuckDBSize = "512MB"  # DuckDB memory_limit of out-of-core queries
     spill_dir: str | None = None  # DuckDB temp_directory; default <workspace>/tmp/spill
     threads: int | None = Field(default=None, ge=1)  # DuckDB/Polars threads; None = every core
     workers: int | None = Field(default=None, ge=1)  # local executor processes; None = every core, 1 = in-process

@@ -40,7 +40,7 @@ class OutOfCore:
     """How a drop-global stage computes (never what): the ``engine`` section of ``curation.yaml``."""
 
     batch_rows: int = 20_000
-    memory_limit: str = "2GB"
+    memory_limit: str = "512MB"
     spill_dir: str | None = None  # None: a fresh folder under the system temporary directory
     threads: int | None = None  # None: every core
 

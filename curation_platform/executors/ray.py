@@ -310,9 +310,9 @@ def map_on_ray(engine: EngineConfig) -> BatchMapper:
     """Near dedup's signature and verification batches as Ray tasks, one per batch, results taken in batch order.
     The batches are independent (a signature needs only its document, a pair's verdict only its two documents),
     so no shuffle is needed: a signature task carries its input batch (Arrow), a verification task its pair ids
-    and the slice of the batch documents file to read (spill_dir must be on storage the workers see, as for the
-    Ray stages' composed inputs); the function with its settings is put in the object store once. At most twice
-    the cluster's CPUs tasks are in flight: the batches stream, never all held."""
+    and the positions of its documents in the gathered files (spill_dir must be on storage the workers see, as
+    for the Ray stages' composed inputs); the function with its settings is put in the object store once. At most
+    twice the cluster's CPUs tasks are in flight: the batches stream, never all held."""
 
     def run(function: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
         ray = ensure_ray(engine)
