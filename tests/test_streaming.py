@@ -358,7 +358,8 @@ def test_streaming_a_parquet_file_does_not_keep_the_pages_of_freed_batches(tmp_p
                           check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     batches, growth_mb = map(int, done.stdout.split())
     assert batches == 40
-    assert growth_mb < 10, growth_mb
+    # Without the release: 21 to 29 MB (measured 2026-12-01). With it: 1 to 4 MB, once 12 MB in a loaded CI run.
+    assert growth_mb < 16, growth_mb
 
 
 def _write_word_parquet(path: Path, groups: int, rows: int, words: int) -> None:

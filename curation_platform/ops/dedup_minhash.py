@@ -616,7 +616,7 @@ def _node_ids(nodes: np.ndarray, order: np.ndarray, spill: Path, index_nodes: pl
 # content and a numpy file of their signatures, the index's (sorted by node) as an Arrow IPC file of their content.
 # Both formats are memory-mapped, so a batch copies only its own documents' bytes. (Reading each batch's few
 # documents from the whole signature spill and the whole stage input made verification quadratic in the drop: near
-# dedup's docs/s fell by a fifth from N to 4N documents; sorting every batch's documents into one file in DuckDB ran
+# dedup's docs/s fell by a sixth from N to 4N documents; sorting every batch's documents into one file in DuckDB ran
 # out of memory under 512MB.)
 
 
