@@ -15,7 +15,8 @@ $(BIN)/python:
 # --no-compile: pip would byte-compile all ~20,000 modules of the dependencies (about 60 s of one core); Python
 # compiles the ~4,700 a run imports on first use instead (about 14 s, and cached in the venv from then on).
 # That cache needs bytecode writing on: a PYTHONDONTWRITEBYTECODE in the caller's environment (some CI images and
-# sandboxes set it) would make every process of the test suite compile its imports again (about 170 s in all).
+# sandboxes set it) would make every process of the test suite compile its imports again (about 15 s of a
+# clean-clone test run, measured).
 unexport PYTHONDONTWRITEBYTECODE
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --no-compile -e '.[test]'

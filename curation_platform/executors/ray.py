@@ -31,7 +31,8 @@ import pyarrow as pa
 
 from curation_platform.config import CurationConfig, EngineConfig
 from curation_platform.errors import CurationError
-from curation_platform.ops.dedup_minhash import BatchMapper, CandidateGenerator, NearDedupConfig, bucket_candidates, bucket_rows
+from curation_platform.ops.dedup_minhash import (BatchMapper, CandidateGenerator, NearDedupConfig, bucket_candidates,
+                                                 bucket_rows)
 from curation_platform.records import StageResult
 from curation_platform.workspace import ParquetStreamWriter, Workspace
 

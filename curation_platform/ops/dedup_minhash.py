@@ -620,19 +620,29 @@ def _node_ids(nodes: np.ndarray, order: np.ndarray, spill: Path, index_nodes: pl
 # out of memory under 512MB.)
 
 
-def _gather_content(source: DropInput, rows: np.ndarray, path: Path) -> Path:
-    """The content of the drop's documents at the sorted input positions ``rows``, in that order, as an Arrow IPC
-    file (one record batch per input batch with one of them), in one pass over the drop."""
+def _write_content(path: Path, chunks: Iterable[pl.Series]) -> Path:
+    """A content file: the ``chunks`` of content, in order, as an Arrow IPC file of one record batch per chunk (read
+    back by position with :func:`_take_content`)."""
     schema = pa.schema([("_content", pa.large_string())])
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for chunk in chunks:
+            writer.write_batch(pa.record_batch([chunk.to_arrow().cast(pa.large_string())], schema=schema))
+    return path
+
+
+def _gather_content(source: DropInput, rows: np.ndarray, path: Path) -> Path:
+    """The content of the drop's documents at the sorted input positions ``rows``, in that order, as a content
+    file (one chunk per input batch with one of them), in one pass over the drop."""
+
+    def chunks() -> Iterator[pl.Series]:
         start = 0
         for batch in source.batches(["doc_id", "text", "messages"]) if len(rows) else ():
             low, high = np.searchsorted(rows, [start, start + batch.height])
             if high > low:
-                content = batch.select(content_expr(batch.columns))["_content"].gather(rows[low:high] - start)
-                writer.write_batch(pa.record_batch([content.to_arrow().cast(pa.large_string())], schema=schema))
+                yield batch.select(content_expr(batch.columns))["_content"].gather(rows[low:high] - start)
             start += batch.height
-    return path
+
+    return _write_content(path, chunks())
 
 
 def _gather_signatures(spill: Path, rows: np.ndarray, num_perm: int, path: Path) -> Path:
@@ -655,19 +665,18 @@ def _gather_signatures(spill: Path, rows: np.ndarray, num_perm: int, path: Path)
 def _gather_index_content(index_content: IndexContent | None, wanted: pl.DataFrame, path: Path, chunk_rows: int
                           ) -> Path:
     """The content of the index documents ``wanted`` (``node``, ``doc_id``, ``drop``; sorted by node), in that
-    order, as an Arrow IPC file, read ``chunk_rows`` documents at a time; null where it is gone (unverifiable)."""
+    order, as a content file, read ``chunk_rows`` documents at a time; null where it is gone (unverifiable)."""
     if wanted.height and index_content is None:
         raise DedupIndexError("near dedup needs the content of index documents to verify cross-drop pairs by "
                               "exact Jaccard; pass index_content")
-    schema = pa.schema([("_content", pa.large_string())])
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        for start in range(0, wanted.height, chunk_rows):
-            chunk = wanted.slice(start, chunk_rows)
+
+    def chunks() -> Iterator[pl.Series]:
+        for chunk in wanted.iter_slices(chunk_rows):
             found = index_content(chunk.select("doc_id", "drop"))
             found = found.select("doc_id", content_expr(found.columns)).unique("doc_id", keep="first")
-            content = chunk.join(found, on="doc_id", how="left", maintain_order="left")["_content"]
-            writer.write_batch(pa.record_batch([content.to_arrow().cast(pa.large_string())], schema=schema))
-    return path
+            yield chunk.join(found, on="doc_id", how="left", maintain_order="left")["_content"]
+
+    return _write_content(path, chunks())
 
 
 def _take_content(path: Path, positions: np.ndarray) -> pl.Series:
@@ -906,13 +915,11 @@ def near_duplicates(
             for batch_src, batch_dst in (candidates or _candidate_batches)(connection, cfg, pairs_per_batch):
                 pair_spill.write(pl.DataFrame({"src": batch_src, "dst": batch_dst}))
             candidates_path = pair_spill.close()
-            # The pairs' documents: the drop's by input row, the index's by node (sorted, distinct).
-            ends = (f"(SELECT src AS node FROM read_parquet({sql_path(candidates_path)}) UNION ALL "
-                    f"SELECT dst FROM read_parquet({sql_path(candidates_path)}))")
-            needed_rows = connection.sql(f"SELECT DISTINCT _row FROM node_of_row SEMI JOIN {ends} USING (node) "
-                                         "ORDER BY _row").fetchnumpy()["_row"].astype(np.int64)
-            index_ends = connection.sql(f"SELECT DISTINCT node FROM {ends} WHERE node < 0 ORDER BY node"
-                                        ).fetchnumpy()["node"].astype(np.int64)
+            # The pairs' documents (distinct nodes, sorted): the index's by node, the drop's by input row.
+            ends = connection.sql(f"SELECT node FROM (SELECT src AS node FROM read_parquet({sql_path(candidates_path)})"
+                                  f" UNION SELECT dst FROM read_parquet({sql_path(candidates_path)})) ORDER BY node"
+                                  ).fetchnumpy()["node"].astype(np.int64)
+            index_ends, needed_rows = ends[ends < 0], np.sort(order[ends[ends >= 0]]).astype(np.int64)
 
         # The pairs' documents, gathered once for every batch: one pass over the drop for their content, one over
         # the signature spill, the index's read batch_rows documents at a time.
@@ -926,7 +933,7 @@ def near_duplicates(
 
         # Each batch of candidates: the MinHash estimate screens out pairs that cannot reach the threshold
         # (more than ``estimate_margin`` below it), then the exact Jaccard of the shingle sets decides. The batches
-        # are independent: ``verifier`` may run them elsewhere (worker processes, Ray); results come in batch order.
+        # are independent: ``mapper`` may run them elsewhere (worker processes, Ray); results come in batch order.
         kept_src, kept_dst, kept_jac, kept_est = [], [], [], []
         candidate_pairs = screened_pairs = unverifiable_pairs = verify_batches = verify_batches_elsewhere = 0
         for outcome in (mapper or _map_here)(functools.partial(verify_pairs, reader=reader),
