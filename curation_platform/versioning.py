@@ -25,9 +25,14 @@ if TYPE_CHECKING:
 
 
 def find_dvc_root(path: Path) -> Path | None:
+    """The nearest folder at or above ``path`` with a ``.dvc`` folder, not looking past the top of the git work
+    tree that holds ``path``: a DVC repository of an enclosing project (another git repository) cannot track the
+    workspace's files, and ``dvc add`` there fails."""
     for candidate in [path, *path.parents]:
         if (candidate / ".dvc").is_dir():
             return candidate
+        if (candidate / ".git").exists():
+            return None
     return None
 
 

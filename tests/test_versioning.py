@@ -1,4 +1,5 @@
 import subprocess
+import sys
 
 import yaml
 
@@ -62,3 +63,19 @@ def test_a_release_is_current_only_for_the_inputs_it_was_published_from(tmp_path
     card.write_text('{"rebuilt": true}')
     os.utime(card, ns=(card.stat().st_atime_ns, card.stat().st_mtime_ns + 1))
     assert not release_is_current(ws, "latest", inputs, versioned=False)
+
+
+def test_a_workspace_in_a_git_repository_nested_in_another_dvc_project_gets_its_own_dvc_repository(tmp_path):
+    # A data project cloned inside another DVC project's folder (as bench/ does inside this repository): the
+    # enclosing project's .dvc must not be used, since `dvc add` cannot track a file of another git repository.
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    project = tmp_path / "work" / "project"
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    release = project / "ws" / "releases" / "r1"
+    release.mkdir(parents=True)
+    (release / "data_card.json").write_text("{}")
+    out = version_release(release, {"config_hash": "abc"}, VersioningConfig(), project / "ws")
+
+    assert (project / "ws" / ".dvc").is_dir() and out["dvc_file"] == str((project / "ws" / "releases" / "r1.dvc"))
+    assert not list((tmp_path / ".dvc").glob("cache/**/*.dir"))  # the enclosing project's cache is untouched
