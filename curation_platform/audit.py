@@ -8,7 +8,7 @@ import functools
 import polars as pl
 
 from curation_platform.config import CurationConfig
-from curation_platform.gates import GateResult, identity_expectations, max_value_expectation, validate
+from curation_platform.gates import GateResult, great_expectations, identity_expectations, max_value_expectation, validate
 from curation_platform.ledger import DECIDING, read_ledger
 from curation_platform.records import KEEP
 from curation_platform.workspace import Workspace
@@ -67,7 +67,7 @@ def reconciliation_counts(ws: Workspace, stage: str, upstream: str | None, drop:
 
 
 def _reconciliation_expectations(max_removal_rate: float) -> list:
-    import great_expectations as gx
+    gx = great_expectations()
 
     equal = gx.expectations.ExpectColumnPairValuesToBeEqual
     return [
@@ -273,7 +273,7 @@ def release_gate(cfg: CurationConfig, staging_dir, residual: pl.DataFrame) -> li
     ``release_license_audit``), the per-document ``residual`` columns (benchmark overlap, PII) at zero, and the
     selection's promises re-counted from the shards (``release_selection_audit``: synthetic shares within their
     caps, domains as mapped, the token budget, no document or text in both train and validation)."""
-    import great_expectations as gx
+    gx = great_expectations()
 
     shard_glob = str(staging_dir / "shards" / "*.parquet")
     has_epoch = "epoch" in pl.read_parquet_schema(min((staging_dir / "shards").glob("*.parquet")))
