@@ -219,9 +219,9 @@ def _source(path: Path):
     return path.open("rb") if storage.is_uri(path) else path
 
 
-def iter_parquet(path: Path, batch_rows: int, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
-    """Frames of exactly ``batch_rows`` rows of a Parquet file (the last one shorter), in row order; memory is one
-    row group plus one batch, never the whole file.
+def iter_parquet(path: Path | list[Path], batch_rows: int, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+    """Frames of exactly ``batch_rows`` rows of a Parquet file, or of several files read one after the other (the
+    last frame shorter), in row order; memory is one row group plus one batch, never a whole file.
 
     Row groups are read one at a time, each with its own reader: pyarrow's one reader over a whole file
     (``iter_batches`` without ``row_groups``) keeps more memory the more row groups it has passed (measured: peak
@@ -230,24 +230,25 @@ def iter_parquet(path: Path, batch_rows: int, columns: list[str] | None = None) 
     import pyarrow.parquet as pq
 
     pool = pa.default_memory_pool()
-    with pq.ParquetFile(_source(path)) as handle:
-        pending: list[pl.DataFrame] = []
-        rows = 0
-        for group in range(handle.num_row_groups):
-            for batch in handle.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns,
-                                             use_threads=True):
-                pending.append(pl.from_arrow(batch))
-                rows += batch.num_rows
-                while rows >= batch_rows:
-                    frame = pl.concat(pending, how="vertical") if len(pending) > 1 else pending[0]
-                    yield frame.slice(0, batch_rows)
-                    # pyarrow's default pool (mimalloc) keeps the pages of the buffers the consumer freed: without
-                    # this, RSS grew about 5 KB per document read while the pool's own count stayed flat.
-                    pool.release_unused()
-                    rest = frame.slice(batch_rows)
-                    pending, rows = ([rest] if rest.height else []), rest.height
-        if rows:
-            yield pl.concat(pending, how="vertical") if len(pending) > 1 else pending[0]
+    pending: list[pl.DataFrame] = []
+    rows = 0
+    for one in path if isinstance(path, list) else [path]:
+        with pq.ParquetFile(_source(one)) as handle:
+            for group in range(handle.num_row_groups):
+                for batch in handle.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns,
+                                                 use_threads=True):
+                    pending.append(pl.from_arrow(batch))
+                    rows += batch.num_rows
+                    while rows >= batch_rows:
+                        frame = pl.concat(pending, how="vertical") if len(pending) > 1 else pending[0]
+                        yield frame.slice(0, batch_rows)
+                        # pyarrow's default pool (mimalloc) keeps the pages of the buffers the consumer freed:
+                        # without this, RSS grew about 5 KB per document read while the pool's own count stayed flat.
+                        pool.release_unused()
+                        rest = frame.slice(batch_rows)
+                        pending, rows = ([rest] if rest.height else []), rest.height
+    if rows:
+        yield pl.concat(pending, how="vertical") if len(pending) > 1 else pending[0]
 
 
 class _Cursor:

@@ -206,3 +206,29 @@ def test_scored_gate_fails_on_a_score_out_of_range_or_a_kept_document_under_min_
     assert residue.sort("doc_id")["kept_below_min_score"].to_list() == [0, 1, 0]
     gate = validate("scored.residual", residue, checks)
     assert not gate.passed and any("score_out_of_range" in f for f in gate.failures)
+
+
+def test_release_residue_scans_many_small_shards_in_batches_and_still_finds_planted_pii(tmp_path, monkeypatch):
+    # One shard per drop: a release of a long drop history has hundreds of small shards. The re-scan reads them
+    # batch_rows documents at a time across shards (each scan pays a fixed cost), and finds PII in any of them.
+    import curation_platform.audit as audit
+
+    staging = tmp_path / "staging"
+    (staging / "shards").mkdir(parents=True)
+    for shard in range(12):
+        texts = [f"shard {shard} document {i} is clean prose about rivers and hills." for i in range(5)]
+        if shard == 7:
+            texts[3] = "Write to jane.doe@example.com or call +1 415 555 0134 for the minutes."
+        pl.DataFrame({"doc_id": [f"s{shard}-{i}" for i in range(5)], "text": texts}).write_parquet(
+            staging / "shards" / f"train-{shard:05d}.parquet")
+    cfg = CurationConfig.model_validate({"engine": {"batch_rows": 25}})
+    scans = []
+    real = audit.residue
+    monkeypatch.setattr(audit, "residue", lambda docs, *a: scans.append(docs.height) or real(docs, *a))
+
+    frame = audit.release_residue(cfg, staging)
+
+    assert scans == [25, 25, 10]  # 60 documents of 12 shards in 3 scans, not 12
+    assert frame.height == 60 and frame["doc_id"].n_unique() == 60
+    assert frame.filter(pl.col("residual_pii") > 0)["doc_id"].to_list() == ["s7-3"]
+    assert frame["benchmark_overlap"].sum() == 0
