@@ -121,7 +121,7 @@ def _profile_metadata(ws, cfg, drop: str) -> dict[str, object]:
     from curation_platform.plots import data_uri
     from curation_platform.profile import profile_dir, profile_markdown, write_drop_profile
 
-    profile = write_drop_profile(ws, FINAL_STAGE, STAGES, drop, cfg.release.tokenizer)
+    profile = write_drop_profile(ws, FINAL_STAGE, STAGES, drop, cfg.release.tokenizer, cfg.formatting)
     data, dist = profile.data, profile.data["distributions"]
     numbers = {
         "tokens": data["tokens"],

@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from curation_platform.ledger import read_ledger
 from curation_platform.workspace import Workspace, write_bytes_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from curation_platform.formatting import FormattingConfig
 
 # Quality signals worth a glance per drop (Gopher, FineWeb and code heuristics); absent columns are skipped.
 KEY_SIGNALS = [
@@ -229,13 +232,15 @@ def profile_markdown(data: dict[str, Any], images: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_drop_profile(ws: Workspace, final_stage: str, stages: list[str], drop: str, tokenizer: str) -> DropProfile:
+def write_drop_profile(ws: Workspace, final_stage: str, stages: list[str], drop: str, tokenizer: str,
+                       formatting: FormattingConfig | None = None) -> DropProfile:
     """Profile a curated drop from its final stage, token counts and ledger, and write ``profile.json``,
-    ``profile.md`` and one PNG per plot under ``profiles/<drop>/``."""
+    ``profile.md`` and one PNG per plot under ``profiles/<drop>/``. Tokens are counted as the release counts them
+    (chat documents rendered with ``formatting``'s template), so the release reuses the drop's cached counts."""
     from curation_platform.release import _token_counts
 
     docs = ws.read_stage(final_stage, drop).join(
-        _token_counts(ws, final_stage, drop, tokenizer), on="doc_id", how="left")
+        _token_counts(ws, final_stage, drop, tokenizer, formatting), on="doc_id", how="left")
     profile = profile_drop(docs, read_ledger(ws, drop), stages, drop)
     folder = profile_dir(ws, drop)
     for name, png in profile.plots.items():

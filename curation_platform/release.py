@@ -4,6 +4,7 @@ shards, and write the data card. Publishing (rename + DVC) lives in ``versioning
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +47,15 @@ def code_version() -> str:
     return f"{__version__}+g{proc.stdout.strip()}" if proc.returncode == 0 and proc.stdout.strip() else __version__
 
 
+@functools.lru_cache(maxsize=2)
+def _tokenizer(tokenizer_path: str) -> Tokenizer:
+    """The tokenizer, loaded once per process (loading tokenizer.json takes about 0.2 s)."""
+    return Tokenizer.from_file(str(resolve_resource(tokenizer_path, "release.tokenizer")))
+
+
 def count_tokens(texts: pl.Series, tokenizer_path: str) -> pl.Series:
     """Token count per text with the configured tokenizer (Rust, batched, parallel)."""
-    tokenizer = Tokenizer.from_file(str(resolve_resource(tokenizer_path, "release.tokenizer")))
-    encodings = tokenizer.encode_batch_fast(texts.fill_null("").to_list())
+    encodings = _tokenizer(tokenizer_path).encode_batch_fast(texts.fill_null("").to_list())
     return pl.Series("token_count", [len(e.ids) for e in encodings], dtype=pl.Int64)
 
 

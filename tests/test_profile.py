@@ -90,3 +90,23 @@ def test_profile_of_a_curated_drop_is_written_with_its_plots(tmp_path):
         png = (folder / f"{name}.png").read_bytes()
         assert png[:8] == PNG_SIGNATURE and len(png) > 2000
         assert f"]({name}.png)" in (folder / "profile.md").read_text()
+
+
+def test_the_release_reuses_the_token_counts_the_drop_profile_made(tmp_path, monkeypatch):
+    # The profile and the release count tokens the same way (the training text), so a release rebuild after a
+    # new drop tokenizes only that drop, not every drop of the history again.
+    import curation_platform.release as release
+
+    lake = HandmadeLake(tmp_path)
+    for n in range(2):
+        lake.drop(f"d{n}", "news", [{"id": f"n{i}", "text": _text(i, 30 + 20 * i)} for i in range(4)])
+    counted = []
+    real = release.count_tokens
+    monkeypatch.setattr(release, "count_tokens", lambda texts, path: counted.append(len(texts)) or real(texts, path))
+    profiles = [write_drop_profile(lake.ws, FINAL_STAGE, STAGES, f"d{n}", lake.cfg.release.tokenizer,
+                                   lake.cfg.formatting) for n in range(2)]
+    metadata = release.curated_metadata(lake.ws, FINAL_STAGE, ["d0", "d1"], lake.cfg.release.tokenizer,
+                                        formatting=lake.cfg.formatting)
+
+    assert counted == [4, 4]  # once per drop, by the profiles
+    assert metadata["token_count"].sum() == sum(p.data["tokens"] for p in profiles) > 0
