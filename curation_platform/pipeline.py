@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator
 import polars as pl
 
 from curation_platform.config import CurationConfig
-from curation_platform.ledger import ledger_rows
+from curation_platform.ledger import ledger_rows, ledger_summary
 from curation_platform.manifest import load_manifest
 from curation_platform.ops import dedup_exact, dedup_minhash
 from curation_platform.ops.decontaminate import benchmark_ngram_index, decontaminate, load_benchmarks
@@ -593,5 +593,6 @@ def drop_state(ws: Workspace, cfg: CurationConfig, drop: str) -> str:
     if any(later < earlier for earlier, later in zip(mtimes, mtimes[1:])):
         return "stale"
     # An empty ledger (every document already removed upstream) carries no hash and does not count.
-    hashes = set(pl.concat([pl.read_parquet(p, columns=["config_hash"]) for p in paths])["config_hash"].unique())
+    summary = ledger_summary(ws, drop)
+    hashes = {h for stage in STAGES for h in summary[stage]["hashes"]}
     return "current" if hashes <= {cfg.drop_stages_hash} else "stale"

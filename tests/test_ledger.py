@@ -53,3 +53,31 @@ def test_ledger_rows_follow_the_input_order_whatever_order_the_operator_gave():
     assert rows[0].equals(rows[1])
     assert rows[0].select("doc_id", "verdict").rows() == [
         ("d", "redact"), ("d", "drop"), ("a", "drop"), ("c", "drop"), ("b", "keep")]
+
+
+def test_counts_come_from_a_cache_that_follows_every_rewrite_of_a_ledger(tmp_path, monkeypatch):
+    # `curate run` and `curate status` look at every drop of the history each time: the counts and configuration
+    # hashes of a drop's ledgers are read once per version of its files, and a rewritten ledger is read again.
+    from curation_platform.ledger import all_stage_counts, rule_counts
+
+    ws = Workspace(tmp_path)
+    for drop in ("d1", "d2"):
+        _write(ws, "raw_documents", drop, ["a", "b", "c", "q"],
+               pl.DataFrame({"doc_id": ["q"], "verdict": ["quarantine"], "rule": ["ingest.quarantined"]}))
+        _write(ws, "filtered", drop, ["a", "b", "c"], pl.DataFrame({"doc_id": ["b"], "verdict": ["drop"], "rule": ["x"]}))
+    first = stage_counts(ws, "d1", STAGES)
+    reads = []
+    real = pl.read_parquet
+    monkeypatch.setattr(pl, "read_parquet", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    assert stage_counts(ws, "d1", STAGES).equals(first)
+    assert reads == []  # nothing read: the cache matched every file's size and modification time
+
+    _write(ws, "filtered", "d1", ["a", "b", "c"],
+           pl.DataFrame({"doc_id": ["b", "c"], "verdict": ["drop", "drop"], "rule": ["x", "y"]}))
+    again = stage_counts(ws, "d1", STAGES).filter(pl.col("stage") == "filtered").to_dicts()[0]
+    assert (again["kept"], again["dropped"]) == (1, 2) and len(reads) == 2  # d1's two ledgers, read again
+    assert [r for r in all_stage_counts(ws, STAGES) if r["stage"] == "filtered"][0] == {
+        "stage": "filtered", "input": 6, "kept": 3, "dropped": 3, "quarantined": 0}
+    assert rule_counts(ws) == [{"stage": "filtered", "rule": "x", "documents": 2},
+                               {"stage": "filtered", "rule": "y", "documents": 1},
+                               {"stage": "raw_documents", "rule": "ingest.quarantined", "documents": 2}]
