@@ -8,7 +8,8 @@ import functools
 import polars as pl
 
 from curation_platform.config import CurationConfig
-from curation_platform.gates import GateResult, great_expectations, identity_expectations, max_value_expectation, validate
+from curation_platform.gates import (GateResult, great_expectations, identity_expectations, max_value_expectation,
+                                     validate)
 from curation_platform.ledger import DECIDING, read_ledger
 from curation_platform.records import KEEP
 from curation_platform.workspace import Workspace, iter_parquet

@@ -209,7 +209,8 @@ def rule_counts(ws: Workspace) -> list[dict]:
         for stage, entry in summary.items():
             for rule, documents in entry["removed_by_rule"]:
                 totals[(stage, rule)] = totals.get((stage, rule), 0) + documents
-    return [{"stage": s, "rule": r, "documents": n} for (s, r), n in sorted(totals.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))]
+    ordered = sorted(totals.items(), key=lambda item: (item[0][0], item[0][1] or ""))
+    return [{"stage": s, "rule": r, "documents": n} for (s, r), n in ordered]
 
 
 def all_stage_counts(ws: Workspace, stages: list[str]) -> list[dict]:
