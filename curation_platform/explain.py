@@ -14,17 +14,20 @@ from curation_platform.workspace import Workspace
 _RECORD_COLUMNS = ["doc_id", "source_id", "drop", "source", "license", "kind", "file", "line", "provenance"]
 
 
-def _stage_columns(ws: Workspace, stage: str, columns: list[str]) -> pl.DataFrame:
-    return ws.read_stage_columns(stage, columns,
+def _stage_columns(ws: Workspace, stage: str, columns: list[str], where: pl.Expr | None = None) -> pl.DataFrame:
+    return ws.read_stage_columns(stage, columns, where=where,
                                  empty={c: pl.String if c == "doc_id" else pl.Float64 for c in columns})
 
 
-def _records(ws: Workspace) -> pl.DataFrame:
-    """Identity columns of every input record, read or quarantined."""
-    parts = [_stage_columns(ws, "raw_documents", _RECORD_COLUMNS)] if ws.stage_drops("raw_documents") else []
+def _records(ws: Workspace, doc_ids: list[str] | None = None) -> pl.DataFrame:
+    """Identity columns of every input record, read or quarantined; only those of ``doc_ids`` if given (filtered
+    in the scans, so explaining one document does not load every record of the history)."""
+    where = None if doc_ids is None else pl.col("doc_id").is_in(pl.Series(doc_ids, dtype=pl.String).implode())
+    parts = [_stage_columns(ws, "raw_documents", _RECORD_COLUMNS, where)] if ws.stage_drops("raw_documents") else []
     quarantine = sorted((ws.lake / "quarantine").glob("*.parquet"))
     if quarantine:
-        q = pl.concat([pl.read_parquet(f) for f in quarantine], how="vertical_relaxed")
+        scans = [pl.scan_parquet(f) for f in quarantine]
+        q = pl.concat([(s if where is None else s.filter(where)).collect() for s in scans], how="vertical_relaxed")
         parts.append(q.select([c for c in _RECORD_COLUMNS if c in q.columns]))
     return pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
 
@@ -120,7 +123,7 @@ def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame | None = N
         return f"document {doc_id} is not in the ledger of {ws.root}"
     order = {s: i for i, s in enumerate([*STAGES, "release", "takedown"])}
     rows = rows.with_columns(pl.col("stage").replace_strict(order, default=99).alias("_o")).sort("_o", "verdict")
-    records = _records(ws).filter(pl.col("doc_id") == doc_id)
+    records = _records(ws, [doc_id])
     lines = [f"document {doc_id}"]
     if records.height:
         r = records.row(0, named=True)
@@ -155,7 +158,7 @@ def document_journey(ws: Workspace, doc_id: str, shards: pl.DataFrame | None = N
         lines.append(text.rstrip())
     originals = [d for d in rows["duplicate_of"].drop_nulls().unique().to_list()]
     if originals:
-        known = _records(ws).filter(pl.col("doc_id").is_in(pl.Series(originals, dtype=pl.String).implode()))
+        known = _records(ws, originals)
         for r in known.iter_rows(named=True):
             lines.append(f"  original    {r['source']} / {r['drop']} / {r['source_id']} ({r['license']})"
                          + (f" [{r['doc_id']}]" if len(originals) > 1 else ""))

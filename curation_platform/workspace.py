@@ -517,13 +517,16 @@ class Workspace:
         return sorted(p.name.removesuffix(".parquet") for p in folder.glob("*.parquet")) if folder.is_dir() else []
 
     def read_stage_columns(self, stage: str, columns: list[str], drops: Iterable[str] | None = None,
-                           empty: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
+                           empty: dict[str, pl.DataType] | None = None,
+                           where: pl.Expr | None = None) -> pl.DataFrame:
         """The listed columns (those that exist) of ``stage``'s kept documents of every drop (or ``drops``), one
-        drop after the other; ``empty`` is the schema when no drop has an output yet (default: strings)."""
+        drop after the other, only the rows ``where`` selects if given (pushed down into the Parquet scan);
+        ``empty`` is the schema when no drop has an output yet (default: strings)."""
         frames = []
         for drop in (self.stage_drops(stage) if drops is None else drops):
             view = self.scan_stage(stage, drop)
             have = view.collect_schema()
+            view = view if where is None else view.filter(where)
             frames.append(view.select([c for c in columns if c in have]).collect())
         if not frames:
             return pl.DataFrame(schema=empty or {c: pl.String for c in columns})
