@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     shutil.copy(REPO / "curation.yaml", project / "curation.yaml")
     # Bytecode caching on, as for a user: a PYTHONDONTWRITEBYTECODE in the caller's environment would make every
     # run compile its imports again (seconds per run).
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env = {**env, "PYTHONPATH": str(REPO), "GX_ANALYTICS_ENABLED": "false", "DAGSTER_DISABLE_TELEMETRY": "1"}
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+           "PYTHONPATH": str(REPO), "GX_ANALYTICS_ENABLED": "false", "DAGSTER_DISABLE_TELEMETRY": "1"}
     importtime = not args.no_importtime
     landing = project / "landing"
     results: dict = {"docs_per_drop": args.docs, "drops_in_many": args.drops, "history_drops": args.history,
